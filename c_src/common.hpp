@@ -1,0 +1,141 @@
+// Islet: shared declarations of the NIF (atoms, the socket resource, helpers).
+#pragma once
+
+#include <erl_nif.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+
+namespace islet {
+
+// Atoms are global in the VM, so caching them at load time is safe.
+struct Atoms {
+  ERL_NIF_TERM ok, error, true_, false_, undefined, closed, timeout, einval, enotconn, enomem,
+      badarg, not_owner, wait, wait_turn, wait_drain, wait_close, paused, more, once, infinity,
+      islet, islet_closed, inet, inet6, local, read, write, read_write, active, mode, binary,
+      packet, raw, nodelay, reuseaddr, reuseport, reuseport_lb, keepalive, linger, buffer, recbuf,
+      sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
+      tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
+      recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
+      unspec, eof;
+};
+extern Atoms atom;
+void init_atoms(ErlNifEnv* env);
+
+ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);
+// {error, Posix} with the lower-case errno name inet uses (econnreset, ...).
+ERL_NIF_TERM make_errno_error(ErlNifEnv* env, int err);
+ERL_NIF_TERM errno_atom(ErlNifEnv* env, int err);
+ERL_NIF_TERM make_ok(ErlNifEnv* env, ERL_NIF_TERM value);
+
+// One process blocked in a call on a socket, monitored so that its death
+// hands the turn to the next one.
+struct Waiter {
+  ErlNifPid pid;
+  ErlNifMonitor mon;
+};
+
+// FIFO of the processes waiting in one direction. Only the head does
+// syscalls and holds the enif_select; the others wait for a wake message.
+struct WaitQueue {
+  std::deque<Waiter> q;
+  bool selected = false;  // the head has a pending enif_select
+  bool is_head(const ErlNifPid& p) const;
+  bool contains(const ErlNifPid& p) const;
+};
+
+enum class Kind : uint8_t { Listener, Conn };
+// Which message family active mode delivers ({tcp, ...} or {ssl, ...}).
+enum class Tag : uint8_t { Tcp, Ssl };
+
+// Active mode: 0 = false, -1 = true, -2 = once, n > 0 = {active, n}.
+constexpr int kActiveTrue = -1;
+constexpr int kActiveOnce = -2;
+constexpr int kActiveMax = 32767;
+constexpr size_t kMaxRecv = 64u << 20;  // gen_tcp answers enomem past this
+constexpr size_t kReadChunk = 64u << 10;
+
+struct Sock {
+  std::mutex mu;
+  int fd = -1;
+  int family = 0;
+  Kind kind = Kind::Conn;
+  Tag tag = Tag::Tcp;
+  bool open = true;          // false once close started: no syscall after that
+  bool fd_closed = false;    // the stop callback closed the fd
+  bool owner_mon_set = false;
+  bool closer_waiting = false;
+  bool in_poll = false;      // registered in the poller's epoll set
+  bool armed = false;        // the registration is armed (EPOLLONESHOT)
+  bool peer_closed = false;  // EOF or reset seen
+  bool eof_reported = false; // {error, closed} / tcp_closed already given
+  bool send_timeout_close = false;
+  bool exit_on_close = true;
+  int active = 0;
+  int buffer = 1460;
+  long send_timeout = -1;  // ms, -1 = infinity
+  ErlNifPid owner;
+  ErlNifMonitor owner_mon;
+  ErlNifPid closer;
+  WaitQueue rq;  // readers, or acceptors of a listener
+  WaitQueue wq;  // writers (send, sendfile)
+
+  // Bytes read for a recv(n) that has not completed yet (kept across
+  // timeouts like gen_tcp keeps them). rbuf.size is the capacity.
+  ErlNifBinary rbuf{};
+  bool rbuf_alloc = false;
+  size_t rlen = 0;
+
+  // Data accepted by send/2 but not yet written to the kernel.
+  ErlNifIOQueue* wioq = nullptr;
+
+  uint64_t recv_oct = 0, recv_cnt = 0, recv_max = 0;
+  uint64_t send_oct = 0, send_cnt = 0, send_max = 0;
+};
+
+extern ErlNifResourceType* sock_type;
+extern ErlNifResourceType* file_type;
+
+struct FileRes {
+  int fd = -1;
+};
+
+// Lifecycle (socket.cpp).
+Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family);
+bool get_sock(ErlNifEnv* env, ERL_NIF_TERM t, Sock** out);
+// Starts closing; returns ok or wait_close (the caller then waits for the
+// {'$islet_closed', Sock} message from the stop callback). Takes the lock.
+ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer);
+bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
+
+// Waiter queues (socket.cpp). All under the socket's lock.
+void waiter_push(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid);
+// Removes pid; when it was the head, cancels its select and wakes the next.
+bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir);
+// The head finished its call: pop it and wake the next one.
+void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid);
+void wake(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
+// Selects for the head (pid) on the given direction with the wake message.
+int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir);
+
+// Active delivery (poller.cpp).
+bool poller_start();
+void poller_stop();
+void poller_arm(Sock* s);     // under lock
+void poller_remove(Sock* s);  // under lock
+// Sends what rbuf holds, or the closed message, when active mode starts.
+void active_started(ErlNifEnv* env, Sock* s);  // under lock
+ERL_NIF_TERM active_tag(Sock* s, int which);   // 0 data, 1 closed, 2 error, 3 passive
+
+// Options (options.cpp).
+// Applies {Key, Value}: returns 0, or an errno / EINVAL for a bad option.
+int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, bool* badopt);
+// Reads one option as {Key, Value}; false if it does not apply.
+bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int* err);
+ERL_NIF_TERM make_sockaddr(ErlNifEnv* env, const void* sa, unsigned len);
+bool parse_sockaddr(ErlNifEnv* env, ERL_NIF_TERM family, ERL_NIF_TERM addr, int port,
+                    void* out, unsigned* len, int* fam);
+
+}  // namespace islet

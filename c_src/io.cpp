@@ -1,0 +1,565 @@
+// Islet: the I/O calls (listen, accept, recv, send, sendfile) and the calls
+// that go with them (cancel, close, shutdown, ownership).
+//
+// Every call tries the syscall first. On EAGAIN the caller becomes (or stays)
+// the head of the direction's waiter queue, enif_select is armed for it with
+// the message {'$islet', Socket}, and the call returns `wait`: the Elixir side
+// waits in `receive` with its timeout and calls again.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+namespace islet {
+
+namespace {
+
+ErlNifPid self_pid(ErlNifEnv* env) {
+  ErlNifPid p;
+  enif_self(env, &p);
+  return p;
+}
+
+bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
+
+// The caller may go ahead in this direction: the queue is empty or it is the
+// head. Otherwise it is queued behind the others.
+bool take_turn(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& me) {
+  if (wq.q.empty() || wq.is_head(me)) {
+    if (wq.is_head(me)) wq.selected = false;  // its notification was consumed
+    return true;
+  }
+  waiter_push(env, s, wq, me);
+  return false;
+}
+
+ERL_NIF_TERM wait_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& me, int dir,
+                      ERL_NIF_TERM result) {
+  if (wq.q.empty()) waiter_push(env, s, wq, me);
+  if (!wq.is_head(me)) return make_error(env, atom.closed);  // caller is exiting
+  int r = select_for(env, s, wq, me, dir);
+  if (r < 0) {
+    waiter_done(env, s, wq, me);
+    return make_error(env, atom.einval);
+  }
+  return result;
+}
+
+// recv/send on a socket that is not a connection, or that is closed.
+bool conn_check(ErlNifEnv* env, Sock* s, ERL_NIF_TERM* err) {
+  if (!s->open) {
+    *err = make_error(env, atom.closed);
+    return false;
+  }
+  if (s->kind != Kind::Conn) {
+    *err = make_error(env, atom.enotconn);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// listen(Family, Address, Port, Opts) -> {ok, Sock} | {error, Reason}
+ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  int port;
+  if (!enif_get_int(env, argv[2], &port) || port < 0 || port > 65535 || !enif_is_list(env, argv[3]))
+    return enif_make_badarg(env);
+  sockaddr_storage ss{};
+  unsigned salen = 0;
+  int fam = 0;
+  if (!parse_sockaddr(env, argv[0], argv[1], port, &ss, &salen, &fam)) return enif_make_badarg(env);
+  int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return make_errno_error(env, errno);
+  Sock* s = sock_create(env, fd, Kind::Listener, fam);
+  if (s == nullptr) {
+    close(fd);
+    return make_error(env, atom.enomem);
+  }
+  ERL_NIF_TERM res = enif_make_resource(env, s);
+  enif_release_resource(s);
+
+  int backlog = 5;
+  ERL_NIF_TERM head, tail = argv[3];
+  int err = 0;
+  while (err == 0 && enif_get_list_cell(env, tail, &head, &tail)) {
+    int arity;
+    const ERL_NIF_TERM* kv;
+    if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2) {
+      err = EINVAL;
+      break;
+    }
+    if (enif_is_identical(kv[0], atom.backlog)) {
+      if (!enif_get_int(env, kv[1], &backlog) || backlog < 0) err = EINVAL;
+      continue;
+    }
+    bool bad = false;
+    err = apply_opt(s, env, kv[0], kv[1], &bad);
+    if (bad) err = EINVAL;
+  }
+  if (err == 0 && bind(fd, reinterpret_cast<sockaddr*>(&ss), salen) != 0) err = errno;
+  if (err == 0 && listen(fd, backlog) != 0) err = errno;
+  if (err != 0) {
+    // Never selected: the resource's destructor closes the fd once the term
+    // is gone; mark it closed now so no call can use it meanwhile.
+    sock_close(env, s, nullptr);
+    return make_errno_error(env, err);
+  }
+  return make_ok(env, res);
+}
+
+// accept(Listener) -> {ok, Sock} | wait | {error, Reason}
+ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* l;
+  if (!get_sock(env, argv[0], &l)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(l->mu);
+  if (!l->open) return make_error(env, atom.closed);
+  if (l->kind != Kind::Listener) return make_error(env, atom.einval);
+  if (!take_turn(env, l, l->rq, me)) return atom.wait;
+  for (;;) {
+    int fd = accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      if (e == EINTR || e == ECONNABORTED) continue;
+      if (would_block(e)) return wait_for(env, l, l->rq, me, ERL_NIF_SELECT_READ, atom.wait);
+      waiter_done(env, l, l->rq, me);
+      return make_errno_error(env, e);
+    }
+    waiter_done(env, l, l->rq, me);
+    Sock* c = sock_create(env, fd, Kind::Conn, l->family);
+    if (c == nullptr) {
+      close(fd);
+      return make_error(env, atom.enomem);
+    }
+    // What gen_tcp copies from the listener to an accepted socket.
+    c->tag = l->tag;
+    c->active = l->active;
+    c->buffer = l->buffer;
+    c->send_timeout = l->send_timeout;
+    c->send_timeout_close = l->send_timeout_close;
+    c->exit_on_close = l->exit_on_close;
+    ERL_NIF_TERM res = enif_make_resource(env, c);
+    if (c->active != 0) {
+      std::lock_guard<std::mutex> clk(c->mu);
+      poller_arm(c);
+    }
+    enif_release_resource(c);
+    return make_ok(env, res);
+  }
+}
+
+namespace {
+
+// Takes `len` bytes from the front of rbuf into a new term.
+ERL_NIF_TERM take_rbuf(ErlNifEnv* env, Sock* s, size_t len) {
+  ERL_NIF_TERM out;
+  if (len == s->rlen && len == s->rbuf.size) {
+    out = enif_make_binary(env, &s->rbuf);  // ownership moves to the term
+    s->rbuf_alloc = false;
+  } else {
+    unsigned char* p = enif_make_new_binary(env, len, &out);
+    std::memcpy(p, s->rbuf.data, len);
+    std::memmove(s->rbuf.data, s->rbuf.data + len, s->rlen - len);
+  }
+  s->rlen -= len;
+  s->recv_oct += len;
+  s->recv_cnt++;
+  if (len > s->recv_max) s->recv_max = len;
+  return out;
+}
+
+ERL_NIF_TERM eof_result(ErlNifEnv* env, Sock* s) {
+  // gen_tcp (exit_on_close): the first call after EOF says closed, later
+  // ones find the socket no longer connected.
+  if (s->eof_reported) return make_error(env, atom.enotconn);
+  s->eof_reported = true;
+  return make_error(env, atom.closed);
+}
+
+}  // namespace
+
+// recv(Sock, Length) -> {ok, Bin} | wait | {error, Reason}
+ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  unsigned long len;
+  if (!get_sock(env, argv[0], &s) || !enif_get_ulong(env, argv[1], &len))
+    return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  ERL_NIF_TERM err;
+  if (!conn_check(env, s, &err)) return err;
+  if (s->active != 0) return make_error(env, atom.einval);
+  if (len > kMaxRecv) return make_error(env, atom.enomem);
+  if (!take_turn(env, s, s->rq, me)) return atom.wait;
+
+  ERL_NIF_TERM result;
+  if (len == 0 ? s->rlen > 0 : s->rlen >= len) {
+    result = make_ok(env, take_rbuf(env, s, len == 0 ? s->rlen : len));
+    waiter_done(env, s, s->rq, me);
+    return result;
+  }
+  if (s->peer_closed) {
+    waiter_done(env, s, s->rq, me);
+    return eof_result(env, s);
+  }
+  int e = 0;  // 0 after the loop means EOF
+  if (len == 0) {
+    static thread_local unsigned char buf[kReadChunk];
+    for (;;) {
+      ssize_t n = recv(s->fd, buf, sizeof buf, 0);
+      if (n > 0) {
+        ERL_NIF_TERM bin;
+        std::memcpy(enif_make_new_binary(env, n, &bin), buf, n);
+        s->recv_oct += n;
+        s->recv_cnt++;
+        if (static_cast<uint64_t>(n) > s->recv_max) s->recv_max = n;
+        waiter_done(env, s, s->rq, me);
+        return make_ok(env, bin);
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && would_block(errno))
+        return wait_for(env, s, s->rq, me, ERL_NIF_SELECT_READ, atom.wait);
+      e = n < 0 ? errno : 0;
+      break;
+    }
+  } else {
+    // Read straight into a binary of the exact size asked for: nothing is
+    // read past it, so no large buffer is ever pinned by a small result.
+    if (!s->rbuf_alloc) {
+      if (!enif_alloc_binary(len, &s->rbuf)) return make_error(env, atom.enomem);
+      s->rbuf_alloc = true;
+    } else if (s->rbuf.size < len && !enif_realloc_binary(&s->rbuf, len)) {
+      return make_error(env, atom.enomem);
+    }
+    for (;;) {
+      ssize_t n = recv(s->fd, s->rbuf.data + s->rlen, len - s->rlen, 0);
+      if (n > 0) {
+        s->rlen += n;
+        if (s->rlen < len) continue;
+        if (s->rbuf.size != len) enif_realloc_binary(&s->rbuf, len);
+        result = make_ok(env, take_rbuf(env, s, len));
+        waiter_done(env, s, s->rq, me);
+        return result;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && would_block(errno))
+        return wait_for(env, s, s->rq, me, ERL_NIF_SELECT_READ, atom.wait);
+      e = n < 0 ? errno : 0;
+      break;
+    }
+  }
+  waiter_done(env, s, s->rq, me);
+  if (e != 0 && e != ECONNRESET) return make_errno_error(env, e);
+  // EOF, or a reset (inet reports it as closed unless show_econnreset).
+  s->peer_closed = true;
+  return eof_result(env, s);
+}
+
+namespace {
+
+// Writes what the queue holds; returns 0 when it is empty, EAGAIN when the
+// kernel is full, or the errno of a failed write.
+int drain(Sock* s) {
+  while (enif_ioq_size(s->wioq) > 0) {
+    int iovcnt;
+    SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
+    if (iovcnt > IOV_MAX) iovcnt = IOV_MAX;
+    ssize_t n = writev(s->fd, reinterpret_cast<struct iovec*>(iov), iovcnt);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    s->send_oct += n;
+    enif_ioq_deq(s->wioq, n, nullptr);
+  }
+  return 0;
+}
+
+ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
+  waiter_done(env, s, s->wq, me);
+  if (e == EPIPE || e == ECONNRESET) {
+    s->peer_closed = true;
+    return make_error(env, atom.closed);
+  }
+  return make_errno_error(env, e);
+}
+
+// After data was queued: write it out, or wait for the kernel.
+ERL_NIF_TERM flush(ErlNifEnv* env, Sock* s, const ErlNifPid& me) {
+  int e = drain(s);
+  if (e == 0) {
+    waiter_done(env, s, s->wq, me);
+    return atom.ok;
+  }
+  if (would_block(e)) return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
+  return write_error(env, s, me, e);
+}
+
+bool ensure_ioq(Sock* s) {
+  if (s->wioq == nullptr) s->wioq = enif_ioq_create(ERL_NIF_IOQ_NORMAL);
+  return s->wioq != nullptr;
+}
+
+}  // namespace
+
+// send(Sock, IoData) -> ok | wait_turn | wait_drain | {error, Reason}
+// wait_turn: another sender is ahead, call send again with the same data.
+// wait_drain: the data is taken; call send_more once woken.
+ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  ErlNifIOVec* vec = nullptr;
+  ERL_NIF_TERM tail;
+  if (!enif_inspect_iovec(env, IOV_MAX, argv[1], &tail, &vec)) return enif_make_badarg(env);
+  // iodata longer than IOV_MAX elements: check all of it before writing any.
+  std::vector<ErlNifIOVec*> more;
+  while (!enif_is_empty_list(env, tail)) {
+    ErlNifIOVec* v;
+    if (!enif_inspect_iovec(env, IOV_MAX, tail, &tail, &v)) return enif_make_badarg(env);
+    more.push_back(v);
+  }
+  std::lock_guard<std::mutex> lk(s->mu);
+  ERL_NIF_TERM err;
+  if (!conn_check(env, s, &err)) return err;
+  if (s->peer_closed && s->eof_reported) return make_error(env, atom.closed);
+  if (!take_turn(env, s, s->wq, me)) return atom.wait_turn;
+
+  size_t total = vec->size;
+  for (ErlNifIOVec* v : more) total += v->size;
+  s->send_cnt++;
+  if (total > s->send_max) s->send_max = total;
+
+  size_t skip = 0;
+  bool queued = s->wioq != nullptr && enif_ioq_size(s->wioq) > 0;
+  if (!queued && more.empty()) {
+    // The common case: one writev straight from the terms, no copy.
+    int cnt = static_cast<int>(vec->iovcnt);
+    while (skip < vec->size) {
+      // Skip what is written already (partial writes continue below).
+      ssize_t n = writev(s->fd, reinterpret_cast<struct iovec*>(vec->iov), cnt);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (!would_block(errno)) return write_error(env, s, me, errno);
+        break;
+      }
+      s->send_oct += n;
+      skip += n;
+      if (skip < vec->size) {
+        // Partial: leave the rest to the queue, which tracks offsets.
+        break;
+      }
+    }
+    if (skip == vec->size) {
+      waiter_done(env, s, s->wq, me);
+      return atom.ok;
+    }
+  }
+  if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);
+  for (ErlNifIOVec* v : more)
+    if (!enif_ioq_enqv(s->wioq, v, 0)) return write_error(env, s, me, ENOMEM);
+  return flush(env, s, me);
+}
+
+// send_more(Sock) -> ok | wait_drain | {error, Reason}
+ERL_NIF_TERM nif_send_more(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  ERL_NIF_TERM err;
+  if (!conn_check(env, s, &err)) return err;
+  if (!take_turn(env, s, s->wq, me)) return atom.wait_drain;
+  if (s->wioq == nullptr) {
+    waiter_done(env, s, s->wq, me);
+    return atom.ok;
+  }
+  return flush(env, s, me);
+}
+
+// sendfile_open(Path) -> {ok, File} | {error, Posix}   (dirty I/O)
+ERL_NIF_TERM nif_sendfile_open(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  ErlNifBinary path;
+  if (!enif_inspect_binary(env, argv[0], &path) || path.size == 0 || path.size > PATH_MAX ||
+      std::memchr(path.data, 0, path.size) != nullptr)
+    return enif_make_badarg(env);
+  std::string p(reinterpret_cast<const char*>(path.data), path.size);
+  int fd = open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_errno_error(env, errno);
+  FileRes* f = static_cast<FileRes*>(enif_alloc_resource(file_type, sizeof(FileRes)));
+  if (f == nullptr) {
+    close(fd);
+    return make_error(env, atom.enomem);
+  }
+  f->fd = fd;
+  ERL_NIF_TERM t = enif_make_resource(env, f);
+  enif_release_resource(f);
+  return make_ok(env, t);
+}
+
+// sendfile_size(File) -> {ok, Size}
+ERL_NIF_TERM nif_sendfile_size(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  FileRes* f;
+  if (!enif_get_resource(env, argv[0], file_type, reinterpret_cast<void**>(&f)))
+    return enif_make_badarg(env);
+  struct stat st;
+  if (fstat(f->fd, &st) != 0) return make_errno_error(env, errno);
+  return make_ok(env, enif_make_uint64(env, st.st_size));
+}
+
+// sendfile(Sock, File, Offset, Count) -> {ok | more | wait | wait_turn, Sent}
+// | {error, Reason}. Runs on a dirty I/O scheduler: sendfile(2) may read the
+// disk. Count is capped per call so that the caller can check its timeout.
+ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  FileRes* f;
+  ErlNifUInt64 offset, count;
+  if (!get_sock(env, argv[0], &s) ||
+      !enif_get_resource(env, argv[1], file_type, reinterpret_cast<void**>(&f)) ||
+      !enif_get_uint64(env, argv[2], &offset) || !enif_get_uint64(env, argv[3], &count))
+    return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  ERL_NIF_TERM err;
+  if (!conn_check(env, s, &err)) return err;
+  if (s->peer_closed && s->eof_reported) return make_error(env, atom.closed);
+  if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
+  if (s->wioq != nullptr && enif_ioq_size(s->wioq) > 0) {
+    int e = drain(s);
+    if (would_block(e))
+      return enif_make_tuple2(env, wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait),
+                              enif_make_uint(env, 0));
+    if (e != 0) return write_error(env, s, me, e);
+  }
+  constexpr ErlNifUInt64 kBudget = 16u << 20;
+  off_t off = static_cast<off_t>(offset);
+  ErlNifUInt64 sent = 0;
+  while (sent < count && sent < kBudget) {
+    size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, 1u << 20));
+    ssize_t n = sendfile(s->fd, f->fd, &off, chunk);
+    if (n > 0) {
+      sent += n;
+      s->send_oct += n;
+      continue;
+    }
+    if (n == 0) {  // end of file
+      waiter_done(env, s, s->wq, me);
+      return enif_make_tuple2(env, atom.eof, enif_make_uint64(env, sent));
+    }
+    if (errno == EINTR) continue;
+    if (would_block(errno)) {
+      ERL_NIF_TERM w = wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait);
+      return enif_make_tuple2(env, w, enif_make_uint64(env, sent));
+    }
+    return write_error(env, s, me, errno);
+  }
+  if (sent < count) return enif_make_tuple2(env, atom.more, enif_make_uint64(env, sent));
+  waiter_done(env, s, s->wq, me);
+  return enif_make_tuple2(env, atom.ok, enif_make_uint64(env, sent));
+}
+
+// cancel(Sock, read | write) -> ok: the caller stops waiting (timeout).
+ERL_NIF_TERM nif_cancel(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  bool rd = enif_is_identical(argv[1], atom.read);
+  if (!rd && !enif_is_identical(argv[1], atom.write)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (rd)
+    waiter_remove(env, s, s->rq, me, ERL_NIF_SELECT_READ);
+  else
+    waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
+  return atom.ok;
+}
+
+// close(Sock) -> ok | wait_close
+ERL_NIF_TERM nif_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  return sock_close(env, s, &me);
+}
+
+// shutdown(Sock, read | write | read_write) -> ok | {error, Reason}
+ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  int how;
+  if (enif_is_identical(argv[1], atom.read))
+    how = SHUT_RD;
+  else if (enif_is_identical(argv[1], atom.write))
+    how = SHUT_WR;
+  else if (enif_is_identical(argv[1], atom.read_write))
+    how = SHUT_RDWR;
+  else
+    return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.closed);
+  if (::shutdown(s->fd, how) != 0) return make_errno_error(env, errno);
+  return atom.ok;
+}
+
+// controlling_process(Sock, Pid) -> ok | {paused, Active} | {error, Reason}
+// With active mode on, delivery is paused and the caller forwards what its
+// mailbox already holds before calling set_owner/3.
+ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  ErlNifPid pid;
+  if (!get_sock(env, argv[0], &s) || !enif_get_local_pid(env, argv[1], &pid))
+    return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  bool dead = false;
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->open) return make_error(env, atom.closed);
+    if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
+    if (s->active != 0) {
+      int saved = s->active;
+      s->active = 0;
+      return enif_make_tuple2(env, atom.paused, enif_make_int(env, saved));
+    }
+    dead = !set_owner(env, s, pid);
+  }
+  if (dead) sock_close(env, s, nullptr);  // gen_tcp: a dead new owner closes it
+  return atom.ok;
+}
+
+// set_owner(Sock, Pid, Active) -> ok | {error, Reason}
+ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  ErlNifPid pid;
+  int active;
+  if (!get_sock(env, argv[0], &s) || !enif_get_local_pid(env, argv[1], &pid) ||
+      !enif_get_int(env, argv[2], &active))
+    return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  bool dead = false;
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->open) return make_error(env, atom.closed);
+    if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
+    dead = !set_owner(env, s, pid);
+    if (!dead) {
+      s->active = active;
+      active_started(env, s);
+    }
+  }
+  if (dead) sock_close(env, s, nullptr);
+  return atom.ok;
+}
+
+}  // namespace islet

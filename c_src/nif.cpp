@@ -1,0 +1,65 @@
+// Islet: the NIF's function table, load and unload.
+#include "common.hpp"
+
+namespace islet {
+
+bool open_resource_types(ErlNifEnv* env);
+
+#define ISLET_NIF(name) ERL_NIF_TERM name(ErlNifEnv*, int, const ERL_NIF_TERM[]);
+ISLET_NIF(nif_listen)
+ISLET_NIF(nif_accept)
+ISLET_NIF(nif_recv)
+ISLET_NIF(nif_send)
+ISLET_NIF(nif_send_more)
+ISLET_NIF(nif_sendfile_open)
+ISLET_NIF(nif_sendfile_size)
+ISLET_NIF(nif_sendfile)
+ISLET_NIF(nif_cancel)
+ISLET_NIF(nif_close)
+ISLET_NIF(nif_shutdown)
+ISLET_NIF(nif_controlling_process)
+ISLET_NIF(nif_set_owner)
+ISLET_NIF(nif_set_active)
+ISLET_NIF(nif_setopts)
+ISLET_NIF(nif_getopts)
+ISLET_NIF(nif_getstat)
+ISLET_NIF(nif_sockname)
+ISLET_NIF(nif_peername)
+#undef ISLET_NIF
+
+namespace {
+
+ErlNifFunc nif_funcs[] = {
+    {"listen", 4, nif_listen, 0},
+    {"accept", 1, nif_accept, 0},
+    {"recv", 2, nif_recv, 0},
+    {"send", 2, nif_send, 0},
+    {"send_more", 1, nif_send_more, 0},
+    {"sendfile_open", 1, nif_sendfile_open, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"sendfile_size", 1, nif_sendfile_size, 0},
+    {"sendfile", 4, nif_sendfile, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"cancel", 2, nif_cancel, 0},
+    {"close", 1, nif_close, 0},
+    {"shutdown", 2, nif_shutdown, 0},
+    {"controlling_process", 2, nif_controlling_process, 0},
+    {"set_owner", 3, nif_set_owner, 0},
+    {"set_active", 2, nif_set_active, 0},
+    {"setopts", 2, nif_setopts, 0},
+    {"getopts", 2, nif_getopts, 0},
+    {"getstat", 1, nif_getstat, 0},
+    {"sockname", 1, nif_sockname, 0},
+    {"peername", 1, nif_peername, 0},
+};
+
+int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {
+  init_atoms(env);
+  if (!open_resource_types(env)) return 1;
+  return poller_start() ? 0 : 1;
+}
+
+void unload(ErlNifEnv* env, void* priv) { poller_stop(); }
+
+}  // namespace
+}  // namespace islet
+
+ERL_NIF_INIT(Elixir.Islet.Nif, islet::nif_funcs, islet::load, nullptr, nullptr, islet::unload)

@@ -1,0 +1,404 @@
+// Islet: socket options (setopts/getopts/listen), addresses, statistics.
+//
+// Option values arrive already checked by Islet.Options; this decoder still
+// rejects anything malformed (badarg/einval), since any term can reach a NIF.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "common.hpp"
+
+namespace islet {
+
+namespace {
+
+bool get_bool(ERL_NIF_TERM t, bool* out) {
+  if (enif_is_identical(t, atom.true_)) {
+    *out = true;
+    return true;
+  }
+  if (enif_is_identical(t, atom.false_)) {
+    *out = false;
+    return true;
+  }
+  return false;
+}
+
+ERL_NIF_TERM make_bool(bool b) { return b ? atom.true_ : atom.false_; }
+
+struct IntOpt {
+  const ERL_NIF_TERM* key;
+  int level;
+  int name;
+  bool boolean;
+  bool tcp_only;
+};
+
+// Options that are a plain setsockopt.
+const IntOpt kIntOpts[] = {
+    {&atom.nodelay, IPPROTO_TCP, TCP_NODELAY, true, true},
+    {&atom.reuseaddr, SOL_SOCKET, SO_REUSEADDR, true, false},
+    {&atom.reuseport, SOL_SOCKET, SO_REUSEPORT, true, false},
+    {&atom.reuseport_lb, SOL_SOCKET, SO_REUSEPORT, true, false},
+    {&atom.keepalive, SOL_SOCKET, SO_KEEPALIVE, true, false},
+    {&atom.recbuf, SOL_SOCKET, SO_RCVBUF, false, false},
+    {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, false},
+    {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, true},
+};
+
+const IntOpt* find_int_opt(ERL_NIF_TERM key) {
+  for (const IntOpt& o : kIntOpts)
+    if (enif_is_identical(*o.key, key)) return &o;
+  return nullptr;
+}
+
+bool is_inet(const Sock* s) { return s->family == AF_INET || s->family == AF_INET6; }
+
+}  // namespace
+
+int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, bool* badopt) {
+  bool b;
+  int i;
+  if (const IntOpt* o = find_int_opt(key)) {
+    int v;
+    if (o->boolean) {
+      if (!get_bool(value, &b)) return EINVAL;
+      v = b ? 1 : 0;
+    } else if (!enif_get_int(env, value, &v) || v < 0) {
+      return EINVAL;
+    }
+    if (o->tcp_only && !is_inet(s)) return 0;  // gen_tcp ignores them on local sockets
+    if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return 0;
+    return setsockopt(s->fd, o->level, o->name, &v, sizeof v) == 0 ? 0 : errno;
+  }
+  if (enif_is_identical(key, atom.linger)) {
+    int arity;
+    const ERL_NIF_TERM* t;
+    if (!enif_get_tuple(env, value, &arity, &t) || arity != 2 || !get_bool(t[0], &b) ||
+        !enif_get_int(env, t[1], &i) || i < 0)
+      return EINVAL;
+    linger l{b ? 1 : 0, i};
+    return setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0 ? 0 : errno;
+  }
+  if (enif_is_identical(key, atom.buffer)) {
+    if (!enif_get_int(env, value, &i) || i <= 0) return EINVAL;
+    s->buffer = i;
+    return 0;
+  }
+  if (enif_is_identical(key, atom.send_timeout)) {
+    if (enif_is_identical(value, atom.infinity)) {
+      s->send_timeout = -1;
+      return 0;
+    }
+    if (!enif_get_int(env, value, &i) || i < 0) return EINVAL;
+    s->send_timeout = i;
+    return 0;
+  }
+  if (enif_is_identical(key, atom.send_timeout_close)) {
+    if (!get_bool(value, &b)) return EINVAL;
+    s->send_timeout_close = b;
+    return 0;
+  }
+  if (enif_is_identical(key, atom.exit_on_close)) {
+    if (!get_bool(value, &b)) return EINVAL;
+    s->exit_on_close = b;
+    return 0;
+  }
+  if (enif_is_identical(key, atom.mode)) return enif_is_identical(value, atom.binary) ? 0 : EINVAL;
+  if (enif_is_identical(key, atom.packet)) {
+    if (enif_is_identical(value, atom.raw)) return 0;
+    return enif_get_int(env, value, &i) && i == 0 ? 0 : EINVAL;
+  }
+  if (enif_is_identical(key, atom.active)) {
+    // Only listeners take it here (setopts handles connections).
+    if (enif_is_identical(value, atom.once))
+      s->active = kActiveOnce;
+    else if (get_bool(value, &b))
+      s->active = b ? kActiveTrue : 0;
+    else if (enif_get_int(env, value, &i) && i > 0 && i <= kActiveMax)
+      s->active = i;
+    else
+      return EINVAL;
+    return 0;
+  }
+  *badopt = true;
+  return EINVAL;
+}
+
+bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int* err) {
+  ERL_NIF_TERM v;
+  if (const IntOpt* o = find_int_opt(key)) {
+    if (o->tcp_only && !is_inet(s)) return false;
+    if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return false;
+    int iv = 0;
+    socklen_t len = sizeof iv;
+    if (getsockopt(s->fd, o->level, o->name, &iv, &len) != 0) {
+      *err = errno;
+      return false;
+    }
+    v = o->boolean ? make_bool(iv != 0) : enif_make_int(env, iv);
+  } else if (enif_is_identical(key, atom.linger)) {
+    linger l{};
+    socklen_t len = sizeof l;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, &len) != 0) {
+      *err = errno;
+      return false;
+    }
+    v = enif_make_tuple2(env, make_bool(l.l_onoff != 0), enif_make_int(env, l.l_linger));
+  } else if (enif_is_identical(key, atom.active)) {
+    v = s->active == 0             ? atom.false_
+        : s->active == kActiveTrue ? atom.true_
+        : s->active == kActiveOnce ? atom.once
+                                   : enif_make_int(env, s->active);
+  } else if (enif_is_identical(key, atom.mode)) {
+    v = atom.binary;
+  } else if (enif_is_identical(key, atom.packet)) {
+    v = enif_make_int(env, 0);
+  } else if (enif_is_identical(key, atom.buffer)) {
+    v = enif_make_int(env, s->buffer);
+  } else if (enif_is_identical(key, atom.send_timeout)) {
+    v = s->send_timeout < 0 ? atom.infinity : enif_make_long(env, s->send_timeout);
+  } else if (enif_is_identical(key, atom.send_timeout_close)) {
+    v = make_bool(s->send_timeout_close);
+  } else if (enif_is_identical(key, atom.exit_on_close)) {
+    v = make_bool(s->exit_on_close);
+  } else {
+    *err = EINVAL;
+    return false;
+  }
+  *out = enif_make_tuple2(env, key, v);
+  return true;
+}
+
+bool parse_sockaddr(ErlNifEnv* env, ERL_NIF_TERM family, ERL_NIF_TERM addr, int port, void* out,
+                    unsigned* len, int* fam) {
+  int arity;
+  const ERL_NIF_TERM* t;
+  if (enif_is_identical(family, atom.inet)) {
+    auto* sa = static_cast<sockaddr_in*>(out);
+    unsigned char b[4];
+    if (!enif_get_tuple(env, addr, &arity, &t) || arity != 4) return false;
+    for (int k = 0; k < 4; k++) {
+      unsigned v;
+      if (!enif_get_uint(env, t[k], &v) || v > 255) return false;
+      b[k] = static_cast<unsigned char>(v);
+    }
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(static_cast<uint16_t>(port));
+    std::memcpy(&sa->sin_addr, b, 4);
+    *len = sizeof(sockaddr_in);
+    *fam = AF_INET;
+    return true;
+  }
+  if (enif_is_identical(family, atom.inet6)) {
+    auto* sa = static_cast<sockaddr_in6*>(out);
+    if (!enif_get_tuple(env, addr, &arity, &t) || arity != 8) return false;
+    for (int k = 0; k < 8; k++) {
+      unsigned v;
+      if (!enif_get_uint(env, t[k], &v) || v > 65535) return false;
+      sa->sin6_addr.s6_addr[2 * k] = static_cast<unsigned char>(v >> 8);
+      sa->sin6_addr.s6_addr[2 * k + 1] = static_cast<unsigned char>(v & 0xff);
+    }
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(static_cast<uint16_t>(port));
+    *len = sizeof(sockaddr_in6);
+    *fam = AF_INET6;
+    return true;
+  }
+  if (enif_is_identical(family, atom.local)) {
+    auto* sa = static_cast<sockaddr_un*>(out);
+    ErlNifBinary path;
+    if (port != 0 || !enif_inspect_binary(env, addr, &path) || path.size == 0 ||
+        path.size >= sizeof sa->sun_path)
+      return false;
+    // Abstract addresses start with a NUL byte; others must not hold one.
+    if (path.data[0] != 0 && std::memchr(path.data, 0, path.size) != nullptr) return false;
+    sa->sun_family = AF_UNIX;
+    std::memcpy(sa->sun_path, path.data, path.size);
+    *len = static_cast<unsigned>(offsetof(sockaddr_un, sun_path) + path.size +
+                                 (path.data[0] != 0 ? 1 : 0));
+    *fam = AF_UNIX;
+    return true;
+  }
+  return false;
+}
+
+ERL_NIF_TERM make_sockaddr(ErlNifEnv* env, const void* sap, unsigned len) {
+  const auto* sa = static_cast<const sockaddr*>(sap);
+  if (sa->sa_family == AF_INET && len >= sizeof(sockaddr_in)) {
+    const auto* in = static_cast<const sockaddr_in*>(sap);
+    const auto* b = reinterpret_cast<const unsigned char*>(&in->sin_addr);
+    ERL_NIF_TERM ip = enif_make_tuple4(env, enif_make_uint(env, b[0]), enif_make_uint(env, b[1]),
+                                       enif_make_uint(env, b[2]), enif_make_uint(env, b[3]));
+    return enif_make_tuple2(env, ip, enif_make_uint(env, ntohs(in->sin_port)));
+  }
+  if (sa->sa_family == AF_INET6 && len >= sizeof(sockaddr_in6)) {
+    const auto* in6 = static_cast<const sockaddr_in6*>(sap);
+    ERL_NIF_TERM w[8];
+    for (int k = 0; k < 8; k++)
+      w[k] = enif_make_uint(env, (in6->sin6_addr.s6_addr[2 * k] << 8) |
+                                     in6->sin6_addr.s6_addr[2 * k + 1]);
+    return enif_make_tuple2(env, enif_make_tuple_from_array(env, w, 8),
+                            enif_make_uint(env, ntohs(in6->sin6_port)));
+  }
+  if (sa->sa_family == AF_UNIX) {
+    const auto* un = static_cast<const sockaddr_un*>(sap);
+    size_t n = len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
+    if (n > 0 && un->sun_path[0] != 0) n = strnlen(un->sun_path, n);
+    ERL_NIF_TERM path;
+    std::memcpy(enif_make_new_binary(env, n, &path), un->sun_path, n);
+    return enif_make_tuple2(env, atom.local, path);
+  }
+  ERL_NIF_TERM empty;
+  enif_make_new_binary(env, 0, &empty);
+  return enif_make_tuple2(env, atom.unspec, empty);
+}
+
+namespace {
+
+// Sets active mode with gen_tcp's rules: {active, N} adds to the counter and
+// going to 0 or below sends the passive message.
+ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
+  bool b;
+  int n;
+  int before = s->active;
+  if (enif_is_identical(value, atom.once)) {
+    s->active = kActiveOnce;
+  } else if (get_bool(value, &b)) {
+    s->active = b ? kActiveTrue : 0;
+  } else if (enif_get_int(env, value, &n) && n >= -kActiveMax && n <= kActiveMax) {
+    long sum = (before > 0 ? before : 0) + static_cast<long>(n);
+    if (sum > kActiveMax) return make_error(env, atom.einval);
+    if (sum <= 0) {
+      s->active = 0;
+      ErlNifEnv* menv = enif_alloc_env();
+      ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
+      enif_send(env, &s->owner, menv, msg);
+      enif_free_env(menv);
+      return atom.ok;
+    }
+    s->active = static_cast<int>(sum);
+  } else {
+    return make_error(env, atom.einval);
+  }
+  if (s->active != 0 && s->kind == Kind::Conn && (before == 0 || !s->armed)) active_started(env, s);
+  return atom.ok;
+}
+
+}  // namespace
+
+// set_active(Sock, Value) -> ok | {error, Reason}: the hot path of
+// setopts(active: :once), one call per packet.
+ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.einval);
+  if (s->kind != Kind::Conn) {
+    bool bad = false;
+    return apply_opt(s, env, atom.active, argv[1], &bad) == 0 ? atom.ok
+                                                              : make_error(env, atom.einval);
+  }
+  return set_active(env, s, argv[1]);
+}
+
+// setopts(Sock, [{Key, Value}]) -> ok | {error, Reason}
+ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s) || !enif_is_list(env, argv[1])) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.einval);
+  ERL_NIF_TERM head, tail = argv[1];
+  ERL_NIF_TERM active = 0;
+  while (enif_get_list_cell(env, tail, &head, &tail)) {
+    int arity;
+    const ERL_NIF_TERM* kv;
+    if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2) return make_error(env, atom.einval);
+    if (enif_is_identical(kv[0], atom.active) && s->kind == Kind::Conn) {
+      active = kv[1];  // applied last, once the other options are in place
+      continue;
+    }
+    bool bad = false;
+    int e = apply_opt(s, env, kv[0], kv[1], &bad);
+    if (e != 0) return make_errno_error(env, e);
+  }
+  if (active != 0) return set_active(env, s, active);
+  return atom.ok;
+}
+
+// getopts(Sock, [Key]) -> {ok, [{Key, Value}]} | {error, Reason}
+ERL_NIF_TERM nif_getopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  unsigned n;
+  if (!get_sock(env, argv[0], &s) || !enif_get_list_length(env, argv[1], &n))
+    return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.einval);
+  ERL_NIF_TERM out = enif_make_list(env, 0);
+  ERL_NIF_TERM head, tail = argv[1];
+  // Build in reverse, then flip, to keep the caller's order.
+  while (enif_get_list_cell(env, tail, &head, &tail)) {
+    ERL_NIF_TERM kv;
+    int err = 0;
+    if (read_opt(env, s, head, &kv, &err))
+      out = enif_make_list_cell(env, kv, out);
+    else if (err != 0)
+      return make_errno_error(env, err);
+  }
+  ERL_NIF_TERM rev;
+  enif_make_reverse_list(env, out, &rev);
+  return make_ok(env, rev);
+}
+
+// getstat(Sock) -> {ok, [{Stat, Value}]}, in inet:getstat/1's order.
+ERL_NIF_TERM nif_getstat(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.einval);
+  auto kv = [env](ERL_NIF_TERM k, uint64_t v) {
+    return enif_make_tuple2(env, k, enif_make_uint64(env, v));
+  };
+  uint64_t pend = s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0;
+  ERL_NIF_TERM items[] = {
+      kv(atom.recv_oct, s->recv_oct),
+      kv(atom.recv_cnt, s->recv_cnt),
+      kv(atom.recv_max, s->recv_max),
+      kv(atom.recv_avg, s->recv_cnt ? s->recv_oct / s->recv_cnt : 0),
+      kv(atom.recv_dvi, 0),
+      kv(atom.send_oct, s->send_oct),
+      kv(atom.send_cnt, s->send_cnt),
+      kv(atom.send_max, s->send_max),
+      kv(atom.send_avg, s->send_cnt ? s->send_oct / s->send_cnt : 0),
+      kv(atom.send_pend, pend),
+  };
+  return make_ok(env, enif_make_list_from_array(env, items, sizeof items / sizeof items[0]));
+}
+
+static ERL_NIF_TERM name_of(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[], bool peer) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.einval);
+  if (peer && s->eof_reported) return make_error(env, atom.enotconn);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int r = peer ? getpeername(s->fd, reinterpret_cast<sockaddr*>(&ss), &len)
+               : getsockname(s->fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (r != 0) return make_errno_error(env, errno);
+  return make_ok(env, make_sockaddr(env, &ss, len));
+}
+
+ERL_NIF_TERM nif_sockname(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return name_of(env, argc, argv, false);
+}
+
+ERL_NIF_TERM nif_peername(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return name_of(env, argc, argv, true);
+}
+
+}  // namespace islet

@@ -1,0 +1,230 @@
+// Islet: active-mode delivery without a process per socket.
+//
+// One native thread waits on an epoll set of the sockets in active mode
+// (EPOLLONESHOT, re-armed only while still active), reads on readiness and
+// enif_sends {tcp, Socket, Data} straight to the owner, like quicer does.
+// Passive calls never go through here: they wait with enif_select.
+//
+// The poller holds a resource reference for each registered socket. A socket
+// that closes is removed from the set under its lock and its reference is
+// released by the thread itself, after the batch of events that may still
+// name it has been handled (see docs/design.md).
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "common.hpp"
+
+namespace islet {
+
+namespace {
+
+struct Poller {
+  int epfd = -1;
+  int evfd = -1;
+  ErlNifTid tid;
+  bool running = false;
+  std::atomic<bool> stopping{false};
+  std::mutex rel_mu;
+  std::vector<Sock*> release;
+};
+
+Poller poller;
+
+ERL_NIF_TERM tag_atom(Tag t, int which) {
+  static const ERL_NIF_TERM* tcp[] = {&atom.tcp, &atom.tcp_closed, &atom.tcp_error,
+                                      &atom.tcp_passive};
+  static const ERL_NIF_TERM* ssl[] = {&atom.ssl, &atom.ssl_closed, &atom.ssl_error,
+                                      &atom.ssl_passive};
+  return t == Tag::Tcp ? *tcp[which] : *ssl[which];
+}
+
+void send_owner(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, ERL_NIF_TERM msg) {
+  enif_send(caller, &s->owner, menv, msg);
+  enif_clear_env(menv);
+}
+
+// Counts one delivered packet against the active setting; returns true when
+// the socket stays active.
+bool consume_active(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
+  if (s->active == kActiveTrue) return true;
+  if (s->active == kActiveOnce) {
+    s->active = 0;
+    return false;
+  }
+  if (s->active > 0 && --s->active == 0) {
+    ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 3), enif_make_resource(menv, s));
+    send_owner(s, caller, menv, msg);
+    return false;
+  }
+  return s->active != 0;
+}
+
+void deliver_data(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, const unsigned char* data,
+                  size_t n) {
+  ERL_NIF_TERM bin;
+  unsigned char* p = enif_make_new_binary(menv, n, &bin);
+  std::memcpy(p, data, n);
+  ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 0), enif_make_resource(menv, s), bin);
+  send_owner(s, caller, menv, msg);
+  s->recv_oct += n;
+  s->recv_cnt++;
+  if (n > s->recv_max) s->recv_max = n;
+}
+
+void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
+  s->peer_closed = true;
+  s->eof_reported = true;
+  ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
+  send_owner(s, caller, menv, msg);
+}
+
+// Readiness of one active socket: read and deliver while active.
+void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
+  std::lock_guard<std::mutex> lk(s->mu);
+  s->armed = false;
+  if (!s->open || s->active == 0 || s->kind != Kind::Conn) return;
+  // Bounded work per wake-up so that one busy socket cannot starve others.
+  for (int round = 0; round < 16; round++) {
+    ssize_t n = recv(s->fd, buf, kReadChunk, 0);
+    if (n > 0) {
+      deliver_data(s, nullptr, menv, buf, static_cast<size_t>(n));
+      if (!consume_active(s, nullptr, menv)) return;
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno != ECONNRESET) {
+      // Like inet: the error, then the close.
+      ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 2), enif_make_resource(menv, s),
+                                          errno_atom(menv, errno));
+      send_owner(s, nullptr, menv, msg);
+    }
+    deliver_closed(s, nullptr, menv);
+    return;
+  }
+  poller_arm(s);
+}
+
+void* poller_main(void*) {
+  ErlNifEnv* menv = enif_alloc_env();
+  std::vector<unsigned char> buf(kReadChunk);
+  epoll_event evs[256];
+  while (!poller.stopping.load()) {
+    int n = epoll_wait(poller.epfd, evs, 256, -1);
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.ptr == nullptr) {
+        uint64_t v;
+        ssize_t r = read(poller.evfd, &v, sizeof v);
+        (void)r;
+        continue;
+      }
+      on_ready(static_cast<Sock*>(evs[i].data.ptr), menv, buf.data());
+    }
+    std::vector<Sock*> rel;
+    {
+      std::lock_guard<std::mutex> lk(poller.rel_mu);
+      rel.swap(poller.release);
+    }
+    for (Sock* s : rel) enif_release_resource(s);
+  }
+  enif_free_env(menv);
+  return nullptr;
+}
+
+void poke() {
+  uint64_t one = 1;
+  ssize_t r = write(poller.evfd, &one, sizeof one);
+  (void)r;
+}
+
+}  // namespace
+
+ERL_NIF_TERM active_tag(Sock* s, int which) { return tag_atom(s->tag, which); }
+
+bool poller_start() {
+  poller.epfd = epoll_create1(EPOLL_CLOEXEC);
+  poller.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (poller.epfd < 0 || poller.evfd < 0) return false;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = nullptr;
+  if (epoll_ctl(poller.epfd, EPOLL_CTL_ADD, poller.evfd, &ev) != 0) return false;
+  poller.stopping = false;
+  if (enif_thread_create(const_cast<char*>("islet_poller"), &poller.tid, poller_main, nullptr,
+                         nullptr) != 0)
+    return false;
+  poller.running = true;
+  return true;
+}
+
+void poller_stop() {
+  if (poller.running) {
+    poller.stopping = true;
+    poke();
+    enif_thread_join(poller.tid, nullptr);
+    poller.running = false;
+  }
+  for (Sock* s : poller.release) enif_release_resource(s);
+  poller.release.clear();
+  if (poller.epfd >= 0) close(poller.epfd);
+  if (poller.evfd >= 0) close(poller.evfd);
+  poller.epfd = poller.evfd = -1;
+}
+
+void poller_arm(Sock* s) {
+  if (s->armed || !s->open) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLONESHOT;
+  ev.data.ptr = s;
+  if (!s->in_poll) {
+    enif_keep_resource(s);
+    if (epoll_ctl(poller.epfd, EPOLL_CTL_ADD, s->fd, &ev) != 0) {
+      enif_release_resource(s);
+      return;
+    }
+    s->in_poll = true;
+  } else if (epoll_ctl(poller.epfd, EPOLL_CTL_MOD, s->fd, &ev) != 0) {
+    return;
+  }
+  s->armed = true;
+}
+
+void poller_remove(Sock* s) {
+  if (!s->in_poll) return;
+  epoll_ctl(poller.epfd, EPOLL_CTL_DEL, s->fd, nullptr);
+  s->in_poll = false;
+  s->armed = false;
+  bool first;
+  {
+    std::lock_guard<std::mutex> lk(poller.rel_mu);
+    first = poller.release.empty();
+    poller.release.push_back(s);
+  }
+  if (first) poke();
+}
+
+void active_started(ErlNifEnv* env, Sock* s) {
+  ErlNifEnv* menv = enif_alloc_env();
+  // Bytes a timed-out recv(n) left behind go first, as gen_tcp delivers them.
+  if (s->rlen > 0) {
+    deliver_data(s, env, menv, s->rbuf.data, s->rlen);
+    s->rlen = 0;
+    consume_active(s, env, menv);
+  }
+  if (s->active != 0 && s->eof_reported) {
+    ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
+    send_owner(s, env, menv, msg);
+  } else if (s->active != 0) {
+    poller_arm(s);
+  }
+  enif_free_env(menv);
+}
+
+}  // namespace islet

@@ -1,0 +1,265 @@
+// Islet: the socket resource's lifecycle (create, close, stop, owner death)
+// and the per-direction waiter queues.
+//
+// Rules (after OTP's socket NIF): every syscall on the fd happens under the
+// socket's lock and only while `open`; close flips `open`, wakes every waiter,
+// and retires the fd with enif_select(STOP); the fd is closed in the stop
+// callback, never while a select may still refer to it.
+#include <unistd.h>
+
+#include <cctype>
+#include <cstring>
+#include <new>
+
+#include "common.hpp"
+
+namespace islet {
+
+Atoms atom;
+ErlNifResourceType* sock_type = nullptr;
+ErlNifResourceType* file_type = nullptr;
+
+void init_atoms(ErlNifEnv* env) {
+  auto a = [env](const char* n) { return enif_make_atom(env, n); };
+  atom = Atoms{a("ok"), a("error"), a("true"), a("false"), a("undefined"), a("closed"),
+               a("timeout"), a("einval"), a("enotconn"), a("enomem"), a("badarg"),
+               a("not_owner"), a("wait"), a("wait_turn"), a("wait_drain"), a("wait_close"),
+               a("paused"), a("more"), a("once"), a("infinity"), a("$islet"),
+               a("$islet_closed"), a("inet"), a("inet6"), a("local"), a("read"), a("write"),
+               a("read_write"), a("active"), a("mode"), a("binary"), a("packet"), a("raw"),
+               a("nodelay"), a("reuseaddr"), a("reuseport"), a("reuseport_lb"), a("keepalive"),
+               a("linger"), a("buffer"), a("recbuf"), a("sndbuf"), a("send_timeout"),
+               a("send_timeout_close"), a("exit_on_close"), a("backlog"), a("ipv6_v6only"),
+               a("tcp"), a("tcp_closed"), a("tcp_error"), a("tcp_passive"), a("ssl"),
+               a("ssl_closed"), a("ssl_error"), a("ssl_passive"), a("recv_oct"), a("recv_cnt"),
+               a("recv_max"), a("recv_avg"), a("recv_dvi"), a("send_oct"), a("send_cnt"),
+               a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof")};
+}
+
+ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
+  return enif_make_tuple2(env, atom.error, reason);
+}
+
+ERL_NIF_TERM make_ok(ErlNifEnv* env, ERL_NIF_TERM value) {
+  return enif_make_tuple2(env, atom.ok, value);
+}
+
+ERL_NIF_TERM errno_atom(ErlNifEnv* env, int err) {
+  // glibc names errnos ("ECONNRESET"); inet reports them in lower case.
+  const char* name = strerrorname_np(err);
+  if (name == nullptr) return enif_make_atom(env, "unknown");
+  char buf[32];
+  size_t i = 0;
+  for (; name[i] != '\0' && i + 1 < sizeof buf; i++)
+    buf[i] = static_cast<char>(std::tolower(static_cast<unsigned char>(name[i])));
+  buf[i] = '\0';
+  return enif_make_atom(env, buf);
+}
+
+ERL_NIF_TERM make_errno_error(ErlNifEnv* env, int err) {
+  return make_error(env, errno_atom(env, err));
+}
+
+bool WaitQueue::is_head(const ErlNifPid& p) const {
+  return !q.empty() && enif_compare_pids(&q.front().pid, &p) == 0;
+}
+
+bool WaitQueue::contains(const ErlNifPid& p) const {
+  for (const Waiter& w : q)
+    if (enif_compare_pids(&w.pid, &p) == 0) return true;
+  return false;
+}
+
+Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family) {
+  void* mem = enif_alloc_resource(sock_type, sizeof(Sock));
+  if (mem == nullptr) return nullptr;
+  Sock* s = new (mem) Sock();
+  s->fd = fd;
+  s->kind = kind;
+  s->family = family;
+  ErlNifPid self;
+  enif_self(env, &self);
+  s->owner = self;
+  s->owner_mon_set = enif_monitor_process(env, s, &self, &s->owner_mon) == 0;
+  return s;
+}
+
+bool get_sock(ErlNifEnv* env, ERL_NIF_TERM t, Sock** out) {
+  return enif_get_resource(env, t, sock_type, reinterpret_cast<void**>(out)) != 0;
+}
+
+void wake(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
+  ErlNifEnv* menv = enif_alloc_env();
+  ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet, enif_make_resource(menv, s));
+  enif_send(env, &pid, menv, msg);
+  enif_free_env(menv);
+}
+
+int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir) {
+  ERL_NIF_TERM msg = enif_make_tuple2(env, atom.islet, enif_make_resource(env, s));
+  // enif_select_read/_write are macros that OR two enum values, which C++
+  // will not convert back to the enum: call enif_select_x directly.
+  auto mode = static_cast<ErlNifSelectFlags>(dir | ERL_NIF_SELECT_CUSTOM_MSG);
+  int r = enif_select_x(env, s->fd, mode, s, &pid, msg, nullptr);
+  if (r >= 0) wq.selected = true;
+  return r;
+}
+
+void waiter_push(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
+  if (wq.contains(pid)) return;
+  Waiter w;
+  w.pid = pid;
+  if (enif_monitor_process(env, s, &pid, &w.mon) != 0) return;  // caller is dying
+  wq.q.push_back(w);
+}
+
+static void cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq, int dir) {
+  if (!wq.selected) return;
+  wq.selected = false;
+  if (s->open) enif_select(env, s->fd, static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | dir), s, nullptr, atom.undefined);
+}
+
+bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir) {
+  for (auto it = wq.q.begin(); it != wq.q.end(); ++it) {
+    if (enif_compare_pids(&it->pid, &pid) != 0) continue;
+    bool was_head = it == wq.q.begin();
+    enif_demonitor_process(env, s, &it->mon);
+    wq.q.erase(it);
+    if (was_head) {
+      cancel_select(env, s, wq, dir);
+      if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
+    }
+    return true;
+  }
+  return false;
+}
+
+void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
+  if (!wq.is_head(pid)) return;
+  enif_demonitor_process(env, s, &wq.q.front().mon);
+  wq.q.pop_front();
+  wq.selected = false;
+  if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
+}
+
+static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
+  for (const Waiter& w : wq.q) {
+    enif_demonitor_process(env, s, &w.mon);
+    wake(env, s, w.pid);
+  }
+  wq.q.clear();
+  wq.selected = false;
+}
+
+bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
+  if (s->owner_mon_set) enif_demonitor_process(env, s, &s->owner_mon);
+  s->owner = pid;
+  s->owner_mon_set = enif_monitor_process(env, s, &pid, &s->owner_mon) == 0;
+  return s->owner_mon_set;
+}
+
+ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->open) return atom.ok;  // gen_tcp: a second close is ok
+    s->open = false;
+    wake_all(env, s, s->rq);
+    wake_all(env, s, s->wq);
+    if (s->owner_mon_set) {
+      enif_demonitor_process(env, s, &s->owner_mon);
+      s->owner_mon_set = false;
+    }
+    poller_remove(s);
+    if (s->wioq != nullptr) {
+      enif_ioq_destroy(s->wioq);
+      s->wioq = nullptr;
+    }
+    if (s->rbuf_alloc) {
+      enif_release_binary(&s->rbuf);
+      s->rbuf_alloc = false;
+      s->rlen = 0;
+    }
+    if (closer != nullptr) {
+      s->closer = *closer;
+      s->closer_waiting = true;
+    }
+  }
+  // Outside the lock: the stop callback may run right here and takes it.
+  int r = enif_select(env, s->fd, ERL_NIF_SELECT_STOP, s, nullptr, atom.undefined);
+  if (r >= 0 && (r & ERL_NIF_SELECT_STOP_SCHEDULED) && closer != nullptr) return atom.wait_close;
+  return atom.ok;
+}
+
+static void sock_stop(ErlNifEnv* env, void* obj, ErlNifEvent event, int is_direct_call) {
+  Sock* s = static_cast<Sock*>(obj);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->fd_closed && s->fd >= 0) {
+    close(s->fd);
+    s->fd_closed = true;
+  }
+  if (s->closer_waiting) {
+    s->closer_waiting = false;
+    if (!is_direct_call) {
+      ErlNifEnv* menv = enif_alloc_env();
+      ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_closed, enif_make_resource(menv, s));
+      enif_send(env, &s->closer, menv, msg);
+      enif_free_env(menv);
+    }
+  }
+}
+
+static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* mon) {
+  Sock* s = static_cast<Sock*>(obj);
+  bool owner_died = false;
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (s->owner_mon_set && enif_compare_monitors(&s->owner_mon, mon) == 0) {
+      s->owner_mon_set = false;
+      owner_died = true;
+    } else {
+      // A waiter died: drop it; when it was the head, the next one takes over.
+      for (int dir : {ERL_NIF_SELECT_READ, ERL_NIF_SELECT_WRITE}) {
+        WaitQueue& wq = dir == ERL_NIF_SELECT_READ ? s->rq : s->wq;
+        for (auto it = wq.q.begin(); it != wq.q.end(); ++it) {
+          if (enif_compare_monitors(&it->mon, mon) != 0) continue;
+          bool was_head = it == wq.q.begin();
+          wq.q.erase(it);
+          if (was_head) {
+            cancel_select(env, s, wq, dir);
+            if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
+          }
+          return;
+        }
+      }
+    }
+  }
+  if (owner_died) sock_close(env, s, nullptr);  // gen_tcp: the port dies with its owner
+}
+
+static void sock_dtor(ErlNifEnv* env, void* obj) {
+  Sock* s = static_cast<Sock*>(obj);
+  // Only reached when nothing refers to the socket any more: either the stop
+  // callback already closed the fd, or the fd was never handed to a select.
+  if (!s->fd_closed && s->fd >= 0) close(s->fd);
+  if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
+  if (s->rbuf_alloc) enif_release_binary(&s->rbuf);
+  s->~Sock();
+}
+
+static void file_dtor(ErlNifEnv* env, void* obj) {
+  FileRes* f = static_cast<FileRes*>(obj);
+  if (f->fd >= 0) close(f->fd);
+}
+
+bool open_resource_types(ErlNifEnv* env) {
+  ErlNifResourceTypeInit init{};
+  init.dtor = sock_dtor;
+  init.stop = sock_stop;
+  init.down = sock_down;
+  auto flags = static_cast<ErlNifResourceFlags>(ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
+  sock_type = enif_open_resource_type_x(env, "islet_socket", &init, flags, nullptr);
+  file_type = enif_open_resource_type(env, nullptr, "islet_file", file_dtor, flags, nullptr);
+  return sock_type != nullptr && file_type != nullptr;
+}
+
+}  // namespace islet

@@ -1,0 +1,35 @@
+defmodule Islet.Nif do
+  @moduledoc false
+  # The C++ NIF (c_src/). Every function here is replaced when the library
+  # loads; the Elixir modules around it do the waiting (see Islet.Socket).
+
+  @on_load :load
+
+  @doc false
+  def load do
+    path = :filename.join(:code.priv_dir(:islet), ~c"islet_nif")
+    :erlang.load_nif(path, 0)
+  end
+
+  defp nif, do: :erlang.nif_error(:islet_nif_not_loaded)
+
+  def listen(_family, _address, _port, _opts), do: nif()
+  def accept(_listener), do: nif()
+  def recv(_socket, _length), do: nif()
+  def send(_socket, _iodata), do: nif()
+  def send_more(_socket), do: nif()
+  def sendfile_open(_path), do: nif()
+  def sendfile_size(_file), do: nif()
+  def sendfile(_socket, _file, _offset, _count), do: nif()
+  def cancel(_socket, _direction), do: nif()
+  def close(_socket), do: nif()
+  def shutdown(_socket, _how), do: nif()
+  def controlling_process(_socket, _pid), do: nif()
+  def set_owner(_socket, _pid, _active), do: nif()
+  def set_active(_socket, _value), do: nif()
+  def setopts(_socket, _opts), do: nif()
+  def getopts(_socket, _keys), do: nif()
+  def getstat(_socket), do: nif()
+  def sockname(_socket), do: nif()
+  def peername(_socket), do: nif()
+end

@@ -1,0 +1,166 @@
+defmodule Islet.Options do
+  @moduledoc """
+  Listen and socket options: the merge Thousand Island's built-in transports
+  do, validation, and translation into what the NIF takes.
+
+  Options accepted by `Islet.TCP` (and `Islet.TLS`), with `:gen_tcp`'s
+  meaning: `ip`/`ifaddr` (IPv4 or IPv6 tuple, `:loopback`, `:any`,
+  `{:local, path}` with port 0), `:inet`, `:inet6`, `ipv6_v6only`, `backlog`,
+  `nodelay`, `reuseaddr`, `reuseport`, `reuseport_lb`, `keepalive`, `linger`,
+  `buffer`, `recbuf`, `sndbuf`, `send_timeout`, `send_timeout_close`,
+  `packet: :raw | 0`, `mode: :binary` (or `:binary`), `active`,
+  `exit_on_close: true`.
+
+  Accepted and ignored on purpose: `inet_backend` (Islet is its own
+  backend).
+
+  Anything else returns `{:error, {:unsupported_option, option}}`; a
+  supported option with a value of the wrong type returns `{:error, :einval}`
+  as `:gen_tcp` does.
+  """
+
+  @typedoc "What the NIF's listen takes: family, address, port and options."
+  @type listen_spec :: {:inet | :inet6 | :local, tuple() | binary(), :inet.port_number(), list()}
+
+  @bool_opts [:nodelay, :reuseaddr, :reuseport, :reuseport_lb, :keepalive, :send_timeout_close] ++
+               [:ipv6_v6only]
+  @pos_int_opts [:buffer, :recbuf, :sndbuf]
+  @ignored [:inet_backend]
+
+  @doc """
+  Merges option lists the way Thousand Island's transports do: the first
+  occurrence of a key wins, so `hardcoded` beats the user's options, which
+  beat `defaults`. Bare atoms (such as `:inet6`) are kept.
+  """
+  @spec merge(list(), list(), list()) :: list()
+  def merge(hardcoded, user, defaults) do
+    {opts, _seen} =
+      Enum.reduce(hardcoded ++ user ++ defaults, {[], MapSet.new()}, fn
+        {key, _} = opt, {acc, seen} ->
+          if MapSet.member?(seen, key),
+            do: {acc, seen},
+            else: {[opt | acc], MapSet.put(seen, key)}
+
+        opt, {acc, seen} ->
+          {[opt | acc], seen}
+      end)
+
+    Enum.reverse(opts)
+  end
+
+  @doc """
+  Validates merged TCP listen options and returns what `Islet.Nif.listen/4`
+  takes, or the error to give the caller. `extra` names option keys that a
+  higher layer (TLS) handles, which are skipped here.
+  """
+  @spec listen_spec(:inet.port_number(), list(), [atom()]) ::
+          {:ok, listen_spec()} | {:error, term()}
+  def listen_spec(port, opts, extra \\ [])
+
+  def listen_spec(port, opts, extra) when is_list(opts) do
+    Enum.reduce_while(opts, {:ok, %{family: nil, ip: nil, nif: []}}, fn opt, {:ok, acc} ->
+      case classify(opt, extra) do
+        {:family, f} -> {:cont, {:ok, %{acc | family: f}}}
+        {:ip, ip} -> {:cont, {:ok, %{acc | ip: ip}}}
+        {:nif, kv} -> {:cont, {:ok, %{acc | nif: [kv | acc.nif]}}}
+        :skip -> {:cont, {:ok, acc}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> address(port, acc)
+      error -> error
+    end
+  end
+
+  def listen_spec(_port, _opts, _extra), do: {:error, :einval}
+
+  @doc """
+  Validates options for `setopts/2` and returns them in the NIF's form.
+  """
+  @spec socket_opts(list()) :: {:ok, list()} | {:error, term()}
+  def socket_opts(opts) when is_list(opts) do
+    Enum.reduce_while(opts, {:ok, []}, fn opt, {:ok, acc} ->
+      case classify(opt, []) do
+        {:nif, {:backlog, _}} -> {:halt, {:error, :einval}}
+        {:nif, kv} -> {:cont, {:ok, [kv | acc]}}
+        :skip -> {:cont, {:ok, acc}}
+        {:family, _} -> {:halt, {:error, :einval}}
+        {:ip, _} -> {:halt, {:error, :einval}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  def socket_opts(_opts), do: {:error, :einval}
+
+  defp classify(:inet, _), do: {:family, :inet}
+  defp classify(:inet6, _), do: {:family, :inet6}
+  defp classify(:binary, _), do: {:nif, {:mode, :binary}}
+  defp classify({key, _}, _) when key in @ignored, do: :skip
+
+  defp classify({key, _} = opt, extra) when is_atom(key),
+    do: if(key in extra, do: :skip, else: value(opt))
+
+  defp classify(opt, _), do: unsupported(opt)
+
+  defp value({key, ip}) when key in [:ip, :ifaddr], do: ip_value(ip)
+  defp value({:mode, :binary}), do: {:nif, {:mode, :binary}}
+  defp value({:packet, p}) when p in [:raw, 0], do: {:nif, {:packet, :raw}}
+  defp value({:exit_on_close, true}), do: {:nif, {:exit_on_close, true}}
+  defp value({:backlog, n}) when is_integer(n) and n >= 0, do: {:nif, {:backlog, n}}
+  defp value({:active, a} = kv) when is_boolean(a) or a == :once, do: {:nif, kv}
+  defp value({:active, n} = kv) when is_integer(n) and n in -32768..32767, do: {:nif, kv}
+
+  defp value({:linger, {on, secs}} = kv) when is_boolean(on) and is_integer(secs) and secs >= 0,
+    do: {:nif, kv}
+
+  defp value({:send_timeout, :infinity} = kv), do: {:nif, kv}
+  defp value({:send_timeout, t} = kv) when is_integer(t) and t >= 0, do: {:nif, kv}
+  defp value({key, b} = kv) when key in @bool_opts and is_boolean(b), do: {:nif, kv}
+  defp value({key, n} = kv) when key in @pos_int_opts and is_integer(n) and n > 0, do: {:nif, kv}
+
+  # Supported keys with values Islet does not implement (list mode, packet
+  # framing, half-open sockets).
+  defp value({key, _} = opt) when key in [:mode, :packet, :exit_on_close], do: unsupported(opt)
+
+  defp value({key, _}) when key in [:backlog, :active, :linger, :send_timeout, :ip, :ifaddr],
+    do: {:error, :einval}
+
+  defp value({key, _}) when key in @bool_opts or key in @pos_int_opts, do: {:error, :einval}
+  defp value(opt), do: unsupported(opt)
+
+  defp unsupported(opt), do: {:error, {:unsupported_option, opt}}
+
+  defp ip_value(:loopback), do: {:ip, :loopback}
+  defp ip_value(:any), do: {:ip, :any}
+  defp ip_value({:local, path}) when is_binary(path), do: {:ip, {:local, path}}
+  defp ip_value({:local, path}) when is_list(path), do: ip_value({:local, List.to_string(path)})
+
+  defp ip_value(ip) when is_tuple(ip) do
+    if :inet.is_ip_address(ip), do: {:ip, ip}, else: {:error, :einval}
+  end
+
+  defp ip_value(_), do: {:error, :einval}
+
+  defp address(port, %{family: fam, ip: ip, nif: nif}) do
+    opts = Enum.reverse(nif)
+
+    case {fam, ip} do
+      {_, {:local, path}} when port == 0 -> {:ok, {:local, path, 0, opts}}
+      {_, {:local, _}} -> {:error, :einval}
+      {:inet6, :loopback} -> {:ok, {:inet6, {0, 0, 0, 0, 0, 0, 0, 1}, port, opts}}
+      {:inet6, ip} when ip in [nil, :any] -> {:ok, {:inet6, {0, 0, 0, 0, 0, 0, 0, 0}, port, opts}}
+      {_, :loopback} -> {:ok, {:inet, {127, 0, 0, 1}, port, opts}}
+      {_, ip} when ip in [nil, :any] -> {:ok, {:inet, {0, 0, 0, 0}, port, opts}}
+      {:inet6, ip} when tuple_size(ip) == 8 -> {:ok, {:inet6, ip, port, opts}}
+      {:inet6, _} -> {:error, :einval}
+      {_, ip} when tuple_size(ip) == 8 -> {:ok, {:inet6, ip, port, opts}}
+      {_, ip} -> {:ok, {:inet, ip, port, opts}}
+    end
+  end
+end

@@ -1,0 +1,210 @@
+defmodule Islet.Socket do
+  @moduledoc false
+  # The Elixir half of the engine, shared by Islet.TCP and Islet.TLS: calls
+  # the NIF, and when it answers that the caller must wait, waits in
+  # `receive` for the NIF's {:"$islet", socket} message with the caller's
+  # timeout, then calls again. Nothing here blocks a scheduler.
+
+  alias Islet.Nif
+
+  @type t :: reference()
+
+  @spec listen(:inet.port_number(), list(), [atom()]) :: {:ok, t()} | {:error, term()}
+  def listen(port, opts, extra \\ [])
+
+  def listen(port, opts, extra) when is_integer(port) and port in 0..65535 and is_list(opts) do
+    case Islet.Options.listen_spec(port, opts, extra) do
+      {:ok, {family, address, port, nif_opts}} -> Nif.listen(family, address, port, nif_opts)
+      error -> error
+    end
+  end
+
+  def listen(_port, _opts, _extra), do: {:error, :einval}
+
+  @spec accept(t()) :: {:ok, t()} | {:error, term()}
+  def accept(listener) do
+    case Nif.accept(listener) do
+      :wait ->
+        await(listener, :infinity, :read)
+        accept(listener)
+
+      result ->
+        result
+    end
+  end
+
+  @spec recv(t(), non_neg_integer(), timeout()) :: {:ok, binary()} | {:error, term()}
+  def recv(socket, length, timeout)
+      when is_integer(length) and length >= 0 and
+             ((is_integer(timeout) and timeout >= 0) or timeout == :infinity) do
+    case Nif.recv(socket, length) do
+      :wait -> recv_wait(socket, length, deadline(timeout))
+      result -> result
+    end
+  end
+
+  defp recv_wait(socket, length, deadline) do
+    case await(socket, remaining(deadline), :read) do
+      :ok ->
+        case Nif.recv(socket, length) do
+          :wait -> recv_wait(socket, length, deadline)
+          result -> result
+        end
+
+      :timeout ->
+        {:error, :timeout}
+    end
+  end
+
+  @spec send(t(), iodata()) :: :ok | {:error, term()}
+  def send(socket, data) do
+    case Nif.send(socket, data) do
+      :ok -> :ok
+      {:error, _} = error -> error
+      wait -> send_wait(socket, data, wait, send_deadline(socket))
+    end
+  end
+
+  defp send_wait(socket, data, wait, {deadline, close?}) do
+    case await(socket, remaining(deadline), :write) do
+      :ok ->
+        result = if wait == :wait_turn, do: Nif.send(socket, data), else: Nif.send_more(socket)
+
+        case result do
+          :ok -> :ok
+          {:error, _} = error -> error
+          wait -> send_wait(socket, data, wait, {deadline, close?})
+        end
+
+      :timeout ->
+        if close?, do: close(socket)
+        {:error, :timeout}
+    end
+  end
+
+  # send_timeout and send_timeout_close, read only on the slow path.
+  defp send_deadline(socket) do
+    case Nif.getopts(socket, [:send_timeout, :send_timeout_close]) do
+      {:ok, [send_timeout: t, send_timeout_close: close?]} -> {deadline(t), close?}
+      _ -> {:infinity, false}
+    end
+  end
+
+  @spec sendfile(t(), Path.t(), non_neg_integer(), non_neg_integer()) ::
+          {:ok, non_neg_integer()} | {:error, term()}
+  def sendfile(socket, path, offset, length)
+      when is_integer(offset) and offset >= 0 and is_integer(length) and length >= 0 do
+    with {:ok, file} <- Nif.sendfile_open(IO.chardata_to_string(path)),
+         {:ok, size} <- Nif.sendfile_size(file) do
+      count = if length == 0, do: max(size - offset, 0), else: length
+      sendfile_loop(socket, file, offset, count, 0, nil)
+    end
+  end
+
+  defp sendfile_loop(_socket, _file, _offset, 0, sent, _deadline), do: {:ok, sent}
+
+  defp sendfile_loop(socket, file, offset, count, sent, deadline) do
+    case Nif.sendfile(socket, file, offset, count) do
+      {done, n} when done in [:ok, :eof] ->
+        {:ok, sent + n}
+
+      {:more, n} ->
+        sendfile_loop(socket, file, offset + n, count - n, sent + n, nil)
+
+      {wait, n} when wait in [:wait, :wait_turn] ->
+        {dl, close?} = deadline || send_deadline(socket)
+
+        case await(socket, remaining(dl), :write) do
+          :ok ->
+            sendfile_loop(socket, file, offset + n, count - n, sent + n, {dl, close?})
+
+          :timeout ->
+            if close?, do: close(socket)
+            {:error, :timeout}
+        end
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  @spec close(t()) :: :ok
+  def close(socket) do
+    case Nif.close(socket) do
+      :ok ->
+        :ok
+
+      :wait_close ->
+        # The fd is closed by the NIF's stop callback, on another thread; wait
+        # for it so that the address is free when close returns.
+        receive do
+          {:"$islet_closed", ^socket} -> :ok
+        after
+          5_000 -> :ok
+        end
+    end
+  end
+
+  @doc false
+  # Moves ownership, forwarding the active-mode messages the caller's mailbox
+  # already holds so that the new owner sees them in order (as gen_tcp does).
+  @spec controlling_process(t(), pid(), tuple()) :: :ok | {:error, term()}
+  def controlling_process(socket, pid, tags) when is_pid(pid) do
+    if pid == self() do
+      Nif.controlling_process(socket, pid)
+    else
+      case Nif.controlling_process(socket, pid) do
+        :ok ->
+          forward(socket, pid, tags)
+
+        {:paused, active} ->
+          forward(socket, pid, tags)
+          Nif.set_owner(socket, pid, active)
+
+        error ->
+          error
+      end
+    end
+  end
+
+  def controlling_process(_socket, _pid, _tags), do: {:error, :badarg}
+
+  defp forward(socket, pid, {data, closed, error, passive} = tags) do
+    receive do
+      {^data, ^socket, _} = msg -> forward_one(socket, pid, tags, msg)
+      {^closed, ^socket} = msg -> forward_one(socket, pid, tags, msg)
+      {^error, ^socket, _} = msg -> forward_one(socket, pid, tags, msg)
+      {^passive, ^socket} = msg -> forward_one(socket, pid, tags, msg)
+    after
+      0 -> :ok
+    end
+  end
+
+  defp forward_one(socket, pid, tags, msg) do
+    Kernel.send(pid, msg)
+    forward(socket, pid, tags)
+  end
+
+  # Waits for the NIF's wake-up. On timeout, leaves the queue and drops a
+  # wake-up that may have raced in, so that it cannot confuse a later wait.
+  defp await(socket, timeout, direction) do
+    receive do
+      {:"$islet", ^socket} -> :ok
+    after
+      timeout ->
+        Nif.cancel(socket, direction)
+
+        receive do
+          {:"$islet", ^socket} -> :timeout
+        after
+          0 -> :timeout
+        end
+    end
+  end
+
+  defp deadline(:infinity), do: :infinity
+  defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
+
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+end

@@ -1,0 +1,115 @@
+defmodule Mix.Tasks.Compile.IsletNif do
+  @moduledoc """
+  Builds Islet's C++ NIF with CMake into `priv/`.
+
+  A Mix compiler of the project's own (hex-only build helpers are not
+  reachable where Islet is built). It configures once per build path,
+  lets CMake decide what to rebuild, and installs the library atomically so
+  that a BEAM loading it never sees a half-written file.
+
+  Environment:
+    * `ISLET_CMAKE_BUILD_TYPE` - CMake build type (default `Release`).
+    * `ISLET_SANITIZE` - `1` builds with AddressSanitizer and UBSan.
+  """
+  use Mix.Task.Compiler
+
+  @impl true
+  def run(_args) do
+    root = File.cwd!()
+    build_type = System.get_env("ISLET_CMAKE_BUILD_TYPE", "Release")
+    sanitize = System.get_env("ISLET_SANITIZE", "0")
+    build_dir = Path.join([Mix.Project.build_path(), "cmake", "#{build_type}-san#{sanitize}"])
+    File.mkdir_p!(build_dir)
+
+    erts_include =
+      Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "include"])
+
+    unless File.exists?(Path.join(build_dir, "CMakeCache.txt")) do
+      cmd!("cmake", [
+        "-S",
+        root,
+        "-B",
+        build_dir,
+        "-DCMAKE_BUILD_TYPE=#{build_type}",
+        "-DERTS_INCLUDE_DIR=#{erts_include}",
+        "-DISLET_SANITIZE=#{sanitize}"
+      ])
+    end
+
+    jobs = System.schedulers_online() |> Integer.to_string()
+    cmd!("cmake", ["--build", build_dir, "--parallel", jobs])
+
+    built = Path.join(build_dir, "libislet_nif.so")
+    priv = Path.join(root, "priv")
+    File.mkdir_p!(priv)
+    target = Path.join(priv, "islet_nif.so")
+
+    if stale?(built, target) do
+      tmp = target <> ".tmp#{System.unique_integer([:positive])}"
+      File.cp!(built, tmp)
+      File.rename!(tmp, target)
+    end
+
+    {:ok, []}
+  end
+
+  defp stale?(built, target) do
+    case {File.read(built), File.read(target)} do
+      {{:ok, same}, {:ok, same}} -> false
+      _ -> true
+    end
+  end
+
+  defp cmd!(cmd, args) do
+    {out, status} = System.cmd(cmd, args, stderr_to_stdout: true)
+
+    if status != 0 do
+      Mix.raise("#{cmd} #{Enum.join(args, " ")} failed (#{status}):\n#{out}")
+    end
+
+    if out =~ "warning" do
+      Mix.shell().info(out)
+    end
+  end
+end
+
+defmodule Islet.MixProject do
+  use Mix.Project
+
+  @version "0.1.0"
+
+  def project do
+    [
+      app: :islet,
+      version: @version,
+      elixir: "~> 1.14",
+      compilers: [:islet_nif | Mix.compilers()],
+      elixirc_paths: elixirc_paths(Mix.env()),
+      start_permanent: Mix.env() == :prod,
+      deps: deps(),
+      description: "Native TCP and TLS transports for Thousand Island",
+      package: [files: ~w(lib c_src CMakeLists.txt mix.exs README.md)]
+    ]
+  end
+
+  def application do
+    [extra_applications: [:logger, :ssl, :public_key, :crypto]]
+  end
+
+  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib"]
+
+  # Thousand Island is optional: Islet only implements its behaviour. Mix
+  # refuses a version-style dependency without Hex (even an optional one), so
+  # it is declared only where Hex is present; that is where users fetch
+  # Thousand Island from, and declaring it lets Mix compile it before Islet so
+  # that the behaviour's callbacks are checked. Offline builds (like this
+  # project's CI) compile Islet alone, warning-free.
+  defp deps do
+    if Code.ensure_loaded?(Hex) and System.get_env("ISLET_NO_HEX") == nil do
+      [{:thousand_island, "~> 1.0", optional: true}]
+    else
+      []
+    end
+  end
+end
