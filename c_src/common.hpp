@@ -2,11 +2,13 @@
 #pragma once
 
 #include <erl_nif.h>
+#include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <string>
 
 namespace islet {
 
@@ -41,7 +43,7 @@ struct Waiter {
 // syscalls and holds the enif_select; the others wait for a wake message.
 struct WaitQueue {
   std::deque<Waiter> q;
-  bool selected = false;  // the head has a pending enif_select
+  int selected = 0;  // the head's pending enif_select mode (READ/WRITE), or 0
   bool is_head(const ErlNifPid& p) const;
   bool contains(const ErlNifPid& p) const;
 };
@@ -91,6 +93,16 @@ struct Sock {
   // Data accepted by send/2 but not yet written to the kernel.
   ErlNifIOQueue* wioq = nullptr;
 
+  // TLS (tls.cpp): the connection's OpenSSL object, or the listener's
+  // context. Both freed by the destructor, once nothing can use them.
+  struct ssl_st* ssl = nullptr;
+  struct ssl_ctx_st* ctx = nullptr;
+  bool tls_done = false;  // handshake complete
+  int tls_alert = -1;     // last alert sent (info callback), for error terms
+  bool sni_resolved = false;  // SNI context chosen (sni_hosts / sni_fun)
+  std::string sni;            // server_name of the ClientHello
+  void* sni_ctx = nullptr;    // the context whose sni_fun paused the handshake
+
   uint64_t recv_oct = 0, recv_cnt = 0, recv_max = 0;
   uint64_t send_oct = 0, send_cnt = 0, send_max = 0;
 };
@@ -128,6 +140,22 @@ void poller_remove(Sock* s);  // under lock
 // Sends what rbuf holds, or the closed message, when active mode starts.
 void active_started(ErlNifEnv* env, Sock* s);  // under lock
 ERL_NIF_TERM active_tag(Sock* s, int which);   // 0 data, 1 closed, 2 error, 3 passive
+
+// Reading a connection, plain or TLS (tls.cpp for TLS): > 0 bytes, 0 EOF,
+// or one of these.
+constexpr ssize_t kWantRead = -1;
+constexpr ssize_t kWantWrite = -2;
+constexpr ssize_t kReadError = -3;  // *err holds an errno
+ssize_t conn_read(Sock* s, void* buf, size_t n, int* err);
+// Writes from the head of s->wioq; returns 0 when empty, EAGAIN when the
+// kernel is full, kMoreWork (TLS: budget used, call again) or an errno.
+constexpr int kMoreWork = -100;
+int conn_drain(Sock* s);
+ssize_t tls_read(Sock* s, void* buf, size_t n, int* err);
+int tls_drain(Sock* s);
+void tls_free(Sock* s);           // destructor
+void tls_close_notify(Sock* s);   // under lock, best effort
+bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx
 
 // Options (options.cpp).
 // Applies {Key, Value}: returns 0, or an errno / EINVAL for a bad option.

@@ -38,7 +38,7 @@ bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
 // head. Otherwise it is queued behind the others.
 bool take_turn(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& me) {
   if (wq.q.empty() || wq.is_head(me)) {
-    if (wq.is_head(me)) wq.selected = false;  // its notification was consumed
+    if (wq.is_head(me)) wq.selected = 0;  // its notification was consumed
     return true;
   }
   waiter_push(env, s, wq, me);
@@ -151,8 +151,12 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     c->send_timeout = l->send_timeout;
     c->send_timeout_close = l->send_timeout_close;
     c->exit_on_close = l->exit_on_close;
+    if (l->ctx != nullptr && !tls_attach(l, c)) {
+      enif_release_resource(c);
+      return make_error(env, atom.enomem);
+    }
     ERL_NIF_TERM res = enif_make_resource(env, c);
-    if (c->active != 0) {
+    if (c->active != 0 && c->ssl == nullptr) {
       std::lock_guard<std::mutex> clk(c->mu);
       poller_arm(c);
     }
@@ -201,7 +205,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
-  if (s->active != 0) return make_error(env, atom.einval);
+  if (s->active != 0 || (s->ssl != nullptr && !s->tls_done)) return make_error(env, atom.einval);
   if (len > kMaxRecv) return make_error(env, atom.enomem);
   if (!take_turn(env, s, s->rq, me)) return atom.wait;
 
@@ -218,23 +222,20 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   int e = 0;  // 0 after the loop means EOF
   if (len == 0) {
     static thread_local unsigned char buf[kReadChunk];
-    for (;;) {
-      ssize_t n = recv(s->fd, buf, sizeof buf, 0);
-      if (n > 0) {
-        ERL_NIF_TERM bin;
-        std::memcpy(enif_make_new_binary(env, n, &bin), buf, n);
-        s->recv_oct += n;
-        s->recv_cnt++;
-        if (static_cast<uint64_t>(n) > s->recv_max) s->recv_max = n;
-        waiter_done(env, s, s->rq, me);
-        return make_ok(env, bin);
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && would_block(errno))
-        return wait_for(env, s, s->rq, me, ERL_NIF_SELECT_READ, atom.wait);
-      e = n < 0 ? errno : 0;
-      break;
+    ssize_t n = conn_read(s, buf, sizeof buf, &e);
+    if (n > 0) {
+      ERL_NIF_TERM bin;
+      std::memcpy(enif_make_new_binary(env, n, &bin), buf, n);
+      s->recv_oct += n;
+      s->recv_cnt++;
+      if (static_cast<uint64_t>(n) > s->recv_max) s->recv_max = n;
+      waiter_done(env, s, s->rq, me);
+      return make_ok(env, bin);
     }
+    if (n == kWantRead || n == kWantWrite)
+      return wait_for(env, s, s->rq, me, n == kWantRead ? ERL_NIF_SELECT_READ : ERL_NIF_SELECT_WRITE,
+                      atom.wait);
+    if (n == 0) e = 0;
   } else {
     // Read straight into a binary of the exact size asked for: nothing is
     // read past it, so no large buffer is ever pinned by a small result.
@@ -245,7 +246,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       return make_error(env, atom.enomem);
     }
     for (;;) {
-      ssize_t n = recv(s->fd, s->rbuf.data + s->rlen, len - s->rlen, 0);
+      ssize_t n = conn_read(s, s->rbuf.data + s->rlen, len - s->rlen, &e);
       if (n > 0) {
         s->rlen += n;
         if (s->rlen < len) continue;
@@ -254,10 +255,10 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         waiter_done(env, s, s->rq, me);
         return result;
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && would_block(errno))
-        return wait_for(env, s, s->rq, me, ERL_NIF_SELECT_READ, atom.wait);
-      e = n < 0 ? errno : 0;
+      if (n == kWantRead || n == kWantWrite)
+        return wait_for(env, s, s->rq, me,
+                        n == kWantRead ? ERL_NIF_SELECT_READ : ERL_NIF_SELECT_WRITE, atom.wait);
+      if (n == 0) e = 0;
       break;
     }
   }
@@ -270,9 +271,22 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 
 namespace {
 
-// Writes what the queue holds; returns 0 when it is empty, EAGAIN when the
-// kernel is full, or the errno of a failed write.
-int drain(Sock* s) {
+}  // namespace
+
+ssize_t conn_read(Sock* s, void* buf, size_t n, int* err) {
+  if (s->ssl != nullptr) return tls_read(s, buf, n, err);
+  for (;;) {
+    ssize_t r = recv(s->fd, buf, n, 0);
+    if (r >= 0) return r;
+    if (errno == EINTR) continue;
+    if (would_block(errno)) return kWantRead;
+    *err = errno;
+    return kReadError;
+  }
+}
+
+int conn_drain(Sock* s) {
+  if (s->ssl != nullptr) return tls_drain(s);
   while (enif_ioq_size(s->wioq) > 0) {
     int iovcnt;
     SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
@@ -288,6 +302,8 @@ int drain(Sock* s) {
   return 0;
 }
 
+namespace {
+
 ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
   waiter_done(env, s, s->wq, me);
   if (e == EPIPE || e == ECONNRESET) {
@@ -299,10 +315,16 @@ ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
 
 // After data was queued: write it out, or wait for the kernel.
 ERL_NIF_TERM flush(ErlNifEnv* env, Sock* s, const ErlNifPid& me) {
-  int e = drain(s);
+  int e = conn_drain(s);
   if (e == 0) {
     waiter_done(env, s, s->wq, me);
     return atom.ok;
+  }
+  if (e == kMoreWork) {
+    // TLS: this call's encryption budget is spent; keep the turn and let the
+    // caller come straight back (no wait), so no call runs long.
+    if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);
+    return atom.more;
   }
   if (would_block(e)) return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
   return write_error(env, s, me, e);
@@ -336,6 +358,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
   if (s->peer_closed && s->eof_reported) return make_error(env, atom.closed);
+  if (s->ssl != nullptr && !s->tls_done) return make_error(env, atom.einval);
   if (!take_turn(env, s, s->wq, me)) return atom.wait_turn;
 
   size_t total = vec->size;
@@ -345,7 +368,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 
   size_t skip = 0;
   bool queued = s->wioq != nullptr && enif_ioq_size(s->wioq) > 0;
-  if (!queued && more.empty()) {
+  if (!queued && more.empty() && s->ssl == nullptr) {
     // The common case: one writev straight from the terms, no copy.
     int cnt = static_cast<int>(vec->iovcnt);
     while (skip < vec->size) {
@@ -438,7 +461,8 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (s->peer_closed && s->eof_reported) return make_error(env, atom.closed);
   if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
   if (s->wioq != nullptr && enif_ioq_size(s->wioq) > 0) {
-    int e = drain(s);
+    int e = conn_drain(s);
+    if (e == kMoreWork) e = EAGAIN;
     if (would_block(e))
       return enif_make_tuple2(env, wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait),
                               enif_make_uint(env, 0));
@@ -509,6 +533,7 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open) return make_error(env, atom.closed);
+  if (how != SHUT_RD) tls_close_notify(s);  // TLS: close_notify, then the FIN
   if (::shutdown(s->fd, how) != 0) return make_errno_error(env, errno);
   return atom.ok;
 }

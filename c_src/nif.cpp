@@ -4,6 +4,7 @@
 namespace islet {
 
 bool open_resource_types(ErlNifEnv* env);
+bool open_tls_types(ErlNifEnv* env);
 
 #define ISLET_NIF(name) ERL_NIF_TERM name(ErlNifEnv*, int, const ERL_NIF_TERM[]);
 ISLET_NIF(nif_listen)
@@ -25,6 +26,12 @@ ISLET_NIF(nif_getopts)
 ISLET_NIF(nif_getstat)
 ISLET_NIF(nif_sockname)
 ISLET_NIF(nif_peername)
+ISLET_NIF(nif_tls_ctx)
+ISLET_NIF(nif_tls_listener)
+ISLET_NIF(nif_tls_upgrade)
+ISLET_NIF(nif_tls_set_ctx)
+ISLET_NIF(nif_tls_handshake)
+ISLET_NIF(nif_tls_info)
 #undef ISLET_NIF
 
 namespace {
@@ -49,11 +56,18 @@ ErlNifFunc nif_funcs[] = {
     {"getstat", 1, nif_getstat, 0},
     {"sockname", 1, nif_sockname, 0},
     {"peername", 1, nif_peername, 0},
+    // Building a context parses keys and certificates: dirty CPU.
+    {"tls_ctx", 1, nif_tls_ctx, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"tls_listener", 2, nif_tls_listener, 0},
+    {"tls_upgrade", 2, nif_tls_upgrade, 0},
+    {"tls_set_ctx", 2, nif_tls_set_ctx, 0},
+    {"tls_handshake", 1, nif_tls_handshake, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"tls_info", 1, nif_tls_info, 0},
 };
 
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {
   init_atoms(env);
-  if (!open_resource_types(env)) return 1;
+  if (!open_resource_types(env) || !open_tls_types(env)) return 1;
   return poller_start() ? 0 : 1;
 }
 

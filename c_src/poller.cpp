@@ -92,18 +92,20 @@ void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
   if (!s->open || s->active == 0 || s->kind != Kind::Conn) return;
   // Bounded work per wake-up so that one busy socket cannot starve others.
   for (int round = 0; round < 16; round++) {
-    ssize_t n = recv(s->fd, buf, kReadChunk, 0);
+    int err = 0;
+    ssize_t n = conn_read(s, buf, kReadChunk, &err);
     if (n > 0) {
       deliver_data(s, nullptr, menv, buf, static_cast<size_t>(n));
       if (!consume_active(s, nullptr, menv)) return;
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno != ECONNRESET) {
+    // A TLS read that must write first (rare: a key update) is retried when
+    // readable again; the pending write goes out with the next send.
+    if (n == kWantRead || n == kWantWrite) break;
+    if (n == kReadError && err != ECONNRESET) {
       // Like inet: the error, then the close.
       ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 2), enif_make_resource(menv, s),
-                                          errno_atom(menv, errno));
+                                          errno_atom(menv, err));
       send_owner(s, nullptr, menv, msg);
     }
     deliver_closed(s, nullptr, menv);

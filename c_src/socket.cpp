@@ -101,7 +101,7 @@ int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int
   // will not convert back to the enum: call enif_select_x directly.
   auto mode = static_cast<ErlNifSelectFlags>(dir | ERL_NIF_SELECT_CUSTOM_MSG);
   int r = enif_select_x(env, s->fd, mode, s, &pid, msg, nullptr);
-  if (r >= 0) wq.selected = true;
+  if (r >= 0) wq.selected = dir;
   return r;
 }
 
@@ -113,10 +113,12 @@ void waiter_push(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
   wq.q.push_back(w);
 }
 
-static void cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq, int dir) {
-  if (!wq.selected) return;
-  wq.selected = false;
-  if (s->open) enif_select(env, s->fd, static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | dir), s, nullptr, atom.undefined);
+static void cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
+  int mode = wq.selected;
+  wq.selected = 0;
+  if (mode == 0 || !s->open) return;
+  auto flags = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | mode);
+  enif_select(env, s->fd, flags, s, nullptr, atom.undefined);
 }
 
 bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir) {
@@ -126,7 +128,7 @@ bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid,
     enif_demonitor_process(env, s, &it->mon);
     wq.q.erase(it);
     if (was_head) {
-      cancel_select(env, s, wq, dir);
+      cancel_select(env, s, wq);
       if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
     }
     return true;
@@ -138,7 +140,7 @@ void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
   if (!wq.is_head(pid)) return;
   enif_demonitor_process(env, s, &wq.q.front().mon);
   wq.q.pop_front();
-  wq.selected = false;
+  wq.selected = 0;
   if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
 }
 
@@ -148,7 +150,7 @@ static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
     wake(env, s, w.pid);
   }
   wq.q.clear();
-  wq.selected = false;
+  wq.selected = 0;
 }
 
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
@@ -162,6 +164,7 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
   {
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->open) return atom.ok;  // gen_tcp: a second close is ok
+    tls_close_notify(s);
     s->open = false;
     wake_all(env, s, s->rq);
     wake_all(env, s, s->wq);
@@ -225,7 +228,7 @@ static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* 
           bool was_head = it == wq.q.begin();
           wq.q.erase(it);
           if (was_head) {
-            cancel_select(env, s, wq, dir);
+            cancel_select(env, s, wq);
             if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
           }
           return;
@@ -243,6 +246,7 @@ static void sock_dtor(ErlNifEnv* env, void* obj) {
   if (!s->fd_closed && s->fd >= 0) close(s->fd);
   if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
   if (s->rbuf_alloc) enif_release_binary(&s->rbuf);
+  tls_free(s);
   s->~Sock();
 }
 

@@ -32,4 +32,10 @@ defmodule Islet.Nif do
   def getstat(_socket), do: nif()
   def sockname(_socket), do: nif()
   def peername(_socket), do: nif()
+  def tls_ctx(_opts), do: nif()
+  def tls_listener(_listener, _ctx), do: nif()
+  def tls_upgrade(_socket, _ctx), do: nif()
+  def tls_set_ctx(_socket, _ctx), do: nif()
+  def tls_handshake(_socket), do: nif()
+  def tls_info(_socket), do: nif()
 end

@@ -1,0 +1,619 @@
+// Islet: TLS through OpenSSL on the same socket resource and engine.
+//
+// The SSL object sits on the non-blocking fd through a socket BIO (which
+// keeps kernel TLS and SSL_sendfile possible), so WANT_READ / WANT_WRITE map
+// onto the engine's enif_select waits. A listener holds one SSL_CTX, built
+// once from the options; each accepted connection gets an SSL from it.
+// The handshake NIF runs on a dirty CPU scheduler (RSA signatures take a few
+// hundred microseconds); reads happen on the poller thread or in recv, and
+// writes are cut into bounded slices so that no call runs long.
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+namespace islet {
+
+namespace {
+
+ErlNifResourceType* ctx_type = nullptr;
+int ctx_data_index = -1;
+
+struct SniHost {
+  std::string name;
+  SSL_CTX* ctx;  // a reference of its own
+};
+
+// What a context's callbacks need. Owned by the SSL_CTX (ex_data, freed with
+// it), so it lives exactly as long as any listener or connection uses it.
+struct CtxData {
+  ErlNifEnv* data_env = nullptr;  // holds `data`: what an sni_fun needs
+  ERL_NIF_TERM data = 0;
+  std::vector<unsigned char> alpn;  // wire format, server preference order
+  std::vector<SniHost> sni_hosts;
+  bool sni_fun = false;
+  ~CtxData() {
+    for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
+    if (data_env != nullptr) enif_free_env(data_env);
+  }
+};
+
+void ctx_data_free(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<CtxData*>(ptr);
+}
+
+CtxData* data_of(const SSL_CTX* ctx) {
+  return static_cast<CtxData*>(SSL_CTX_get_ex_data(ctx, ctx_data_index));
+}
+
+// The Elixir handle of a context: one SSL_CTX reference.
+struct CtxRes {
+  SSL_CTX* ctx = nullptr;
+};
+
+void ctx_dtor(ErlNifEnv*, void* obj) {
+  CtxRes* c = static_cast<CtxRes*>(obj);
+  if (c->ctx != nullptr) SSL_CTX_free(c->ctx);
+}
+
+Sock* sock_of(const SSL* ssl) { return static_cast<Sock*>(SSL_get_app_data(ssl)); }
+
+void info_cb(const SSL* ssl, int where, int ret) {
+  if ((where & SSL_CB_ALERT) && (where & SSL_CB_WRITE)) {
+    Sock* s = sock_of(ssl);
+    if (s != nullptr && (ret >> 8) == SSL3_AL_FATAL) s->tls_alert = ret & 0xff;
+  }
+}
+
+int alpn_cb(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+            unsigned inlen, void*) {
+  CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
+  if (c == nullptr) return SSL_TLSEXT_ERR_NOACK;
+  // Server preference, as :ssl's alpn_preferred_protocols.
+  for (size_t i = 0; i < c->alpn.size(); i += 1 + c->alpn[i]) {
+    const unsigned char* p = &c->alpn[i];
+    for (unsigned j = 0; j < inlen; j += 1 + in[j]) {
+      if (j + 1 + in[j] > inlen) break;
+      if (in[j] == p[0] && std::memcmp(in + j + 1, p + 1, p[0]) == 0) {
+        *out = in + j + 1;
+        *outlen = in[j];
+        return SSL_TLSEXT_ERR_OK;
+      }
+    }
+  }
+  return SSL_TLSEXT_ERR_ALERT_FATAL;  // no_application_protocol, as :ssl
+}
+
+// The server_name from a ClientHello, or "".
+std::string client_hello_sni(SSL* ssl) {
+  const unsigned char* p;
+  size_t len;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) || len < 5) return "";
+  size_t list = (p[0] << 8) | p[1];
+  if (list + 2 != len || p[2] != TLSEXT_NAMETYPE_host_name) return "";
+  size_t n = (p[3] << 8) | p[4];
+  if (n + 5 > len) return "";
+  return std::string(reinterpret_cast<const char*>(p + 5), n);
+}
+
+void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
+  SSL_set_SSL_CTX(ssl, ctx);
+  SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), nullptr);
+  SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
+  SSL_set_options(ssl, SSL_CTX_get_options(ctx));
+}
+
+// SNI: a host of sni_hosts switches context here; with an sni_fun the
+// handshake pauses (retry) so that the fun runs in Elixir, which then calls
+// tls_set_ctx and resumes.
+int client_hello_cb(SSL* ssl, int* alert, void*) {
+  SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
+  CtxData* c = data_of(ctx);
+  Sock* st = sock_of(ssl);
+  if (c == nullptr || st == nullptr || st->sni_resolved) return SSL_CLIENT_HELLO_SUCCESS;
+  st->sni = client_hello_sni(ssl);
+  for (SniHost& h : c->sni_hosts) {
+    if (strcasecmp(h.name.c_str(), st->sni.c_str()) == 0) {
+      switch_ctx(ssl, h.ctx);
+      st->sni_resolved = true;
+      return SSL_CLIENT_HELLO_SUCCESS;
+    }
+  }
+  if (c->sni_fun && !st->sni.empty()) {
+    if (st->sni_ctx == nullptr) {
+      SSL_CTX_up_ref(ctx);
+      st->sni_ctx = ctx;
+    }
+    return SSL_CLIENT_HELLO_RETRY;
+  }
+  st->sni_resolved = true;
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+bool get_bool(ERL_NIF_TERM t) { return enif_is_identical(t, atom.true_); }
+
+bool bin_list(ErlNifEnv* env, ERL_NIF_TERM list, std::vector<ErlNifBinary>* out) {
+  ERL_NIF_TERM h, t = list;
+  ErlNifBinary b;
+  while (enif_get_list_cell(env, t, &h, &t)) {
+    if (!enif_inspect_binary(env, h, &b)) return false;
+    out->push_back(b);
+  }
+  return enif_is_empty_list(env, t);
+}
+
+X509* der_cert(const ErlNifBinary& b) {
+  const unsigned char* p = b.data;
+  return d2i_X509(nullptr, &p, static_cast<long>(b.size));
+}
+
+// {Chain, KeyDer}: the leaf first. Returns an error atom name or nullptr.
+const char* use_cert_key(ErlNifEnv* env, SSL_CTX* ctx, ERL_NIF_TERM pair) {
+  int arity;
+  const ERL_NIF_TERM* t;
+  std::vector<ErlNifBinary> chain;
+  ErlNifBinary key;
+  if (!enif_get_tuple(env, pair, &arity, &t) || arity != 2 || !bin_list(env, t[0], &chain) ||
+      chain.empty() || !enif_inspect_binary(env, t[1], &key))
+    return "bad_cert_key";
+  X509* leaf = der_cert(chain[0]);
+  if (leaf == nullptr) return "bad_cert";
+  int ok = SSL_CTX_use_certificate(ctx, leaf);
+  X509_free(leaf);
+  if (ok != 1) return "bad_cert";
+  for (size_t i = 1; i < chain.size(); i++) {
+    X509* x = der_cert(chain[i]);
+    // add1 keeps its own reference to x.
+    if (x == nullptr || SSL_CTX_add1_chain_cert(ctx, x) != 1) {
+      X509_free(x);
+      return "bad_cert";
+    }
+    X509_free(x);
+  }
+  const unsigned char* p = key.data;
+  EVP_PKEY* pkey = d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(key.size));
+  if (pkey == nullptr) return "bad_key";
+  ok = SSL_CTX_use_PrivateKey(ctx, pkey);
+  EVP_PKEY_free(pkey);
+  if (ok != 1) return "bad_key";
+  if (SSL_CTX_check_private_key(ctx) != 1) return "key_mismatch";
+  return nullptr;
+}
+
+ERL_NIF_TERM opt_error(ErlNifEnv* env, ERL_NIF_TERM key, const char* what) {
+  ERL_NIF_TERM detail = enif_make_tuple2(env, key, enif_make_atom(env, what));
+  return make_error(env, enif_make_tuple2(env, enif_make_atom(env, "options"), detail));
+}
+
+const char* alert_name(int code) {
+  switch (code) {
+    case 0: return "close_notify";
+    case 10: return "unexpected_message";
+    case 20: return "bad_record_mac";
+    case 22: return "record_overflow";
+    case 40: return "handshake_failure";
+    case 42: return "bad_certificate";
+    case 43: return "unsupported_certificate";
+    case 44: return "certificate_revoked";
+    case 45: return "certificate_expired";
+    case 46: return "certificate_unknown";
+    case 47: return "illegal_parameter";
+    case 48: return "unknown_ca";
+    case 49: return "access_denied";
+    case 50: return "decode_error";
+    case 51: return "decrypt_error";
+    case 70: return "protocol_version";
+    case 71: return "insufficient_security";
+    case 80: return "internal_error";
+    case 86: return "inappropriate_fallback";
+    case 90: return "user_canceled";
+    case 100: return "no_renegotiation";
+    case 109: return "missing_extension";
+    case 110: return "unsupported_extension";
+    case 112: return "unrecognized_name";
+    case 116: return "certificate_required";
+    case 120: return "no_application_protocol";
+    default: return "handshake_failure";
+  }
+}
+
+// {tls_alert, {Name, Description}} as :ssl reports a failed handshake.
+ERL_NIF_TERM alert_term(ErlNifEnv* env, int code, bool received) {
+  std::string desc = std::string("TLS server: ") + (received ? "received CLIENT ALERT: Fatal - "
+                                                               : "sent SERVER ALERT: Fatal - ") +
+                     SSL_alert_desc_string_long(code) + "\n";
+  ERL_NIF_TERM chars = enif_make_string_len(env, desc.data(), desc.size(), ERL_NIF_LATIN1);
+  return enif_make_tuple2(env, enif_make_atom(env, "tls_alert"),
+                          enif_make_tuple2(env, enif_make_atom(env, alert_name(code)), chars));
+}
+
+// The reason for a failed TLS call: an alert received or sent, or closed.
+ERL_NIF_TERM failure(ErlNifEnv* env, Sock* s) {
+  unsigned long e = ERR_peek_last_error();
+  ERR_clear_error();
+  if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET)
+    return alert_term(env, ERR_GET_REASON(e) - SSL_AD_REASON_OFFSET, true);
+  if (s->tls_alert >= 0) return alert_term(env, s->tls_alert, false);
+  return atom.closed;
+}
+
+ErlNifPid self_of(ErlNifEnv* env) {
+  ErlNifPid p;
+  enif_self(env, &p);
+  return p;
+}
+
+bool new_ssl(Sock* s, SSL_CTX* ctx) {
+  SSL* ssl = SSL_new(ctx);
+  if (ssl == nullptr) return false;
+  if (SSL_set_fd(ssl, s->fd) != 1) {
+    SSL_free(ssl);
+    return false;
+  }
+  SSL_set_accept_state(ssl);
+  SSL_set_app_data(ssl, s);
+  s->ssl = ssl;
+  s->tag = Tag::Ssl;
+  return true;
+}
+
+}  // namespace
+
+bool open_tls_types(ErlNifEnv* env) {
+  auto flags = static_cast<ErlNifResourceFlags>(ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
+  ctx_type = enif_open_resource_type(env, nullptr, "islet_tls_ctx", ctx_dtor, flags, nullptr);
+  if (ctx_data_index < 0)
+    ctx_data_index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, ctx_data_free);
+  return ctx_type != nullptr && ctx_data_index >= 0;
+}
+
+ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
+  ERR_clear_error();
+  int r = SSL_read(s->ssl, buf, static_cast<int>(n > INT32_MAX ? INT32_MAX : n));
+  if (r > 0) return r;
+  switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+      return kWantRead;
+    case SSL_ERROR_WANT_WRITE:
+      return kWantWrite;
+    case SSL_ERROR_ZERO_RETURN:
+      return 0;  // close_notify
+    case SSL_ERROR_SYSCALL:
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return kWantRead;
+      if (errno == 0) return 0;  // EOF without close_notify
+      *err = errno;
+      return kReadError;
+    default:
+      ERR_clear_error();
+      return 0;  // a fatal TLS error ends the connection: closed
+  }
+}
+
+int tls_drain(Sock* s) {
+  // Plaintext is gathered into one record-sized slice; a retry after
+  // WANT_WRITE sees the same queue head and so passes the same bytes, as
+  // OpenSSL requires (with SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).
+  static thread_local unsigned char rec[16384];
+  size_t budget = 256u << 10;
+  while (enif_ioq_size(s->wioq) > 0) {
+    if (budget == 0) return kMoreWork;
+    int iovcnt;
+    SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
+    size_t len = 0;
+    for (int i = 0; i < iovcnt && len < sizeof rec; i++) {
+      size_t take = std::min(iov[i].iov_len, sizeof rec - len);
+      std::memcpy(rec + len, iov[i].iov_base, take);
+      len += take;
+    }
+    ERR_clear_error();
+    int r = SSL_write(s->ssl, rec, static_cast<int>(len));
+    if (r > 0) {
+      enif_ioq_deq(s->wioq, r, nullptr);
+      s->send_oct += r;
+      budget = budget > static_cast<size_t>(r) ? budget - r : 0;
+      continue;
+    }
+    int e = SSL_get_error(s->ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) return EAGAIN;
+    if (e == SSL_ERROR_SYSCALL && errno != 0) return errno == EAGAIN ? EAGAIN : errno;
+    ERR_clear_error();
+    return EPIPE;
+  }
+  return 0;
+}
+
+bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
+
+void tls_close_notify(Sock* s) {
+  if (s->ssl != nullptr && s->tls_done && !s->peer_closed) {
+    ERR_clear_error();
+    SSL_shutdown(s->ssl);  // one try: sends close_notify if the kernel takes it
+    ERR_clear_error();
+  }
+}
+
+void tls_free(Sock* s) {
+  if (s->ssl != nullptr) {
+    SSL_free(s->ssl);
+    s->ssl = nullptr;
+  }
+  if (s->ctx != nullptr) {
+    SSL_CTX_free(s->ctx);
+    s->ctx = nullptr;
+  }
+  if (s->sni_ctx != nullptr) {
+    SSL_CTX_free(static_cast<SSL_CTX*>(s->sni_ctx));
+    s->sni_ctx = nullptr;
+  }
+}
+
+// tls_ctx([{Key, Value}]) -> {ok, Ctx} | {error, Reason}
+ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  if (!enif_is_list(env, argv[0])) return enif_make_badarg(env);
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return make_error(env, atom.enomem);
+  auto* handle = static_cast<CtxRes*>(enif_alloc_resource(ctx_type, sizeof(CtxRes)));
+  handle->ctx = ctx;
+  ERL_NIF_TERM res = enif_make_resource(env, handle);
+  enif_release_resource(handle);  // the term owns it; an error below frees it with the term
+  CtxData* c = new CtxData();
+  SSL_CTX_set_ex_data(ctx, ctx_data_index, c);
+
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                            SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_info_callback(ctx, info_cb);
+  SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, nullptr);
+  SSL_CTX_set_num_tickets(ctx, 0);  // :ssl's default: session_tickets disabled
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  static const unsigned char sid_ctx[] = "islet";
+  SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
+
+  bool have_cert = false;
+  int verify = SSL_VERIFY_NONE;
+  ERL_NIF_TERM head, tail = argv[0];
+  while (enif_get_list_cell(env, tail, &head, &tail)) {
+    int arity;
+    const ERL_NIF_TERM* kv;
+    char key[32];
+    if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2 ||
+        !enif_get_atom(env, kv[0], key, sizeof key, ERL_NIF_LATIN1))
+      return enif_make_badarg(env);
+    std::string k(key);
+    ErlNifBinary b;
+    int i;
+    if (k == "cert_key") {
+      if (const char* what = use_cert_key(env, ctx, kv[1])) return opt_error(env, kv[0], what);
+      have_cert = true;
+    } else if (k == "cacerts") {
+      std::vector<ErlNifBinary> cas;
+      if (!bin_list(env, kv[1], &cas)) return enif_make_badarg(env);
+      X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+      for (const ErlNifBinary& der : cas) {
+        X509* x = der_cert(der);
+        if (x == nullptr) return opt_error(env, kv[0], "bad_cert");
+        X509_STORE_add_cert(store, x);
+        X509_free(x);
+      }
+    } else if (k == "verify_peer") {
+      if (get_bool(kv[1])) verify |= SSL_VERIFY_PEER;
+    } else if (k == "fail_if_no_peer_cert") {
+      if (get_bool(kv[1])) verify |= SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+    } else if (k == "depth") {
+      if (!enif_get_int(env, kv[1], &i) || i < 0) return enif_make_badarg(env);
+      SSL_CTX_set_verify_depth(ctx, i);
+    } else if (k == "min_version" || k == "max_version") {
+      if (!enif_get_int(env, kv[1], &i)) return enif_make_badarg(env);
+      if (k == "min_version")
+        SSL_CTX_set_min_proto_version(ctx, i);
+      else
+        SSL_CTX_set_max_proto_version(ctx, i);
+    } else if (k == "cipher_list" || k == "ciphersuites") {
+      if (!enif_inspect_binary(env, kv[1], &b)) return enif_make_badarg(env);
+      std::string v(reinterpret_cast<const char*>(b.data), b.size);
+      int ok = k == "cipher_list" ? SSL_CTX_set_cipher_list(ctx, v.c_str())
+                                  : SSL_CTX_set_ciphersuites(ctx, v.c_str());
+      ERR_clear_error();
+      if (ok != 1) return opt_error(env, enif_make_atom(env, "ciphers"), "no_supported_ciphers");
+    } else if (k == "honor_cipher_order") {
+      if (get_bool(kv[1])) SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    } else if (k == "alpn") {
+      std::vector<ErlNifBinary> protos;
+      if (!bin_list(env, kv[1], &protos)) return enif_make_badarg(env);
+      for (const ErlNifBinary& p : protos) {
+        if (p.size == 0 || p.size > 255) return opt_error(env, kv[0], "bad_protocol");
+        c->alpn.push_back(static_cast<unsigned char>(p.size));
+        c->alpn.insert(c->alpn.end(), p.data, p.data + p.size);
+      }
+      if (!c->alpn.empty()) SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, nullptr);
+    } else if (k == "session_tickets") {
+      char v[16];
+      if (!enif_get_atom(env, kv[1], v, sizeof v, ERL_NIF_LATIN1)) return enif_make_badarg(env);
+      if (std::strcmp(v, "stateless") == 0) {
+        SSL_CTX_clear_options(ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx, 1);
+      } else if (std::strcmp(v, "stateful") == 0) {
+        SSL_CTX_set_num_tickets(ctx, 1);  // NO_TICKET + TLS 1.3: stateful
+      }
+    } else if (k == "reuse_sessions") {
+      SSL_CTX_set_session_cache_mode(ctx, get_bool(kv[1]) ? SSL_SESS_CACHE_SERVER
+                                                          : SSL_SESS_CACHE_OFF);
+    } else if (k == "sni_hosts") {
+      ERL_NIF_TERM h2, t2 = kv[1];
+      while (enif_get_list_cell(env, t2, &h2, &t2)) {
+        const ERL_NIF_TERM* pair;
+        CtxRes* hc;
+        if (!enif_get_tuple(env, h2, &arity, &pair) || arity != 2 ||
+            !enif_inspect_binary(env, pair[0], &b) ||
+            !enif_get_resource(env, pair[1], ctx_type, reinterpret_cast<void**>(&hc)))
+          return enif_make_badarg(env);
+        SSL_CTX_up_ref(hc->ctx);
+        c->sni_hosts.push_back({std::string(reinterpret_cast<const char*>(b.data), b.size), hc->ctx});
+      }
+    } else if (k == "sni_fun") {
+      // Kept with the context and handed back when a handshake pauses.
+      c->sni_fun = true;
+      c->data_env = enif_alloc_env();
+      c->data = enif_make_copy(c->data_env, kv[1]);
+    } else {
+      return enif_make_badarg(env);
+    }
+  }
+  if (!have_cert) return opt_error(env, enif_make_atom(env, "certfile"), "missing");
+  SSL_CTX_set_verify(ctx, verify, nullptr);
+  return make_ok(env, res);
+}
+
+namespace {
+bool get_ctx(ErlNifEnv* env, ERL_NIF_TERM t, CtxRes** out) {
+  return enif_get_resource(env, t, ctx_type, reinterpret_cast<void**>(out)) != 0;
+}
+}  // namespace
+
+// tls_listener(Listener, Ctx) -> ok: accepted sockets speak TLS.
+ERL_NIF_TERM nif_tls_listener(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* l;
+  CtxRes* c;
+  if (!get_sock(env, argv[0], &l) || !get_ctx(env, argv[1], &c)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(l->mu);
+  if (l->kind != Kind::Listener || l->ctx != nullptr) return enif_make_badarg(env);
+  SSL_CTX_up_ref(c->ctx);
+  l->ctx = c->ctx;
+  l->tag = Tag::Ssl;
+  return atom.ok;
+}
+
+// tls_upgrade(Sock, Ctx) -> ok | {error, Reason}: STARTTLS on a connected
+// plain socket; the handshake follows.
+ERL_NIF_TERM nif_tls_upgrade(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  CtxRes* c;
+  if (!get_sock(env, argv[0], &s) || !get_ctx(env, argv[1], &c)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.closed);
+  if (s->kind != Kind::Conn || s->ssl != nullptr) return make_error(env, atom.einval);
+  if (s->active != 0) return make_error(env, atom.einval);
+  if (!new_ssl(s, c->ctx)) return make_error(env, atom.enomem);
+  return atom.ok;
+}
+
+// tls_set_ctx(Sock, Ctx) -> ok: the context an sni_fun chose.
+ERL_NIF_TERM nif_tls_set_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  CtxRes* c = nullptr;
+  if (!get_sock(env, argv[0], &s) ||
+      (!enif_is_identical(argv[1], atom.undefined) && !get_ctx(env, argv[1], &c)))
+    return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open || s->ssl == nullptr) return make_error(env, atom.closed);
+  if (c != nullptr) switch_ctx(s->ssl, c->ctx);
+  s->sni_resolved = true;
+  return atom.ok;
+}
+
+// tls_handshake(Sock) -> ok | wait | {sni, Name} | {error, Reason}
+// Dirty CPU: this is where the certificate's private key signs.
+ERL_NIF_TERM nif_tls_handshake(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_of(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.closed);
+  if (s->ssl == nullptr || s->kind != Kind::Conn) return make_error(env, atom.einval);
+  if (s->tls_done) return atom.ok;
+  if (!s->rq.q.empty() && !s->rq.is_head(me)) {
+    waiter_push(env, s, s->rq, me);
+    return atom.wait;
+  }
+  if (s->rq.is_head(me)) s->rq.selected = 0;
+  ERR_clear_error();
+  int r = SSL_do_handshake(s->ssl);
+  if (r == 1) {
+    s->tls_done = true;
+    waiter_done(env, s, s->rq, me);
+    return atom.ok;
+  }
+  int e = SSL_get_error(s->ssl, r);
+  int dir = 0;
+  if (e == SSL_ERROR_WANT_READ || (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
+    dir = ERL_NIF_SELECT_READ;
+  else if (e == SSL_ERROR_WANT_WRITE)
+    dir = ERL_NIF_SELECT_WRITE;
+  if (dir != 0) {
+    if (s->rq.q.empty()) waiter_push(env, s, s->rq, me);
+    if (select_for(env, s, s->rq, me, dir) < 0) return make_error(env, atom.closed);
+    return atom.wait;
+  }
+  if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+    ERL_NIF_TERM name;
+    std::memcpy(enif_make_new_binary(env, s->sni.size(), &name), s->sni.data(), s->sni.size());
+    CtxData* c = s->sni_ctx != nullptr ? data_of(static_cast<SSL_CTX*>(s->sni_ctx)) : nullptr;
+    ERL_NIF_TERM data = c != nullptr && c->data_env != nullptr ? enif_make_copy(env, c->data)
+                                                               : atom.undefined;
+    return enif_make_tuple3(env, enif_make_atom(env, "sni"), name, data);
+  }
+  waiter_done(env, s, s->rq, me);
+  ERL_NIF_TERM reason = failure(env, s);
+  s->peer_closed = true;
+  return make_error(env, reason);
+}
+
+// tls_info(Sock) -> {ok, [{Key, Value}]} | {error, Reason}
+// protocol (0x0303 | 0x0304), cipher (IANA name), sni_hostname, alpn,
+// session_id, peercert (DER) -- as far as each is known.
+ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.closed);
+  if (s->ssl == nullptr) return make_error(env, enif_make_atom(env, "not_secure"));
+  if (!s->tls_done) return make_error(env, atom.closed);
+  std::vector<ERL_NIF_TERM> items;
+  auto bin = [env](const void* p, size_t n) {
+    ERL_NIF_TERM t;
+    std::memcpy(enif_make_new_binary(env, n, &t), p, n);
+    return t;
+  };
+  auto put = [&](const char* k, ERL_NIF_TERM v) {
+    items.push_back(enif_make_tuple2(env, enif_make_atom(env, k), v));
+  };
+  put("protocol", enif_make_int(env, SSL_version(s->ssl)));
+  if (const SSL_CIPHER* ci = SSL_get_current_cipher(s->ssl)) {
+    const char* name = SSL_CIPHER_standard_name(ci);
+    if (name != nullptr) put("cipher", bin(name, std::strlen(name)));
+  }
+  if (const char* sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name))
+    put("sni_hostname", bin(sni, std::strlen(sni)));
+  const unsigned char* alpn;
+  unsigned alpn_len = 0;
+  SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
+  if (alpn_len > 0) put("alpn", bin(alpn, alpn_len));
+  if (SSL_SESSION* sess = SSL_get_session(s->ssl)) {
+    unsigned id_len;
+    const unsigned char* id = SSL_SESSION_get_id(sess, &id_len);
+    put("session_id", bin(id, id_len));
+  }
+  put("session_reused", SSL_session_reused(s->ssl) ? atom.true_ : atom.false_);
+  if (X509* peer = SSL_get1_peer_certificate(s->ssl)) {
+    int n = i2d_X509(peer, nullptr);
+    if (n > 0) {
+      ERL_NIF_TERM t;
+      unsigned char* p = enif_make_new_binary(env, n, &t);
+      i2d_X509(peer, &p);
+      put("peercert", t);
+    }
+    X509_free(peer);
+  }
+  return make_ok(env, enif_make_list_from_array(env, items.data(), items.size()));
+}
+
+}  // namespace islet

@@ -1,0 +1,286 @@
+defmodule Islet.TLS do
+  @moduledoc """
+  A native TLS transport for Thousand Island, over OpenSSL: a drop-in for
+  `ThousandIsland.Transports.SSL`, taking the same `transport_options`.
+
+      ThousandIsland.start_link(
+        port: 4443,
+        handler_module: MyHandler,
+        transport_module: Islet.TLS,
+        transport_options: [certfile: "cert.pem", keyfile: "key.pem"]
+      )
+
+  Calls answer what `:ssl` answers: `{:ssl, socket, data}`,
+  `{:ssl_closed, socket}`, `{:ssl_error, socket, reason}` and
+  `{:ssl_passive, socket}` in active mode, `{:error, {:tls_alert, {reason,
+  description}}}` for failed handshakes. The `SSL_CTX` is built once per
+  listener; each connection is an OpenSSL object on the socket's fd, driven
+  without blocking a scheduler (handshake steps run on a dirty CPU scheduler,
+  active-mode decryption on Islet's poller thread). See `Islet.TLS.Options`
+  for the options accepted, plus every TCP option of `Islet.TCP`.
+  """
+
+  alias Islet.{Nif, Socket}
+  alias Islet.TLS.Options, as: TLSOptions
+
+  if Code.ensure_loaded?(ThousandIsland.Transport) do
+    @behaviour ThousandIsland.Transport
+  end
+
+  @typedoc "A listening or connected Islet socket (an opaque native resource)."
+  @type socket :: reference()
+
+  @hardcoded_options [mode: :binary, active: false]
+  @default_options [
+    backlog: 1024,
+    nodelay: true,
+    send_timeout: 30_000,
+    send_timeout_close: true,
+    reuseaddr: true
+  ]
+  @tags {:ssl, :ssl_closed, :ssl_error, :ssl_passive}
+
+  @doc """
+  Opens a TLS listener. Raises (as Thousand Island's SSL transport does) when
+  no key or certificate is given.
+  """
+  @spec listen(:inet.port_number(), keyword()) :: {:ok, socket()} | {:error, term()}
+  def listen(port, user_options) when is_list(user_options) do
+    options = Islet.Options.merge(@hardcoded_options, user_options, @default_options)
+    TLSOptions.check_cert_key!(options)
+
+    with {:ok, ctx} <- TLSOptions.context(options),
+         {:ok, listener} <- Socket.listen(port, options, TLSOptions.tls_keys()) do
+      :ok = Nif.tls_listener(listener, ctx)
+      {:ok, listener}
+    end
+  end
+
+  @doc "Accepts a connection; the TLS handshake is done by `handshake/1,2`."
+  @spec accept(socket()) :: {:ok, socket()} | {:error, term()}
+  defdelegate accept(listener), to: Socket
+
+  @doc "Completes the TLS handshake, with no time limit (as `:ssl.handshake/1`)."
+  @spec handshake(socket()) :: {:ok, socket()} | {:error, term()}
+  def handshake(socket), do: handshake(socket, :infinity)
+
+  @doc """
+  Completes the TLS handshake within `timeout` ms; past it the connection is
+  closed and `{:error, :timeout}` returned.
+  """
+  @spec handshake(socket(), timeout()) :: {:ok, socket()} | {:error, term()}
+  def handshake(socket, timeout) do
+    deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
+    do_handshake(socket, deadline)
+  end
+
+  defp do_handshake(socket, deadline) do
+    case Nif.tls_handshake(socket) do
+      :ok ->
+        {:ok, socket}
+
+      :wait ->
+        left = if deadline == :infinity, do: :infinity, else: max(deadline - now(), 0)
+
+        receive do
+          {:"$islet", ^socket} -> do_handshake(socket, deadline)
+        after
+          left ->
+            Nif.cancel(socket, :read)
+            Socket.close(socket)
+            {:error, :timeout}
+        end
+
+      {:sni, name, {fun, base}} ->
+        case sni_context(fun, name, base) do
+          {:ok, ctx} ->
+            Nif.tls_set_ctx(socket, ctx)
+            do_handshake(socket, deadline)
+
+          error ->
+            Socket.close(socket)
+            error
+        end
+
+      {:error, _} = error ->
+        Socket.close(socket)
+        error
+    end
+  end
+
+  defp sni_context(fun, name, base) do
+    case fun.(String.to_charlist(name)) do
+      opts when is_list(opts) -> TLSOptions.context(Keyword.merge(base, opts))
+      _ -> {:ok, :undefined}
+    end
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  @doc """
+  STARTTLS: turns a connected `Islet.TCP` socket into a TLS one (server side)
+  and performs the handshake.
+  """
+  @spec upgrade(socket(), keyword()) :: {:ok, socket()} | {:error, term()}
+  def upgrade(socket, options) when is_list(options) do
+    TLSOptions.check_cert_key!(options)
+
+    with {:ok, ctx} <- TLSOptions.context(options),
+         :ok <- Nif.tls_upgrade(socket, ctx) do
+      handshake(socket, Keyword.get(options, :handshake_timeout, :infinity))
+    end
+  end
+
+  @doc "Receives in passive mode, as `:ssl.recv/3`."
+  @spec recv(socket(), non_neg_integer(), timeout()) :: {:ok, binary()} | {:error, term()}
+  defdelegate recv(socket, length, timeout), to: Socket
+
+  @doc "Sends iodata, encrypted in record-sized slices."
+  @spec send(socket(), iodata()) :: :ok | {:error, term()}
+  defdelegate send(socket, data), to: Socket
+
+  @doc """
+  Sends part of a file through TLS: read natively in 1 MiB chunks (dirty I/O
+  scheduler) and encrypted as it goes. Length 0 means to the end of the file.
+  """
+  @spec sendfile(socket(), String.t(), non_neg_integer(), non_neg_integer()) ::
+          {:ok, non_neg_integer()} | {:error, term()}
+  def sendfile(socket, filename, offset, length) do
+    case :file.open(filename, [:read, :raw, :binary]) do
+      {:ok, fd} ->
+        try do
+          sendfile_loop(socket, fd, offset, if(length == 0, do: :eof, else: length), 0)
+        after
+          :file.close(fd)
+        end
+
+      error ->
+        error
+    end
+  end
+
+  @chunk 1_048_576
+  defp sendfile_loop(_socket, _fd, _offset, 0, sent), do: {:ok, sent}
+
+  defp sendfile_loop(socket, fd, offset, left, sent) do
+    want = if left == :eof, do: @chunk, else: min(left, @chunk)
+
+    case :file.pread(fd, offset, want) do
+      {:ok, data} ->
+        n = byte_size(data)
+
+        case Socket.send(socket, data) do
+          :ok ->
+            next = if left == :eof, do: :eof, else: left - n
+            sendfile_loop(socket, fd, offset + n, next, sent + n)
+
+          error ->
+            error
+        end
+
+      :eof ->
+        {:ok, sent}
+
+      error ->
+        error
+    end
+  end
+
+  @doc "Gets options, as `:ssl.getopts/2`."
+  @spec getopts(socket(), [atom()]) :: {:ok, list()} | {:error, term()}
+  defdelegate getopts(socket, options), to: Islet.TCP
+
+  @doc "Sets options, as `:ssl.setopts/2`; `active: :once` is one native call."
+  @spec setopts(socket(), list()) :: :ok | {:error, term()}
+  defdelegate setopts(socket, options), to: Islet.TCP
+
+  @doc "Shuts down; the write side sends close_notify first."
+  @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}
+  defdelegate shutdown(socket, way), to: Nif
+
+  @doc "Sends close_notify and closes the socket."
+  @spec close(socket()) :: :ok
+  defdelegate close(socket), to: Socket
+
+  @doc "Makes `pid` the owner (only the owner may), as `:ssl.controlling_process/2`."
+  @spec controlling_process(socket(), pid()) :: :ok | {:error, term()}
+  def controlling_process(socket, pid), do: Socket.controlling_process(socket, pid, @tags)
+
+  @doc "The local address."
+  @spec sockname(socket()) :: {:ok, Islet.TCP.address()} | {:error, term()}
+  defdelegate sockname(socket), to: Nif
+
+  @doc "The peer's address."
+  @spec peername(socket()) :: {:ok, Islet.TCP.address()} | {:error, term()}
+  defdelegate peername(socket), to: Nif
+
+  @doc "Statistics of the underlying TCP connection, as `:ssl.getstat/1`."
+  @spec getstat(socket()) :: {:ok, [{atom(), non_neg_integer()}]} | {:error, term()}
+  defdelegate getstat(socket), to: Nif
+
+  @doc "The ALPN protocol chosen, or `{:error, :protocol_not_negotiated}`."
+  @spec negotiated_protocol(socket()) :: {:ok, binary()} | {:error, term()}
+  def negotiated_protocol(socket) do
+    with {:ok, info} <- Nif.tls_info(socket) do
+      case List.keyfind(info, :alpn, 0) do
+        {:alpn, proto} -> {:ok, proto}
+        nil -> {:error, :protocol_not_negotiated}
+      end
+    end
+  end
+
+  @doc "The client's certificate (DER), or `{:error, :no_peercert}`."
+  @spec peercert(socket()) :: {:ok, binary()} | {:error, term()}
+  def peercert(socket) do
+    with {:ok, info} <- Nif.tls_info(socket) do
+      case List.keyfind(info, :peercert, 0) do
+        {:peercert, der} -> {:ok, der}
+        nil -> {:error, :no_peercert}
+      end
+    end
+  end
+
+  @doc """
+  Connection information in `:ssl.connection_information/1`'s shape:
+  `protocol`, `selected_cipher_suite`, `cipher_suite`, `session_id`,
+  `session_resumption` and, when the client sent one, `sni_hostname`.
+  """
+  @spec connection_information(socket()) :: {:ok, keyword()} | {:error, term()}
+  def connection_information(socket) do
+    with {:ok, info} <- Nif.tls_info(socket) do
+      {:ok, Enum.flat_map(info, &info_item/1)}
+    end
+  end
+
+  defp info_item({:protocol, 0x0304}), do: [protocol: :"tlsv1.3"]
+  defp info_item({:protocol, 0x0303}), do: [protocol: :"tlsv1.2"]
+  defp info_item({:protocol, _}), do: [protocol: :unknown]
+
+  defp info_item({:cipher, name}) do
+    case safe_suite(name) do
+      %{} = suite ->
+        [
+          selected_cipher_suite: suite,
+          cipher_suite: {suite.key_exchange, suite.cipher, suite.mac}
+        ]
+
+      _ ->
+        []
+    end
+  end
+
+  defp info_item({:sni_hostname, name}), do: [sni_hostname: String.to_charlist(name)]
+  defp info_item({:session_id, id}), do: [session_id: id]
+  defp info_item({:session_reused, b}), do: [session_resumption: b]
+  defp info_item(_), do: []
+
+  defp safe_suite(name) do
+    :ssl.str_to_suite(String.to_charlist(name))
+  rescue
+    _ -> nil
+  end
+
+  @doc "TLS is secure."
+  @spec secure?() :: true
+  def secure?, do: true
+end

@@ -1,0 +1,278 @@
+defmodule Islet.TLS.Options do
+  @moduledoc """
+  Translates `:ssl` server options into an OpenSSL context built once per
+  listener (`Islet.Nif.tls_ctx/1`).
+
+  Accepted, in the forms `:ssl` takes them: `certfile`, `keyfile`, `cert` (DER
+  or a list of DER, leaf first), `key` (`{type, der}`), `certs_keys`,
+  `cacertfile`, `cacerts`, `password` (encrypted PEM keys), `verify`,
+  `fail_if_no_peer_cert`, `depth`, `versions` (`:"tlsv1.2"`, `:"tlsv1.3"`),
+  `ciphers` (suite maps, tuples, or an OpenSSL string), `honor_cipher_order`,
+  `alpn_preferred_protocols`, `sni_hosts`, `sni_fun`, `reuse_sessions`,
+  `session_tickets`, `secure_renegotiate`.
+
+  Accepted and ignored on purpose: `log_level` (OpenSSL does not log through
+  Logger), `secure_renegotiate` (OpenSSL always renegotiates securely, and
+  Islet refuses client renegotiation altogether).
+  """
+
+  @tls_keys [
+    :certfile,
+    :keyfile,
+    :cert,
+    :key,
+    :certs_keys,
+    :cacertfile,
+    :cacerts,
+    :password,
+    :verify,
+    :fail_if_no_peer_cert,
+    :depth,
+    :versions,
+    :ciphers,
+    :honor_cipher_order,
+    :alpn_preferred_protocols,
+    :sni_hosts,
+    :sni_fun,
+    :reuse_sessions,
+    :session_tickets,
+    :secure_renegotiate,
+    :log_level
+  ]
+
+  @doc "The option keys handled here rather than by the TCP layer."
+  @spec tls_keys() :: [atom()]
+  def tls_keys, do: @tls_keys
+
+  @doc """
+  Raises as Thousand Island's SSL transport does when no key or no
+  certificate source is given.
+  """
+  @spec check_cert_key!(keyword()) :: :ok
+  def check_cert_key!(opts) do
+    unless Keyword.has_key?(opts, :certs_keys) do
+      unless Enum.any?([:keyfile, :key], &Keyword.has_key?(opts, &1)) do
+        raise ArgumentError, "transport_options must include one of keyfile or key"
+      end
+
+      unless Enum.any?([:certfile, :cert], &Keyword.has_key?(opts, &1)) do
+        raise ArgumentError, "transport_options must include one of certfile or cert"
+      end
+    end
+
+    :ok
+  end
+
+  @doc "Builds the native context for `opts` (TCP options are ignored)."
+  @spec context(list()) :: {:ok, reference()} | {:error, term()}
+  def context(opts) do
+    tls = for {k, _} = kv <- opts, is_atom(k), k in @tls_keys, do: kv
+
+    with {:ok, nif_opts} <- nif_opts(tls) do
+      Islet.Nif.tls_ctx(nif_opts)
+    end
+  catch
+    {:option, error} -> error
+  end
+
+  defp nif_opts(tls) do
+    pairs =
+      case Keyword.fetch(tls, :certs_keys) do
+        {:ok, list} when is_list(list) -> Enum.map(list, &cert_key(Map.new(&1), tls))
+        {:ok, other} -> throw({:option, {:error, {:options, {:certs_keys, other}}}})
+        :error -> [cert_key(Map.new(tls), tls)]
+      end
+
+    opts =
+      Enum.map(pairs, &{:cert_key, &1}) ++
+        cacerts(tls) ++
+        verify(tls) ++
+        versions(Keyword.get(tls, :versions)) ++
+        ciphers(Keyword.get(tls, :ciphers)) ++
+        simple(tls) ++ sni(tls)
+
+    {:ok, opts}
+  end
+
+  defp cert_key(map, tls) do
+    password = Map.get(map, :password, Keyword.get(tls, :password, ~c""))
+    {chain(map), key(map, password)}
+  end
+
+  defp chain(%{cert: der}) when is_binary(der), do: [der]
+  defp chain(%{cert: ders}) when is_list(ders), do: ders
+
+  defp chain(%{certfile: file}) do
+    for {:Certificate, der, _} <- pem(file, :certfile), do: der
+  end
+
+  defp chain(_), do: throw({:option, {:error, {:options, {:certfile, :missing}}}})
+
+  defp key(%{key: {_type, der}}, _password) when is_binary(der), do: der
+
+  defp key(%{keyfile: file}, password) do
+    case Enum.find(pem(file, :keyfile), &key_entry?/1) do
+      nil ->
+        throw({:option, {:error, {:options, {:keyfile, :no_key}}}})
+
+      {type, der, :not_encrypted} when type != :EncryptedPrivateKeyInfo ->
+        der
+
+      entry ->
+        pw = if is_function(password, 0), do: password.(), else: password
+
+        try do
+          record = :public_key.pem_entry_decode(entry, to_charlist(pw))
+          :public_key.der_encode(elem(record, 0), record)
+        rescue
+          _ -> throw({:option, {:error, {:options, {:keyfile, :bad_password}}}})
+        end
+    end
+  end
+
+  defp key(%{certfile: file} = map, password) when not is_map_key(map, :keyfile),
+    do: key(%{keyfile: file}, password)
+
+  defp key(_, _), do: throw({:option, {:error, {:options, {:keyfile, :missing}}}})
+
+  defp key_entry?({type, _, _}),
+    do:
+      type in [:RSAPrivateKey, :ECPrivateKey, :PrivateKeyInfo, :DSAPrivateKey] or
+        type == :EncryptedPrivateKeyInfo
+
+  defp pem(file, key) do
+    case File.read(file) do
+      {:ok, data} -> :public_key.pem_decode(data)
+      {:error, reason} -> throw({:option, {:error, {:options, {key, {file, reason}}}}})
+    end
+  end
+
+  defp cacerts(tls) do
+    from_file =
+      case Keyword.fetch(tls, :cacertfile) do
+        {:ok, file} -> for {:Certificate, der, _} <- pem(file, :cacertfile), do: der
+        :error -> []
+      end
+
+    ders =
+      for c <- Keyword.get(tls, :cacerts, []) do
+        case c do
+          der when is_binary(der) -> der
+          {:cert, der} -> der
+          other -> throw({:option, {:error, {:options, {:cacerts, other}}}})
+        end
+      end
+
+    case from_file ++ ders do
+      [] -> []
+      all -> [cacerts: all]
+    end
+  end
+
+  defp verify(tls) do
+    peer? =
+      case Keyword.get(tls, :verify, :verify_none) do
+        :verify_peer -> true
+        :verify_none -> false
+        other -> throw({:option, {:error, {:options, {:verify, other}}}})
+      end
+
+    fail? = Keyword.get(tls, :fail_if_no_peer_cert, false) == true
+    depth = Keyword.get(tls, :depth)
+
+    [verify_peer: peer?, fail_if_no_peer_cert: fail?] ++
+      if(is_integer(depth), do: [depth: depth], else: [])
+  end
+
+  @version_codes %{"tlsv1.2": 0x0303, "tlsv1.3": 0x0304}
+
+  defp versions(nil), do: []
+
+  defp versions(list) when is_list(list) and list != [] do
+    codes =
+      for v <- list do
+        Map.get(@version_codes, v) ||
+          throw({:option, {:error, {:unsupported_option, {:versions, list}}}})
+      end
+
+    [min_version: Enum.min(codes), max_version: Enum.max(codes)]
+  end
+
+  defp versions(other), do: throw({:option, {:error, {:options, {:versions, other}}}})
+
+  defp ciphers(nil), do: []
+
+  defp ciphers(spec) do
+    names =
+      cond do
+        is_binary(spec) -> String.split(spec, ":", trim: true)
+        is_list(spec) and spec != [] and is_integer(hd(spec)) -> ciphers(to_string(spec))
+        is_list(spec) -> Enum.map(spec, &suite_name/1)
+        true -> throw({:option, {:error, {:options, {:ciphers, spec}}}})
+      end
+
+    case names do
+      [{_, _} | _] = done ->
+        done
+
+      _ ->
+        {v13, v12} = Enum.split_with(names, &String.starts_with?(&1, "TLS_"))
+
+        Enum.reject(
+          [cipher_list: Enum.join(v12, ":"), ciphersuites: Enum.join(v13, ":")],
+          fn {_, v} -> v == "" end
+        )
+        |> case do
+          [] -> throw({:option, {:error, {:options, {:ciphers, spec}}}})
+          list -> list
+        end
+    end
+  end
+
+  defp suite_name(suite) when is_map(suite), do: to_string(:ssl.suite_to_openssl_str(suite))
+
+  defp suite_name(suite) when is_tuple(suite) do
+    [kex, cipher, mac | _] = Tuple.to_list(suite)
+    suite_name(%{key_exchange: kex, cipher: cipher, mac: mac, prf: :default_prf})
+  end
+
+  defp suite_name(name) when is_binary(name), do: name
+  defp suite_name(name) when is_list(name), do: to_string(name)
+
+  defp simple(tls) do
+    Enum.flat_map(tls, fn
+      {:honor_cipher_order, b} when is_boolean(b) -> [honor_cipher_order: b]
+      {:reuse_sessions, b} when is_boolean(b) -> [reuse_sessions: b]
+      {:alpn_preferred_protocols, list} when is_list(list) -> [alpn: list]
+      {:session_tickets, t} -> [session_tickets: tickets(t)]
+      {key, _} when key in [:secure_renegotiate, :log_level] -> []
+      _ -> []
+    end)
+  end
+
+  defp tickets(t) when t in [:stateless, :stateless_with_cert], do: :stateless
+  defp tickets(t) when t in [:stateful, :stateful_with_cert], do: :stateful
+  defp tickets(_), do: :disabled
+
+  defp sni(tls) do
+    hosts =
+      for {name, host_opts} <- Keyword.get(tls, :sni_hosts, []) do
+        merged = Keyword.merge(Keyword.drop(tls, [:sni_hosts, :sni_fun]), host_opts)
+
+        case context(merged) do
+          {:ok, ctx} -> {to_string(name), ctx}
+          error -> throw({:option, error})
+        end
+      end
+
+    host_opt = if hosts == [], do: [], else: [sni_hosts: hosts]
+
+    case Keyword.get(tls, :sni_fun) do
+      fun when is_function(fun, 1) ->
+        host_opt ++ [sni_fun: {fun, Keyword.drop(tls, [:sni_fun, :sni_hosts])}]
+
+      _ ->
+        host_opt
+    end
+  end
+end
