@@ -153,6 +153,7 @@ constexpr int kMoreWork = -100;
 int conn_drain(Sock* s);
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err);
 int tls_drain(Sock* s);
+bool tls_pending(Sock* s);  // decrypted bytes wait inside OpenSSL
 void tls_free(Sock* s);           // destructor
 void tls_close_notify(Sock* s);   // under lock, best effort
 bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx

@@ -220,6 +220,16 @@ void active_started(ErlNifEnv* env, Sock* s) {
     s->rlen = 0;
     consume_active(s, env, menv);
   }
+  // TLS: a recv(n) may have left decrypted bytes inside OpenSSL that no
+  // readiness event will announce; deliver them now.
+  while (s->active != 0 && tls_pending(s)) {
+    static thread_local unsigned char buf[kReadChunk];
+    int err = 0;
+    ssize_t n = conn_read(s, buf, sizeof buf, &err);
+    if (n <= 0) break;
+    deliver_data(s, env, menv, buf, static_cast<size_t>(n));
+    consume_active(s, env, menv);
+  }
   if (s->active != 0 && s->eof_reported) {
     ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
     send_owner(s, env, menv, msg);

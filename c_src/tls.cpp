@@ -330,6 +330,8 @@ int tls_drain(Sock* s) {
   return 0;
 }
 
+bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_pending(s->ssl) > 0; }
+
 bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
 
 void tls_close_notify(Sock* s) {
