@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "wire.hpp"
 
 namespace islet {
 
@@ -77,31 +78,19 @@ int alpn_cb(SSL* ssl, const unsigned char** out, unsigned char* outlen, const un
             unsigned inlen, void*) {
   CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
   if (c == nullptr) return SSL_TLSEXT_ERR_NOACK;
-  // Server preference, as :ssl's alpn_preferred_protocols.
-  for (size_t i = 0; i < c->alpn.size(); i += 1 + c->alpn[i]) {
-    const unsigned char* p = &c->alpn[i];
-    for (unsigned j = 0; j < inlen; j += 1 + in[j]) {
-      if (j + 1 + in[j] > inlen) break;
-      if (in[j] == p[0] && std::memcmp(in + j + 1, p + 1, p[0]) == 0) {
-        *out = in + j + 1;
-        *outlen = in[j];
-        return SSL_TLSEXT_ERR_OK;
-      }
-    }
-  }
-  return SSL_TLSEXT_ERR_ALERT_FATAL;  // no_application_protocol, as :ssl
+  // Server preference, as :ssl's alpn_preferred_protocols; no overlap is
+  // fatal (no_application_protocol), as with :ssl.
+  if (wire::alpn_select(c->alpn.data(), c->alpn.size(), in, inlen, out, outlen))
+    return SSL_TLSEXT_ERR_OK;
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
 // The server_name from a ClientHello, or "".
 std::string client_hello_sni(SSL* ssl) {
   const unsigned char* p;
   size_t len;
-  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len) || len < 5) return "";
-  size_t list = (p[0] << 8) | p[1];
-  if (list + 2 != len || p[2] != TLSEXT_NAMETYPE_host_name) return "";
-  size_t n = (p[3] << 8) | p[4];
-  if (n + 5 > len) return "";
-  return std::string(reinterpret_cast<const char*>(p + 5), n);
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &p, &len)) return "";
+  return wire::sni_host(p, len);
 }
 
 void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
