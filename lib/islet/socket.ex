@@ -57,7 +57,18 @@ defmodule Islet.Socket do
   end
 
   @spec send(t(), iodata()) :: :ok | {:error, term()}
+  def send(socket, data) when is_binary(data), do: send_iovec(socket, [data])
+
   def send(socket, data) do
+    # The NIF takes a flat list of binaries (enif_inspect_iovec); this BIF
+    # makes one from any iodata without copying large binaries. Bad iodata is
+    # {:error, :einval}, as gen_tcp answers.
+    send_iovec(socket, :erlang.iolist_to_iovec(data))
+  rescue
+    ArgumentError -> {:error, :einval}
+  end
+
+  defp send_iovec(socket, data) do
     case Nif.send(socket, data) do
       :ok -> :ok
       {:error, _} = error -> error
