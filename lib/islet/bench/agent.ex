@@ -1,0 +1,125 @@
+defmodule Islet.Bench.Agent do
+  @moduledoc """
+  The entry point of the benchmark's child BEAMs (see `Islet.Bench.Child`).
+
+  A child is either a server (it runs an `Islet.Bench.Server` and reports on
+  its own OS process) or the idle-connection client (`Islet.Bench.IdleClient`).
+  It reads one command per line on stdin and answers one line on stdout,
+  both `Base.encode64(:erlang.term_to_binary(term))`, answers prefixed with
+  `#{inspect("ISLET_BENCH ")}` so that other output (logs) can be told apart.
+  It halts when stdin closes, so a child never outlives the `mix` process.
+  """
+
+  alias Islet.Bench.{Counters, IdleClient, OS, Server}
+
+  @marker "ISLET_BENCH "
+
+  @doc "The answer prefix on stdout."
+  @spec marker() :: String.t()
+  def marker, do: @marker
+
+  @doc "Encodes a term as one protocol line (without newline)."
+  @spec encode(term()) :: String.t()
+  def encode(term), do: Base.encode64(:erlang.term_to_binary(term))
+
+  @doc "Decodes one protocol line."
+  @spec decode(String.t()) :: term()
+  def decode(line), do: line |> String.trim() |> Base.decode64!() |> :erlang.binary_to_term()
+
+  @doc "Runs the command loop until stdin closes or `:stop` is received; then halts."
+  @spec main() :: no_return()
+  def main do
+    # Islet's applications (:ssl among them), as a release would start them.
+    {:ok, _} = Application.ensure_all_started(:islet)
+    reply({:ready, %{fd_limit: OS.fd_limit(), schedulers: System.schedulers_online()}})
+    loop(%{server: nil, counters: nil, client: IdleClient.new()})
+  end
+
+  defp loop(state) do
+    case IO.read(:stdio, :line) do
+      line when is_binary(line) ->
+        case handle(decode(line), state) do
+          {:stop, answer} ->
+            reply(answer)
+            System.halt(0)
+
+          {answer, state} ->
+            reply(answer)
+            loop(state)
+        end
+
+      _eof_or_error ->
+        System.halt(0)
+    end
+  end
+
+  defp reply(term), do: IO.write(:stdio, [@marker, encode(term), ?\n])
+
+  defp handle({:serve, options}, state) do
+    case Server.start_link(options) do
+      {:ok, server} ->
+        {{:ok, Server.port(server)}, %{state | server: server, counters: Server.counters(server)}}
+
+      {:error, reason} ->
+        {{:error, reason}, state}
+    end
+  end
+
+  defp handle(:sample, state), do: {sample(state), state}
+
+  defp handle(:gc, state) do
+    Enum.each(Process.list(), &:erlang.garbage_collect/1)
+    Process.sleep(100)
+    Enum.each(Process.list(), &:erlang.garbage_collect/1)
+    {:ok, state}
+  end
+
+  defp handle({:await_live, count, timeout}, state) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    {await_live(state.counters, count, deadline), state}
+  end
+
+  defp handle({:open, address, port, count, options}, state) do
+    {opened, errors, client} = IdleClient.open(state.client, address, port, count, options)
+    {{:ok, opened, errors}, %{state | client: client}}
+  end
+
+  defp handle(:close_all, state), do: {:ok, %{state | client: IdleClient.close_all(state.client)}}
+
+  defp handle(:stop, state) do
+    if state.server, do: Server.stop(state.server)
+    {:stop, :ok}
+  end
+
+  defp handle(other, state), do: {{:error, {:unknown_command, other}}, state}
+
+  defp sample(state) do
+    {cpu_ns, source} = OS.cpu_ns()
+
+    %{
+      cpu_ns: cpu_ns,
+      cpu_source: source,
+      rss: OS.rss_bytes(),
+      memory: :erlang.memory(:total),
+      processes: :erlang.system_info(:process_count),
+      ports: :erlang.system_info(:port_count),
+      counters: state.counters && Counters.read(state.counters)
+    }
+  end
+
+  defp await_live(counters, count, deadline) do
+    live = Counters.read(counters).live
+
+    cond do
+      live == count ->
+        {:ok, live}
+
+      System.monotonic_time(:millisecond) > deadline ->
+        {:timeout, live}
+
+      true ->
+        Process.sleep(20)
+        await_live(counters, count, deadline)
+    end
+  end
+end

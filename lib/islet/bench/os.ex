@@ -1,0 +1,115 @@
+defmodule Islet.Bench.OS do
+  @moduledoc """
+  What the benchmark reads about its own OS process from `/proc`: CPU time
+  (all threads, so native threads such as Islet's poller count, which
+  `:erlang.statistics(:runtime)` would miss), resident memory and the file
+  descriptor limit.
+  """
+
+  @doc """
+  CPU time used so far by this OS process, all threads, in nanoseconds.
+
+  Summed from `/proc/self/task/*/schedstat` (nanosecond resolution); falls
+  back to `utime + stime` from `/proc/self/stat` (clock ticks, usually 10 ms)
+  where schedstat is missing. The second element names the source.
+  """
+  @spec cpu_ns() :: {non_neg_integer(), :schedstat | :stat}
+  def cpu_ns do
+    case schedstat_ns() do
+      {:ok, ns} -> {ns, :schedstat}
+      :error -> {stat_ticks() * div(1_000_000_000, clock_ticks()), :stat}
+    end
+  end
+
+  @doc "`utime + stime` of this OS process from `/proc/self/stat`, in clock ticks."
+  @spec stat_ticks() :: non_neg_integer()
+  def stat_ticks do
+    stat = File.read!("/proc/self/stat")
+    # The command name (field 2) is in parentheses and may contain spaces.
+    [_, after_comm] = :binary.split(stat, ") ")
+    fields = String.split(after_comm, " ")
+    # after_comm starts at field 3 (state); utime and stime are fields 14, 15.
+    String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+  end
+
+  @doc "Clock ticks per second (`getconf CLK_TCK`; 100 when unknown)."
+  @spec clock_ticks() :: pos_integer()
+  def clock_ticks do
+    case :persistent_term.get({__MODULE__, :clk_tck}, nil) do
+      nil ->
+        hz =
+          case System.cmd("getconf", ["CLK_TCK"], stderr_to_stdout: true) do
+            {out, 0} -> String.to_integer(String.trim(out))
+            _ -> 100
+          end
+
+        :persistent_term.put({__MODULE__, :clk_tck}, hz)
+        hz
+
+      hz ->
+        hz
+    end
+  rescue
+    _ -> 100
+  end
+
+  defp schedstat_ns do
+    case File.ls("/proc/self/task") do
+      {:ok, tids} ->
+        Enum.reduce_while(tids, {:ok, 0}, fn tid, {:ok, sum} ->
+          case File.read("/proc/self/task/#{tid}/schedstat") do
+            {:ok, text} ->
+              [ns | _] = String.split(text, " ")
+              {:cont, {:ok, sum + String.to_integer(ns)}}
+
+            # A thread may have exited since the listing.
+            {:error, :enoent} ->
+              {:cont, {:ok, sum}}
+
+            {:error, _} ->
+              {:halt, :error}
+          end
+        end)
+
+      {:error, _} ->
+        :error
+    end
+  end
+
+  @doc "Resident set size of this OS process in bytes (`VmRSS` in `/proc/self/status`)."
+  @spec rss_bytes() :: non_neg_integer()
+  def rss_bytes, do: status_kb("VmRSS") * 1024
+
+  defp status_kb(field) do
+    "/proc/self/status"
+    |> File.read!()
+    |> String.split("\n")
+    |> Enum.find_value(0, fn line ->
+      case String.split(line, ~r/[:\s]+/, trim: true) do
+        [^field, kb, "kB"] -> String.to_integer(kb)
+        _ -> nil
+      end
+    end)
+  end
+
+  @doc """
+  The soft limit on open files of this OS process (`/proc/self/limits`);
+  "unlimited" is given as 1,000,000,000.
+  """
+  @spec fd_limit() :: non_neg_integer()
+  def fd_limit do
+    "/proc/self/limits"
+    |> File.read!()
+    |> String.split("\n")
+    |> Enum.find_value(0, fn
+      "Max open files" <> rest ->
+        case String.split(rest, " ", trim: true) do
+          ["unlimited" | _] -> 1_000_000_000
+          [soft | _] -> String.to_integer(soft)
+        end
+
+      _ ->
+        nil
+    end)
+  end
+end

@@ -1,0 +1,203 @@
+defmodule Islet.Bench.Report do
+  @moduledoc """
+  Presents `Islet.Bench.Runner` results: a text table (median [min..max]
+  per transport, the ratio of medians and what it means against the goals),
+  a JSON file and a PNG bar chart of the ratios drawn with gnuplot.
+  """
+
+  alias Islet.Bench.JSON
+
+  @doc "Formats a figure for the table (`n/a` for `nil`)."
+  @spec format_number(number() | nil) :: String.t()
+  def format_number(nil), do: "n/a"
+  def format_number(value) when is_integer(value), do: format_number(value * 1.0)
+
+  def format_number(value) do
+    magnitude = abs(value)
+
+    cond do
+      magnitude >= 1000 -> Integer.to_string(round(value))
+      magnitude >= 10 -> :erlang.float_to_binary(value, decimals: 1)
+      magnitude >= 1 or magnitude == 0 -> :erlang.float_to_binary(value, decimals: 2)
+      true -> :erlang.float_to_binary(value, [{:decimals, 3 - floor(:math.log10(magnitude))}])
+    end
+  end
+
+  @doc "The results as a text table, one block per transport pair."
+  @spec table(Islet.Bench.Runner.results()) :: String.t()
+  def table(%{meta: meta, rows: rows, failures: failures}) do
+    blocks =
+      rows
+      |> Enum.chunk_by(& &1.pair)
+      |> Enum.map(&pair_block(&1, meta))
+
+    notes =
+      for row <- rows, row.warnings != [], do: "  ! #{row.id}: #{Enum.join(row.warnings, "; ")}"
+
+    failed =
+      for f <- failures,
+          do: "  FAILED #{f.pair} #{f.workload} #{f.module} run #{f.run}: #{f.reason}"
+
+    Enum.join(blocks ++ [Enum.join(Enum.uniq(notes) ++ failed, "\n")], "\n")
+  end
+
+  defp pair_block([first | _] = rows, meta) do
+    header = [
+      "workload",
+      "metric",
+      first.candidate.label,
+      first.reference.label,
+      "ratio",
+      "interpretation"
+    ]
+
+    lines =
+      Enum.map(rows, fn row ->
+        [
+          row.workload_label,
+          row.label,
+          figure(row.candidate),
+          figure(row.reference),
+          ratio(row.ratio) <> if(row.warnings == [], do: "", else: " !"),
+          interpretation(row)
+        ]
+      end)
+
+    widths =
+      Enum.reduce([header | lines], List.duplicate(0, 6), fn cells, widths ->
+        Enum.zip_with(cells, widths, &max(String.length(&1), &2))
+      end)
+
+    render = fn cells ->
+      cells
+      |> Enum.zip(widths)
+      |> Enum.map_join("  ", fn {cell, width} -> String.pad_trailing(cell, width) end)
+      |> String.trim_trailing()
+    end
+
+    title =
+      "#{first.pair_title}: #{first.candidate.module} vs #{first.reference.module} " <>
+        "(#{first.reference.label}) - median [min..max] of #{meta.runs} run(s), " <>
+        "ratio = #{first.candidate.label} / #{first.reference.label}"
+
+    Enum.join(
+      [title, render.(header), render.(Enum.map(widths, &String.duplicate("-", &1)))] ++
+        Enum.map(lines, render) ++ [""],
+      "\n"
+    )
+  end
+
+  defp figure(%{median: nil, failed: failed}), do: "n/a (#{failed} failed)"
+
+  defp figure(side) do
+    "#{format_number(side.median)} [#{format_number(side.min)}..#{format_number(side.max)}]"
+  end
+
+  defp ratio(nil), do: "n/a"
+  defp ratio(value), do: :erlang.float_to_binary(value, decimals: 2) <> "x"
+
+  @doc "What a row's ratio means: better or worse for the candidate, and the goal's verdict."
+  @spec interpretation(map()) :: String.t()
+  def interpretation(%{ratio: nil}), do: "no data"
+
+  def interpretation(row) do
+    gain = if row.better == :higher, do: row.ratio - 1, else: 1 - row.ratio
+    percent = round(abs(gain) * 100)
+
+    trend =
+      cond do
+        percent < 1 -> "same"
+        gain > 0 -> "#{percent}% better"
+        true -> "#{percent}% worse"
+      end
+
+    case row.goal do
+      nil ->
+        trend
+
+      %{op: op, value: value} ->
+        "#{trend}; goal #{op} #{value}x: #{if row.met, do: "met", else: "MISSED"}"
+    end
+  end
+
+  @doc "Writes the results as JSON."
+  @spec write_json(Islet.Bench.Runner.results(), Path.t()) :: :ok
+  def write_json(results, path) do
+    File.mkdir_p!(Path.dirname(path))
+    File.write!(path, JSON.encode(results))
+  end
+
+  @doc """
+  Draws the ratios as a PNG bar chart with gnuplot: green where a goal is
+  met, red where missed, blue where there is no goal; goals as diamonds, a
+  dashed line at 1.
+  """
+  @spec write_png(Islet.Bench.Runner.results(), Path.t()) :: :ok | {:error, term()}
+  def write_png(%{meta: meta, rows: rows}, path) do
+    case System.find_executable("gnuplot") do
+      nil -> {:error, :gnuplot_not_found}
+      gnuplot -> plot(gnuplot, meta, rows, Path.expand(path))
+    end
+  end
+
+  defp plot(gnuplot, meta, rows, path) do
+    File.mkdir_p!(Path.dirname(path))
+    data = path <> ".dat"
+    several_pairs? = rows |> Enum.map(& &1.pair) |> Enum.uniq() |> length() > 1
+
+    lines =
+      rows
+      |> Enum.with_index()
+      |> Enum.map(fn {row, index} ->
+        label = if several_pairs?, do: "#{row.pair} ", else: ""
+        label = "#{label}#{row.workload_label}: #{row.label}"
+        goal = if row.goal, do: Float.to_string(row.goal.value * 1.0), else: "?"
+        ratio = if row.ratio, do: Float.to_string(row.ratio), else: "?"
+        missing = if row.ratio, do: "", else: "n/a"
+        ~s(#{index} "#{label}" #{ratio} #{color(row)} #{goal} "#{missing}"\n)
+      end)
+
+    File.write!(data, lines)
+
+    title =
+      "Islet vs reference, ratio of medians (#{meta.runs} run(s), #{meta.schedulers} scheduler(s)" <>
+        if(meta.quick, do: ", QUICK", else: "") <> ") - #{meta.date}"
+
+    script = """
+    set terminal pngcairo size 1280,720 font ",10"
+    set output "#{path}"
+    set title "#{title}\\nhigher is better for throughput, lower for latency, CPU and memory"
+    set datafile missing "?"
+    set style fill solid 0.8 border -1
+    set boxwidth 0.7
+    set yrange [0:*]
+    set ylabel "candidate / reference"
+    set grid ytics
+    set xtics rotate by 35 right nomirror
+    set bmargin 12
+    set key top right
+    set xrange [-0.6:#{length(rows) - 0.4}]
+    set lmargin 12
+    set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb "black"
+    plot "#{data}" using 1:3:4:xtic(2) with boxes lc rgb variable notitle, \\
+         "" using 1:3:(sprintf("%.2f", $3)) with labels offset 0,0.8 notitle, \\
+         "" using 1:(0):6 with labels offset 0,1 tc rgb "#D62728" notitle, \\
+         "" using 1:5 with points pt 13 ps 1.6 lc rgb "black" title "goal"
+    """
+
+    script_file = path <> ".gnuplot"
+    File.write!(script_file, script)
+    result = System.cmd(gnuplot, [script_file], stderr_to_stdout: true)
+    File.rm(data)
+    File.rm(script_file)
+
+    case result do
+      {_, 0} -> :ok
+      {output, status} -> {:error, {:gnuplot, status, output}}
+    end
+  end
+
+  defp color(%{goal: nil}), do: 0x4C78A8
+  defp color(%{met: true}), do: 0x2CA02C
+  defp color(_row), do: 0xD62728
+end

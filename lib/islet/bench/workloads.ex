@@ -1,0 +1,264 @@
+defmodule Islet.Bench.Workloads do
+  @moduledoc """
+  The workloads, their metrics, and how one sample of each is measured.
+
+    * `:keepalive` - wrk, `GET /` on keep-alive connections: requests/s,
+      p50/p99 latency, server CPU seconds per 100k requests.
+    * `:close` - the same with `Connection: close` (a connection per
+      request): connections/s, server CPU seconds per 100k connections.
+    * `:download` - curl fetches a file the server sends with `sendfile/4`,
+      several times per sample on one connection (4 by default, to average
+      out noise: one 256 MiB transfer takes well under a second): MB/s,
+      server CPU seconds per GB.
+    * `:upload` - curl PUTs the same file, the server reads it with passive
+      `recv/3`: MB/s, server CPU seconds per GB.
+    * `:idle` - the idle client opens many keep-alive connections (one
+      request each) and holds them: BEAM bytes (`:erlang.memory(:total)`),
+      RSS bytes and processes per connection, deltas over a baseline, each
+      after a full garbage collection, in a fresh server BEAM.
+
+  Server CPU is the server BEAM's own CPU time, all threads, read from
+  `/proc` (see `Islet.Bench.OS`). MB is 10^6 bytes, GB 10^9.
+  """
+
+  alias Islet.Bench.{Child, Load}
+
+  @typedoc "A workload."
+  @type workload :: :keepalive | :close | :download | :upload | :idle
+
+  @typedoc "A metric of a workload: `better` says which way is good."
+  @type metric :: %{key: atom(), label: String.t(), better: :higher | :lower}
+
+  @typedoc "One measurement: values per metric and warnings, or why it failed."
+  @type sample :: {:ok, %{atom() => number()}, [String.t()]} | {:error, term()}
+
+  @typedoc "A running server child and its port."
+  @type server :: %{child: Child.t(), port: :inet.port_number()}
+
+  @typedoc "What a measurement needs to know (built by `Islet.Bench.Runner`)."
+  @type context :: %{
+          client_cpu: String.t(),
+          connections: pos_integer(),
+          duration: pos_integer(),
+          file: Path.t(),
+          file_bytes: pos_integer(),
+          downloads: pos_integer(),
+          idle_connections: pos_integer(),
+          scheme: String.t(),
+          client_tls: keyword() | nil
+        }
+
+  @doc "All workloads, in the order they run."
+  @spec all() :: [workload()]
+  def all, do: [:keepalive, :close, :download, :upload, :idle]
+
+  @doc "The workload's name in tables."
+  @spec label(workload()) :: String.t()
+  def label(:keepalive), do: "keep-alive"
+  def label(:close), do: "conn/request"
+  def label(:download), do: "download"
+  def label(:upload), do: "upload"
+  def label(:idle), do: "idle conns"
+
+  @doc "The workload's metrics, in table order."
+  @spec metrics(workload()) :: [metric()]
+  def metrics(:keepalive) do
+    [
+      %{key: :req_per_s, label: "requests/s", better: :higher},
+      %{key: :p50_ms, label: "p50 latency ms", better: :lower},
+      %{key: :p99_ms, label: "p99 latency ms", better: :lower},
+      %{key: :cpu_s_per_100k, label: "CPU s/100k req", better: :lower}
+    ]
+  end
+
+  def metrics(:close) do
+    [
+      %{key: :conn_per_s, label: "connections/s", better: :higher},
+      %{key: :cpu_s_per_100k, label: "CPU s/100k conn", better: :lower}
+    ]
+  end
+
+  def metrics(transfer) when transfer in [:download, :upload] do
+    [
+      %{key: :mb_per_s, label: "MB/s", better: :higher},
+      %{key: :cpu_s_per_gb, label: "CPU s/GB", better: :lower}
+    ]
+  end
+
+  def metrics(:idle) do
+    [
+      %{key: :beam_bytes_per_conn, label: "BEAM bytes/conn", better: :lower},
+      %{key: :rss_bytes_per_conn, label: "RSS bytes/conn", better: :lower},
+      %{key: :processes_per_conn, label: "processes/conn", better: :lower}
+    ]
+  end
+
+  @doc "Parses a workload name as given to `--only`."
+  @spec parse(String.t()) :: {:ok, workload()} | :error
+  def parse(name) do
+    case Enum.find(all(), &(Atom.to_string(&1) == name)) do
+      nil -> :error
+      workload -> {:ok, workload}
+    end
+  end
+
+  @doc """
+  Measures one sample of a workload on a long-lived server (every workload
+  but `:idle`, see `measure_idle/3`).
+  """
+  @spec measure(workload(), server(), context()) :: sample()
+  def measure(:keepalive, server, context) do
+    measure_wrk(server, context, [], fn wrk, cpu_s, delta ->
+      %{
+        req_per_s: wrk.requests_per_s,
+        p50_ms: wrk.p50_ms,
+        p99_ms: wrk.p99_ms,
+        cpu_s_per_100k: per(cpu_s, delta.requests, 100_000)
+      }
+    end)
+  end
+
+  def measure(:close, server, context) do
+    measure_wrk(server, context, ["Connection: close"], fn wrk, cpu_s, delta ->
+      %{conn_per_s: wrk.requests_per_s, cpu_s_per_100k: per(cpu_s, delta.accepted, 100_000)}
+    end)
+  end
+
+  def measure(:download, server, context) do
+    url = url(server, context, "/download")
+
+    measure_server(server, fn ->
+      Load.download(url, cpu: context.client_cpu, timeout: 300, count: context.downloads)
+    end)
+    |> transfer_values(context.file_bytes * context.downloads, fn _delta -> [] end)
+  end
+
+  def measure(:upload, server, context) do
+    url = url(server, context, "/upload")
+
+    measure_server(server, fn ->
+      Load.upload(url, context.file, cpu: context.client_cpu, timeout: 300)
+    end)
+    |> transfer_values(context.file_bytes, fn delta ->
+      if delta.body_bytes == context.file_bytes,
+        do: [],
+        else: ["server read #{delta.body_bytes} body bytes, expected #{context.file_bytes}"]
+    end)
+  end
+
+  @doc "A warm-up wrk run (not measured) of `seconds` on a new server."
+  @spec warm_up(server(), context(), non_neg_integer()) :: :ok
+  def warm_up(_server, _context, 0), do: :ok
+
+  def warm_up(server, context, seconds) do
+    _ =
+      Load.wrk(url(server, context, "/"),
+        cpu: context.client_cpu,
+        connections: context.connections,
+        duration: seconds
+      )
+
+    :ok
+  end
+
+  defp measure_wrk(server, context, headers, values) do
+    options = [
+      cpu: context.client_cpu,
+      connections: context.connections,
+      duration: context.duration,
+      headers: headers
+    ]
+
+    case measure_server(server, fn -> Load.wrk(url(server, context, "/"), options) end) do
+      {:ok, %{requests: 0} = wrk, _cpu_s, delta} ->
+        {:error, {:no_responses, wrk_errors: wrk.socket_errors, server_errors: delta.errors}}
+
+      {:ok, %{non_2xx: bad} = wrk, _cpu_s, _delta} when bad > 0 ->
+        {:error, {:non_2xx_responses, bad, of: wrk.requests}}
+
+      {:ok, wrk, cpu_s, delta} ->
+        wrk_warnings =
+          if wrk.socket_errors > 0, do: ["wrk: #{wrk.socket_errors} socket errors"], else: []
+
+        {:ok, values.(wrk, cpu_s, delta), wrk_warnings ++ server_warnings(delta)}
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp transfer_values({:ok, result, cpu_s, delta}, expected_bytes, check) do
+    cond do
+      result.status != 200 ->
+        {:error, {:http_status, result.status}}
+
+      result.bytes != expected_bytes ->
+        {:error, {:transferred, result.bytes, :expected, expected_bytes}}
+
+      true ->
+        values = %{
+          mb_per_s: result.bytes / result.seconds / 1.0e6,
+          cpu_s_per_gb: cpu_s / (result.bytes / 1.0e9)
+        }
+
+        {:ok, values, check.(delta) ++ server_warnings(delta)}
+    end
+  end
+
+  defp transfer_values({:error, _} = error, _expected_bytes, _check), do: error
+
+  # Runs the client between two samples of the server; returns the client's
+  # result, the server's CPU seconds and the change of its counters.
+  defp measure_server(%{child: child}, client) do
+    with {:ok, before} <- Child.call(child, :sample, 10_000),
+         {:ok, result} <- client.(),
+         {:ok, later} <- Child.call(child, :sample, 10_000) do
+      cpu_s = (later.cpu_ns - before.cpu_ns) / 1.0e9
+      delta = Map.new(later.counters, fn {key, value} -> {key, value - before.counters[key]} end)
+      {:ok, result, cpu_s, delta}
+    end
+  end
+
+  defp server_warnings(%{errors: 0}), do: []
+  defp server_warnings(%{errors: errors}), do: ["server: #{errors} transport errors or crashes"]
+
+  defp per(_cpu_s, 0, _unit), do: nil
+  defp per(cpu_s, count, unit), do: cpu_s / count * unit
+
+  defp url(%{port: port}, context, path), do: "#{context.scheme}://127.0.0.1:#{port}#{path}"
+
+  @doc """
+  Measures one sample of the idle workload on a fresh server: warms up with
+  a few connections, takes a baseline, has the idle client open
+  `context.idle_connections` connections and measures again.
+  """
+  @spec measure_idle(server(), Child.t(), context()) :: sample()
+  def measure_idle(%{child: server, port: port}, client, context) do
+    count = context.idle_connections
+    open = {:open, {127, 0, 0, 1}, port, nil, [tls: context.client_tls]}
+
+    with {:ok, {:ok, _, _}} <- Child.call(client, put_elem(open, 3, 100), 60_000),
+         {:ok, :ok} <- Child.call(client, :close_all, 60_000),
+         {:ok, {:ok, 0}} <- Child.call(server, {:await_live, 0, 10_000}, 15_000),
+         {:ok, :ok} <- Child.call(server, :gc, 30_000),
+         {:ok, before} <- Child.call(server, :sample, 10_000),
+         {:ok, {:ok, opened, failed}} <- Child.call(client, put_elem(open, 3, count), 300_000),
+         :ok <- if(opened > 0, do: :ok, else: {:error, {:no_connection_served, failed: failed}}),
+         {:ok, {:ok, ^opened}} <- Child.call(server, {:await_live, opened, 30_000}, 35_000),
+         {:ok, :ok} <- Child.call(server, :gc, 30_000),
+         {:ok, later} <- Child.call(server, :sample, 10_000),
+         {:ok, :ok} <- Child.call(client, :close_all, 120_000) do
+      values = %{
+        beam_bytes_per_conn: (later.memory - before.memory) / opened,
+        rss_bytes_per_conn: (later.rss - before.rss) / opened,
+        processes_per_conn: (later.processes - before.processes) / opened
+      }
+
+      warnings = if failed > 0, do: ["#{failed} of #{count} connections failed"], else: []
+      {:ok, values, warnings}
+    else
+      {:ok, unexpected} -> {:error, {:unexpected, unexpected}}
+      {:error, _} = error -> error
+    end
+  end
+end

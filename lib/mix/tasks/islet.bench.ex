@@ -1,0 +1,154 @@
+defmodule Mix.Tasks.Islet.Bench do
+  @shortdoc "Benchmarks Islet's transports against gen_tcp (and :ssl)"
+
+  @moduledoc """
+  Serves the same workloads from each transport in turn, on this machine and
+  in one run, and prints a table of figures and ratios (Islet / reference):
+
+      mix islet.bench              # full run, about a minute
+      mix islet.bench --quick      # seconds-long smoke run
+
+  Workloads (see `Islet.Bench.Workloads`): `keepalive` (wrk, small GET on
+  keep-alive connections: requests/s, p50/p99 latency, server CPU per 100k
+  requests), `close` (a connection per request: connections/s), `download`
+  (a 256 MiB file by `sendfile/4`, 4 times per sample: MB/s, server CPU
+  per GB), `upload` (256
+  MiB read with passive `recv/3`: MB/s) and `idle` (10,000 idle keep-alive
+  connections: BEAM and RSS bytes and processes per connection).
+
+  The server is a miniature of Thousand Island's runtime
+  (`Islet.Bench.Server`: acceptor pool, a handler process per connection,
+  active-once loop) in a child BEAM pinned with taskset to the first CPU with
+  one scheduler; wrk, curl and the idle client run pinned to the last CPU.
+  Each figure is the median of `--runs` samples, transports alternating, with
+  min and max. Results go to `bench/results/latest.json` and a bar chart of
+  the ratios to `bench/results/latest.png`.
+
+  The child BEAMs raise their open-files limit (`ulimit -n 65536`, or the
+  hard limit if lower); with a hard limit below about 10,200 the idle
+  workload opens fewer connections and says so.
+
+  ## Options
+
+    * `--duration SECONDS` - length of each wrk run (default 3)
+    * `--connections N` - wrk connections (default 50)
+    * `--runs N` - samples per transport and figure (default 3)
+    * `--schedulers N` - server schedulers and CPUs (default 1)
+    * `--only LIST` - comma-separated workloads: keepalive, close,
+      download, upload, idle (default all)
+    * `--pair LIST` - transport pairs: tcp (default), tls, or all
+    * `--idle-connections N` - default 10000
+    * `--file-mb N` - size of the download/upload file in MiB (default 256)
+    * `--downloads N` - downloads of the file per sample (default 4)
+    * `--warmup SECONDS` - unmeasured wrk run per server (default 1)
+    * `--out DIR` - where `latest.json` and `latest.png` go (default
+      `bench/results`)
+    * `--quick` - duration 1, runs 1, 500 idle connections, 16 MiB file
+      downloaded once, no warm-up (explicit options still win)
+
+  Exits with an error if any sample failed (after writing the results).
+  """
+
+  use Mix.Task
+
+  alias Islet.Bench.{Report, Runner, Workloads}
+
+  @switches [
+    duration: :integer,
+    connections: :integer,
+    runs: :integer,
+    schedulers: :integer,
+    only: :string,
+    pair: :string,
+    idle_connections: :integer,
+    file_mb: :integer,
+    downloads: :integer,
+    warmup: :integer,
+    out: :string,
+    quick: :boolean
+  ]
+
+  @impl Mix.Task
+  def run(args) do
+    {options, rest, invalid} = OptionParser.parse(args, strict: @switches)
+
+    if rest != [] or invalid != [] do
+      Mix.raise("mix islet.bench: unexpected arguments #{inspect(rest ++ invalid)}")
+    end
+
+    Mix.Task.run("compile")
+    config = Runner.config(config_options(options))
+    out = Keyword.get(options, :out, "bench/results")
+
+    results = Runner.run(config, &Mix.shell().info/1)
+
+    Mix.shell().info("\n" <> Report.table(results))
+    json = Path.join(out, "latest.json")
+    Report.write_json(results, json)
+
+    png = Path.join(out, "latest.png")
+
+    case Report.write_png(results, png) do
+      :ok -> Mix.shell().info("Wrote #{json} and #{png}")
+      {:error, reason} -> Mix.shell().error("Wrote #{json}; no chart: #{inspect(reason)}")
+    end
+
+    Mix.shell().info(
+      "Elapsed #{round(results.meta.elapsed_s)} s. Figures on a shared or busy machine are noisy; " <>
+        "compare ratios of one run, not absolute numbers across runs."
+    )
+
+    if results.failures != [] do
+      Mix.raise("#{length(results.failures)} sample(s) failed, see above")
+    end
+
+    results
+  end
+
+  defp config_options(options) do
+    %{
+      duration: positive(options, :duration),
+      connections: positive(options, :connections),
+      runs: positive(options, :runs),
+      schedulers: positive(options, :schedulers),
+      idle_connections: positive(options, :idle_connections),
+      file_mb: positive(options, :file_mb),
+      downloads: positive(options, :downloads),
+      warmup: options[:warmup],
+      quick: Keyword.get(options, :quick, false),
+      workloads: workloads(options[:only]),
+      pairs: options[:pair] && split(options[:pair])
+    }
+  end
+
+  defp positive(options, key) do
+    case options[key] do
+      nil ->
+        nil
+
+      value when value > 0 ->
+        value
+
+      value ->
+        Mix.raise("--#{String.replace(to_string(key), "_", "-")} must be positive, got #{value}")
+    end
+  end
+
+  defp workloads(nil), do: nil
+
+  defp workloads(list) do
+    Enum.map(split(list), fn name ->
+      case Workloads.parse(name) do
+        {:ok, workload} ->
+          workload
+
+        :error ->
+          Mix.raise(
+            "unknown workload #{inspect(name)}; known: #{Enum.map_join(Workloads.all(), ", ", &Atom.to_string/1)}"
+          )
+      end
+    end)
+  end
+
+  defp split(list), do: list |> String.split(",", trim: true) |> Enum.map(&String.trim/1)
+end
