@@ -93,7 +93,10 @@ defmodule Islet.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger, :ssl, :public_key, :crypto]]
+    [
+      mod: {Islet.Application, []},
+      extra_applications: [:logger, :ssl, :public_key, :crypto]
+    ]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -6,7 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
+#include <vector>
 #include <mutex>
 #include <string>
 
@@ -21,7 +21,7 @@ struct Atoms {
       sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
-      unspec, eof;
+      unspec, eof, islet_ready;
 };
 extern Atoms atom;
 void init_atoms(ErlNifEnv* env);
@@ -42,7 +42,9 @@ struct Waiter {
 // FIFO of the processes waiting in one direction. Only the head does
 // syscalls and holds the enif_select; the others wait for a wake message.
 struct WaitQueue {
-  std::deque<Waiter> q;
+  // A vector, not a deque: empty it allocates nothing (libstdc++ deques
+  // allocate ~600 bytes up front), and queues are short.
+  std::vector<Waiter> q;
   int selected = 0;  // the head's pending enif_select mode (READ/WRITE), or 0
   bool is_head(const ErlNifPid& p) const;
   bool contains(const ErlNifPid& p) const;
@@ -70,7 +72,8 @@ struct Sock {
   bool owner_mon_set = false;
   bool closer_waiting = false;
   bool in_poll = false;      // registered in the poller's epoll set
-  bool armed = false;        // the registration is armed (EPOLLONESHOT)
+  bool armed = false;        // active delivery is armed (pump select or EPOLLONESHOT)
+  bool armed_pump = false;   // ... through a pump's enif_select
   bool peer_closed = false;  // EOF or reset seen
   bool eof_reported = false; // {error, closed} / tcp_closed already given
   bool send_timeout_close = false;
@@ -135,7 +138,12 @@ int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int
 // Active delivery (poller.cpp).
 bool poller_start();
 void poller_stop();
-void poller_arm(Sock* s);     // under lock
+// Arms active delivery (under lock): a pump's select when pumps run and an
+// env is at hand, else the poller thread's epoll registration.
+void poller_arm(ErlNifEnv* env, Sock* s);
+// Active mode ended (under lock): drop a pump's pending select, so that a
+// passive recv can select for itself.
+void poller_disarm(ErlNifEnv* env, Sock* s);
 void poller_remove(Sock* s);  // under lock
 // Sends what rbuf holds, or the closed message, when active mode starts.
 void active_started(ErlNifEnv* env, Sock* s);  // under lock

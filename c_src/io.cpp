@@ -158,7 +158,7 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     ERL_NIF_TERM res = enif_make_resource(env, c);
     if (c->active != 0 && c->ssl == nullptr) {
       std::lock_guard<std::mutex> clk(c->mu);
-      poller_arm(c);
+      poller_arm(env, c);
     }
     enif_release_resource(c);
     return make_ok(env, res);

@@ -26,6 +26,8 @@ ISLET_NIF(nif_getopts)
 ISLET_NIF(nif_getstat)
 ISLET_NIF(nif_sockname)
 ISLET_NIF(nif_peername)
+ISLET_NIF(nif_register_pump)
+ISLET_NIF(nif_deliver)
 ISLET_NIF(nif_tls_ctx)
 ISLET_NIF(nif_tls_listener)
 ISLET_NIF(nif_tls_upgrade)
@@ -56,6 +58,8 @@ ErlNifFunc nif_funcs[] = {
     {"getstat", 1, nif_getstat, 0},
     {"sockname", 1, nif_sockname, 0},
     {"peername", 1, nif_peername, 0},
+    {"register_pump", 2, nif_register_pump, 0},
+    {"deliver", 1, nif_deliver, 0},
     // Building a context parses keys and certificates: dirty CPU.
     {"tls_ctx", 1, nif_tls_ctx, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"tls_listener", 2, nif_tls_listener, 0},

@@ -275,6 +275,7 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     if (sum > kActiveMax) return make_error(env, atom.einval);
     if (sum <= 0) {
       s->active = 0;
+      poller_disarm(env, s);
       ErlNifEnv* menv = enif_alloc_env();
       ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
       enif_send(env, &s->owner, menv, msg);
@@ -286,6 +287,7 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     return make_error(env, atom.einval);
   }
   if (s->active != 0 && s->kind == Kind::Conn && (before == 0 || !s->armed)) active_started(env, s);
+  if (s->active == 0) poller_disarm(env, s);
   return atom.ok;
 }
 

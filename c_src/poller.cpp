@@ -1,8 +1,13 @@
-// Islet: active-mode delivery without a process per socket.
+// Islet: active-mode delivery without a process per socket, in one of two
+// ways (docs/design.md compares them):
 //
-// One native thread waits on an epoll set of the sockets in active mode
-// (EPOLLONESHOT, re-armed only while still active), reads on readiness and
-// enif_sends {tcp, Socket, Data} straight to the owner, like quicer does.
+// - pumps (the default): enif_select notifies one of a few pump processes
+//   (Islet.Pump, one per scheduler), which calls deliver/1: it reads and
+//   sends {tcp, Socket, Data} to the owner, all on the BEAM's schedulers;
+// - poller: one native thread waits on an epoll set of the sockets in active
+//   mode (EPOLLONESHOT, re-armed only while still active), reads on
+//   readiness and enif_sends straight to the owner, like quicer does.
+//
 // Passive calls never go through here: they wait with enif_select.
 //
 // The poller holds a resource reference for each registered socket. A socket
@@ -36,6 +41,19 @@ struct Poller {
 };
 
 Poller poller;
+
+// Pump processes, registered by Islet.Pump; none means the poller thread.
+constexpr int kMaxPumps = 64;
+std::mutex pumps_mu;
+ErlNifPid pumps[kMaxPumps];
+int pump_count = 0;
+
+bool pick_pump(Sock* s, ErlNifPid* out) {
+  std::lock_guard<std::mutex> lk(pumps_mu);
+  if (pump_count == 0) return false;
+  *out = pumps[(reinterpret_cast<uintptr_t>(s) >> 6) % pump_count];
+  return true;
+}
 
 ERL_NIF_TERM tag_atom(Tag t, int which) {
   static const ERL_NIF_TERM* tcp[] = {&atom.tcp, &atom.tcp_closed, &atom.tcp_error,
@@ -85,18 +103,18 @@ void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
   send_owner(s, caller, menv, msg);
 }
 
-// Readiness of one active socket: read and deliver while active.
-void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
-  std::lock_guard<std::mutex> lk(s->mu);
-  s->armed = false;
+// Readiness of one active socket: read and deliver while active. `caller` is
+// the calling process's env (a pump), or null on the poller thread.
+void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char* buf) {
+  s->armed = s->armed_pump = false;
   if (!s->open || s->active == 0 || s->kind != Kind::Conn) return;
   // Bounded work per wake-up so that one busy socket cannot starve others.
   for (int round = 0; round < 16; round++) {
     int err = 0;
     ssize_t n = conn_read(s, buf, kReadChunk, &err);
     if (n > 0) {
-      deliver_data(s, nullptr, menv, buf, static_cast<size_t>(n));
-      if (!consume_active(s, nullptr, menv)) return;
+      deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
+      if (!consume_active(s, caller, menv)) return;
       continue;
     }
     // A TLS read that must write first (rare: a key update) is retried when
@@ -106,12 +124,17 @@ void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
       // Like inet: the error, then the close.
       ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 2), enif_make_resource(menv, s),
                                           errno_atom(menv, err));
-      send_owner(s, nullptr, menv, msg);
+      send_owner(s, caller, menv, msg);
     }
-    deliver_closed(s, nullptr, menv);
+    deliver_closed(s, caller, menv);
     return;
   }
-  poller_arm(s);
+  poller_arm(caller, s);
+}
+
+void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
+  std::lock_guard<std::mutex> lk(s->mu);
+  read_and_deliver(s, nullptr, menv, buf);
 }
 
 void* poller_main(void*) {
@@ -180,8 +203,15 @@ void poller_stop() {
   poller.epfd = poller.evfd = -1;
 }
 
-void poller_arm(Sock* s) {
+void poller_arm(ErlNifEnv* env, Sock* s) {
   if (s->armed || !s->open) return;
+  ErlNifPid pump;
+  if (env != nullptr && pick_pump(s, &pump)) {
+    ERL_NIF_TERM msg = enif_make_tuple2(env, atom.islet_ready, enif_make_resource(env, s));
+    auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_READ | ERL_NIF_SELECT_CUSTOM_MSG);
+    if (enif_select_x(env, s->fd, mode, s, &pump, msg, nullptr) >= 0) s->armed = s->armed_pump = true;
+    return;
+  }
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLONESHOT;
   ev.data.ptr = s;
@@ -196,6 +226,13 @@ void poller_arm(Sock* s) {
     return;
   }
   s->armed = true;
+}
+
+void poller_disarm(ErlNifEnv* env, Sock* s) {
+  if (!s->armed || !s->armed_pump || !s->open) return;
+  auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | ERL_NIF_SELECT_READ);
+  enif_select(env, s->fd, mode, s, nullptr, atom.undefined);
+  s->armed = s->armed_pump = false;
 }
 
 void poller_remove(Sock* s) {
@@ -234,9 +271,40 @@ void active_started(ErlNifEnv* env, Sock* s) {
     ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
     send_owner(s, env, menv, msg);
   } else if (s->active != 0) {
-    poller_arm(s);
+    poller_arm(env, s);
   }
   enif_free_env(menv);
+}
+
+}  // namespace islet
+
+namespace islet {
+
+// register_pump(Index, Pid) -> ok: Islet.Pump announces itself (again after
+// a restart); from then on active sockets are delivered through pumps.
+ERL_NIF_TERM nif_register_pump(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  int i;
+  ErlNifPid pid;
+  if (!enif_get_int(env, argv[0], &i) || i < 0 || i >= kMaxPumps ||
+      !enif_get_local_pid(env, argv[1], &pid))
+    return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(pumps_mu);
+  if (i > pump_count) return enif_make_badarg(env);  // registered in order
+  pumps[i] = pid;
+  if (i == pump_count) pump_count++;
+  return atom.ok;
+}
+
+// deliver(Sock) -> ok: a pump's answer to {'$islet_ready', Sock}.
+ERL_NIF_TERM nif_deliver(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  // One message env and read buffer per scheduler thread, reused.
+  static thread_local ErlNifEnv* menv = enif_alloc_env();
+  static thread_local unsigned char buf[kReadChunk];
+  std::lock_guard<std::mutex> lk(s->mu);
+  read_and_deliver(s, env, menv, buf);
+  return atom.ok;
 }
 
 }  // namespace islet

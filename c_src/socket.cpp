@@ -33,7 +33,8 @@ void init_atoms(ErlNifEnv* env) {
                a("tcp"), a("tcp_closed"), a("tcp_error"), a("tcp_passive"), a("ssl"),
                a("ssl_closed"), a("ssl_error"), a("ssl_passive"), a("recv_oct"), a("recv_cnt"),
                a("recv_max"), a("recv_avg"), a("recv_dvi"), a("send_oct"), a("send_cnt"),
-               a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof")};
+               a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof"),
+               a("$islet_ready")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
@@ -139,7 +140,7 @@ bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid,
 void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
   if (!wq.is_head(pid)) return;
   enif_demonitor_process(env, s, &wq.q.front().mon);
-  wq.q.pop_front();
+  wq.q.erase(wq.q.begin());
   wq.selected = 0;
   if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
 }

@@ -1,0 +1,12 @@
+defmodule Islet.Application do
+  @moduledoc false
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    Supervisor.start_link(Islet.Pump.child_specs(),
+      strategy: :one_for_one,
+      name: Islet.Supervisor
+    )
+  end
+end
