@@ -1,0 +1,773 @@
+defmodule Islet.TCPConformanceIOTest do
+  # Differential conformance, part 2: recv, send, sendfile and transfers.
+  use ExUnit.Case, async: true
+
+  # gen_tcp logs "Bad value on output port" for data that is not iodata.
+  @moduletag :capture_log
+
+  import Islet.Test.Diff
+
+  alias Islet.Test.Diff
+
+  # Sends `data` from the client after `ms` ms, from another process.
+  defp send_later(client, data, ms) do
+    spawn_link(fn ->
+      Process.sleep(ms)
+      :ok = :gen_tcp.send(client, data)
+    end)
+  end
+
+  # Reads exactly `n` bytes on the client, in another process; the result is
+  # sent back as {:client_got, bytes_or_error}.
+  defp client_reader(client, n) do
+    parent = self()
+
+    pid =
+      spawn_link(fn ->
+        receive(do: (:go -> :ok))
+        result = if n == 0, do: {:ok, ""}, else: :gen_tcp.recv(client, n, 60_000)
+        Kernel.send(parent, {:client_got, result})
+        # Stay alive: the client socket closes with its owner.
+        receive(do: (:never -> :ok))
+      end)
+
+    :ok = :gen_tcp.controlling_process(client, pid)
+    Kernel.send(pid, :go)
+    pid
+  end
+
+  defp client_got do
+    receive do
+      {:client_got, result} -> result
+    after
+      60_000 -> :client_timeout
+    end
+  end
+
+  describe "recv" do
+    test "length 0 returns the bytes available" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "hello")
+        mod.recv(s, 0, 10_000)
+      end)
+    end
+
+    test "length n waits for exactly n bytes sent in pieces" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abc")
+        send_later(c, "defghij", 50)
+        {mod.recv(s, 10, 10_000), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test "length n smaller than what is available leaves the rest" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abcdefghij")
+        first = mod.recv(s, 3, 10_000)
+        {first, mod.recv(s, 7, 10_000), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test "length 1 byte at a time" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abcdef")
+        for _ <- 1..6, do: mod.recv(s, 1, 10_000)
+      end)
+    end
+
+    test "timeout 0: {:error, :timeout} when nothing is buffered, data when it is" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        empty = mod.recv(s, 0, 0)
+        empty_n = mod.recv(s, 5, 0)
+        :ok = :gen_tcp.send(c, "ready")
+        {empty, empty_n, Diff.recv_when_ready(mod, s), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test "timeout 0 with length n: all n buffered" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "0123456789")
+        settle()
+        {mod.recv(s, 4, 0), mod.recv(s, 6, 0), mod.recv(s, 1, 0)}
+      end)
+    end
+
+    test "a finite timeout expires and the socket stays usable" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        t0 = System.monotonic_time(:millisecond)
+        timed_out = mod.recv(s, 0, 150)
+        waited = System.monotonic_time(:millisecond) - t0
+        :ok = :gen_tcp.send(c, "late")
+        {timed_out, waited >= 140, mod.recv(s, 0, 10_000)}
+      end)
+    end
+
+    test "recv n that times out keeps the bytes it had" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abc")
+        settle()
+        timed_out = mod.recv(s, 10, 100)
+        :ok = :gen_tcp.send(c, "defghij")
+        {timed_out, mod.recv(s, 10, 10_000)}
+      end)
+    end
+
+    test "recv 0 after a timed-out recv n returns the bytes kept" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abc")
+        settle()
+        timed_out = mod.recv(s, 10, 100)
+        {timed_out, mod.recv(s, 0, 1000)}
+      end)
+    end
+
+    test ":infinity waits for data" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        send_later(c, "eventually", 50)
+        {mod.recv(s, 0, :infinity), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test ":infinity with length n" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        send_later(c, "12345", 20)
+        send_later(c, "67890", 80)
+        mod.recv(s, 10, :infinity)
+      end)
+    end
+
+    test "peer close: {:error, :closed}, and again on the next recv" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        first = mod.recv(s, 0, 10_000)
+        {first, mod.recv(s, 0, 1000), mod.recv(s, 5, 1000), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test "peer close while waiting in recv" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+
+        spawn_link(fn ->
+          Process.sleep(50)
+          :gen_tcp.close(c)
+        end)
+
+        first = mod.recv(s, 0, :infinity)
+        {first, mod.recv(s, 0, :infinity)}
+      end)
+    end
+
+    test "peer close after data: the data, then :closed" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "last words")
+        :ok = :gen_tcp.close(c)
+        Diff.read_to_end(mod, s, 10_000)
+      end)
+    end
+
+    test "peer close with fewer bytes than a recv n asked for" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abc")
+        :ok = :gen_tcp.close(c)
+        first = mod.recv(s, 10, 10_000)
+        {first, mod.recv(s, 0, 1000)}
+      end)
+    end
+
+    test "peer close with exactly the bytes a recv n asked for" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abcde")
+        :ok = :gen_tcp.close(c)
+        first = mod.recv(s, 5, 10_000)
+        {first, mod.recv(s, 0, 1000)}
+      end)
+    end
+
+    test "peer half-close (shutdown write): :closed for recv, send still works" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "request")
+        :ok = :gen_tcp.shutdown(c, :write)
+        read = Diff.read_to_end(mod, s, 10_000)
+        sent = mod.send(s, ["response"])
+        {read, sent, :gen_tcp.recv(c, 0, 2000)}
+      end)
+    end
+
+    test "a length over 64 MiB" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        {mod.recv(s, 64 * 1024 * 1024 + 1, 0), mod.recv(s, 64 * 1024 * 1024, 0)}
+      end)
+    end
+
+    # (A timeout of -1 is left out: gen_tcp takes it as :infinity and waits.)
+    test "a negative length, a timeout that is not one" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        {Diff.catching(fn -> mod.recv(s, -1, 0) end),
+         Diff.catching(fn -> mod.recv(s, 0, :never) end)}
+      end)
+    end
+
+    test "recv in active mode" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for active <- [true, :once, 5] do
+          :ok = mod.setopts(s, active: active)
+          result = mod.recv(s, 0, 0)
+          :ok = mod.setopts(s, active: false)
+          {active, result}
+        end
+      end)
+    end
+
+    test "recv from a process that is not the owner" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        parent = self()
+        spawn_link(fn -> Kernel.send(parent, {:other, mod.recv(s, 5, 10_000)}) end)
+        :ok = :gen_tcp.send(c, "12345")
+        receive(do: ({:other, r} -> r))
+      end)
+    end
+
+    test "two processes waiting in recv n each get n bytes" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        parent = self()
+
+        for i <- 1..2 do
+          spawn_link(fn -> Kernel.send(parent, {:got, i, mod.recv(s, 5, 10_000)}) end)
+        end
+
+        Process.sleep(50)
+        :ok = :gen_tcp.send(c, "aaaaabbbbb")
+        results = for i <- 1..2, do: receive(do: ({:got, ^i, r} -> r))
+        Enum.sort(results)
+      end)
+    end
+
+    test "close from another process wakes a waiting recv with :closed" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        parent = self()
+        spawn_link(fn -> Kernel.send(parent, {:got, mod.recv(s, 0, :infinity)}) end)
+        Process.sleep(50)
+        closed = mod.close(s)
+        {closed, receive(do: ({:got, r} -> r))}
+      end)
+    end
+
+    test "a closed socket" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        :ok = mod.close(s)
+        {mod.recv(s, 0, 0), mod.recv(s, 0, 1000), mod.recv(s, 10, :infinity)}
+      end)
+    end
+  end
+
+  # Data sent on loopback is in the receiver's queue once the sender's write
+  # returned; a short pause covers a loaded machine. Used only where the
+  # scenario needs the bytes to be there before a recv with timeout 0 or a
+  # recv that must time out with part of the bytes (nothing else can tell,
+  # without reading, that they have arrived).
+  defp settle, do: Process.sleep(30)
+
+  # Reads `total` bytes with recv(s, 0, 1), counting the timeouts.
+  defp recv_racing(_mod, _s, total, got, acc, timeouts) when got >= total,
+    do: {IO.iodata_to_binary(acc), timeouts}
+
+  defp recv_racing(mod, s, total, got, acc, timeouts) do
+    case mod.recv(s, 0, 1) do
+      {:ok, d} -> recv_racing(mod, s, total, got + byte_size(d), [acc | d], timeouts)
+      {:error, :timeout} -> recv_racing(mod, s, total, got, acc, timeouts + 1)
+    end
+  end
+
+  defp recv_n_retrying(mod, s, n) do
+    case mod.recv(s, n, 1) do
+      {:ok, d} -> d
+      {:error, :timeout} -> recv_n_retrying(mod, s, n)
+    end
+  end
+
+  describe "send" do
+    defp send_and_read(mod, data) do
+      {_l, s, c} = Diff.pair(mod)
+      size = IO.iodata_length(data)
+      client_reader(c, size)
+      result = mod.send(s, data)
+      got = client_got()
+      {result, got == {:ok, IO.iodata_to_binary(data)}}
+    end
+
+    test "a binary" do
+      assert_same(&send_and_read(&1, "hello"))
+    end
+
+    test "an empty binary and an empty list" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+
+        sends = for d <- ["", [], [[], [""]], ["x"]], do: Diff.catching(fn -> mod.send(s, d) end)
+        {sends, :gen_tcp.recv(c, 0, 10_000)}
+      end)
+    end
+
+    test "a flat list of binaries" do
+      assert_same(&send_and_read(&1, ["hello", " ", "world"]))
+    end
+
+    test "nested lists with bytes (integers) and binaries" do
+      assert_same(&send_and_read(&1, [["a", ["b", [?c]]], ?d, [[[["e"]]], "f" | "g"]]))
+    end
+
+    test "a charlist" do
+      assert_same(&send_and_read(&1, 'plain charlist'))
+    end
+
+    test "an improper list with a binary tail" do
+      assert_same(&send_and_read(&1, ["head" | "tail"]))
+    end
+
+    test "many small binaries (5000, 1 to 20 bytes each)" do
+      data = for i <- 1..5000, do: :binary.copy(<<rem(i, 251)>>, rem(i, 20) + 1)
+      assert_same(&send_and_read(&1, data))
+    end
+
+    test "more than 1024 elements, mixed binaries and bytes" do
+      data = for i <- 1..3000, do: if(rem(i, 3) == 0, do: rem(i, 256), else: "e#{i}")
+      assert_same(&send_and_read(&1, data))
+    end
+
+    test "exactly 1024 and 1025 binaries" do
+      for n <- [1024, 1025] do
+        assert_same(&send_and_read(&1, for(i <- 1..n, do: <<i::16>>)))
+      end
+    end
+
+    test "a large 16 MiB binary" do
+      data = Diff.pattern(16 * 1024 * 1024, 3)
+      assert_same(&send_and_read(&1, data), timeout: 60_000)
+    end
+
+    test "a large 16 MiB iolist of 4 KiB chunks" do
+      big = Diff.pattern(16 * 1024 * 1024, 4)
+      data = for <<chunk::binary-size(4096) <- big>>, do: chunk
+      assert_same(&send_and_read(&1, data), timeout: 60_000)
+    end
+
+    test "sub-binaries of a larger binary" do
+      big = Diff.pattern(100_000, 5)
+      data = for i <- 0..99, do: binary_part(big, i * 997, 1000)
+      assert_same(&send_and_read(&1, data))
+    end
+
+    test "data that is not iodata" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+
+        results =
+          for bad <- [:atom, 42, [256], [-1], ["ok", :atom], {:tuple}, [<<1::1>>]] do
+            {bad, Diff.catching(fn -> mod.send(s, bad) end)}
+          end
+
+        # Nothing of the bad data went out.
+        :ok = mod.send(s, ["end"])
+        {results, :gen_tcp.recv(c, 0, 10_000)}
+      end)
+    end
+
+    test "send from a process that is not the owner" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        parent = self()
+        spawn_link(fn -> Kernel.send(parent, {:sent, mod.send(s, ["from other"])}) end)
+        {receive(do: ({:sent, r} -> r)), :gen_tcp.recv(c, 10, 10_000)}
+      end)
+    end
+
+    test "concurrent senders never interleave within one send" do
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          senders = 4
+          per = 300
+          size = 1000
+          client_reader(c, senders * per * size)
+          parent = self()
+
+          for p <- 1..senders do
+            spawn_link(fn ->
+              for i <- 1..per do
+                record = [<<p, i::16>>, :binary.copy(<<p>>, size - 3)]
+                :ok = mod.send(s, record)
+              end
+
+              Kernel.send(parent, {:done, p})
+            end)
+          end
+
+          for p <- 1..senders, do: receive(do: ({:done, ^p} -> :ok))
+          {:ok, all} = client_got()
+
+          records = for <<p, i::16, rest::binary-size(size - 3) <- all>>, do: {p, i, rest}
+
+          intact =
+            Enum.all?(records, fn {p, _i, rest} -> rest == :binary.copy(<<p>>, size - 3) end)
+
+          in_order =
+            records
+            |> Enum.group_by(&elem(&1, 0), &elem(&1, 1))
+            |> Enum.all?(fn {_p, is} -> is == Enum.to_list(1..per) end)
+
+          {length(records), intact, in_order}
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "send after the peer closed: the first error" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        # Wait for the FIN so that the outcome does not depend on timing.
+        {:error, :closed} = mod.recv(s, 0, 10_000)
+        {mod.send(s, ["after fin"]), mod.send(s, ["again"])}
+      end)
+    end
+
+    test "send after the peer closed without reading first" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        Process.sleep(50)
+        results = for _ <- 1..5, do: mod.send(s, [:binary.copy("x", 1000)])
+        results |> Enum.dedup()
+      end)
+    end
+
+    defp send_timeout_scenario(mod, close?) do
+      {_l, s, c} =
+        Diff.pair(mod, [send_timeout: 200, send_timeout_close: close?, sndbuf: 8192], recbuf: 8192)
+
+      chunk = :binary.copy("z", 256 * 1024)
+
+      {result, n} =
+        Enum.reduce_while(1..400, {nil, 0}, fn i, _ ->
+          case mod.send(s, [chunk]) do
+            :ok -> {:cont, {:ok, i}}
+            error -> {:halt, {error, i}}
+          end
+        end)
+
+      after_timeout = mod.send(s, ["more"])
+      opts = mod.getopts(s, [:send_timeout, :send_timeout_close])
+      peer_open = :inet.getopts(c, [:active])
+      {result, n < 400, after_timeout, opts, peer_open}
+    end
+
+    test "send_timeout with send_timeout_close: true" do
+      assert_same(&send_timeout_scenario(&1, true))
+    end
+
+    test "send_timeout with send_timeout_close: false" do
+      assert_same(&send_timeout_scenario(&1, false))
+    end
+
+    test "a closed socket" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        :ok = mod.close(s)
+        for d <- ["x", ["x"], []], do: Diff.catching(fn -> mod.send(s, d) end)
+      end)
+    end
+  end
+
+  describe "sendfile" do
+    setup do
+      path = Diff.tmp_path("islet_sendfile")
+      data = Diff.pattern(1024 * 1024 + 123, 7)
+      File.write!(path, data)
+      empty = path <> "_empty"
+      File.write!(empty, "")
+      on_exit(fn -> File.rm(path) && File.rm(empty) end)
+      %{path: path, data: data, empty: empty}
+    end
+
+    defp sendfile_read(mod, path, offset, length, expect) do
+      {_l, s, c} = Diff.pair(mod)
+      client_reader(c, byte_size(expect))
+      result = mod.sendfile(s, path, offset, length)
+      got = client_got()
+      # Nothing more than expected was sent.
+      extra = :gen_tcp.recv(c, 0, 0)
+      {result, got == {:ok, expect}, extra}
+    end
+
+    test "the whole file with length 0", %{path: path, data: data} do
+      assert_same(&sendfile_read(&1, path, 0, 0, data))
+    end
+
+    test "offset and length", %{path: path, data: data} do
+      assert_same(&sendfile_read(&1, path, 1000, 5000, binary_part(data, 1000, 5000)))
+    end
+
+    test "offset with length 0 (to the end)", %{path: path, data: data} do
+      rest = binary_part(data, 5000, byte_size(data) - 5000)
+      assert_same(&sendfile_read(&1, path, 5000, 0, rest))
+    end
+
+    test "the whole file given its exact length", %{path: path, data: data} do
+      assert_same(&sendfile_read(&1, path, 0, byte_size(data), data))
+    end
+
+    test "a length past the end of the file", %{path: path, data: data} do
+      rest = binary_part(data, byte_size(data) - 100, 100)
+      assert_same(&sendfile_read(&1, path, byte_size(data) - 100, 1000, rest))
+    end
+
+    test "an offset at and past the end of the file", %{path: path, data: data} do
+      assert_same(&sendfile_read(&1, path, byte_size(data), 0, ""))
+      assert_same(&sendfile_read(&1, path, byte_size(data) + 10, 0, ""))
+      assert_same(&sendfile_read(&1, path, byte_size(data) + 10, 50, ""))
+    end
+
+    test "an empty file", %{empty: empty} do
+      assert_same(&sendfile_read(&1, empty, 0, 0, ""))
+    end
+
+    test "a 16 MiB file" do
+      path = Diff.tmp_path("islet_sendfile_big")
+      data = Diff.pattern(16 * 1024 * 1024, 8)
+      File.write!(path, data)
+
+      try do
+        assert_same(&sendfile_read(&1, path, 0, 0, data), timeout: 60_000)
+      after
+        File.rm(path)
+      end
+    end
+
+    test "between sends, in order", %{path: path, data: data} do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        client_reader(c, 4 + 2000 + 4)
+        :ok = mod.send(s, ["head"])
+        result = mod.sendfile(s, path, 10, 2000)
+        :ok = mod.send(s, ["tail"])
+        {result, client_got() == {:ok, "head" <> binary_part(data, 10, 2000) <> "tail"}}
+      end)
+    end
+
+    test "a missing file, a directory, a path given as a charlist", %{path: path, data: data} do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+
+        results = {
+          mod.sendfile(s, "/nonexistent/islet/file", 0, 0),
+          Diff.catching(fn -> mod.sendfile(s, System.tmp_dir!(), 0, 0) end),
+          Diff.catching(fn -> mod.sendfile(s, String.to_charlist(path), 0, 10) end)
+        }
+
+        {results, :gen_tcp.recv(c, 10, 10_000) == {:ok, binary_part(data, 0, 10)}}
+      end)
+    end
+
+    test "a closed socket", %{path: path} do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        :ok = mod.close(s)
+        mod.sendfile(s, path, 0, 0)
+      end)
+    end
+
+    test "after the peer closed", %{path: path} do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        {:error, :closed} = mod.recv(s, 0, 10_000)
+        mod.sendfile(s, path, 0, 0)
+      end)
+    end
+
+    test "in active mode", %{path: path, data: data} do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.setopts(s, active: :once)
+        client_reader(c, 100)
+        result = mod.sendfile(s, path, 0, 100)
+        {result, client_got() == {:ok, binary_part(data, 0, 100)}}
+      end)
+    end
+  end
+
+  describe "transfers" do
+    test "32 MiB from the client, every byte checked" do
+      data = Diff.pattern(32 * 1024 * 1024, 11)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+
+          spawn_link(fn ->
+            :ok = :gen_tcp.send(c, data)
+            :ok = :gen_tcp.shutdown(c, :write)
+          end)
+
+          {got, ending} = Diff.read_to_end(mod, s, 30_000)
+          {byte_size(got), got == data, ending}
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "32 MiB to the client in 64 KiB sends, every byte checked" do
+      data = Diff.pattern(32 * 1024 * 1024, 12)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          client_reader(c, byte_size(data))
+          results = for <<chunk::binary-size(65536) <- data>>, do: mod.send(s, [chunk])
+          {Enum.uniq(results), client_got() == {:ok, data}}
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "20000 small messages each way, every byte checked" do
+      msgs = for i <- 1..20_000, do: :binary.copy(<<rem(i, 256)>>, rem(i, 37) + 1)
+      total = IO.iodata_length(msgs)
+      expected = IO.iodata_to_binary(msgs)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+
+          spawn_link(fn -> Enum.each(msgs, &(:ok = :gen_tcp.send(c, &1))) end)
+          {:ok, from_client} = mod.recv(s, total, 30_000)
+
+          client_reader(c, total)
+          sends = msgs |> Enum.map(&mod.send(s, [&1])) |> Enum.uniq()
+          {from_client == expected, sends, client_got() == {:ok, expected}}
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "full duplex: 16 MiB each way at once, recv and send in different processes" do
+      up = Diff.pattern(16 * 1024 * 1024, 13)
+      down = Diff.pattern(16 * 1024 * 1024, 14)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          client_reader(c, byte_size(down))
+          parent = self()
+
+          spawn_link(fn ->
+            {:ok, got} = mod.recv(s, byte_size(up), 30_000)
+            Kernel.send(parent, {:server_got, got == up})
+          end)
+
+          spawn_link(fn ->
+            chunks = for <<chunk::binary-size(1_048_576) <- up>>, do: chunk
+            Enum.each(chunks, &(:ok = :gen_tcp.send(c, &1)))
+          end)
+
+          sent = for <<chunk::binary-size(262_144) <- down>>, do: mod.send(s, [chunk])
+          {Enum.uniq(sent), receive(do: ({:server_got, ok} -> ok)), client_got() == {:ok, down}}
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "recv 0 with 1 ms timeouts racing the data loses and repeats nothing" do
+      msgs = for i <- 1..300, do: :binary.copy(<<rem(i, 256)>>, rem(i * 31, 500) + 1)
+      expected = IO.iodata_to_binary(msgs)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+
+          spawn_link(fn ->
+            for {m, i} <- Enum.with_index(msgs) do
+              :ok = :gen_tcp.send(c, m)
+              if rem(i, 20) == 0, do: Process.sleep(1)
+            end
+          end)
+
+          # (How many recvs timed out depends on timing: not compared.)
+          {got, _timeouts} = recv_racing(mod, s, byte_size(expected), 0, [], 0)
+          got == expected
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "recv n with 1 ms timeouts keeps partial data across timeouts" do
+      data = Diff.pattern(100_000, 15)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+
+          spawn_link(fn ->
+            for {chunk, i} <- Enum.with_index(for <<ch::binary-size(500) <- data>>, do: ch) do
+              :ok = :gen_tcp.send(c, chunk)
+              if rem(i, 10) == 0, do: Process.sleep(1)
+            end
+          end)
+
+          got =
+            for _ <- 1..10 do
+              recv_n_retrying(mod, s, 10_000)
+            end
+
+          IO.iodata_to_binary(got) == data
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test "echo of many small reads with recv 0" do
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+
+          for i <- 1..2000 do
+            msg = "m#{i}"
+            :ok = :gen_tcp.send(c, msg)
+            {:ok, ^msg} = mod.recv(s, byte_size(msg), 10_000)
+            :ok = mod.send(s, [msg])
+            {:ok, ^msg} = :gen_tcp.recv(c, byte_size(msg), 10_000)
+          end
+
+          :ok
+        end,
+        timeout: 60_000
+      )
+    end
+  end
+end

@@ -1,0 +1,564 @@
+defmodule Islet.TCPConformanceLifecycleTest do
+  # Differential conformance, part 4: getopts/setopts, getstat, shutdown,
+  # close and every call after it, peer reset.
+  use ExUnit.Case, async: true
+
+  import Islet.Test.Diff
+
+  alias Islet.Test.Diff
+
+  @keys [
+    :active,
+    :mode,
+    :packet,
+    :nodelay,
+    :reuseaddr,
+    :keepalive,
+    :linger,
+    :buffer,
+    :recbuf,
+    :sndbuf,
+    :send_timeout,
+    :send_timeout_close,
+    :exit_on_close
+  ]
+
+  @stat_keys [:recv_oct, :recv_cnt, :recv_max, :recv_avg, :send_oct, :send_cnt, :send_max]
+
+  describe "getopts" do
+    test "all options at once, listener and connection" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        {mod.getopts(l, @keys), mod.getopts(s, @keys)}
+      end)
+    end
+
+    test "the empty list, a repeated key, order kept" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        {mod.getopts(s, []), mod.getopts(s, [:nodelay, :nodelay]),
+         mod.getopts(s, [:packet, :mode, :active])}
+      end)
+    end
+
+    test "unknown and malformed option names" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for keys <- [
+              [:foo],
+              [:nodelay, :foo],
+              ["nodelay"],
+              [{:nodelay, true}],
+              [:reuseport],
+              [:backlog],
+              [:ip]
+            ] do
+          {keys, Diff.catching(fn -> mod.getopts(s, keys) end)}
+        end
+      end)
+    end
+
+    test "not a list" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        Diff.catching(fn -> mod.getopts(s, :nodelay) end)
+      end)
+    end
+  end
+
+  describe "setopts" do
+    test "each supported option, read back" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for opt <- [
+              nodelay: false,
+              nodelay: true,
+              keepalive: true,
+              linger: {true, 3},
+              linger: {false, 0},
+              buffer: 8192,
+              recbuf: 32768,
+              sndbuf: 32768,
+              send_timeout: 1000,
+              send_timeout: :infinity,
+              send_timeout_close: false,
+              reuseaddr: false,
+              packet: :raw,
+              packet: 0,
+              mode: :binary,
+              exit_on_close: true,
+              active: false
+            ] do
+          {key, _} = opt
+          {opt, mod.setopts(s, [opt]), mod.getopts(s, [key])}
+        end
+      end)
+    end
+
+    test "several at once, and the bare :binary" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        set = mod.setopts(s, [:binary, nodelay: false, keepalive: true, buffer: 4000])
+        {set, mod.getopts(s, [:mode, :nodelay, :keepalive, :buffer])}
+      end)
+    end
+
+    test "recbuf and sndbuf, then buffer" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        a = {mod.setopts(s, recbuf: 100_000), mod.getopts(s, [:recbuf, :buffer])}
+        b = {mod.setopts(s, sndbuf: 50_000), mod.getopts(s, [:sndbuf, :buffer])}
+        c = {mod.setopts(s, buffer: 1000), mod.getopts(s, [:buffer])}
+        {a, b, c}
+      end)
+    end
+
+    test "on the listener" do
+      assert_same(fn mod ->
+        {l, _s, _c} = Diff.pair(mod)
+        set = mod.setopts(l, nodelay: false, keepalive: true, send_timeout: 99)
+        {set, mod.getopts(l, [:nodelay, :keepalive, :send_timeout])}
+      end)
+    end
+
+    test "options set on the listener after listen apply to later connections" do
+      assert_same(fn mod ->
+        {:ok, l} = mod.listen(0, ip: :loopback)
+        :ok = mod.setopts(l, nodelay: false, keepalive: true, buffer: 3000)
+        _c = Diff.connect(mod, l)
+        {:ok, s} = mod.accept(l)
+        mod.getopts(s, [:nodelay, :keepalive, :buffer])
+      end)
+    end
+
+    test "values of the wrong type" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for opt <- [
+              nodelay: 1,
+              linger: :x,
+              linger: {true, -1},
+              buffer: 0,
+              recbuf: -1,
+              send_timeout: -1,
+              send_timeout_close: :yes,
+              keepalive: nil,
+              active: :always,
+              mode: :text
+            ] do
+          {opt, Diff.catching(fn -> mod.setopts(s, [opt]) end)}
+        end
+      end)
+    end
+
+    test "options gen_tcp has and Islet does not implement" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for opt <- [
+              [packet: 4],
+              [packet: :line],
+              [mode: :list],
+              [:list],
+              [header: 1],
+              [delay_send: true],
+              [tos: 0],
+              [priority: 0],
+              [high_watermark: 1_000_000],
+              [exit_on_close: false],
+              [show_econnreset: true],
+              [packet_size: 100]
+            ] do
+          {opt, Diff.catching(fn -> mod.setopts(s, opt) end)}
+        end
+      end)
+    end
+
+    test "options that only listen takes, unknown ones" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for opt <- [
+              [backlog: 5],
+              [ip: {127, 0, 0, 1}],
+              [:inet6],
+              [foo: 1],
+              [{:foo, 1, 2}],
+              :nodelay
+            ] do
+          {opt, Diff.catching(fn -> mod.setopts(s, opt) end)}
+        end
+      end)
+    end
+
+    test "a good option before a bad one" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        set = Diff.catching(fn -> mod.setopts(s, nodelay: false, foo: 1) end)
+        {set, mod.getopts(s, [:nodelay])}
+      end)
+    end
+  end
+
+  describe "getstat" do
+    test "keys of a listener and a fresh connection" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        {mod.getstat(l), mod.getstat(s)}
+      end)
+    end
+
+    test "counts after known reads and writes" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+
+        for i <- 1..3 do
+          msg = :binary.copy(<<i>>, 10)
+          :ok = :gen_tcp.send(c, msg)
+          {:ok, ^msg} = mod.recv(s, 0, 10_000)
+        end
+
+        for i <- 1..3 do
+          :ok = mod.send(s, [:binary.copy(<<i>>, 100)])
+          {:ok, _} = :gen_tcp.recv(c, 100, 10_000)
+        end
+
+        :ok = mod.send(s, [:binary.copy("x", 1000)])
+        {:ok, _} = :gen_tcp.recv(c, 1000, 10_000)
+        {:ok, stats} = mod.getstat(s)
+        {Keyword.keys(stats), Keyword.take(stats, @stat_keys ++ [:send_avg, :send_pend])}
+      end)
+    end
+
+    test "what Thousand Island reads at close" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "GET / HTTP/1.1\r\n\r\n")
+        {:ok, req} = mod.recv(s, 0, 10_000)
+        :ok = mod.send(s, ["HTTP/1.1 200 OK\r\n", "content-length: 2\r\n\r\n", "ok"])
+        {:ok, _} = :gen_tcp.recv(c, 0, 10_000)
+        {:ok, stats} = mod.getstat(s)
+        {byte_size(req), Keyword.take(stats, [:send_oct, :send_cnt, :recv_oct, :recv_cnt])}
+      end)
+    end
+
+    test "bytes received in active mode count" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.setopts(s, active: :once)
+        :ok = :gen_tcp.send(c, "12345678")
+        {"12345678", []} = Diff.collect_active(s, 8, 10_000)
+        {:ok, stats} = mod.getstat(s)
+        Keyword.take(stats, [:recv_oct, :recv_cnt])
+      end)
+    end
+
+    test "bytes sent with sendfile" do
+      path = Diff.tmp_path("islet_stat_file")
+      File.write!(path, :binary.copy("f", 5000))
+
+      try do
+        assert_same(fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          {:ok, 5000} = mod.sendfile(s, path, 0, 0)
+          {:ok, _} = :gen_tcp.recv(c, 5000, 10_000)
+          {:ok, stats} = mod.getstat(s)
+          Keyword.take(stats, [:send_oct, :send_cnt])
+        end)
+      after
+        File.rm(path)
+      end
+    end
+
+    test "getstat/2 with some keys, unknown keys" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abc")
+        {:ok, _} = mod.recv(s, 3, 10_000)
+
+        {mod.getstat(s, [:recv_oct, :send_oct]), mod.getstat(s, []),
+         Diff.catching(fn -> mod.getstat(s, [:foo]) end)}
+      end)
+    end
+
+    test "after close" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        mod.close(s)
+        mod.close(l)
+        {mod.getstat(s), mod.getstat(l), mod.getstat(s, [:recv_oct])}
+      end)
+    end
+  end
+
+  describe "shutdown" do
+    test ":write: the peer sees the end; reading still works" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.send(s, ["bye"])
+        shut = mod.shutdown(s, :write)
+        peer = Diff.read_to_end(Islet.Reference.TCP, c, 10_000)
+        :ok = :gen_tcp.send(c, "still listening")
+        {shut, peer, mod.recv(s, 15, 10_000), mod.send(s, ["more"])}
+      end)
+    end
+
+    test ":write after a large send: every byte arrives before the end" do
+      data = Diff.pattern(8 * 1024 * 1024, 31)
+
+      assert_same(
+        fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          parent = self()
+
+          reader =
+            spawn_link(fn ->
+              receive(do: (:go -> :ok))
+              Kernel.send(parent, {:read, Diff.read_to_end(Islet.Reference.TCP, c, 30_000)})
+            end)
+
+          :ok = :gen_tcp.controlling_process(c, reader)
+          Kernel.send(reader, :go)
+          sent = mod.send(s, [data])
+          shut = mod.shutdown(s, :write)
+          {got, ending} = receive(do: ({:read, r} -> r))
+          {sent, shut, byte_size(got), got == data, ending}
+        end,
+        timeout: 60_000
+      )
+    end
+
+    test ":read" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        shut = mod.shutdown(s, :read)
+        first = mod.recv(s, 0, 1000)
+        :ok = :gen_tcp.send(c, "ignored?")
+        Process.sleep(30)
+        {shut, first, mod.recv(s, 0, 1000), mod.send(s, ["out"]), :gen_tcp.recv(c, 3, 2000)}
+      end)
+    end
+
+    test ":read_write" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        shut = mod.shutdown(s, :read_write)
+        peer = :gen_tcp.recv(c, 0, 10_000)
+        {shut, peer, mod.recv(s, 0, 1000), mod.send(s, ["x"]), mod.close(s)}
+      end)
+    end
+
+    test "twice, on a listener, on a closed socket, a bad direction" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        twice = {mod.shutdown(s, :write), mod.shutdown(s, :write), mod.shutdown(s, :read_write)}
+        on_listener = mod.shutdown(l, :read_write)
+        bad = Diff.catching(fn -> mod.shutdown(s, :both) end)
+        :ok = mod.close(s)
+        {twice, on_listener, bad, mod.shutdown(s, :write)}
+      end)
+    end
+
+    test "after the peer closed" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        {:error, :closed} = mod.recv(s, 0, 10_000)
+        {mod.shutdown(s, :write), mod.shutdown(s, :read_write)}
+      end)
+    end
+  end
+
+  describe "close" do
+    test "is idempotent, for a connection and a listener" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        {mod.close(s), mod.close(s), mod.close(l), mod.close(l)}
+      end)
+    end
+
+    test "the peer sees it" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.send(s, ["last"])
+        :ok = mod.close(s)
+        Diff.read_to_end(Islet.Reference.TCP, c, 10_000)
+      end)
+    end
+
+    test "from a process that is not the owner" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        parent = self()
+        spawn_link(fn -> Kernel.send(parent, {:closed, mod.close(s)}) end)
+        closed = receive(do: ({:closed, r} -> r))
+        {closed, :gen_tcp.recv(c, 0, 10_000), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test "closing the listener leaves accepted connections open" do
+      assert_same(fn mod ->
+        {l, s, c} = Diff.pair(mod)
+        :ok = mod.close(l)
+        :ok = :gen_tcp.send(c, "still")
+        {mod.recv(s, 5, 10_000), mod.send(s, ["here"]), :gen_tcp.recv(c, 4, 10_000)}
+      end)
+    end
+
+    test "every call on a closed connection" do
+      path = Diff.tmp_path("islet_closed_file")
+      File.write!(path, "data")
+
+      try do
+        assert_same(fn mod ->
+          {_l, s, _c} = Diff.pair(mod)
+          :ok = mod.close(s)
+          calls_after_close(mod, s, path)
+        end)
+      after
+        File.rm(path)
+      end
+    end
+
+    test "every call on a closed listener" do
+      assert_same(fn mod ->
+        {:ok, l} = mod.listen(0, ip: :loopback)
+        :ok = mod.close(l)
+        Map.put(calls_after_close(mod, l, "/nonexistent"), :accept, mod.accept(l))
+      end)
+    end
+
+    test "every call on a connection whose peer reset it" do
+      path = Diff.tmp_path("islet_reset_file")
+      File.write!(path, "data")
+
+      try do
+        assert_same(fn mod ->
+          {_l, s, c} = Diff.pair(mod, [], linger: {true, 0})
+          :ok = :gen_tcp.close(c)
+          Process.sleep(50)
+          first = mod.recv(s, 0, 10_000)
+          {first, calls_after_close(mod, s, path)}
+        end)
+      after
+        File.rm(path)
+      end
+    end
+
+    test "a send blocked on a full peer is woken by close" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [sndbuf: 8192], recbuf: 8192)
+        parent = self()
+
+        spawn_link(fn ->
+          result =
+            Enum.reduce_while(1..1000, :ok, fn _, _ ->
+              case mod.send(s, [:binary.copy("b", 65536)]) do
+                :ok -> {:cont, :ok}
+                error -> {:halt, error}
+              end
+            end)
+
+          Kernel.send(parent, {:sender, result})
+        end)
+
+        Process.sleep(300)
+        # gen_tcp's close waits while output is pending (5 s per step with
+        # no progress); the client's close (a reset, as it has unread data)
+        # a second later ends that wait.
+        spawn_link(fn ->
+          Process.sleep(1000)
+          :gen_tcp.close(c)
+        end)
+
+        closed = mod.close(s)
+        {closed, receive(do: ({:sender, r} -> r))}
+      end)
+    end
+  end
+
+  defp calls_after_close(mod, s, path) do
+    %{
+      recv: mod.recv(s, 0, 0),
+      recv_wait: mod.recv(s, 10, 100),
+      send: Diff.catching(fn -> mod.send(s, "x") end),
+      send_list: mod.send(s, ["x"]),
+      sendfile: mod.sendfile(s, path, 0, 0),
+      getopts: mod.getopts(s, [:active]),
+      setopts: mod.setopts(s, nodelay: true),
+      setopts_once: mod.setopts(s, active: :once),
+      shutdown: mod.shutdown(s, :write),
+      controlling_process: mod.controlling_process(s, self()),
+      sockname: mod.sockname(s),
+      peername: mod.peername(s),
+      getstat: mod.getstat(s),
+      handshake: mod.handshake(s) == {:ok, s},
+      handshake2: mod.handshake(s, 1000) == {:ok, s},
+      upgrade: mod.upgrade(s, []),
+      negotiated_protocol: mod.negotiated_protocol(s),
+      peercert: mod.peercert(s),
+      connection_information: mod.connection_information(s),
+      close: mod.close(s)
+    }
+  end
+
+  describe "peer reset (client linger {true, 0} then close)" do
+    test "recv: the error, then the next recv" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [], linger: {true, 0})
+        :ok = :gen_tcp.close(c)
+        first = mod.recv(s, 0, 10_000)
+        {first, mod.recv(s, 0, 1000), mod.recv(s, 0, 1000)}
+      end)
+    end
+
+    test "while waiting in recv" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [], linger: {true, 0})
+
+        spawn_link(fn ->
+          Process.sleep(50)
+          :gen_tcp.close(c)
+        end)
+
+        {mod.recv(s, 0, :infinity), mod.recv(s, 5, 1000)}
+      end)
+    end
+
+    test "with data not yet read" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [], linger: {true, 0})
+        :ok = :gen_tcp.send(c, "unread")
+        Process.sleep(30)
+        :ok = :gen_tcp.close(c)
+        Process.sleep(30)
+        first = mod.recv(s, 0, 10_000)
+        {first, mod.recv(s, 0, 1000)}
+      end)
+    end
+
+    test "send after the reset" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [], linger: {true, 0})
+        :ok = :gen_tcp.close(c)
+        Process.sleep(50)
+        {mod.send(s, ["x"]), mod.send(s, ["y"])}
+      end)
+    end
+
+    test "getopts, getstat, peername after the reset" do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [], linger: {true, 0})
+        :ok = :gen_tcp.close(c)
+        Process.sleep(50)
+
+        {mod.getopts(s, [:active, :nodelay]), mod.getstat(s) |> elem(0),
+         mod.peername(s) |> elem(0)}
+      end)
+    end
+  end
+end
