@@ -42,7 +42,10 @@ defmodule Mix.Tasks.Compile.IsletNif do
     built = Path.join(build_dir, "libislet_nif.so")
     priv = Path.join(root, "priv")
     File.mkdir_p!(priv)
-    target = Path.join(priv, "islet_nif.so")
+    # The sanitizer build gets its own name, so that it never replaces the
+    # library a normal BEAM loads (Islet.Nif picks it by ISLET_SANITIZE).
+    name = if sanitize == "1", do: "islet_nif_asan.so", else: "islet_nif.so"
+    target = Path.join(priv, name)
 
     if stale?(built, target) do
       tmp = target <> ".tmp#{System.unique_integer([:positive])}"

@@ -21,7 +21,7 @@ struct Atoms {
       sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
-      unspec, eof, islet_ready;
+      unspec, eof, islet_ready, tos, priority;
 };
 extern Atoms atom;
 void init_atoms(ErlNifEnv* env);
@@ -74,8 +74,14 @@ struct Sock {
   bool in_poll = false;      // registered in the poller's epoll set
   bool armed = false;        // active delivery is armed (pump select or EPOLLONESHOT)
   bool armed_pump = false;   // ... through a pump's enif_select
-  bool peer_closed = false;  // EOF or reset seen
-  bool eof_reported = false; // {error, closed} / tcp_closed already given
+  // How the connection ended under the socket, in gen_tcp's terms
+  // (exit_on_close): its port keeps answering differently in each case.
+  bool peer_closed = false;      // EOF or reset seen (no close_notify owed)
+  bool eof_reported = false;     // a passive recv said closed: now enotconn
+  bool reset_reported = false;   // ... and it was a reset: names are einval
+  bool send_eof_reported = false;// a send said closed once: now enotconn
+  bool dead = false;             // the port would be closed: closed/einval
+  bool buffer_set = false;       // buffer given explicitly (else follows recbuf/sndbuf)
   bool send_timeout_close = false;
   bool exit_on_close = true;
   int active = 0;
@@ -132,6 +138,10 @@ bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid,
 // The head finished its call: pop it and wake the next one.
 void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid);
 void wake(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
+// The connection ended (EOF, reset, send timeout): the peer sees it closed
+// (shutdown of both directions, as gen_tcp closes its fd) and every waiter
+// retries. env may be null (poller thread). Under lock.
+void conn_ended(ErlNifEnv* env, Sock* s);
 // Selects for the head (pid) on the given direction with the wake message.
 int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir);
 

@@ -59,7 +59,7 @@ ERL_NIF_TERM wait_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& m
 
 // recv/send on a socket that is not a connection, or that is closed.
 bool conn_check(ErlNifEnv* env, Sock* s, ERL_NIF_TERM* err) {
-  if (!s->open) {
+  if (!s->open || s->dead) {
     *err = make_error(env, atom.closed);
     return false;
   }
@@ -94,6 +94,15 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   int backlog = 5;
   ERL_NIF_TERM head, tail = argv[3];
   int err = 0;
+  // buffer follows recbuf unless given itself, wherever it comes in the list.
+  bool explicit_buffer = false;
+  for (ERL_NIF_TERM h, t = argv[3]; enif_get_list_cell(env, t, &h, &t);) {
+    int n;
+    const ERL_NIF_TERM* kv;
+    if (enif_get_tuple(env, h, &n, &kv) && n == 2 && enif_is_identical(kv[0], atom.buffer))
+      explicit_buffer = true;
+  }
+  s->buffer_set = explicit_buffer;
   while (err == 0 && enif_get_list_cell(env, tail, &head, &tail)) {
     int arity;
     const ERL_NIF_TERM* kv;
@@ -151,6 +160,18 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     c->send_timeout = l->send_timeout;
     c->send_timeout_close = l->send_timeout_close;
     c->exit_on_close = l->exit_on_close;
+    c->buffer_set = l->buffer_set;
+    if (l->family == AF_UNIX) {
+      // TCP sockets inherit these from the listener in the kernel; Unix
+      // sockets do not, and gen_tcp copies them.
+      int ka = 0;
+      linger lg{};
+      socklen_t n1 = sizeof ka, n2 = sizeof lg;
+      if (getsockopt(l->fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &n1) == 0)
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, sizeof ka);
+      if (getsockopt(l->fd, SOL_SOCKET, SO_LINGER, &lg, &n2) == 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
     if (l->ctx != nullptr && !tls_attach(l, c)) {
       enif_release_resource(c);
       return make_error(env, atom.enomem);
@@ -185,11 +206,13 @@ ERL_NIF_TERM take_rbuf(ErlNifEnv* env, Sock* s, size_t len) {
   return out;
 }
 
-ERL_NIF_TERM eof_result(ErlNifEnv* env, Sock* s) {
-  // gen_tcp (exit_on_close): the first call after EOF says closed, later
-  // ones find the socket no longer connected.
-  if (s->eof_reported) return make_error(env, atom.enotconn);
+// EOF or a reset under a passive recv: gen_tcp says closed once, closes its
+// fd (the peer sees the end) and later answers enotconn.
+ERL_NIF_TERM passive_end(ErlNifEnv* env, Sock* s, bool reset) {
+  s->peer_closed = true;
   s->eof_reported = true;
+  s->reset_reported = reset;
+  conn_ended(env, s);
   return make_error(env, atom.closed);
 }
 
@@ -205,8 +228,11 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
+  if (s->eof_reported) return make_error(env, atom.enotconn);
   if (s->active != 0 || (s->ssl != nullptr && !s->tls_done)) return make_error(env, atom.einval);
   if (len > kMaxRecv) return make_error(env, atom.enomem);
+  // gen_tcp serves one passive reader at a time.
+  if (!s->rq.q.empty() && !s->rq.is_head(me)) return make_error(env, enif_make_atom(env, "ealready"));
   if (!take_turn(env, s, s->rq, me)) return atom.wait;
 
   ERL_NIF_TERM result;
@@ -217,7 +243,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   }
   if (s->peer_closed) {
     waiter_done(env, s, s->rq, me);
-    return eof_result(env, s);
+    return passive_end(env, s, false);
   }
   int e = 0;  // 0 after the loop means EOF
   if (len == 0) {
@@ -265,8 +291,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   waiter_done(env, s, s->rq, me);
   if (e != 0 && e != ECONNRESET) return make_errno_error(env, e);
   // EOF, or a reset (inet reports it as closed unless show_econnreset).
-  s->peer_closed = true;
-  return eof_result(env, s);
+  return passive_end(env, s, e == ECONNRESET);
 }
 
 namespace {
@@ -307,10 +332,21 @@ namespace {
 ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
   waiter_done(env, s, s->wq, me);
   if (e == EPIPE || e == ECONNRESET) {
+    // The peer is gone: closed now, enotconn for later sends, as gen_tcp.
     s->peer_closed = true;
+    s->eof_reported = true;
+    s->send_eof_reported = true;
+    conn_ended(env, s);
     return make_error(env, atom.closed);
   }
   return make_errno_error(env, e);
+}
+
+// A send on a connection that ended: closed the first time, then enotconn.
+ERL_NIF_TERM send_after_end(ErlNifEnv* env, Sock* s) {
+  if (s->send_eof_reported) return make_error(env, atom.enotconn);
+  s->send_eof_reported = true;
+  return make_error(env, atom.closed);
 }
 
 // After data was queued: write it out, or wait for the kernel.
@@ -357,7 +393,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
-  if (s->peer_closed && s->eof_reported) return make_error(env, atom.closed);
+  if (s->eof_reported) return send_after_end(env, s);
   if (s->ssl != nullptr && !s->tls_done) return make_error(env, atom.einval);
   if (!take_turn(env, s, s->wq, me)) return atom.wait_turn;
 
@@ -406,6 +442,10 @@ ERL_NIF_TERM nif_send_more(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
   if (!take_turn(env, s, s->wq, me)) return atom.wait_drain;
+  if (s->eof_reported) {  // the connection ended under the queued data
+    waiter_done(env, s, s->wq, me);
+    return send_after_end(env, s);
+  }
   if (s->wioq == nullptr) {
     waiter_done(env, s, s->wq, me);
     return atom.ok;
@@ -422,6 +462,11 @@ ERL_NIF_TERM nif_sendfile_open(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv
   std::string p(reinterpret_cast<const char*>(path.data), path.size);
   int fd = open(p.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_errno_error(env, errno);
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    close(fd);
+    return make_errno_error(env, EISDIR);
+  }
   FileRes* f = static_cast<FileRes*>(enif_alloc_resource(file_type, sizeof(FileRes)));
   if (f == nullptr) {
     close(fd);
@@ -456,9 +501,9 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  ERL_NIF_TERM err;
-  if (!conn_check(env, s, &err)) return err;
-  if (s->peer_closed && s->eof_reported) return make_error(env, atom.closed);
+  // file:sendfile/5 answers einval for a closed socket.
+  if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
+  if (s->eof_reported) return make_error(env, atom.enotconn);
   if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
   if (s->wioq != nullptr && enif_ioq_size(s->wioq) > 0) {
     int e = conn_drain(s);
@@ -475,8 +520,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, 1u << 20));
     ssize_t n = sendfile(s->fd, f->fd, &off, chunk);
     if (n > 0) {
-      sent += n;
-      s->send_oct += n;
+      sent += n;  // not in send_oct: gen_tcp's statistics do not see sendfile
       continue;
     }
     if (n == 0) {  // end of file
@@ -510,6 +554,21 @@ ERL_NIF_TERM nif_cancel(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   return atom.ok;
 }
 
+// send_timeout_close(Sock) -> ok: send_timeout passed with
+// send_timeout_close: gen_tcp closes the connection but keeps its port, so
+// later sends find it not connected while options still answer.
+ERL_NIF_TERM nif_send_timeout_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open || s->dead || s->kind != Kind::Conn) return atom.ok;
+  waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
+  s->peer_closed = s->eof_reported = s->send_eof_reported = true;
+  conn_ended(env, s);
+  return atom.ok;
+}
+
 // close(Sock) -> ok | wait_close
 ERL_NIF_TERM nif_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
@@ -532,7 +591,8 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   else
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open) return make_error(env, atom.closed);
+  if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.closed);
+  if (s->kind != Kind::Conn || s->eof_reported) return make_error(env, atom.enotconn);
   if (how != SHUT_RD) tls_close_notify(s);  // TLS: close_notify, then the FIN
   if (::shutdown(s->fd, how) != 0) return make_errno_error(env, errno);
   return atom.ok;
@@ -550,8 +610,9 @@ ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TER
   bool dead = false;
   {
     std::lock_guard<std::mutex> lk(s->mu);
-    if (!s->open) return make_error(env, atom.closed);
+    if (!s->open || s->dead) return make_error(env, atom.closed);
     if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
+    if (enif_compare_pids(&pid, &me) == 0) return atom.ok;
     if (s->active != 0) {
       int saved = s->active;
       s->active = 0;
@@ -559,8 +620,8 @@ ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TER
     }
     dead = !set_owner(env, s, pid);
   }
-  if (dead) sock_close(env, s, nullptr);  // gen_tcp: a dead new owner closes it
-  return atom.ok;
+  // gen_tcp: a dead new owner is badarg, and the socket stays as it was.
+  return dead ? make_error(env, atom.badarg) : atom.ok;
 }
 
 // set_owner(Sock, Pid, Active) -> ok | {error, Reason}
@@ -578,13 +639,11 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     if (!s->open) return make_error(env, atom.closed);
     if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
     dead = !set_owner(env, s, pid);
-    if (!dead) {
-      s->active = active;
-      active_started(env, s);
-    }
+    // Delivery resumes, for the new owner or (badarg) for the caller.
+    s->active = active;
+    if (!s->dead) active_started(env, s);
   }
-  if (dead) sock_close(env, s, nullptr);
-  return atom.ok;
+  return dead ? make_error(env, atom.badarg) : atom.ok;
 }
 
 }  // namespace islet

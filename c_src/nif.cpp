@@ -17,6 +17,7 @@ ISLET_NIF(nif_sendfile_size)
 ISLET_NIF(nif_sendfile)
 ISLET_NIF(nif_cancel)
 ISLET_NIF(nif_close)
+ISLET_NIF(nif_send_timeout_close)
 ISLET_NIF(nif_shutdown)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
@@ -49,6 +50,7 @@ ErlNifFunc nif_funcs[] = {
     {"sendfile", 4, nif_sendfile, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"cancel", 2, nif_cancel, 0},
     {"close", 1, nif_close, 0},
+    {"send_timeout_close", 1, nif_send_timeout_close, 0},
     {"shutdown", 2, nif_shutdown, 0},
     {"controlling_process", 2, nif_controlling_process, 0},
     {"set_owner", 3, nif_set_owner, 0},

@@ -48,6 +48,8 @@ const IntOpt kIntOpts[] = {
     {&atom.recbuf, SOL_SOCKET, SO_RCVBUF, false, false},
     {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, false},
     {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, true},
+    {&atom.tos, IPPROTO_IP, IP_TOS, false, true},
+    {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, false},
 };
 
 const IntOpt* find_int_opt(ERL_NIF_TERM key) {
@@ -68,25 +70,29 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     if (o->boolean) {
       if (!get_bool(value, &b)) return EINVAL;
       v = b ? 1 : 0;
-    } else if (!enif_get_int(env, value, &v) || v < 0) {
+    } else if (!enif_get_int(env, value, &v)) {
       return EINVAL;
     }
+    // inet's user-level buffer follows the receive buffer unless set itself.
+    if (o->name == SO_RCVBUF && !s->buffer_set && v > s->buffer) s->buffer = v;
     if (o->tcp_only && !is_inet(s)) return 0;  // gen_tcp ignores them on local sockets
     if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return 0;
+    if (o->name == IP_TOS && o->level == IPPROTO_IP && s->family != AF_INET) return 0;
     return setsockopt(s->fd, o->level, o->name, &v, sizeof v) == 0 ? 0 : errno;
   }
   if (enif_is_identical(key, atom.linger)) {
     int arity;
     const ERL_NIF_TERM* t;
     if (!enif_get_tuple(env, value, &arity, &t) || arity != 2 || !get_bool(t[0], &b) ||
-        !enif_get_int(env, t[1], &i) || i < 0)
+        !enif_get_int(env, t[1], &i))
       return EINVAL;
     linger l{b ? 1 : 0, i};
     return setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0 ? 0 : errno;
   }
   if (enif_is_identical(key, atom.buffer)) {
-    if (!enif_get_int(env, value, &i) || i <= 0) return EINVAL;
-    s->buffer = i;
+    if (!enif_get_int(env, value, &i)) return EINVAL;
+    s->buffer = i > 0 ? i : 1;
+    s->buffer_set = true;
     return 0;
   }
   if (enif_is_identical(key, atom.send_timeout)) {
@@ -134,6 +140,7 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
   if (const IntOpt* o = find_int_opt(key)) {
     if (o->tcp_only && !is_inet(s)) return false;
     if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return false;
+    if (o->name == IP_TOS && o->level == IPPROTO_IP && s->family != AF_INET) return false;
     int iv = 0;
     socklen_t len = sizeof iv;
     if (getsockopt(s->fd, o->level, o->name, &iv, &len) != 0) {
@@ -299,7 +306,7 @@ ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open) return make_error(env, atom.einval);
+  if (!s->open || s->dead) return make_error(env, atom.einval);
   if (s->kind != Kind::Conn) {
     bool bad = false;
     return apply_opt(s, env, atom.active, argv[1], &bad) == 0 ? atom.ok
@@ -313,7 +320,7 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s) || !enif_is_list(env, argv[1])) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open) return make_error(env, atom.einval);
+  if (!s->open || s->dead) return make_error(env, atom.einval);
   ERL_NIF_TERM head, tail = argv[1];
   ERL_NIF_TERM active = 0;
   while (enif_get_list_cell(env, tail, &head, &tail)) {
@@ -339,7 +346,7 @@ ERL_NIF_TERM nif_getopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s) || !enif_get_list_length(env, argv[1], &n))
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open) return make_error(env, atom.einval);
+  if (!s->open || s->dead) return make_error(env, atom.einval);
   ERL_NIF_TERM out = enif_make_list(env, 0);
   ERL_NIF_TERM head, tail = argv[1];
   // Build in reverse, then flip, to keep the caller's order.
@@ -361,7 +368,7 @@ ERL_NIF_TERM nif_getstat(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open) return make_error(env, atom.einval);
+  if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.einval);
   auto kv = [env](ERL_NIF_TERM k, uint64_t v) {
     return enif_make_tuple2(env, k, enif_make_uint64(env, v));
   };
@@ -385,7 +392,7 @@ static ERL_NIF_TERM name_of(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[],
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open) return make_error(env, atom.einval);
+  if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.einval);
   if (peer && s->eof_reported) return make_error(env, atom.enotconn);
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;

@@ -96,9 +96,13 @@ void deliver_data(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, const unsigned ch
   if (n > s->recv_max) s->recv_max = n;
 }
 
+// The end of the connection in active mode: {tcp_closed, S}, after which
+// gen_tcp's port is closed (exit_on_close): calls answer closed or einval.
 void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
   s->peer_closed = true;
   s->eof_reported = true;
+  s->dead = true;
+  conn_ended(caller, s);
   ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
   send_owner(s, caller, menv, msg);
 }
@@ -107,7 +111,7 @@ void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
 // the calling process's env (a pump), or null on the poller thread.
 void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char* buf) {
   s->armed = s->armed_pump = false;
-  if (!s->open || s->active == 0 || s->kind != Kind::Conn) return;
+  if (!s->open || s->dead || s->active == 0 || s->kind != Kind::Conn) return;
   // Bounded work per wake-up so that one busy socket cannot starve others.
   for (int round = 0; round < 16; round++) {
     int err = 0;
@@ -268,8 +272,7 @@ void active_started(ErlNifEnv* env, Sock* s) {
     consume_active(s, env, menv);
   }
   if (s->active != 0 && s->eof_reported) {
-    ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
-    send_owner(s, env, menv, msg);
+    deliver_closed(s, env, menv);
   } else if (s->active != 0) {
     poller_arm(env, s);
   }

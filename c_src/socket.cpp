@@ -5,6 +5,7 @@
 // socket's lock and only while `open`; close flips `open`, wakes every waiter,
 // and retires the fd with enif_select(STOP); the fd is closed in the stop
 // callback, never while a select may still refer to it.
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cctype>
@@ -34,7 +35,7 @@ void init_atoms(ErlNifEnv* env) {
                a("ssl_closed"), a("ssl_error"), a("ssl_passive"), a("recv_oct"), a("recv_cnt"),
                a("recv_max"), a("recv_avg"), a("recv_dvi"), a("send_oct"), a("send_cnt"),
                a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof"),
-               a("$islet_ready")};
+               a("$islet_ready"), a("tos"), a("priority")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
@@ -147,18 +148,37 @@ void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
 
 static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
   for (const Waiter& w : wq.q) {
-    enif_demonitor_process(env, s, &w.mon);
+    // Off the schedulers (poller thread) the monitor is left to fire; the
+    // down callback then finds no waiter.
+    if (env != nullptr) enif_demonitor_process(env, s, &w.mon);
     wake(env, s, w.pid);
   }
   wq.q.clear();
   wq.selected = 0;
 }
 
+void conn_ended(ErlNifEnv* env, Sock* s) {
+  if (s->open && !s->fd_closed) ::shutdown(s->fd, SHUT_RDWR);
+  if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
+  s->wioq = nullptr;
+  s->rlen = 0;  // a partial recv(n) is lost, as with gen_tcp
+  if (env != nullptr) {
+    cancel_select(env, s, s->rq);
+    cancel_select(env, s, s->wq);
+  }
+  wake_all(env, s, s->rq);
+  wake_all(env, s, s->wq);
+}
+
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
+  // Monitor the new owner first: a dead one leaves everything as it was.
+  ErlNifMonitor mon;
+  if (enif_monitor_process(env, s, &pid, &mon) != 0) return false;
   if (s->owner_mon_set) enif_demonitor_process(env, s, &s->owner_mon);
   s->owner = pid;
-  s->owner_mon_set = enif_monitor_process(env, s, &pid, &s->owner_mon) == 0;
-  return s->owner_mon_set;
+  s->owner_mon = mon;
+  s->owner_mon_set = true;
+  return true;
 }
 
 ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {

@@ -7,8 +7,9 @@ defmodule Islet.Nif do
 
   @doc false
   def load do
-    path = :filename.join(:code.priv_dir(:islet), ~c"islet_nif")
-    :erlang.load_nif(path, 0)
+    # ISLET_SANITIZE=1 loads the AddressSanitizer build (scripts/sanitize.sh).
+    name = if System.get_env("ISLET_SANITIZE") == "1", do: ~c"islet_nif_asan", else: ~c"islet_nif"
+    :erlang.load_nif(:filename.join(:code.priv_dir(:islet), name), 0)
   end
 
   defp nif, do: :erlang.nif_error(:islet_nif_not_loaded)
@@ -23,6 +24,7 @@ defmodule Islet.Nif do
   def sendfile(_socket, _file, _offset, _count), do: nif()
   def cancel(_socket, _direction), do: nif()
   def close(_socket), do: nif()
+  def send_timeout_close(_socket), do: nif()
   def shutdown(_socket, _how), do: nif()
   def controlling_process(_socket, _pid), do: nif()
   def set_owner(_socket, _pid, _active), do: nif()

@@ -24,8 +24,23 @@ defmodule Islet.Options do
 
   @bool_opts [:nodelay, :reuseaddr, :reuseport, :reuseport_lb, :keepalive, :send_timeout_close] ++
                [:ipv6_v6only]
-  @pos_int_opts [:buffer, :recbuf, :sndbuf]
-  @ignored [:inet_backend]
+  @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority]
+  # Accepted and ignored: the backend (Islet is its own), and tuning of
+  # gen_tcp's port queue and packet parser, which Islet does not have (send
+  # always completes to the kernel; packets are raw).
+  @ignored [:inet_backend, :delay_send, :high_watermark, :low_watermark] ++
+             [:high_msgq_watermark, :low_msgq_watermark, :packet_size]
+  # Options :inet knows that Islet does not implement: setopts names them in
+  # {:unsupported_option, _}; options :inet does not know at all are einval
+  # there, as with gen_tcp.
+  @inet_known [:mode, :packet, :exit_on_close, :header, :packet_size, :delay_send, :tos] ++
+                [:priority, :tclass, :high_watermark, :low_watermark, :high_msgq_watermark] ++
+                [:low_msgq_watermark, :show_econnreset, :deliver, :line_delimiter, :dontroute] ++
+                [:broadcast, :bind_to_device, :recvtos, :recvttl, :recvtclass, :pktoptions] ++
+                [:raw, :netns, :read_packets, :nopush, :debug, :bind_to_device]
+
+  @packet_types [1, 2, 4, :line, :asn1, :cdr, :sunrm, :fcgi, :tpkt, :http, :httph] ++
+                  [:http_bin, :httph_bin]
 
   @doc """
   Merges option lists the way Thousand Island's transports do: the first
@@ -87,6 +102,7 @@ defmodule Islet.Options do
         :skip -> {:cont, {:ok, acc}}
         {:family, _} -> {:halt, {:error, :einval}}
         {:ip, _} -> {:halt, {:error, :einval}}
+        {:error, {:unsupported_option, _}} = error -> {:halt, unknown_to_inet(opt, error)}
         {:error, _} = error -> {:halt, error}
       end
     end)
@@ -98,9 +114,14 @@ defmodule Islet.Options do
 
   def socket_opts(_opts), do: {:error, :einval}
 
+  defp unknown_to_inet(:list, error), do: error
+  defp unknown_to_inet({key, _}, error) when key in @inet_known, do: error
+  defp unknown_to_inet(_opt, _error), do: {:error, :einval}
+
   defp classify(:inet, _), do: {:family, :inet}
   defp classify(:inet6, _), do: {:family, :inet6}
   defp classify(:binary, _), do: {:nif, {:mode, :binary}}
+  defp classify(:list, _), do: unsupported(:list)
   defp classify({key, _}, _) when key in @ignored, do: :skip
 
   defp classify({key, _} = opt, extra) when is_atom(key),
@@ -116,22 +137,25 @@ defmodule Islet.Options do
   defp value({:active, a} = kv) when is_boolean(a) or a == :once, do: {:nif, kv}
   defp value({:active, n} = kv) when is_integer(n) and n in -32768..32767, do: {:nif, kv}
 
-  defp value({:linger, {on, secs}} = kv) when is_boolean(on) and is_integer(secs) and secs >= 0,
+  defp value({:linger, {on, secs}} = kv) when is_boolean(on) and is_integer(secs),
     do: {:nif, kv}
 
   defp value({:send_timeout, :infinity} = kv), do: {:nif, kv}
   defp value({:send_timeout, t} = kv) when is_integer(t) and t >= 0, do: {:nif, kv}
   defp value({key, b} = kv) when key in @bool_opts and is_boolean(b), do: {:nif, kv}
-  defp value({key, n} = kv) when key in @pos_int_opts and is_integer(n) and n > 0, do: {:nif, kv}
+  defp value({key, n} = kv) when key in @int_opts and is_integer(n), do: {:nif, kv}
 
-  # Supported keys with values Islet does not implement (list mode, packet
-  # framing, half-open sockets).
-  defp value({key, _} = opt) when key in [:mode, :packet, :exit_on_close], do: unsupported(opt)
+  # Values gen_tcp takes that Islet does not implement (list mode, packet
+  # framing, half-open sockets); other values are einval, as with gen_tcp.
+  defp value({:mode, :list} = opt), do: unsupported(opt)
+  defp value({:packet, p} = opt) when p in @packet_types, do: unsupported(opt)
+  defp value({:exit_on_close, false} = opt), do: unsupported(opt)
+  defp value({key, _}) when key in [:mode, :packet, :exit_on_close], do: {:error, :einval}
 
   defp value({key, _}) when key in [:backlog, :active, :linger, :send_timeout, :ip, :ifaddr],
     do: {:error, :einval}
 
-  defp value({key, _}) when key in @bool_opts or key in @pos_int_opts, do: {:error, :einval}
+  defp value({key, _}) when key in @bool_opts or key in @int_opts, do: {:error, :einval}
   defp value(opt), do: unsupported(opt)
 
   defp unsupported(opt), do: {:error, {:unsupported_option, opt}}

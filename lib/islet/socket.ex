@@ -77,7 +77,7 @@ defmodule Islet.Socket do
   end
 
   defp send_wait(socket, data, wait, {deadline, close?}) do
-    case await(socket, remaining(deadline), :write) do
+    case wait_or_go(socket, wait, deadline) do
       :ok ->
         result = if wait == :wait_turn, do: Nif.send(socket, data), else: Nif.send_more(socket)
 
@@ -88,9 +88,17 @@ defmodule Islet.Socket do
         end
 
       :timeout ->
-        if close?, do: close(socket)
-        {:error, :timeout}
+        send_timed_out(socket, close?)
     end
+  end
+
+  # :more (TLS: the NIF spent its encryption budget) continues at once.
+  defp wait_or_go(_socket, :more, _deadline), do: :ok
+  defp wait_or_go(socket, _wait, deadline), do: await(socket, remaining(deadline), :write)
+
+  defp send_timed_out(socket, close?) do
+    if close?, do: Nif.send_timeout_close(socket)
+    {:error, :timeout}
   end
 
   # send_timeout and send_timeout_close, read only on the slow path.
@@ -130,8 +138,7 @@ defmodule Islet.Socket do
             sendfile_loop(socket, file, offset + n, count - n, sent + n, {dl, close?})
 
           :timeout ->
-            if close?, do: close(socket)
-            {:error, :timeout}
+            send_timed_out(socket, close?)
         end
 
       {:error, _} = error ->
@@ -177,8 +184,6 @@ defmodule Islet.Socket do
       end
     end
   end
-
-  def controlling_process(_socket, _pid, _tags), do: {:error, :badarg}
 
   defp forward(socket, pid, {data, closed, error, passive} = tags) do
     receive do

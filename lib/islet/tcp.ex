@@ -114,7 +114,8 @@ defmodule Islet.TCP do
 
   @doc "Shuts the connection down in one or both directions."
   @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}
-  defdelegate shutdown(socket, way), to: Nif
+  def shutdown(socket, way) when way in [:read, :write, :read_write],
+    do: Nif.shutdown(socket, way)
 
   @doc "Closes the socket (from any process); waiters get `{:error, :closed}`."
   @spec close(socket()) :: :ok
@@ -141,9 +142,13 @@ defmodule Islet.TCP do
 
   @doc "The statistics named, as `:inet.getstat/2`."
   @spec getstat(socket(), [atom()]) :: {:ok, [{atom(), non_neg_integer()}]} | {:error, term()}
-  def getstat(socket, keys) do
+  def getstat(socket, keys) when is_list(keys) do
     with {:ok, stats} <- Nif.getstat(socket) do
-      {:ok, for(key <- keys, {^key, _} = kv <- stats, do: kv)}
+      if Enum.all?(keys, &List.keymember?(stats, &1, 0)) do
+        {:ok, for(key <- keys, {^key, _} = kv <- stats, do: kv)}
+      else
+        {:error, :einval}
+      end
     end
   end
 

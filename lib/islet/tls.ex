@@ -196,7 +196,7 @@ defmodule Islet.TLS do
 
   @doc "Shuts down; the write side sends close_notify first."
   @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}
-  defdelegate shutdown(socket, way), to: Nif
+  defdelegate shutdown(socket, way), to: Islet.TCP
 
   @doc "Sends close_notify and closes the socket."
   @spec close(socket()) :: :ok

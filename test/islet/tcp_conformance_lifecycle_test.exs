@@ -51,7 +51,6 @@ defmodule Islet.TCPConformanceLifecycleTest do
               [:nodelay, :foo],
               ["nodelay"],
               [{:nodelay, true}],
-              [:reuseport],
               [:backlog],
               [:ip]
             ] do
@@ -155,27 +154,55 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
-    test "options gen_tcp has and Islet does not implement" do
+    test "options gen_tcp has that Islet implements or ignores on purpose" do
       assert_same(fn mod ->
         {_l, s, _c} = Diff.pair(mod)
 
         for opt <- [
-              [packet: 4],
-              [packet: :line],
-              [mode: :list],
-              [:list],
-              [header: 1],
               [delay_send: true],
               [tos: 0],
               [priority: 0],
               [high_watermark: 1_000_000],
-              [exit_on_close: false],
-              [show_econnreset: true],
               [packet_size: 100]
             ] do
           {opt, Diff.catching(fn -> mod.setopts(s, opt) end)}
         end
       end)
+    end
+
+    # Islet names what it does not implement instead of ignoring it.
+    test "options gen_tcp has and Islet does not implement" do
+      opts = [
+        [packet: 4],
+        [packet: :line],
+        [mode: :list],
+        [:list],
+        [header: 1],
+        [exit_on_close: false],
+        [show_econnreset: true]
+      ]
+
+      {gen_tcp, islet} =
+        Diff.run(fn mod ->
+          {_l, s, _c} = Diff.pair(mod)
+          for opt <- opts, do: Diff.catching(fn -> mod.setopts(s, opt) end)
+        end)
+
+      assert Enum.all?(gen_tcp, &(&1 == :ok))
+
+      for {[opt], result} <- Enum.zip(opts, islet) do
+        assert result == {:error, {:unsupported_option, opt}}
+      end
+    end
+
+    test "getopts: reuseport, which OTP 25's gen_tcp does not know" do
+      {_gen_tcp, islet} =
+        Diff.run(fn mod ->
+          {_l, s, _c} = Diff.pair(mod)
+          mod.getopts(s, [:reuseport])
+        end)
+
+      assert islet == {:ok, [reuseport: false]}
     end
 
     test "options that only listen takes, unknown ones" do
@@ -187,8 +214,7 @@ defmodule Islet.TCPConformanceLifecycleTest do
               [ip: {127, 0, 0, 1}],
               [:inet6],
               [foo: 1],
-              [{:foo, 1, 2}],
-              :nodelay
+              [{:foo, 1, 2}]
             ] do
           {opt, Diff.catching(fn -> mod.setopts(s, opt) end)}
         end
