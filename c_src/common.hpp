@@ -21,7 +21,7 @@ struct Atoms {
       sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
-      unspec, eof, islet_ready, tos, priority;
+      unspec, eof, islet_ready, tos, priority, islet_flush;
 };
 extern Atoms atom;
 void init_atoms(ErlNifEnv* env);
@@ -81,7 +81,8 @@ struct Sock {
   bool reset_reported = false;   // ... and it was a reset: names are einval
   bool send_eof_reported = false;// a send said closed once: now enotconn
   bool dead = false;             // the port would be closed: closed/einval
-  bool buffer_set = false;       // buffer given explicitly (else follows recbuf/sndbuf)
+  bool buffer_set = false;       // buffer given explicitly (else follows recbuf)
+  bool bg_flush = false;         // a pump writes out what a timed-out send left
   bool send_timeout_close = false;
   bool exit_on_close = true;
   int active = 0;
@@ -151,6 +152,9 @@ void poller_stop();
 // Arms active delivery (under lock): a pump's select when pumps run and an
 // env is at hand, else the poller thread's epoll registration.
 void poller_arm(ErlNifEnv* env, Sock* s);
+// One of the pump processes, chosen by socket; false when none runs.
+bool pick_pump(Sock* s, ErlNifPid* out);
+
 // Active mode ended (under lock): drop a pump's pending select, so that a
 // passive recv can select for itself.
 void poller_disarm(ErlNifEnv* env, Sock* s);

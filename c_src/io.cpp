@@ -329,12 +329,32 @@ int conn_drain(Sock* s) {
 
 namespace {
 
+// A sender takes the write direction back from a pump's background flush.
+void stop_bg_flush(ErlNifEnv* env, Sock* s) {
+  if (!s->bg_flush) return;
+  s->bg_flush = false;
+  auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | ERL_NIF_SELECT_WRITE);
+  enif_select(env, s->fd, mode, s, nullptr, atom.undefined);
+}
+
+// Hands the rest of a timed-out send to a pump, which writes it as the
+// socket drains (gen_tcp's port keeps sending queued data too).
+void start_bg_flush(ErlNifEnv* env, Sock* s) {
+  ErlNifPid pump;
+  if (s->wioq == nullptr || enif_ioq_size(s->wioq) == 0 || !s->wq.q.empty() ||
+      !pick_pump(s, &pump))
+    return;
+  ERL_NIF_TERM msg = enif_make_tuple2(env, atom.islet_flush, enif_make_resource(env, s));
+  auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_WRITE | ERL_NIF_SELECT_CUSTOM_MSG);
+  if (enif_select_x(env, s->fd, mode, s, &pump, msg, nullptr) >= 0) s->bg_flush = true;
+}
+
 ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
   waiter_done(env, s, s->wq, me);
   if (e == EPIPE || e == ECONNRESET) {
-    // The peer is gone: closed now, enotconn for later sends, as gen_tcp.
+    // The peer is gone: closed now, enotconn for later sends; the next recv
+    // still says closed once (as gen_tcp).
     s->peer_closed = true;
-    s->eof_reported = true;
     s->send_eof_reported = true;
     conn_ended(env, s);
     return make_error(env, atom.closed);
@@ -393,9 +413,10 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
-  if (s->eof_reported) return send_after_end(env, s);
+  if (s->eof_reported || s->send_eof_reported) return send_after_end(env, s);
   if (s->ssl != nullptr && !s->tls_done) return make_error(env, atom.einval);
   if (!take_turn(env, s, s->wq, me)) return atom.wait_turn;
+  stop_bg_flush(env, s);
 
   size_t total = vec->size;
   for (ErlNifIOVec* v : more) total += v->size;
@@ -442,7 +463,7 @@ ERL_NIF_TERM nif_send_more(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
   if (!take_turn(env, s, s->wq, me)) return atom.wait_drain;
-  if (s->eof_reported) {  // the connection ended under the queued data
+  if (s->eof_reported || s->send_eof_reported) {  // it ended under the queued data
     waiter_done(env, s, s->wq, me);
     return send_after_end(env, s);
   }
@@ -505,6 +526,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
   if (s->eof_reported) return make_error(env, atom.enotconn);
   if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
+  stop_bg_flush(env, s);
   if (s->wioq != nullptr && enif_ioq_size(s->wioq) > 0) {
     int e = conn_drain(s);
     if (e == kMoreWork) e = EAGAIN;
@@ -566,6 +588,39 @@ ERL_NIF_TERM nif_send_timeout_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM
   waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
   s->peer_closed = s->eof_reported = s->send_eof_reported = true;
   conn_ended(env, s);
+  return atom.ok;
+}
+
+// send_timeout_keep(Sock) -> ok: send_timeout passed without
+// send_timeout_close: the caller gives up, the data it queued stays queued
+// and is written in the background.
+ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open || s->dead) return atom.ok;
+  waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
+  start_bg_flush(env, s);
+  return atom.ok;
+}
+
+// flush_bg(Sock) -> ok: a pump's answer to {'$islet_flush', Sock}.
+ERL_NIF_TERM nif_flush_bg(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->bg_flush) return atom.ok;  // a sender took over meanwhile
+  s->bg_flush = false;
+  if (!s->open || s->dead || s->eof_reported || !s->wq.q.empty() || s->wioq == nullptr)
+    return atom.ok;
+  int e = conn_drain(s);
+  if (would_block(e) || e == kMoreWork) {
+    start_bg_flush(env, s);
+  } else if (e != 0) {
+    s->peer_closed = s->eof_reported = s->send_eof_reported = true;
+    conn_ended(env, s);
+  }
   return atom.ok;
 }
 

@@ -48,12 +48,6 @@ std::mutex pumps_mu;
 ErlNifPid pumps[kMaxPumps];
 int pump_count = 0;
 
-bool pick_pump(Sock* s, ErlNifPid* out) {
-  std::lock_guard<std::mutex> lk(pumps_mu);
-  if (pump_count == 0) return false;
-  *out = pumps[(reinterpret_cast<uintptr_t>(s) >> 6) % pump_count];
-  return true;
-}
 
 ERL_NIF_TERM tag_atom(Tag t, int which) {
   static const ERL_NIF_TERM* tcp[] = {&atom.tcp, &atom.tcp_closed, &atom.tcp_error,
@@ -176,6 +170,13 @@ void poke() {
 }  // namespace
 
 ERL_NIF_TERM active_tag(Sock* s, int which) { return tag_atom(s->tag, which); }
+
+bool pick_pump(Sock* s, ErlNifPid* out) {
+  std::lock_guard<std::mutex> lk(pumps_mu);
+  if (pump_count == 0) return false;
+  *out = pumps[(reinterpret_cast<uintptr_t>(s) >> 6) % pump_count];
+  return true;
+}
 
 bool poller_start() {
   poller.epfd = epoll_create1(EPOLL_CLOEXEC);

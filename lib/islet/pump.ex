@@ -61,6 +61,10 @@ defmodule Islet.Pump do
         Nif.deliver(socket)
         loop()
 
+      {:"$islet_flush", socket} ->
+        Nif.flush_bg(socket)
+        loop()
+
       _other ->
         loop()
     end

@@ -9,6 +9,9 @@ defmodule Islet.Socket do
 
   @type t :: reference()
 
+  # The longest `after` a receive takes.
+  @max_timeout 4_294_967_295
+
   @spec listen(:inet.port_number(), list(), [atom()]) :: {:ok, t()} | {:error, term()}
   def listen(port, opts, extra \\ [])
 
@@ -36,7 +39,7 @@ defmodule Islet.Socket do
   @spec recv(t(), non_neg_integer(), timeout()) :: {:ok, binary()} | {:error, term()}
   def recv(socket, length, timeout)
       when is_integer(length) and length >= 0 and
-             ((is_integer(timeout) and timeout >= 0) or timeout == :infinity) do
+             (timeout == :infinity or (is_integer(timeout) and timeout in 0..@max_timeout)) do
     case Nif.recv(socket, length) do
       :wait -> recv_wait(socket, length, deadline(timeout))
       result -> result
@@ -97,7 +100,7 @@ defmodule Islet.Socket do
   defp wait_or_go(socket, _wait, deadline), do: await(socket, remaining(deadline), :write)
 
   defp send_timed_out(socket, close?) do
-    if close?, do: Nif.send_timeout_close(socket)
+    if close?, do: Nif.send_timeout_close(socket), else: Nif.send_timeout_keep(socket)
     {:error, :timeout}
   end
 
@@ -222,5 +225,7 @@ defmodule Islet.Socket do
   defp deadline(timeout), do: System.monotonic_time(:millisecond) + timeout
 
   defp remaining(:infinity), do: :infinity
-  defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  defp remaining(deadline),
+    do: min(max(deadline - System.monotonic_time(:millisecond), 0), @max_timeout)
 end
