@@ -1,0 +1,85 @@
+defmodule Islet.BenchSmokeTest do
+  # Checks that the benchmark harness works end to end (`mix islet.bench
+  # --quick`, about 10 s): every workload runs on both transports and the
+  # JSON has every row with figures. Speed is not checked. Excluded with
+  # `mix test --exclude bench`.
+  use ExUnit.Case, async: false
+
+  alias Islet.Bench.{JSON, Load, Transports, Workloads}
+
+  @moduletag :bench
+  @moduletag timeout: 120_000
+
+  test "mix islet.bench --quick measures every workload and writes the JSON and the chart" do
+    out = Path.join(System.tmp_dir!(), "islet_bench_smoke_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm_rf(out) end)
+
+    output =
+      ExUnit.CaptureIO.capture_io(fn ->
+        result =
+          try do
+            Mix.Tasks.Islet.Bench.run(["--quick", "--out", out])
+          rescue
+            error in Mix.Error -> error
+          end
+
+        send(self(), {:result, result})
+      end)
+
+    assert_received {:result, result}
+    refute match?(%Mix.Error{}, result), "the benchmark failed:\n#{output}"
+    assert output =~ "keep-alive"
+
+    assert {:ok, json} = File.read(Path.join(out, "latest.json"))
+    assert {:ok, %{"meta" => meta, "rows" => rows, "failures" => []}} = JSON.decode(json)
+    assert meta["quick"] == true
+
+    expected =
+      for pair <- Transports.select(nil),
+          workload <- Workloads.all(),
+          metric <- Workloads.metrics(workload),
+          do: "#{pair.id}.#{workload}.#{metric.key}"
+
+    assert Enum.map(rows, & &1["id"]) == expected
+
+    for row <- rows do
+      assert is_number(row["candidate"]["median"]), "#{row["id"]}: no figure for the candidate"
+      assert is_number(row["reference"]["median"]), "#{row["id"]}: no figure for the reference"
+      assert is_number(row["ratio"]), "#{row["id"]}: no ratio"
+    end
+
+    assert <<0x89, "PNG", _::binary>> = File.read!(Path.join(out, "latest.png"))
+  end
+
+  test "wrk's --latency report is parsed" do
+    output = """
+    Running 1s test @ http://127.0.0.1:4000/
+      1 threads and 50 connections
+      Thread Stats   Avg      Stdev     Max   +/- Stdev
+        Latency     1.20ms  300.00us   9.00ms   90.00%
+        Req/Sec    40.00k     1.00k   42.00k    70.00%
+      Latency Distribution
+         50%  950.00us
+         75%    1.30ms
+         90%    1.80ms
+         99%    1.20s
+      40000 requests in 1.00s, 3.00MB read
+      Socket errors: connect 0, read 2, write 0, timeout 1
+    Requests/sec:  39990.12
+    Transfer/sec:      3.00MB
+    """
+
+    assert {:ok, result} = Load.parse_wrk(output)
+    assert result.requests == 40_000
+    assert_in_delta result.requests_per_s, 39_990.12, 0.001
+    assert_in_delta result.p50_ms, 0.95, 1.0e-9
+    assert_in_delta result.p99_ms, 1200.0, 1.0e-9
+    assert result.socket_errors == 3
+    assert result.non_2xx == 0
+  end
+
+  test "JSON round trip" do
+    term = %{"a" => [1, 2.5, nil, true], "b" => %{"c" => "quote \" and \\ and \n"}, "d" => []}
+    assert {:ok, ^term} = JSON.decode(JSON.encode(term))
+  end
+end
