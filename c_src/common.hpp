@@ -68,6 +68,9 @@ struct Sock {
   Kind kind = Kind::Conn;
   Tag tag = Tag::Tcp;
   bool open = true;          // false once close started: no syscall after that
+  // An open socket holds a reference to itself: like a port, it lives until
+  // it is closed or its owner dies, not until the last term is collected.
+  bool self_ref = true;
   bool fd_closed = false;    // the stop callback closed the fd
   bool owner_mon_set = false;
   bool closer_waiting = false;

@@ -153,6 +153,11 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       close(fd);
       return make_error(env, atom.enomem);
     }
+    if (!c->owner_mon_set) {  // the caller is exiting: nobody would close it
+      sock_close(env, c, nullptr);
+      enif_release_resource(c);
+      return make_error(env, atom.closed);
+    }
     // What gen_tcp copies from the listener to an accepted socket.
     c->tag = l->tag;
     c->active = l->active;
@@ -173,6 +178,7 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
     if (l->ctx != nullptr && !tls_attach(l, c)) {
+      sock_close(env, c, nullptr);
       enif_release_resource(c);
       return make_error(env, atom.enomem);
     }

@@ -77,6 +77,7 @@ Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family) {
   void* mem = enif_alloc_resource(sock_type, sizeof(Sock));
   if (mem == nullptr) return nullptr;
   Sock* s = new (mem) Sock();
+  enif_keep_resource(s);  // the open socket's reference to itself (Sock::self_ref)
   s->fd = fd;
   s->kind = kind;
   s->family = family;
@@ -211,26 +212,45 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
   }
   // Outside the lock: the stop callback may run right here and takes it.
   int r = enif_select(env, s->fd, ERL_NIF_SELECT_STOP, s, nullptr, atom.undefined);
-  if (r >= 0 && (r & ERL_NIF_SELECT_STOP_SCHEDULED) && closer != nullptr) return atom.wait_close;
-  return atom.ok;
+  bool scheduled = r >= 0 && (r & ERL_NIF_SELECT_STOP_SCHEDULED);
+  ERL_NIF_TERM result = scheduled && closer != nullptr ? atom.wait_close : atom.ok;
+  // The self reference goes now, or with the stop callback when it runs
+  // later (the resource must outlive it). Nothing touches s after this.
+  bool release = false;
+  if (!scheduled) {
+    std::lock_guard<std::mutex> lk(s->mu);
+    release = s->self_ref;
+    s->self_ref = false;
+  }
+  if (release) enif_release_resource(s);
+  return result;
 }
 
 static void sock_stop(ErlNifEnv* env, void* obj, ErlNifEvent event, int is_direct_call) {
   Sock* s = static_cast<Sock*>(obj);
-  std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->fd_closed && s->fd >= 0) {
-    close(s->fd);
-    s->fd_closed = true;
-  }
-  if (s->closer_waiting) {
-    s->closer_waiting = false;
-    if (!is_direct_call) {
-      ErlNifEnv* menv = enif_alloc_env();
-      ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_closed, enif_make_resource(menv, s));
-      enif_send(env, &s->closer, menv, msg);
-      enif_free_env(menv);
+  bool release = false;
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->fd_closed && s->fd >= 0) {
+      close(s->fd);
+      s->fd_closed = true;
+    }
+    if (s->closer_waiting) {
+      s->closer_waiting = false;
+      if (!is_direct_call) {
+        ErlNifEnv* menv = enif_alloc_env();
+        ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_closed, enif_make_resource(menv, s));
+        enif_send(env, &s->closer, menv, msg);
+        enif_free_env(menv);
+      }
+    }
+    // A scheduled stop: sock_close left the self reference for here.
+    if (!is_direct_call && s->self_ref) {
+      s->self_ref = false;
+      release = true;
     }
   }
+  if (release) enif_release_resource(s);  // may run the destructor: lock released
 }
 
 static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* mon) {

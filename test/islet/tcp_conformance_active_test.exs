@@ -522,6 +522,38 @@ defmodule Islet.TCPConformanceActiveTest do
     end
   end
 
+  describe "lifetime" do
+    # Regression: an open socket lived only as long as some term referred to
+    # it; once none did, a garbage collection closed the connection. A port
+    # lives until it is closed or its owner dies.
+    test "a socket no term refers to stays open while its owner lives" do
+      assert_same(fn mod ->
+        {:ok, l} = mod.listen(0, ip: :loopback)
+        c = Diff.connect(mod, l)
+        parent = self()
+
+        owner =
+          spawn(fn ->
+            {:ok, _s} = mod.accept(l)
+            send(parent, :accepted)
+
+            receive do
+              :stop -> :ok
+            end
+          end)
+
+        assert_receive :accepted, 5000
+        # The owner holds no term for the socket any more; collect everything.
+        :erlang.garbage_collect(owner)
+        :erlang.garbage_collect()
+        Process.sleep(100)
+        alive = :gen_tcp.recv(c, 0, 300)
+        send(owner, :stop)
+        {alive, :gen_tcp.recv(c, 0, 5000)}
+      end)
+    end
+  end
+
   describe "owner death" do
     test "closes the connection: the peer sees it, calls answer as for a closed socket" do
       assert_same(fn mod ->
