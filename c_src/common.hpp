@@ -31,6 +31,10 @@ ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);
 ERL_NIF_TERM make_errno_error(ErlNifEnv* env, int err);
 ERL_NIF_TERM errno_atom(ErlNifEnv* env, int err);
 ERL_NIF_TERM make_ok(ErlNifEnv* env, ERL_NIF_TERM value);
+struct Sock;
+// What a closed socket answers to option and name calls: einval for inet,
+// closed for :ssl.
+ERL_NIF_TERM closed_answer(ErlNifEnv* env, const Sock* s);
 
 // One process blocked in a call on a socket, monitored so that its death
 // hands the turn to the next one.
@@ -86,6 +90,7 @@ struct Sock {
   bool dead = false;             // the port would be closed: closed/einval
   bool buffer_set = false;       // buffer given explicitly (else follows recbuf)
   bool bg_flush = false;         // a pump writes out what a timed-out send left
+  bool packet_raw_atom = false;  // TLS: packet set as :raw, which :ssl echoes
   bool send_timeout_close = false;
   bool exit_on_close = true;
   int active = 0;
@@ -179,6 +184,9 @@ int conn_drain(Sock* s);
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err);
 int tls_drain(Sock* s);
 bool tls_pending(Sock* s);  // decrypted bytes wait inside OpenSSL
+// Bytes on the wire (records, handshake included), which :ssl's getstat
+// counts; false for a plain socket.
+bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out);
 void tls_free(Sock* s);           // destructor
 void tls_close_notify(Sock* s);   // under lock, best effort
 bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx

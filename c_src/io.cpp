@@ -234,7 +234,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
-  if (s->eof_reported) return make_error(env, atom.enotconn);
+  if (s->eof_reported) return make_error(env, s->tag == Tag::Ssl ? atom.closed : atom.enotconn);
   if (s->active != 0 || (s->ssl != nullptr && !s->tls_done)) return make_error(env, atom.einval);
   if (len > kMaxRecv) return make_error(env, atom.enomem);
   // gen_tcp serves one passive reader at a time.
@@ -672,14 +672,21 @@ ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TER
   {
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->open || s->dead) return make_error(env, atom.closed);
-    if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
-    if (enif_compare_pids(&pid, &me) == 0) return atom.ok;
+    // :ssl lets any process hand the socket over; gen_tcp only the owner.
+    if (s->tag != Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0)
+      return make_error(env, atom.not_owner);
+    if (enif_compare_pids(&pid, &me) == 0 && enif_compare_pids(&s->owner, &me) == 0)
+      return atom.ok;
     if (s->active != 0) {
       int saved = s->active;
       s->active = 0;
       return enif_make_tuple2(env, atom.paused, enif_make_int(env, saved));
     }
     dead = !set_owner(env, s, pid);
+  }
+  if (dead && s->tag == Tag::Ssl) {  // :ssl: the connection dies with its owner
+    sock_close(env, s, nullptr);
+    return atom.ok;
   }
   // gen_tcp: a dead new owner is badarg, and the socket stays as it was.
   return dead ? make_error(env, atom.badarg) : atom.ok;
@@ -698,11 +705,16 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   {
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->open) return make_error(env, atom.closed);
-    if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
+    if (s->tag != Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0)
+      return make_error(env, atom.not_owner);
     dead = !set_owner(env, s, pid);
     // Delivery resumes, for the new owner or (badarg) for the caller.
     s->active = active;
     if (!s->dead) active_started(env, s);
+  }
+  if (dead && s->tag == Tag::Ssl) {
+    sock_close(env, s, nullptr);
+    return atom.ok;
   }
   return dead ? make_error(env, atom.badarg) : atom.ok;
 }

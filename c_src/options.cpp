@@ -116,7 +116,8 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
   }
   if (enif_is_identical(key, atom.mode)) return enif_is_identical(value, atom.binary) ? 0 : EINVAL;
   if (enif_is_identical(key, atom.packet)) {
-    if (enif_is_identical(value, atom.raw)) return 0;
+    s->packet_raw_atom = enif_is_identical(value, atom.raw);
+    if (s->packet_raw_atom) return 0;
     return enif_get_int(env, value, &i) && i == 0 ? 0 : EINVAL;
   }
   if (enif_is_identical(key, atom.active)) {
@@ -164,7 +165,7 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
   } else if (enif_is_identical(key, atom.mode)) {
     v = atom.binary;
   } else if (enif_is_identical(key, atom.packet)) {
-    v = enif_make_int(env, 0);
+    v = s->tag == Tag::Ssl && s->packet_raw_atom ? atom.raw : enif_make_int(env, 0);
   } else if (enif_is_identical(key, atom.buffer)) {
     v = enif_make_int(env, s->buffer);
   } else if (enif_is_identical(key, atom.send_timeout)) {
@@ -277,6 +278,16 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     s->active = kActiveOnce;
   } else if (get_bool(value, &b)) {
     s->active = b ? kActiveTrue : 0;
+  } else if (s->tag == Tag::Ssl && enif_get_int(env, value, &n) && n < 0) {
+    // :ssl turns a negative count into passive at once (with its message),
+    // whatever the running count was.
+    s->active = 0;
+    poller_disarm(env, s);
+    ErlNifEnv* menv = enif_alloc_env();
+    ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
+    enif_send(env, &s->owner, menv, msg);
+    enif_free_env(menv);
+    return atom.ok;
   } else if (enif_get_int(env, value, &n) && n >= -kActiveMax && n <= kActiveMax) {
     long sum = (before > 0 ? before : 0) + static_cast<long>(n);
     if (sum > kActiveMax) return make_error(env, atom.einval);
@@ -306,7 +317,7 @@ ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return make_error(env, atom.einval);
+  if (!s->open || s->dead) return closed_answer(env, s);
   if (s->kind != Kind::Conn) {
     bool bad = false;
     return apply_opt(s, env, atom.active, argv[1], &bad) == 0 ? atom.ok
@@ -320,7 +331,7 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s) || !enif_is_list(env, argv[1])) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return make_error(env, atom.einval);
+  if (!s->open || s->dead) return closed_answer(env, s);
   ERL_NIF_TERM head, tail = argv[1];
   ERL_NIF_TERM active = 0;
   while (enif_get_list_cell(env, tail, &head, &tail)) {
@@ -346,7 +357,7 @@ ERL_NIF_TERM nif_getopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s) || !enif_get_list_length(env, argv[1], &n))
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return make_error(env, atom.einval);
+  if (!s->open || s->dead) return closed_answer(env, s);
   ERL_NIF_TERM out = enif_make_list(env, 0);
   ERL_NIF_TERM head, tail = argv[1];
   // Build in reverse, then flip, to keep the caller's order.
@@ -373,16 +384,18 @@ ERL_NIF_TERM nif_getstat(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return enif_make_tuple2(env, k, enif_make_uint64(env, v));
   };
   uint64_t pend = s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0;
+  uint64_t recv_oct = s->recv_oct, send_oct = s->send_oct;
+  tls_wire_bytes(s, &recv_oct, &send_oct);
   ERL_NIF_TERM items[] = {
-      kv(atom.recv_oct, s->recv_oct),
+      kv(atom.recv_oct, recv_oct),
       kv(atom.recv_cnt, s->recv_cnt),
       kv(atom.recv_max, s->recv_max),
-      kv(atom.recv_avg, s->recv_cnt ? s->recv_oct / s->recv_cnt : 0),
+      kv(atom.recv_avg, s->recv_cnt ? recv_oct / s->recv_cnt : 0),
       kv(atom.recv_dvi, 0),
-      kv(atom.send_oct, s->send_oct),
+      kv(atom.send_oct, send_oct),
       kv(atom.send_cnt, s->send_cnt),
       kv(atom.send_max, s->send_max),
-      kv(atom.send_avg, s->send_cnt ? s->send_oct / s->send_cnt : 0),
+      kv(atom.send_avg, s->send_cnt ? send_oct / s->send_cnt : 0),
       kv(atom.send_pend, pend),
   };
   return make_ok(env, enif_make_list_from_array(env, items, sizeof items / sizeof items[0]));

@@ -59,6 +59,10 @@ ERL_NIF_TERM errno_atom(ErlNifEnv* env, int err) {
   return enif_make_atom(env, buf);
 }
 
+ERL_NIF_TERM closed_answer(ErlNifEnv* env, const Sock* s) {
+  return make_error(env, s->tag == Tag::Ssl ? atom.closed : atom.einval);
+}
+
 ERL_NIF_TERM make_errno_error(ErlNifEnv* env, int err) {
   return make_error(env, errno_atom(env, err));
 }

@@ -103,7 +103,26 @@ void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
 // SNI: a host of sni_hosts switches context here; with an sni_fun the
 // handshake pauses (retry) so that the fun runs in Elixir, which then calls
 // tls_set_ctx and resumes.
+// Whether the client offers a suite this server has enabled.
+bool shares_a_cipher(SSL* ssl) {
+  const unsigned char* ids;
+  size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
+  STACK_OF(SSL_CIPHER)* mine = SSL_get_ciphers(ssl);
+  for (size_t i = 0; i + 1 < len; i += 2) {
+    unsigned id = (static_cast<unsigned>(ids[i]) << 8) | ids[i + 1];
+    for (int k = 0; k < sk_SSL_CIPHER_num(mine); k++)
+      if (SSL_CIPHER_get_protocol_id(sk_SSL_CIPHER_value(mine, k)) == id) return true;
+  }
+  return false;
+}
+
 int client_hello_cb(SSL* ssl, int* alert, void*) {
+  // No suite in common: :ssl answers insufficient_security, where OpenSSL
+  // would send handshake_failure; callers match the alert's name.
+  if (!shares_a_cipher(ssl)) {
+    *alert = SSL_AD_INSUFFICIENT_SECURITY;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
   SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
   CtxData* c = data_of(ctx);
   Sock* st = sock_of(ssl);
@@ -228,8 +247,24 @@ ERL_NIF_TERM alert_term(ErlNifEnv* env, int code, bool received) {
 ERL_NIF_TERM failure(ErlNifEnv* env, Sock* s) {
   unsigned long e = ERR_peek_last_error();
   ERR_clear_error();
-  if (e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) >= SSL_AD_REASON_OFFSET)
-    return alert_term(env, ERR_GET_REASON(e) - SSL_AD_REASON_OFFSET, true);
+  int reason = e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
+  if (reason >= SSL_AD_REASON_OFFSET) return alert_term(env, reason - SSL_AD_REASON_OFFSET, true);
+  switch (reason) {
+    case SSL_R_UNEXPECTED_EOF_WHILE_READING:
+      return atom.closed;  // the client went away: :ssl says closed
+    case SSL_R_NO_SHARED_CIPHER:
+      return alert_term(env, SSL_AD_INSUFFICIENT_SECURITY, false);  // :ssl's reason
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST:
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_UNKNOWN_PROTOCOL:
+    case SSL_R_PACKET_LENGTH_TOO_LONG:
+    case SSL_R_RECORD_LENGTH_MISMATCH:
+      // Not TLS at all (a plain HTTP request, say): :ssl answers so.
+      return alert_term(env, SSL_AD_UNEXPECTED_MESSAGE, false);
+    default:
+      break;
+  }
   if (s->tls_alert >= 0) return alert_term(env, s->tls_alert, false);
   return atom.closed;
 }
@@ -317,6 +352,13 @@ int tls_drain(Sock* s) {
     return EPIPE;
   }
   return 0;
+}
+
+bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out) {
+  if (s->ssl == nullptr) return false;
+  *in = BIO_number_read(SSL_get_rbio(s->ssl));
+  *out = BIO_number_written(SSL_get_wbio(s->ssl));
+  return true;
 }
 
 bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_pending(s->ssl) > 0; }
@@ -459,7 +501,10 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       return enif_make_badarg(env);
     }
   }
-  if (!have_cert) return opt_error(env, enif_make_atom(env, "certfile"), "missing");
+  // Without a default certificate, only clients whose SNI names a host of
+  // sni_hosts / sni_fun can complete a handshake (as with :ssl).
+  if (!have_cert && !c->sni_fun && c->sni_hosts.empty())
+    return opt_error(env, enif_make_atom(env, "certfile"), "missing");
   SSL_CTX_set_verify(ctx, verify, nullptr);
   return make_ok(env, res);
 }
@@ -584,6 +629,8 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   }
   if (const char* sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name))
     put("sni_hostname", bin(sni, std::strlen(sni)));
+  else if (!s->sni.empty())  // a resumed TLS 1.2 session: from the ClientHello
+    put("sni_hostname", bin(s->sni.data(), s->sni.size()));
   const unsigned char* alpn;
   unsigned alpn_len = 0;
   SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);

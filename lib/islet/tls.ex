@@ -135,9 +135,13 @@ defmodule Islet.TLS do
   @spec recv(socket(), non_neg_integer(), timeout()) :: {:ok, binary()} | {:error, term()}
   defdelegate recv(socket, length, timeout), to: Socket
 
-  @doc "Sends iodata, encrypted in record-sized slices."
+  @doc """
+  Sends iodata, encrypted in record-sized slices. Like `:ssl.send/2`, data
+  that is not iodata raises `ArgumentError`.
+  """
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
-  defdelegate send(socket, data), to: Socket
+  def send(socket, data) when is_binary(data), do: Socket.send(socket, data)
+  def send(socket, data), do: Socket.send(socket, :erlang.iolist_to_iovec(data))
 
   @doc """
   Sends part of a file through TLS: read natively in 1 MiB chunks (dirty I/O

@@ -50,13 +50,13 @@ defmodule Islet.TLS.Options do
   """
   @spec check_cert_key!(keyword()) :: :ok
   def check_cert_key!(opts) do
-    unless Keyword.has_key?(opts, :certs_keys) do
+    unless Enum.any?([:certs_keys, :sni_fun, :sni_hosts], &Keyword.has_key?(opts, &1)) do
       unless Enum.any?([:keyfile, :key], &Keyword.has_key?(opts, &1)) do
-        raise ArgumentError, "transport_options must include one of keyfile or key"
+        raise "transport_options must include one of keyfile or key"
       end
 
       unless Enum.any?([:certfile, :cert], &Keyword.has_key?(opts, &1)) do
-        raise ArgumentError, "transport_options must include one of certfile or cert"
+        raise "transport_options must include one of certfile or cert"
       end
     end
 
@@ -78,9 +78,18 @@ defmodule Islet.TLS.Options do
   defp nif_opts(tls) do
     pairs =
       case Keyword.fetch(tls, :certs_keys) do
-        {:ok, list} when is_list(list) -> Enum.map(list, &cert_key(Map.new(&1), tls))
-        {:ok, other} -> throw({:option, {:error, {:options, {:certs_keys, other}}}})
-        :error -> [cert_key(Map.new(tls), tls)]
+        {:ok, list} when is_list(list) ->
+          Enum.map(list, &cert_key(Map.new(&1), tls))
+
+        {:ok, other} ->
+          throw({:option, {:error, {:options, {:certs_keys, other}}}})
+
+        :error ->
+          # A listener may serve only the hosts its SNI options name.
+          if Enum.any?([:cert, :certfile], &Keyword.has_key?(tls, &1)) or
+               not Enum.any?([:sni_fun, :sni_hosts], &Keyword.has_key?(tls, &1)),
+             do: [cert_key(Map.new(tls), tls)],
+             else: []
       end
 
     opts =

@@ -5,12 +5,16 @@ defmodule Islet.Bench.IdleClient do
   (so the server's handler has served a request and waits in active-once,
   as a kept-alive connection does) and holds them open.
 
-  With `tls: ssl_options` it connects with `:ssl` instead of `:gen_tcp`.
+  With `tls: ssl_options` it connects with `:ssl` instead of `:gen_tcp`
+  (each connection a full handshake unless the options say otherwise).
+  Connections are opened `:concurrency` at a time (default 64), so that TLS
+  handshakes overlap the server's work instead of waiting for it.
   """
 
   @request "GET / HTTP/1.1\r\nhost: islet-bench\r\n\r\n"
   @batch 250
   @timeout 10_000
+  @concurrency 64
 
   @typedoc "The open connections: `{module, socket}` pairs."
   @type t :: [{module(), term()}]
@@ -20,34 +24,61 @@ defmodule Islet.Bench.IdleClient do
   def new, do: []
 
   @doc """
-  Opens `count` more connections to `address:port` in batches (connect and
-  send on a batch, then read every answer), and returns how many succeeded,
-  how many failed, and the new state.
+  Opens `count` more connections to `address:port` in batches (each batch
+  connects and reads one answer per connection, `:concurrency` at a time,
+  before the next starts), and returns how many succeeded, how many failed,
+  and the new state. Options: `:tls` (`:ssl` client options or `nil`),
+  `:concurrency`.
   """
   @spec open(t(), :inet.ip_address(), :inet.port_number(), non_neg_integer(), keyword()) ::
           {non_neg_integer(), non_neg_integer(), t()}
   def open(open, address, port, count, options) do
     module = if Keyword.get(options, :tls), do: :ssl, else: :gen_tcp
     connect_options = [:binary, active: false] ++ (Keyword.get(options, :tls) || [])
+    concurrency = Keyword.get(options, :concurrency) || @concurrency
+    owner = self()
 
     Enum.reduce(chunks(count), {0, 0, open}, fn size, {ok, failed, open} ->
-      batch = for _ <- 1..size, do: connect(module, address, port, connect_options)
-      answered = for {:ok, socket} <- batch, do: {socket, read_response(module, socket, "")}
-      good = for {socket, :ok} <- answered, do: {module, socket}
-      for {socket, {:error, _}} <- answered, do: module.close(socket)
+      good =
+        1..size
+        |> Task.async_stream(
+          fn _ -> open_one(module, address, port, connect_options, owner) end,
+          max_concurrency: concurrency,
+          ordered: false,
+          timeout: 3 * @timeout,
+          on_timeout: :kill_task
+        )
+        |> Enum.flat_map(fn
+          {:ok, {:ok, socket}} -> [{module, socket}]
+          _failed -> []
+        end)
+
       {ok + length(good), failed + size - length(good), good ++ open}
     end)
   end
 
-  defp chunks(0), do: []
-  defp chunks(count), do: Enum.map(Enum.chunk_every(1..count, @batch), &length/1)
+  # Connects, sends the request, reads the answer and hands the socket to
+  # `owner` (the task ends; its sockets would close with it otherwise).
+  defp open_one(module, address, port, options, owner) do
+    case module.connect(address, port, options, @timeout) do
+      {:ok, socket} ->
+        with :ok <- module.send(socket, @request),
+             :ok <- read_response(module, socket, ""),
+             :ok <- module.controlling_process(socket, owner) do
+          {:ok, socket}
+        else
+          error ->
+            module.close(socket)
+            error
+        end
 
-  defp connect(module, address, port, options) do
-    with {:ok, socket} <- module.connect(address, port, options, @timeout),
-         :ok <- module.send(socket, @request) do
-      {:ok, socket}
+      error ->
+        error
     end
   end
+
+  defp chunks(0), do: []
+  defp chunks(count), do: Enum.map(Enum.chunk_every(1..count, @batch), &length/1)
 
   defp read_response(module, socket, buffer) do
     with {:ok, data} <- module.recv(socket, 0, @timeout) do

@@ -1,0 +1,747 @@
+defmodule Islet.TLSConformanceIOTest do
+  # Differential conformance of Islet.TLS against :ssl, part 2: data once
+  # the handshake is done (recv, send, large transfers, active modes,
+  # ownership, close_notify, shutdown, sendfile, getstat, options). Every
+  # scenario runs with each module as the server and an :ssl client.
+  use ExUnit.Case, async: true
+
+  import Islet.Test.TLSDiff
+
+  alias Islet.Test.{Certs, Diff}
+
+  @moduletag :capture_log
+  @moduletag timeout: 180_000
+
+  setup_all do
+    Certs.dir()
+    :ok
+  end
+
+  @mib 1_048_576
+  # Big sends run with a 10 s send_timeout (30 s by default), so that a
+  # stalled send shows as {:error, :timeout} well within the test's time.
+  @bounded [send_timeout: 10_000]
+
+  # Sends `chunks` from the client one TLS record each, waiting until the
+  # server could have read each (a record is what :ssl and OpenSSL both
+  # deliver at once).
+  # :ssl.getopts/2 answers in an order of its own; the order is not compared.
+  defp sorted({:ok, opts}), do: {:ok, Enum.sort(opts)}
+  defp sorted(other), do: other
+
+  defp client_send(c, chunks), do: Enum.each(chunks, &(:ok = :ssl.send(c, &1)))
+
+  describe "recv" do
+    test "recv(0) returns what arrived, recv(n) exactly n bytes" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.send(c, "hello")
+        a = mod.recv(s, 0, 10_000)
+        :ok = :ssl.send(c, "abcdef")
+        b = mod.recv(s, 3, 10_000)
+        c1 = mod.recv(s, 3, 10_000)
+        {a, b, c1}
+      end)
+    end
+
+    test "recv(n) gathers n bytes from several records" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        client_send(c, ["ab", "cd", "ef", "gh"])
+        {mod.recv(s, 7, 10_000), mod.recv(s, 1, 10_000)}
+      end)
+    end
+
+    test "recv(n) with n larger than one record" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        data = Diff.pattern(100_000, 3)
+        :ok = :ssl.send(c, data)
+        {:ok, got} = mod.recv(s, 100_000, 10_000)
+        got == data
+      end)
+    end
+
+    test "timeouts: recv(0, t), recv(0, 0), recv(n, t) with fewer than n bytes, which stay buffered" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        a = mod.recv(s, 0, 100)
+        b = mod.recv(s, 0, 0)
+        :ok = :ssl.send(c, "1234")
+        Process.sleep(100)
+        d = mod.recv(s, 10, 200)
+        :ok = :ssl.send(c, "567890")
+        e = mod.recv(s, 10, 10_000)
+        {a, b, d, e}
+      end)
+    end
+
+    test "recv(0, 0) returns what is already buffered" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.send(c, "ready")
+        {Diff.recv_when_ready(mod, s), mod.recv(s, 0, 0)}
+      end)
+    end
+
+    test "recv with :infinity" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        spawn(fn -> Process.sleep(100) && :ssl.send(c, "late") end)
+        mod.recv(s, 4, :infinity)
+      end)
+    end
+
+    test "a recv waiting in another process is woken by close" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        parent = self()
+        spawn(fn -> Kernel.send(parent, {:recv, mod.recv(s, 0, 20_000)}) end)
+        Process.sleep(200)
+        closed = mod.close(s)
+        {closed, receive(do: ({:recv, r} -> r), after: (10_000 -> :hang))}
+      end)
+    end
+  end
+
+  describe "send" do
+    test "a binary" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        {mod.send(s, "binary data"), ssl_recv_exact(c, 11)}
+      end)
+    end
+
+    test "nested iodata with charlists and bytes" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        data = ["a", [~c"bc", ?d, ["", [<<"ef">>]]], 0, 255, "g"]
+        {mod.send(s, data), ssl_recv_exact(c, 9)}
+      end)
+    end
+
+    test "empty binary and empty list" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        a = mod.send(s, "")
+        b = mod.send(s, [])
+        :ok = mod.send(s, ["end"])
+        {a, b, ssl_recv_exact(c, 3)}
+      end)
+    end
+
+    test "iodata with many small elements" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        data = for i <- 1..5000, do: <<rem(i, 256)>>
+        {mod.send(s, data), ssl_recv_exact(c, 5000) == {:ok, IO.iodata_to_binary(data)}}
+      end)
+    end
+
+    test "not iodata" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        for bad <- [:atom, 1, [1000], {:a}], do: Diff.catching(fn -> mod.send(s, bad) end)
+      end)
+    end
+  end
+
+  describe "large transfers (16 MiB, every byte checked)" do
+    @big 16 * @mib
+
+    test "client to server, read with recv(0)" do
+      assert_same(
+        fn mod ->
+          {_l, s, c} = pair!(mod, @bounded)
+          data = Diff.pattern(@big, 5)
+          parent = self()
+          spawn_link(fn -> Kernel.send(parent, {:sent, :ssl.send(c, data)}) end)
+          {:ok, got} = mod_recv_exact(mod, s, @big, 30_000)
+          sent = receive(do: ({:sent, r} -> r))
+          {sent, byte_size(got), got == data}
+        end,
+        timeout: 90_000
+      )
+    end
+
+    test "server to client, one send" do
+      assert_same(
+        fn mod ->
+          {_l, s, c} = pair!(mod, @bounded)
+          data = Diff.pattern(@big, 6)
+          parent = self()
+
+          spawn_link(fn ->
+            Kernel.send(parent, {:got, ssl_recv_exact(c, @big, 30_000)})
+          end)
+
+          sent = mod.send(s, [data])
+          {:ok, got} = receive(do: ({:got, r} -> r))
+          {sent, byte_size(got), got == data}
+        end,
+        timeout: 90_000
+      )
+    end
+
+    test "both directions at once, in 64 KiB iodata pieces" do
+      assert_same(
+        fn mod ->
+          {_l, s, c} = pair!(mod, @bounded)
+          up = Diff.pattern(4 * @mib, 7)
+          down = Diff.pattern(4 * @mib, 8)
+          parent = self()
+
+          spawn_link(fn ->
+            for <<chunk::binary-size(65_536) <- up>>, do: :ok = :ssl.send(c, [chunk])
+            Kernel.send(parent, :client_sent)
+          end)
+
+          spawn_link(fn ->
+            Kernel.send(parent, {:client_got, ssl_recv_exact(c, 4 * @mib, 30_000)})
+          end)
+
+          for <<chunk::binary-size(65_536) <- down>>, do: :ok = mod.send(s, [chunk])
+          {:ok, got_up} = mod_recv_exact(mod, s, 4 * @mib, 30_000)
+          receive(do: (:client_sent -> :ok))
+          {:ok, got_down} = receive(do: ({:client_got, r} -> r))
+          {got_up == up, got_down == down}
+        end,
+        timeout: 90_000
+      )
+    end
+  end
+
+  describe "active modes" do
+    test "active: true delivers {:ssl, socket, data} with the socket the caller holds" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.setopts(s, active: true)
+        client_send(c, ["one", "two", "three"])
+        got = collect_active(s, 11)
+        {got, mod.getopts(s, [:active])}
+      end)
+    end
+
+    test "active: :once: one message, then passive until re-armed" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.setopts(s, active: :once)
+        :ok = :ssl.send(c, "a")
+        first = await_message(s)
+        opts = mod.getopts(s, [:active])
+        :ok = :ssl.send(c, "b")
+        Process.sleep(200)
+        quiet = active_messages(s)
+        :ok = mod.setopts(s, active: :once)
+        {first, opts, quiet, await_message(s)}
+      end)
+    end
+
+    test "active: n counts down and sends {:ssl_passive, socket}" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.setopts(s, active: 2)
+        :ok = :ssl.send(c, "a")
+        m1 = await_message(s)
+        :ok = :ssl.send(c, "b")
+        m2 = await_message(s)
+        m3 = await_message(s)
+        opts = mod.getopts(s, [:active])
+        :ok = :ssl.send(c, "c")
+        Process.sleep(200)
+        quiet = active_messages(s)
+        :ok = mod.setopts(s, active: 1)
+        {m1, m2, m3, opts, quiet, await_message(s), await_message(s)}
+      end)
+    end
+
+    test "active: n added to a running count, and active: 0" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        :ok = mod.setopts(s, active: 3)
+        :ok = mod.setopts(s, active: 2)
+        a = mod.getopts(s, [:active])
+        :ok = mod.setopts(s, active: -4)
+        b = mod.getopts(s, [:active])
+        :ok = mod.setopts(s, active: -1)
+        {a, b, active_messages(s, 200), mod.getopts(s, [:active])}
+      end)
+    end
+
+    test "data that arrived while passive is delivered when active is set" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        client_send(c, ["x", "yz", "w"])
+        Process.sleep(200)
+        first = mod.recv(s, 1, 10_000)
+        :ok = mod.setopts(s, active: true)
+        {first, collect_active(s, 3, 10_000)}
+      end)
+    end
+
+    test "active: :once after a partial recv(n) delivers the rest of the record" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.send(c, "abcdef")
+        first = mod.recv(s, 2, 10_000)
+        :ok = mod.setopts(s, active: :once)
+        {first, await_message(s, 10_000)}
+      end)
+    end
+
+    test "active: true then false: the rest stays for recv" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.setopts(s, active: :once)
+        :ok = :ssl.send(c, "first")
+        m = await_message(s)
+        :ok = mod.setopts(s, active: false)
+        :ok = :ssl.send(c, "second")
+        Process.sleep(200)
+        {m, active_messages(s), mod.recv(s, 6, 10_000)}
+      end)
+    end
+
+    test "the peer's close gives {:ssl_closed, socket} in active mode" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.setopts(s, active: true)
+        :ok = :ssl.send(c, "last words")
+        :ok = :ssl.close(c)
+        {collect_active(s, 10), await_message(s, 10_000), active_messages(s, 200)}
+      end)
+    end
+
+    test "the peer's close with active: :once, re-armed after the data" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.setopts(s, active: :once)
+        :ok = :ssl.send(c, "bye")
+        m1 = await_message(s)
+        :ok = :ssl.close(c)
+        Process.sleep(200)
+        quiet = active_messages(s)
+        :ok = mod.setopts(s, active: :once)
+        {m1, quiet, await_message(s, 10_000)}
+      end)
+    end
+
+    test "the peer vanishing without close_notify (TCP reset)" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        {:ok, tcp} = :gen_tcp.connect({127, 0, 0, 1}, port(mod, l), [:binary, active: false])
+        {:ok, s} = mod.accept(l)
+        Diff.name(s, :server)
+        # An :ssl client over our own TCP socket, so that we can reset it.
+        parent = self()
+
+        pid =
+          spawn(fn ->
+            receive do
+              {:go, tcp} ->
+                {:ok, c} = :ssl.connect(tcp, Certs.client_opts(), 30_000)
+                Kernel.send(parent, {:client, c})
+                receive(do: (:stop -> :ok))
+            end
+          end)
+
+        :ok = :gen_tcp.controlling_process(tcp, pid)
+        Kernel.send(pid, {:go, tcp})
+        {:ok, _} = mod.handshake(s, 30_000)
+        receive(do: ({:client, _} -> :ok))
+        :ok = mod.setopts(s, active: true)
+        :ok = :inet.setopts(tcp, linger: {true, 0})
+        Process.exit(pid, :kill)
+        msg = await_message(s, 10_000)
+        {msg, active_messages(s, 200), mod.recv(s, 0, 1000)}
+      end)
+    end
+  end
+
+  describe "ownership" do
+    test "controlling_process hands active messages to the new owner" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        parent = self()
+
+        owner =
+          spawn(fn ->
+            receive do
+              :go ->
+                :ok = mod.setopts(s, active: :once)
+                Kernel.send(parent, {:owner, await_message(s)})
+            end
+          end)
+
+        moved = mod.controlling_process(s, owner)
+        Kernel.send(owner, :go)
+        Process.sleep(100)
+        :ok = :ssl.send(c, "to the owner")
+        got = receive(do: ({:owner, m} -> m), after: (10_000 -> :hang))
+        {moved, got, active_messages(s)}
+      end)
+    end
+
+    test "controlling_process called by a process that is not the owner" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        parent = self()
+        other = spawn(fn -> receive(do: (:stop -> :ok)) end)
+
+        spawn(fn ->
+          Kernel.send(parent, {:result, mod.controlling_process(s, other)})
+        end)
+
+        result = receive(do: ({:result, r} -> r))
+        # Who owns it now: the one that gets active-mode data.
+        :ok = mod.setopts(s, active: :once)
+        :ok = :ssl.send(c, "who?")
+        Process.sleep(200)
+        {:messages, theirs} = Process.info(other, :messages)
+        Kernel.send(other, :stop)
+        {result, active_messages(s), length(theirs)}
+      end)
+    end
+
+    test "controlling_process to self and to a dead process" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        dead = spawn(fn -> :ok end)
+        Process.sleep(50)
+        {mod.controlling_process(s, self()), mod.controlling_process(s, dead)}
+      end)
+    end
+
+    # Accepts and hands shake, keeping no reference to the server socket.
+    defp accept_and_forget(mod, l) do
+      {:ok, s} = mod.accept(l)
+      {:ok, _} = mod.handshake(s, 30_000)
+      :ok
+    end
+
+    test "dropping every reference to the socket term does not close it (the owner holds it)" do
+      # Eight connections whose server sockets are referenced nowhere, then
+      # garbage collection everywhere: with :ssl (and gen_tcp) the owner keeps
+      # them open.
+      assert_same(fn mod ->
+        l = listen(mod)
+
+        clients =
+          for _ <- 1..8 do
+            tag = connect_async(port(mod, l))
+            :ok = accept_and_forget(mod, l)
+            {:ok, c} = await_client(tag)
+            c
+          end
+
+        for _ <- 1..3 do
+          Enum.each(Process.list(), &:erlang.garbage_collect/1)
+          Process.sleep(100)
+        end
+
+        clients
+        |> Enum.map(&{:ssl.recv(&1, 0, 300), :ssl.send(&1, "still there?")})
+        |> Enum.frequencies()
+      end)
+    end
+
+    test "the owner's death closes the connection" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        owner = spawn(fn -> receive(do: (:die -> :ok)) end)
+        :ok = mod.controlling_process(s, owner)
+        ref = Process.monitor(owner)
+        Kernel.send(owner, :die)
+        receive(do: ({:DOWN, ^ref, _, _, _} -> :ok))
+        seen = :ssl.recv(c, 0, 10_000)
+        # :ssl's sender may accept one more write while the connection goes
+        # down: only that sending fails soon after is compared.
+        {seen, Diff.wait_until(fn -> match?({:error, _}, mod.send(s, ["after"])) end, 5_000)}
+      end)
+    end
+
+    test "a non-owner may send, recv and close" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        parent = self()
+
+        spawn(fn ->
+          sent = mod.send(s, ["from elsewhere"])
+          :ok = :ssl.send(c, "to elsewhere")
+          got = mod.recv(s, 12, 10_000)
+          Kernel.send(parent, {:done, sent, got, mod.close(s)})
+        end)
+
+        done = receive(do: ({:done, a, b, d} -> {a, b, d}), after: (10_000 -> :hang))
+        {done, ssl_recv_exact(c, 14), :ssl.recv(c, 0, 10_000)}
+      end)
+    end
+  end
+
+  describe "close and close_notify" do
+    test "server close: the client reads the data, then {:error, :closed}" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.send(s, ["goodbye"])
+        closed = mod.close(s)
+        {closed, ssl_recv_exact(c, 7), :ssl.recv(c, 0, 10_000)}
+      end)
+    end
+
+    test "server close: an active client gets {:ssl_closed, socket}" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.setopts(c, active: true)
+        :ok = mod.close(s)
+        msg = receive(do: ({:ssl_closed, ^c} -> :ssl_closed), after: (10_000 -> :none))
+        {msg, Diff.messages()}
+      end)
+    end
+
+    test "client close: the server reads {:error, :closed}, and again" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.send(c, "final")
+        :ok = :ssl.close(c)
+        {read_to_end(&mod.recv/3, s, 10_000), mod.recv(s, 0, 1000)}
+      end)
+    end
+
+    test "client close: send from the server eventually fails" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.close(c)
+        {"", {:error, :closed}} = read_to_end(&mod.recv/3, s, 10_000)
+        mod.send(s, ["into the void"])
+      end)
+    end
+
+    test "calls on a socket closed locally" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        :ok = mod.close(s)
+
+        %{
+          close: mod.close(s),
+          recv: mod.recv(s, 0, 100),
+          send: mod.send(s, ["x"]),
+          setopts: mod.setopts(s, active: :once),
+          getopts: mod.getopts(s, [:active]),
+          peername: mod.peername(s),
+          sockname: mod.sockname(s),
+          shutdown: mod.shutdown(s, :write),
+          getstat: mod.getstat(s),
+          controlling_process: mod.controlling_process(s, self())
+        }
+      end)
+    end
+  end
+
+  describe "shutdown" do
+    test "shutdown(:write) sends close_notify: the client reads the data, then :closed" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = mod.send(s, ["half"])
+        sd = mod.shutdown(s, :write)
+        client = {ssl_recv_exact(c, 4), :ssl.recv(c, 0, 10_000)}
+        # Once the client has answered the close (:ssl closes on close_notify).
+        Process.sleep(300)
+        {sd, client, mod.send(s, ["more"])}
+      end)
+    end
+
+    test "shutdown(:write), then the client's data still reaches the server" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.send(c, "before")
+        Process.sleep(100)
+        sd = mod.shutdown(s, :write)
+        {sd, mod.recv(s, 6, 10_000)}
+      end)
+    end
+
+    test "shutdown(:read_write) and shutdown(:read)" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        a = mod.shutdown(s, :read_write)
+        {a, :ssl.recv(c, 0, 10_000), mod.recv(s, 0, 1000)}
+      end)
+
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        mod.shutdown(s, :read)
+      end)
+    end
+  end
+
+  describe "sendfile" do
+    setup do
+      path = Diff.tmp_path("islet_tls_sendfile")
+      data = Diff.pattern(3 * @mib + 123, 9)
+      File.write!(path, data)
+      on_exit(fn -> File.rm(path) end)
+      %{path: path, data: data}
+    end
+
+    test "the whole file (length 0)", %{path: path, data: data} do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, @bounded)
+        parent = self()
+
+        spawn_link(fn ->
+          Kernel.send(parent, {:got, ssl_recv_exact(c, byte_size(data), 30_000)})
+        end)
+
+        sent = mod.sendfile(s, path, 0, 0)
+        {:ok, got} = receive(do: ({:got, r} -> r))
+        {sent, got == data}
+      end)
+    end
+
+    test "offset and length", %{path: path, data: data} do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, @bounded)
+        a = mod.sendfile(s, path, 1000, 5000)
+        {:ok, got_a} = ssl_recv_exact(c, 5000)
+        b = mod.sendfile(s, path, byte_size(data) - 10, 0)
+        {:ok, got_b} = ssl_recv_exact(c, 10)
+
+        {a, got_a == binary_part(data, 1000, 5000), b,
+         got_b == binary_part(data, byte_size(data) - 10, 10)}
+      end)
+    end
+
+    test "a file that does not exist" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        mod.sendfile(s, "/nonexistent/islet/file", 0, 0)
+      end)
+    end
+  end
+
+  describe "getstat, getopts, setopts, addresses" do
+    test "getstat has :inet's keys and counts the bytes on the wire (TLS records included)" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.send(c, String.duplicate("u", 1000))
+        {:ok, _} = mod.recv(s, 1000, 10_000)
+        :ok = mod.send(s, [String.duplicate("d", 2000)])
+        {:ok, _} = ssl_recv_exact(c, 2000)
+        {:ok, stats} = mod.getstat(s)
+
+        %{
+          keys: stats |> Keyword.keys() |> Enum.sort(),
+          # The wire carries more than the plaintext: records and handshake.
+          recv_oct: stats[:recv_oct] > 1000,
+          send_oct: stats[:send_oct] > 2000,
+          recv_cnt: stats[:recv_cnt] >= 1,
+          send_cnt: stats[:send_cnt] >= 1
+        }
+      end)
+    end
+
+    test "getstat counters grow with traffic" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        {:ok, before} = mod.getstat(s)
+        :ok = :ssl.send(c, "12345")
+        {:ok, _} = mod.recv(s, 5, 10_000)
+        :ok = mod.send(s, ["678"])
+        {:ok, _} = ssl_recv_exact(c, 3)
+        {:ok, later} = mod.getstat(s)
+        for k <- [:recv_oct, :recv_cnt, :send_oct, :send_cnt], do: {k, later[k] > before[k]}
+      end)
+    end
+
+    test "getopts of the options Thousand Island sets" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+
+        for k <- [
+              :active,
+              :mode,
+              :packet,
+              :nodelay,
+              :send_timeout,
+              :send_timeout_close,
+              :reuseaddr
+            ] do
+          {k, mod.getopts(s, [k])}
+        end
+      end)
+    end
+
+    test "setopts then getopts" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        a = mod.setopts(s, nodelay: false, keepalive: true)
+        b = sorted(mod.getopts(s, [:nodelay, :keepalive]))
+        c = mod.setopts(s, mode: :binary, packet: :raw)
+        {a, b, c, sorted(mod.getopts(s, [:mode, :packet]))}
+      end)
+    end
+
+    test "listen options reach the connection (user's over defaults)" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod, nodelay: false, send_timeout: 1234, keepalive: true)
+        sorted(mod.getopts(s, [:nodelay, :send_timeout, :keepalive, :active, :mode]))
+      end)
+    end
+
+    test "Thousand Island's merge: hard-coded mode/active win, then the first occurrence" do
+      assert_same(fn mod ->
+        opts = [active: true, mode: :list, nodelay: false, nodelay: true, send_timeout: 777]
+        {_l, s, c} = pair!(mod, opts)
+        :ok = :ssl.send(c, "still binary")
+        Process.sleep(100)
+
+        {sorted(mod.getopts(s, [:active, :mode, :nodelay, :send_timeout])), active_messages(s),
+         mod.recv(s, 12, 10_000)}
+      end)
+    end
+
+    test "peername is the client's address" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        {:ok, client_addr} = :ssl.sockname(c)
+        {:ok, server_addr} = :ssl.peername(c)
+        {mod.peername(s) == {:ok, client_addr}, mod.sockname(s) == {:ok, server_addr}}
+      end)
+    end
+  end
+
+  describe "handshake edge cases" do
+    test "a client that connects and closes at once" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        {:ok, tcp} = :gen_tcp.connect({127, 0, 0, 1}, port(mod, l), [:binary, active: false])
+        :ok = :gen_tcp.close(tcp)
+        {:ok, s} = mod.accept(l)
+        Diff.name(s, :server)
+        mod.handshake(s, 10_000)
+      end)
+    end
+
+    test "a plain-text HTTP request on the TLS port" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        {:ok, tcp} = :gen_tcp.connect({127, 0, 0, 1}, port(mod, l), [:binary, active: false])
+        :ok = :gen_tcp.send(tcp, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        {:ok, s} = mod.accept(l)
+        Diff.name(s, :server)
+        hs = mod.handshake(s, 10_000)
+        {hs, Diff.read_to_end(Islet.Reference.TCP, tcp, 10_000) |> elem(1)}
+      end)
+    end
+
+    test "handshake/1 (no timeout)" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        tag = connect_async(port(mod, l))
+        {:ok, s} = mod.accept(l)
+        Diff.name(s, :server)
+        {mod.handshake(s), elem(await_client(tag), 0)}
+      end)
+    end
+  end
+end

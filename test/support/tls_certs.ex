@@ -1,0 +1,575 @@
+defmodule Islet.Test.Certs do
+  @moduledoc """
+  Test certificates, generated at test time with the `openssl` command-line
+  tool into a temporary directory (never checked in), once per test run.
+
+    * `ca`: the test CA (RSA-2048), which signs the certificates below;
+    * `server_rsa`: a server certificate for "localhost" (and 127.0.0.1), RSA-2048;
+    * `server_ec`: the same with an ECDSA P-256 key;
+    * `sni`: a server certificate for "sni.test" (SNI tests);
+    * `client`: a client certificate signed by the CA (ECDSA P-256);
+    * `client_expired`: a client certificate, same key, valid only in 2020;
+    * `other_ca` and `other_client`: a second CA and a client certificate it signed;
+    * `server_rsa_enc`: `server_rsa`'s key, PKCS#8 encrypted (AES-256)
+      with the password `password/0`.
+
+  `file(name, :cert | :key)` gives a PEM path, `der(name)` the certificate's
+  DER, `key_der(name)` the key as `:ssl` takes it (`{type, der}`).
+  """
+
+  @password "islet-test-pass"
+
+  @doc "The password of the encrypted key."
+  @spec password() :: String.t()
+  def password, do: @password
+
+  @doc "The directory holding the generated files (generated on first call)."
+  @spec dir() :: String.t()
+  def dir do
+    case :persistent_term.get({__MODULE__, :dir}, nil) do
+      nil ->
+        :global.trans({{__MODULE__, :generate}, self()}, fn ->
+          case :persistent_term.get({__MODULE__, :dir}, nil) do
+            nil ->
+              dir = generate()
+              :persistent_term.put({__MODULE__, :dir}, dir)
+              dir
+
+            dir ->
+              dir
+          end
+        end)
+
+      dir ->
+        dir
+    end
+  end
+
+  @doc "Path of the PEM file for `name`'s certificate (`:cert`) or key (`:key`)."
+  @spec file(atom(), :cert | :key) :: String.t()
+  def file(name, :cert), do: Path.join(dir(), "#{name}.pem")
+  def file(:server_rsa_enc, :key), do: Path.join(dir(), "server_rsa_enc.key")
+  def file(:client_expired, :key), do: file(:client, :key)
+  def file(name, :key), do: Path.join(dir(), "#{name}.key")
+
+  @doc "The DER of `name`'s certificate."
+  @spec der(atom()) :: binary()
+  def der(name) do
+    [{:Certificate, der, _} | _] = name |> file(:cert) |> File.read!() |> :public_key.pem_decode()
+    der
+  end
+
+  @doc "`name`'s private key as `:ssl`'s `key` option takes it: `{type, der}`."
+  @spec key_der(atom()) :: {atom(), binary()}
+  def key_der(name) do
+    [{type, der, :not_encrypted} | _] =
+      name |> file(:key) |> File.read!() |> :public_key.pem_decode()
+
+    {type, der}
+  end
+
+  @doc "Server options with certfile/keyfile for `name` (default `:server_rsa`)."
+  @spec server_opts(atom()) :: keyword()
+  def server_opts(name \\ :server_rsa),
+    do: [certfile: file(name, :cert), keyfile: file(name, :key)]
+
+  @doc """
+  Client options for `:ssl.connect/3`: verifies the server against the CA,
+  for the host name "localhost". Automatic session reuse is off (the
+  client cache is keyed by host and port, and ports come back from one
+  test to the next); the resumption tests turn it on.
+  """
+  @spec client_opts() :: keyword()
+  def client_opts do
+    [
+      verify: :verify_peer,
+      cacertfile: file(:ca, :cert),
+      server_name_indication: ~c"localhost",
+      reuse_sessions: false,
+      mode: :binary,
+      active: false
+    ]
+  end
+
+  @doc "Client options presenting the certificate `name` (and its key)."
+  @spec client_cert_opts(atom()) :: keyword()
+  def client_cert_opts(name), do: [certfile: file(name, :cert), keyfile: file(name, :key)]
+
+  ## Generation
+
+  @ca_conf """
+  [ req ]
+  distinguished_name = dn
+  prompt = no
+  [ dn ]
+  CN = unused
+  [ v3_ca ]
+  basicConstraints = critical, CA:TRUE
+  keyUsage = critical, keyCertSign, cRLSign
+  subjectKeyIdentifier = hash
+  [ server ]
+  basicConstraints = critical, CA:FALSE
+  keyUsage = critical, digitalSignature, keyEncipherment
+  extendedKeyUsage = serverAuth
+  subjectAltName = DNS:localhost, IP:127.0.0.1
+  authorityKeyIdentifier = keyid
+  [ sni ]
+  basicConstraints = critical, CA:FALSE
+  keyUsage = critical, digitalSignature, keyEncipherment
+  extendedKeyUsage = serverAuth
+  subjectAltName = DNS:sni.test
+  authorityKeyIdentifier = keyid
+  [ client ]
+  basicConstraints = critical, CA:FALSE
+  keyUsage = critical, digitalSignature
+  extendedKeyUsage = clientAuth
+  authorityKeyIdentifier = keyid
+  [ ca ]
+  default_ca = ca_default
+  [ ca_default ]
+  database = index.txt
+  new_certs_dir = .
+  serial = serial
+  default_md = sha256
+  policy = policy_any
+  unique_subject = no
+  copy_extensions = none
+  [ policy_any ]
+  commonName = supplied
+  """
+
+  defp generate do
+    name = "islet_certs_#{System.pid()}_#{System.unique_integer([:positive])}"
+    dir = Path.join(System.tmp_dir!(), name)
+    File.rm_rf!(dir)
+    File.mkdir_p!(dir)
+    System.at_exit(fn _ -> File.rm_rf(dir) end)
+    File.write!(Path.join(dir, "openssl.cnf"), @ca_conf)
+    File.write!(Path.join(dir, "index.txt"), "")
+    File.write!(Path.join(dir, "serial"), "1000\n")
+
+    ca(dir, "ca", "Islet Test CA")
+    ca(dir, "other_ca", "Islet Other CA")
+    leaf(dir, "server_rsa", "localhost", "rsa", "ca", "server")
+    leaf(dir, "server_ec", "localhost", "ec", "ca", "server")
+    leaf(dir, "sni", "sni.test", "ec", "ca", "sni")
+    leaf(dir, "client", "islet-client", "ec", "ca", "client")
+    leaf(dir, "other_client", "islet-other-client", "ec", "other_ca", "client")
+
+    openssl!(dir, [
+      "ca",
+      "-batch",
+      "-config",
+      "openssl.cnf",
+      "-in",
+      "client.csr",
+      "-cert",
+      "ca.pem",
+      "-keyfile",
+      "ca.key",
+      "-extensions",
+      "client",
+      "-startdate",
+      "20200101000000Z",
+      "-enddate",
+      "20200102000000Z",
+      "-notext",
+      "-out",
+      "client_expired.pem"
+    ])
+
+    openssl!(dir, [
+      "pkey",
+      "-in",
+      "server_rsa.key",
+      "-aes256",
+      "-passout",
+      "pass:" <> @password,
+      "-out",
+      "server_rsa_enc.key"
+    ])
+
+    dir
+  end
+
+  defp ca(dir, name, cn) do
+    genkey(dir, name, "rsa")
+
+    openssl!(dir, [
+      "req",
+      "-config",
+      "openssl.cnf",
+      "-new",
+      "-x509",
+      "-key",
+      name <> ".key",
+      "-subj",
+      "/CN=" <> cn,
+      "-extensions",
+      "v3_ca",
+      "-days",
+      "30",
+      "-sha256",
+      "-out",
+      name <> ".pem"
+    ])
+  end
+
+  defp leaf(dir, name, cn, kind, ca, extensions) do
+    genkey(dir, name, kind)
+
+    openssl!(dir, [
+      "req",
+      "-config",
+      "openssl.cnf",
+      "-new",
+      "-key",
+      name <> ".key",
+      "-subj",
+      "/CN=" <> cn,
+      "-out",
+      name <> ".csr"
+    ])
+
+    openssl!(dir, [
+      "x509",
+      "-req",
+      "-in",
+      name <> ".csr",
+      "-CA",
+      ca <> ".pem",
+      "-CAkey",
+      ca <> ".key",
+      "-CAcreateserial",
+      "-extfile",
+      "openssl.cnf",
+      "-extensions",
+      extensions,
+      "-days",
+      "30",
+      "-sha256",
+      "-out",
+      name <> ".pem"
+    ])
+  end
+
+  defp genkey(dir, name, "rsa") do
+    openssl!(
+      dir,
+      ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"] ++
+        ["-out", name <> ".key"]
+    )
+  end
+
+  defp genkey(dir, name, "ec") do
+    openssl!(
+      dir,
+      ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"] ++
+        ["-out", name <> ".key"]
+    )
+  end
+
+  defp openssl!(dir, args) do
+    case System.cmd("openssl", args, cd: dir, stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {out, status} -> raise "openssl #{Enum.join(args, " ")} failed (#{status}): #{out}"
+    end
+  end
+end
+
+defmodule Islet.Test.TLSDiff do
+  @moduledoc """
+  Differential testing of `Islet.TLS` against `Islet.Reference.SSL` (`:ssl`),
+  built on `Islet.Test.Diff.run_one/3`: each scenario runs in a fresh process,
+  once per module; results are normalized (named sockets, `:sock` for other
+  ports and references) and, in addition, TLS alerts lose their description
+  text (`{:tls_alert, {reason, _}}` becomes `{:tls_alert, reason}`) and pids
+  become `:pid`.
+
+  Clients are `:ssl` clients over loopback, verifying the server against
+  the test CA for "localhost" unless told otherwise.
+  """
+
+  import ExUnit.Assertions
+
+  alias Islet.Test.{Certs, Diff}
+
+  @reference Islet.Reference.SSL
+
+  @doc "The module compared with the reference (the reference itself with ISLET_DIFF_SELF=1)."
+  @spec subject() :: module()
+  def subject do
+    if System.get_env("ISLET_DIFF_SELF") in [nil, "", "0"], do: Islet.TLS, else: @reference
+  end
+
+  @doc "Both modules, reference first, as `{label, module}` pairs."
+  @spec modules() :: [{atom(), module()}]
+  def modules, do: [ssl: @reference, islet: subject()]
+
+  @doc "Runs `scenario` with both modules: `{ssl_result, islet_result}`, normalized."
+  @spec run((module() -> term()), keyword()) :: {term(), term()}
+  def run(scenario, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, 30_000)
+
+    {tidy(Diff.run_one(@reference, scenario, timeout)),
+     tidy(Diff.run_one(subject(), scenario, timeout))}
+  end
+
+  @doc "Asserts that `scenario` gives the same normalized result on both modules; returns it."
+  defmacro assert_same(scenario, opts \\ []) do
+    quote do
+      {ssl, islet} = Islet.Test.TLSDiff.run(unquote(scenario), unquote(opts))
+
+      if islet != ssl do
+        flunk(Islet.Test.TLSDiff.report(ssl, islet))
+      end
+
+      ssl
+    end
+  end
+
+  @doc "Describes how two results differ."
+  @spec report(term(), term()) :: String.t()
+  def report(ssl, islet) do
+    lines =
+      for {path, s, i} <- Diff.differences(ssl, islet, []) do
+        "  at #{inspect(path)}:\n    ssl:   #{inspect(s, limit: 30)}\n    islet: #{inspect(i, limit: 30)}"
+      end
+
+    "Islet.TLS differs from :ssl\n" <> Enum.join(lines, "\n")
+  end
+
+  @doc "Drops alert descriptions and pids (what differs between any two TLS stacks)."
+  @spec tidy(term()) :: term()
+  def tidy({:tls_alert, {reason, _description}}) when is_atom(reason), do: {:tls_alert, reason}
+  def tidy(pid) when is_pid(pid), do: :pid
+  def tidy(list) when is_list(list), do: tidy_list(list)
+
+  def tidy(tuple) when is_tuple(tuple),
+    do: tuple |> Tuple.to_list() |> Enum.map(&tidy/1) |> List.to_tuple()
+
+  def tidy(%{} = map) when not is_struct(map), do: Map.new(map, fn {k, v} -> {k, tidy(v)} end)
+  def tidy(term), do: term
+
+  defp tidy_list([]), do: []
+  defp tidy_list([h | t]) when is_list(t), do: [tidy(h) | tidy_list(t)]
+  defp tidy_list([h | t]), do: [tidy(h) | tidy(t)]
+
+  ## Helpers for scenarios (they run inside the scenario's process).
+
+  @doc """
+  Listens with `module` on loopback port 0 with the RSA "localhost"
+  certificate; `opts` come first, so they win. Names the listener.
+  """
+  @spec listen(module(), keyword()) :: term()
+  def listen(module, opts \\ []) do
+    {:ok, l} = module.listen(0, opts ++ [ip: :loopback] ++ Certs.server_opts())
+    Diff.name(l, :listener)
+  end
+
+  @doc "The port `listener` is bound to."
+  @spec port(module(), term()) :: :inet.port_number()
+  def port(module, listener) do
+    {:ok, {_ip, port}} = module.sockname(listener)
+    port
+  end
+
+  @doc """
+  Starts an `:ssl` client connecting to `port` in another process (its
+  handshake needs the server's); `await_client/1` gives `:ssl.connect`'s
+  result, the socket then owned by the caller. `client_opts` come first.
+  """
+  @spec connect_async(:inet.port_number(), keyword()) :: reference()
+  def connect_async(port, client_opts \\ []) do
+    parent = self()
+    tag = make_ref()
+    opts = Keyword.merge(Certs.client_opts(), client_opts)
+    # reuse_sessions is a TLS 1.2 option: :ssl refuses it for a 1.3-only client.
+    opts =
+      if opts[:versions] == [:"tlsv1.3"], do: Keyword.delete(opts, :reuse_sessions), else: opts
+
+    host = Keyword.get(opts, :host, ~c"localhost")
+    opts = Keyword.delete(opts, :host)
+
+    spawn(fn ->
+      case :ssl.connect(host, port, opts, 30_000) do
+        {:ok, c} ->
+          # Fails only when the server has already closed the connection;
+          # the caller then learns it from its own calls.
+          _ = :ssl.controlling_process(c, parent)
+          # What :ssl sent the owner before the hand-over (TLS 1.3 session
+          # tickets with session_tickets: :manual) goes to the new owner.
+          forward_mailbox(parent)
+          Kernel.send(parent, {tag, {:ok, c}})
+
+        other ->
+          Kernel.send(parent, {tag, other})
+      end
+    end)
+
+    tag
+  end
+
+  defp forward_mailbox(pid) do
+    receive do
+      msg ->
+        Kernel.send(pid, msg)
+        forward_mailbox(pid)
+    after
+      0 -> :ok
+    end
+  end
+
+  @doc "The result of a `connect_async/2` (the client socket is named `:client`)."
+  @spec await_client(reference()) :: term()
+  def await_client(tag) do
+    receive do
+      {^tag, {:ok, c}} -> {:ok, Diff.name(c, :client)}
+      {^tag, other} -> other
+    after
+      40_000 -> {:error, :client_hang}
+    end
+  end
+
+  @doc """
+  Listens (with `server_opts`), connects an `:ssl` client (with
+  `client_opts`), accepts and hands shake. Returns `%{listener, server,
+  client, handshake, connect}`: `server` is the socket `accept` gave,
+  `handshake` and `connect` the two sides' results.
+  """
+  @spec pair(module(), keyword(), keyword()) :: map()
+  def pair(module, server_opts \\ [], client_opts \\ []) do
+    l = listen(module, server_opts)
+    tag = connect_async(port(module, l), client_opts)
+    {:ok, s} = module.accept(l)
+    Diff.name(s, :server)
+    hs = module.handshake(s, 30_000)
+    connect = await_client(tag)
+    client = with {:ok, c} <- connect, do: c
+
+    %{listener: l, server: s, client: client, handshake: hs, connect: connect}
+  end
+
+  @doc "Like `pair/3`, but asserts both sides succeeded; returns `{listener, server, client}`."
+  @spec pair!(module(), keyword(), keyword()) :: {term(), term(), term()}
+  def pair!(module, server_opts \\ [], client_opts \\ []) do
+    %{listener: l, server: s, client: c, handshake: hs, connect: connect} =
+      pair(module, server_opts, client_opts)
+
+    {:ok, ^s} = hs
+    {:ok, ^c} = connect
+    {l, s, c}
+  end
+
+  @doc "Reads a passive socket with `fun.(socket, 0, timeout)` until an error: `{bytes, error}`."
+  @spec read_to_end((term(), non_neg_integer(), timeout() -> term()), term(), timeout()) ::
+          {binary(), term()}
+  def read_to_end(recv, socket, timeout \\ 30_000), do: read_to_end(recv, socket, timeout, [])
+
+  defp read_to_end(recv, socket, timeout, acc) do
+    case recv.(socket, 0, timeout) do
+      {:ok, data} -> read_to_end(recv, socket, timeout, [acc | data])
+      other -> {IO.iodata_to_binary(acc), other}
+    end
+  end
+
+  @doc "Receives exactly `n` bytes with `:ssl.recv/3` in pieces (any record size); `{:ok, bin}` or the error."
+  @spec ssl_recv_exact(term(), non_neg_integer(), timeout()) :: {:ok, binary()} | {:error, term()}
+  def ssl_recv_exact(socket, n, timeout \\ 30_000),
+    do: recv_exact(&:ssl.recv/3, socket, n, timeout, [])
+
+  @doc "Receives exactly `n` bytes with `module.recv(socket, 0, timeout)` in pieces."
+  @spec mod_recv_exact(module(), term(), non_neg_integer(), timeout()) ::
+          {:ok, binary()} | {:error, term()}
+  def mod_recv_exact(module, socket, n, timeout \\ 30_000),
+    do: recv_exact(&module.recv/3, socket, n, timeout, [])
+
+  defp recv_exact(recv, socket, n, timeout, acc) do
+    have = IO.iodata_length(acc)
+
+    if have >= n do
+      {:ok, IO.iodata_to_binary(acc)}
+    else
+      case recv.(socket, 0, timeout) do
+        {:ok, data} -> recv_exact(recv, socket, n, timeout, [acc | data])
+        error -> error
+      end
+    end
+  end
+
+  @doc """
+  Collects active-mode `:ssl` messages for `socket` until `bytes` bytes of
+  data have come (or `timeout` ms pass): `{data, others}`, where the other
+  messages (closed, error, passive) keep their order, their socket replaced
+  by `:same` when it is `==` to `socket`, `:other` otherwise.
+  """
+  @spec collect_active(term(), non_neg_integer(), timeout()) :: {binary(), [term()]}
+  def collect_active(socket, bytes, timeout \\ 30_000) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+    collect(socket, bytes, deadline, [], [])
+  end
+
+  defp collect(socket, bytes, deadline, data, others) do
+    if IO.iodata_length(data) >= bytes do
+      {IO.iodata_to_binary(data), Enum.reverse(others)}
+    else
+      left = max(deadline - System.monotonic_time(:millisecond), 0)
+
+      receive do
+        {:ssl, s, d} when is_binary(d) ->
+          others = if s == socket, do: others, else: [{:ssl, :other} | others]
+          collect(socket, bytes, deadline, [data | d], others)
+
+        {tag, s} when tag in [:ssl_closed, :ssl_passive] ->
+          collect(socket, bytes, deadline, data, [{tag, same(s, socket)} | others])
+
+        {:ssl_error, s, reason} ->
+          collect(socket, bytes, deadline, data, [{:ssl_error, same(s, socket), reason} | others])
+      after
+        left -> {IO.iodata_to_binary(data), Enum.reverse([:collect_timeout | others])}
+      end
+    end
+  end
+
+  @doc """
+  The active-mode messages in the mailbox now (waiting up to `wait` ms for
+  the first), data joined: consecutive `{:ssl, s, d}` become one; sockets
+  become `:same`/`:other` (compared with `socket`).
+  """
+  @spec active_messages(term(), timeout()) :: [term()]
+  def active_messages(socket, wait \\ 0) do
+    first =
+      receive do
+        msg -> [msg]
+      after
+        wait -> []
+      end
+
+    (first ++ Diff.messages())
+    |> Enum.map(fn
+      {:ssl, s, d} -> {:ssl, same(s, socket), d}
+      {tag, s} when tag in [:ssl_closed, :ssl_passive] -> {tag, same(s, socket)}
+      {:ssl_error, s, r} -> {:ssl_error, same(s, socket), r}
+      other -> {:unexpected, other}
+    end)
+    |> join_data()
+  end
+
+  @doc "Waits up to `timeout` ms for the first message matching an `:ssl` tag for `socket`."
+  @spec await_message(term(), timeout()) :: term()
+  def await_message(socket, timeout \\ 30_000) do
+    receive do
+      {:ssl, s, d} -> {:ssl, same(s, socket), d}
+      {tag, s} when tag in [:ssl_closed, :ssl_passive] -> {tag, same(s, socket)}
+      {:ssl_error, s, r} -> {:ssl_error, same(s, socket), r}
+    after
+      timeout -> :no_message
+    end
+  end
+
+  defp join_data([{:ssl, s, a}, {:ssl, s, b} | rest]), do: join_data([{:ssl, s, a <> b} | rest])
+  defp join_data([m | rest]), do: [m | join_data(rest)]
+  defp join_data([]), do: []
+
+  defp same(s, socket), do: if(s == socket, do: :same, else: :other)
+end
