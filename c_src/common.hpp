@@ -31,6 +31,11 @@ ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);
 ERL_NIF_TERM make_errno_error(ErlNifEnv* env, int err);
 ERL_NIF_TERM errno_atom(ErlNifEnv* env, int err);
 ERL_NIF_TERM make_ok(ErlNifEnv* env, ERL_NIF_TERM value);
+// Tells the scheduler what a NIF call cost: a call counts as one reduction
+// otherwise, and a process making thousands of them (a pump, an acceptor)
+// would run for tens of milliseconds without being preempted. Returns true
+// when the caller's time slice is used up. No-op off the schedulers.
+bool charge(ErlNifEnv* env, size_t bytes);
 struct Sock;
 // What a closed socket answers to option and name calls: einval for inet,
 // closed for :ssl.

@@ -148,6 +148,7 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       return make_errno_error(env, e);
     }
     waiter_done(env, l, l->rq, me);
+    charge(env, 0);
     Sock* c = sock_create(env, fd, Kind::Conn, l->family);
     if (c == nullptr) {
       close(fd);
@@ -262,6 +263,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       s->recv_cnt++;
       if (static_cast<uint64_t>(n) > s->recv_max) s->recv_max = n;
       waiter_done(env, s, s->rq, me);
+      charge(env, n);
       return make_ok(env, bin);
     }
     if (n == kWantRead || n == kWantWrite)
@@ -285,6 +287,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         if (s->rbuf.size != len) enif_realloc_binary(&s->rbuf, len);
         result = make_ok(env, take_rbuf(env, s, len));
         waiter_done(env, s, s->rq, me);
+        charge(env, len);
         return result;
       }
       if (n == kWantRead || n == kWantWrite)
@@ -428,6 +431,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   for (ErlNifIOVec* v : more) total += v->size;
   s->send_cnt++;
   if (total > s->send_max) s->send_max = total;
+  charge(env, total);
 
   size_t skip = 0;
   bool queued = s->wioq != nullptr && enif_ioq_size(s->wioq) > 0;

@@ -112,7 +112,9 @@ void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
     ssize_t n = conn_read(s, buf, kReadChunk, &err);
     if (n > 0) {
       deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
+      bool slice_used = charge(caller, static_cast<size_t>(n));
       if (!consume_active(s, caller, menv)) return;
+      if (slice_used) break;  // re-armed below: the rest comes in a new call
       continue;
     }
     // A TLS read that must write first (rare: a key update) is retried when

@@ -43,6 +43,13 @@ ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
   return enif_make_tuple2(env, atom.error, reason);
 }
 
+bool charge(ErlNifEnv* env, size_t bytes) {
+  if (env == nullptr) return false;
+  // About 1% of a 1 ms slice for the syscall, and 1% per 32 KiB moved.
+  size_t pct = 1 + bytes / 32768;
+  return enif_consume_timeslice(env, static_cast<int>(pct > 100 ? 100 : pct)) != 0;
+}
+
 ERL_NIF_TERM make_ok(ErlNifEnv* env, ERL_NIF_TERM value) {
   return enif_make_tuple2(env, atom.ok, value);
 }
