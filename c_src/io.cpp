@@ -279,11 +279,22 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     } else if (s->rbuf.size < len && !enif_realloc_binary(&s->rbuf, len)) {
       return make_error(env, atom.enomem);
     }
+    size_t this_call = 0;
     for (;;) {
       ssize_t n = conn_read(s, s->rbuf.data + s->rlen, len - s->rlen, &e);
       if (n > 0) {
         s->rlen += n;
-        if (s->rlen < len) continue;
+        this_call += n;
+        if (s->rlen < len) {
+          // A long recv(n) is read in slices so that no call runs long; the
+          // caller comes straight back for more.
+          if (this_call >= (1u << 20)) {
+            charge(env, this_call);
+            if (s->rq.q.empty()) waiter_push(env, s, s->rq, me);  // keeps the turn
+            return atom.more;
+          }
+          continue;
+        }
         if (s->rbuf.size != len) enif_realloc_binary(&s->rbuf, len);
         result = make_ok(env, take_rbuf(env, s, len));
         waiter_done(env, s, s->rq, me);

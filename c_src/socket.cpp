@@ -45,8 +45,9 @@ ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
 
 bool charge(ErlNifEnv* env, size_t bytes) {
   if (env == nullptr) return false;
-  // About 1% of a 1 ms slice for the syscall, and 1% per 32 KiB moved.
-  size_t pct = 1 + bytes / 32768;
+  // About 1% of a 1 ms slice for the syscall, and 1% per 8 KiB moved
+  // (copies, message building): generous, since undercharging is what hurts.
+  size_t pct = 1 + bytes / 8192;
   return enif_consume_timeslice(env, static_cast<int>(pct > 100 ? 100 : pct)) != 0;
 }
 

@@ -42,6 +42,16 @@ defmodule Islet.Socket do
              (timeout == :infinity or (is_integer(timeout) and timeout in 0..@max_timeout)) do
     case Nif.recv(socket, length) do
       :wait -> recv_wait(socket, length, deadline(timeout))
+      :more -> recv_more(socket, length, deadline(timeout))
+      result -> result
+    end
+  end
+
+  # recv(n) read a slice and has more to read: call again at once.
+  defp recv_more(socket, length, deadline) do
+    case Nif.recv(socket, length) do
+      :wait -> recv_wait(socket, length, deadline)
+      :more -> recv_more(socket, length, deadline)
       result -> result
     end
   end
@@ -51,6 +61,7 @@ defmodule Islet.Socket do
       :ok ->
         case Nif.recv(socket, length) do
           :wait -> recv_wait(socket, length, deadline)
+          :more -> recv_more(socket, length, deadline)
           result -> result
         end
 
