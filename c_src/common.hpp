@@ -189,6 +189,11 @@ int conn_drain(Sock* s);
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err);
 int tls_drain(Sock* s);
 bool tls_pending(Sock* s);  // decrypted bytes wait inside OpenSSL
+// Kernel TLS for sending is on for this connection (SSL_OP_ENABLE_KTLS took).
+bool tls_ktls_send(Sock* s);
+// SSL_sendfile: like sendfile(2) through kernel TLS; -1 with errno EAGAIN
+// when the socket is full.
+ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count);
 // Bytes on the wire (records, handshake included), which :ssl's getstat
 // counts; false for a plain socket.
 bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out);

@@ -545,6 +545,9 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   // file:sendfile/5 answers einval for a closed socket.
   if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
+  // TLS goes through here only with kernel TLS (Islet.TLS reads and
+  // encrypts otherwise).
+  if (s->ssl != nullptr && !tls_ktls_send(s)) return make_error(env, atom.einval);
   if (s->eof_reported) return make_error(env, atom.enotconn);
   if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
   stop_bg_flush(env, s);
@@ -561,7 +564,8 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifUInt64 sent = 0;
   while (sent < count && sent < kBudget) {
     size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, 1u << 20));
-    ssize_t n = sendfile(s->fd, f->fd, &off, chunk);
+    ssize_t n = s->ssl != nullptr ? tls_sendfile(s, f->fd, &off, chunk)
+                                  : sendfile(s->fd, f->fd, &off, chunk);
     if (n > 0) {
       sent += n;  // not in send_oct: gen_tcp's statistics do not see sendfile
       continue;
@@ -595,6 +599,14 @@ ERL_NIF_TERM nif_cancel(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   else
     waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
   return atom.ok;
+}
+
+// ktls(Sock) -> boolean: kernel TLS sends this connection's records.
+ERL_NIF_TERM nif_ktls(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  return s->open && tls_ktls_send(s) ? atom.true_ : atom.false_;
 }
 
 // send_timeout_close(Sock) -> ok: send_timeout passed with

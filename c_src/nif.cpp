@@ -18,6 +18,7 @@ ISLET_NIF(nif_sendfile)
 ISLET_NIF(nif_cancel)
 ISLET_NIF(nif_close)
 ISLET_NIF(nif_send_timeout_close)
+ISLET_NIF(nif_ktls)
 ISLET_NIF(nif_send_timeout_keep)
 ISLET_NIF(nif_flush_bg)
 ISLET_NIF(nif_shutdown)
@@ -53,6 +54,7 @@ ErlNifFunc nif_funcs[] = {
     {"cancel", 2, nif_cancel, 0},
     {"close", 1, nif_close, 0},
     {"send_timeout_close", 1, nif_send_timeout_close, 0},
+    {"ktls", 1, nif_ktls, 0},
     {"send_timeout_keep", 1, nif_send_timeout_keep, 0},
     {"flush_bg", 1, nif_flush_bg, 0},
     {"shutdown", 2, nif_shutdown, 0},

@@ -361,6 +361,24 @@ bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out) {
   return true;
 }
 
+bool tls_ktls_send(Sock* s) {
+  return s->ssl != nullptr && s->tls_done && BIO_get_ktls_send(SSL_get_wbio(s->ssl)) == 1;
+}
+
+ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count) {
+  ERR_clear_error();
+  ossl_ssize_t n = SSL_sendfile(s->ssl, fd, *offset, count, 0);
+  if (n > 0) {
+    *offset += n;
+    return n;
+  }
+  int e = SSL_get_error(s->ssl, static_cast<int>(n));
+  ERR_clear_error();
+  if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) errno = EAGAIN;
+  else if (errno == 0) errno = EPIPE;
+  return -1;
+}
+
 bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_pending(s->ssl) > 0; }
 
 bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
@@ -402,7 +420,9 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  // Kernel TLS where the kernel and OpenSSL have it (then sendfile/4 is
+  // zero-copy through SSL_sendfile); elsewhere the option has no effect.
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_ENABLE_KTLS);
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_info_callback(ctx, info_cb);
   SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, nullptr);

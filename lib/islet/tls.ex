@@ -144,12 +144,27 @@ defmodule Islet.TLS do
   def send(socket, data), do: Socket.send(socket, :erlang.iolist_to_iovec(data))
 
   @doc """
-  Sends part of a file through TLS: read natively in 1 MiB chunks (dirty I/O
-  scheduler) and encrypted as it goes. Length 0 means to the end of the file.
+  Sends part of a file through TLS (length 0: to the end of the file). With
+  kernel TLS (see `ktls?/1`) the kernel encrypts and `SSL_sendfile` sends
+  without a copy; otherwise the file is read natively in 1 MiB chunks (dirty
+  I/O scheduler, bounded memory) and encrypted as it goes.
   """
   @spec sendfile(socket(), String.t(), non_neg_integer(), non_neg_integer()) ::
           {:ok, non_neg_integer()} | {:error, term()}
   def sendfile(socket, filename, offset, length) do
+    if ktls?(socket),
+      do: Socket.sendfile(socket, filename, offset, length),
+      else: sendfile_copy(socket, filename, offset, length)
+  end
+
+  @doc """
+  Whether kernel TLS sends this connection's records (needs the kernel's
+  `tls` module and an OpenSSL built with kTLS; false elsewhere).
+  """
+  @spec ktls?(socket()) :: boolean()
+  def ktls?(socket), do: Nif.ktls(socket)
+
+  defp sendfile_copy(socket, filename, offset, length) do
     case :file.open(filename, [:read, :raw, :binary]) do
       {:ok, fd} ->
         try do

@@ -583,6 +583,23 @@ defmodule Islet.TLSConformanceIOTest do
       %{path: path, data: data}
     end
 
+    # Kernel TLS is off on machines without the kernel's tls module (as
+    # here): sendfile must then read and encrypt, and still send every byte.
+    test "kernel TLS is detected, and sendfile works either way", %{path: path, data: data} do
+      {_l, s, c} = pair!(Islet.TLS, @bounded)
+      ktls? = Islet.TLS.ktls?(s)
+      assert is_boolean(ktls?)
+
+      unless File.exists?("/sys/module/tls"),
+        do: refute(ktls?, "kTLS reported without the kernel's tls module")
+
+      parent = self()
+      spawn_link(fn -> Kernel.send(parent, {:got, ssl_recv_exact(c, 5000, 30_000)}) end)
+      assert Islet.TLS.sendfile(s, path, 1000, 5000) == {:ok, 5000}
+      assert_receive {:got, {:ok, got}}, 30_000
+      assert got == binary_part(data, 1000, 5000)
+    end
+
     test "the whole file (length 0)", %{path: path, data: data} do
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod, @bounded)
