@@ -305,6 +305,9 @@ ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
   if (r > 0) return r;
   switch (SSL_get_error(s->ssl, r)) {
     case SSL_ERROR_WANT_READ:
+      // Idle: give the read buffer back (OpenSSL keeps it after a read that
+      // found nothing, ~17 KB per idle connection); no-op if data waits.
+      SSL_free_buffers(s->ssl);
       return kWantRead;
     case SSL_ERROR_WANT_WRITE:
       return kWantWrite;
@@ -384,11 +387,17 @@ bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_pendi
 bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
 
 void tls_close_notify(Sock* s) {
-  if (s->ssl != nullptr && s->tls_done && !s->peer_closed) {
-    ERR_clear_error();
-    SSL_shutdown(s->ssl);  // one try: sends close_notify if the kernel takes it
-    ERR_clear_error();
+  if (s->ssl == nullptr || !s->tls_done) return;
+  if (s->peer_closed) {
+    // The client closed first: nothing to send, but mark the shutdown done,
+    // or SSL_free takes the session out of the cache and a TLS 1.2 client
+    // cannot resume it (as it can with :ssl).
+    SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    return;
   }
+  ERR_clear_error();
+  SSL_shutdown(s->ssl);  // one try: sends close_notify if the kernel takes it
+  ERR_clear_error();
 }
 
 void tls_free(Sock* s) {

@@ -151,6 +151,50 @@ defmodule Islet.TLSConformanceInteropTest do
     end
   end
 
+  describe "session resumption with openssl s_client -reconnect" do
+    # Regression: when the client closed first, Islet freed the SSL object
+    # without a completed shutdown and OpenSSL dropped the session from the
+    # cache, so TLS 1.2 clients never resumed (they do with :ssl).
+    test "TLS 1.2 sessions resume when the client closes first" do
+      for mod <- [Islet.Reference.SSL, Islet.TLS] do
+        l = listen(mod, versions: [:"tlsv1.2"], reuse_sessions: true)
+        port = port(mod, l)
+        acceptor = spawn_link(fn -> serve_until_closed(mod, l) end)
+
+        {out, _status} =
+          System.cmd(
+            "openssl",
+            ["s_client", "-connect", "127.0.0.1:#{port}", "-tls1_2", "-reconnect", "-no_ticket"],
+            stderr_to_stdout: true,
+            into: ""
+          )
+          |> then(fn {o, st} -> {o, st} end)
+
+        Process.unlink(acceptor)
+        Process.exit(acceptor, :kill)
+        mod.close(l)
+        reused = out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "Reused"))
+        assert reused >= 4, "#{inspect(mod)}: #{reused} of 5 reconnections resumed"
+      end
+    end
+
+    # One connection at a time: handshake, read until the client closes,
+    # close, and collect the socket at once so that the SSL object is freed
+    # before the client reconnects.
+    defp serve_until_closed(mod, l) do
+      case mod.accept(l) do
+        {:ok, s} ->
+          with {:ok, s} <- mod.handshake(s, 10_000), do: mod.recv(s, 0, 10_000)
+          mod.close(s)
+          :erlang.garbage_collect()
+          serve_until_closed(mod, l)
+
+        _ ->
+          :ok
+      end
+    end
+  end
+
   describe "handshake timeout" do
     test "a client that connects and never speaks is cut at the timeout" do
       assert_same(fn mod ->
