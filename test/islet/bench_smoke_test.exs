@@ -1,14 +1,15 @@
 defmodule Islet.BenchSmokeTest do
   # Checks that the benchmark harness works end to end (`mix islet.bench
-  # --quick`, about 10 s): every workload runs on both transports and the
-  # JSON has every row with figures. Speed is not checked. Excluded with
-  # `mix test --exclude bench`.
+  # --quick`, about 30 s): every workload runs on both transports of both
+  # pairs (TCP and TLS), and the JSON has every row with figures, the
+  # handshake rows without resumed sessions, and the checks against other
+  # rows. Speed is not checked. Excluded with `mix test --exclude bench`.
   use ExUnit.Case, async: false
 
   alias Islet.Bench.{JSON, Load, Transports, Workloads}
 
   @moduletag :bench
-  @moduletag timeout: 120_000
+  @moduletag timeout: 180_000
 
   test "mix islet.bench --quick measures every workload and writes the JSON and the chart" do
     out = Path.join(System.tmp_dir!(), "islet_bench_smoke_#{System.unique_integer([:positive])}")
@@ -34,19 +35,35 @@ defmodule Islet.BenchSmokeTest do
     assert {:ok, %{"meta" => meta, "rows" => rows, "failures" => []}} = JSON.decode(json)
     assert meta["quick"] == true
 
+    pairs = Transports.select(nil)
+    assert Enum.map(pairs, & &1.id) == [:tcp, :tls], "both pairs run by default"
+
     expected =
-      for pair <- Transports.select(nil),
-          workload <- Workloads.all(),
+      for pair <- pairs,
+          workload <- Workloads.for_pair(pair),
           metric <- Workloads.metrics(workload),
           do: "#{pair.id}.#{workload}.#{metric.key}"
 
     assert Enum.map(rows, & &1["id"]) == expected
+    assert "tls.handshake.rsa12_per_s" in expected
 
     for row <- rows do
       assert is_number(row["candidate"]["median"]), "#{row["id"]}: no figure for the candidate"
       assert is_number(row["reference"]["median"]), "#{row["id"]}: no figure for the reference"
       assert is_number(row["ratio"]), "#{row["id"]}: no ratio"
+
+      for check <- row["checks"] do
+        assert is_number(check["quotient"]), "#{row["id"]} #{check["label"]}: no figure"
+      end
+
+      refute Enum.any?(row["warnings"], &(&1 =~ "resumed")),
+             "#{row["id"]}: TLS sessions were resumed: #{inspect(row["warnings"])}"
     end
+
+    keepalive = Enum.find(rows, &(&1["id"] == "tls.keepalive.req_per_s"))
+
+    assert [%{"label" => "vs Islet.TCP", "against" => "tcp.keepalive.req_per_s"}] =
+             keepalive["checks"]
 
     assert <<0x89, "PNG", _::binary>> = File.read!(Path.join(out, "latest.png"))
   end

@@ -55,13 +55,17 @@ defmodule Islet.Bench.Agent do
 
   defp reply(term), do: IO.write(:stdio, [@marker, encode(term), ?\n])
 
+  # Starts the server, and one more per extra listener (same options but the
+  # listen options, same counters); answers the ports, the main one as :main.
   defp handle({:serve, options}, state) do
-    case Server.start_link(options) do
-      {:ok, server} ->
-        {{:ok, Server.port(server)}, %{state | server: server, counters: Server.counters(server)}}
+    {extra, options} = Keyword.pop(options, :extra_listeners, [])
 
-      {:error, reason} ->
-        {{:error, reason}, state}
+    with {:ok, server} <- Server.start_link(options),
+         counters = Server.counters(server),
+         {:ok, ports} <- serve_extra(extra, options, counters, %{main: Server.port(server)}) do
+      {{:ok, ports}, %{state | server: server, counters: counters}}
+    else
+      {:error, reason} -> {{:error, reason}, state}
     end
   end
 
@@ -93,10 +97,25 @@ defmodule Islet.Bench.Agent do
 
   defp handle(other, state), do: {{:error, {:unknown_command, other}}, state}
 
+  defp serve_extra([], _options, _counters, ports), do: {:ok, ports}
+
+  defp serve_extra([{name, listen_options} | rest], options, counters, ports) do
+    options = Keyword.merge(options, listen_options: listen_options, counters: counters)
+
+    case Server.start_link(options) do
+      {:ok, server} ->
+        serve_extra(rest, options, counters, Map.put(ports, name, Server.port(server)))
+
+      {:error, reason} ->
+        {:error, {name, reason}}
+    end
+  end
+
   defp sample(state) do
     {cpu_ns, source} = OS.cpu_ns()
 
     %{
+      at_ns: System.monotonic_time(:nanosecond),
       cpu_ns: cpu_ns,
       cpu_source: source,
       rss: OS.rss_bytes(),

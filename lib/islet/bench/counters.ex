@@ -1,10 +1,14 @@
 defmodule Islet.Bench.Counters do
   @moduledoc """
-  Event counters of one `Islet.Bench.Server`, shared by its handlers
-  (`:counters`, so updates are cheap and lock-free).
+  Event counters of one `Islet.Bench.Server` (or of several sharing them),
+  shared by its handlers (`:counters`, so updates are cheap and lock-free).
+  `:accepted` counts completed handshakes, `:failed_handshakes` the others,
+  `:resumed` the handshakes that resumed a TLS session (when the server
+  checks, see `Islet.Bench.Server`).
   """
 
-  @keys [:accepted, :closed, :requests, :recv_oct, :send_oct, :body_bytes, :errors]
+  @keys [:accepted, :closed, :requests, :recv_oct, :send_oct, :body_bytes, :errors] ++
+          [:resumed, :failed_handshakes]
   @index @keys |> Enum.with_index(1) |> Map.new()
 
   @typedoc "A counters reference made by `new/0`."
@@ -12,7 +16,15 @@ defmodule Islet.Bench.Counters do
 
   @typedoc "A counter's name."
   @type key ::
-          :accepted | :closed | :requests | :recv_oct | :send_oct | :body_bytes | :errors
+          :accepted
+          | :closed
+          | :requests
+          | :recv_oct
+          | :send_oct
+          | :body_bytes
+          | :errors
+          | :resumed
+          | :failed_handshakes
 
   @doc "New counters, all zero."
   @spec new() :: t()

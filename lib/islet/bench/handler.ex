@@ -3,8 +3,9 @@ defmodule Islet.Bench.Handler do
   The per-connection process of the miniature runtime, shaped like Thousand
   Island's handler: a GenServer started under the acceptor's
   `DynamicSupervisor`, which receives the socket once the acceptor has made
-  it the controlling process, calls `peername/1` and `handshake/2`, then
-  loops on `setopts(active: :once)` with the read timeout as the GenServer
+  it the controlling process, calls `peername/1` and `handshake/2` (with
+  `check_resumption`, it then asks whether the TLS session was resumed, see
+  `Islet.Bench.Transports.session_resumed?/2`), then loops on `setopts(active: :once)` with the read timeout as the GenServer
   timeout. Request bodies are read in passive mode with `recv(socket, 0,
   timeout)`. At the end it calls `getstat/1` and `close/1`.
 
@@ -15,7 +16,7 @@ defmodule Islet.Bench.Handler do
 
   use GenServer, restart: :temporary
 
-  alias Islet.Bench.{Counters, HTTP}
+  alias Islet.Bench.{Counters, HTTP, Transports}
 
   @typedoc "What every handler of a server shares (built by `Islet.Bench.Server`)."
   @type config :: %{
@@ -23,6 +24,7 @@ defmodule Islet.Bench.Handler do
           counters: Counters.t(),
           read_timeout: timeout(),
           handshake_timeout: timeout(),
+          check_resumption: boolean(),
           download: {Path.t(), non_neg_integer()} | nil
         }
 
@@ -45,9 +47,14 @@ defmodule Islet.Bench.Handler do
     with {:ok, _peer} <- transport.peername(raw_socket),
          {:ok, socket} <- transport.handshake(raw_socket, config.handshake_timeout) do
       Counters.add(config.counters, :accepted)
+
+      if config.check_resumption and Transports.session_resumed?(transport, socket),
+        do: Counters.add(config.counters, :resumed)
+
       continue(%{state | socket: socket})
     else
       {:error, _reason} ->
+        Counters.add(config.counters, :failed_handshakes)
         _ = transport.close(raw_socket)
         {:stop, :normal, state}
     end

@@ -12,7 +12,6 @@ defmodule Islet.Bench.IdleClient do
   """
 
   @request "GET / HTTP/1.1\r\nhost: islet-bench\r\n\r\n"
-  @batch 250
   @timeout 10_000
   @concurrency 64
 
@@ -24,11 +23,10 @@ defmodule Islet.Bench.IdleClient do
   def new, do: []
 
   @doc """
-  Opens `count` more connections to `address:port` in batches (each batch
-  connects and reads one answer per connection, `:concurrency` at a time,
-  before the next starts), and returns how many succeeded, how many failed,
-  and the new state. Options: `:tls` (`:ssl` client options or `nil`),
-  `:concurrency`.
+  Opens `count` more connections to `address:port`, `:concurrency` at a
+  time (each connects, sends a request and reads the answer), and returns
+  how many succeeded, how many failed, and the new state. Options: `:tls`
+  (`:ssl` client options or `nil`), `:concurrency`.
   """
   @spec open(t(), :inet.ip_address(), :inet.port_number(), non_neg_integer(), keyword()) ::
           {non_neg_integer(), non_neg_integer(), t()}
@@ -38,23 +36,21 @@ defmodule Islet.Bench.IdleClient do
     concurrency = Keyword.get(options, :concurrency) || @concurrency
     owner = self()
 
-    Enum.reduce(chunks(count), {0, 0, open}, fn size, {ok, failed, open} ->
-      good =
-        1..size
-        |> Task.async_stream(
-          fn _ -> open_one(module, address, port, connect_options, owner) end,
-          max_concurrency: concurrency,
-          ordered: false,
-          timeout: 3 * @timeout,
-          on_timeout: :kill_task
-        )
-        |> Enum.flat_map(fn
-          {:ok, {:ok, socket}} -> [{module, socket}]
-          _failed -> []
-        end)
+    good =
+      Stream.duplicate(nil, count)
+      |> Task.async_stream(
+        fn _ -> open_one(module, address, port, connect_options, owner) end,
+        max_concurrency: concurrency,
+        ordered: false,
+        timeout: 3 * @timeout,
+        on_timeout: :kill_task
+      )
+      |> Enum.flat_map(fn
+        {:ok, {:ok, socket}} -> [{module, socket}]
+        _failed -> []
+      end)
 
-      {ok + length(good), failed + size - length(good), good ++ open}
-    end)
+    {length(good), count - length(good), good ++ open}
   end
 
   # Connects, sends the request, reads the answer and hands the socket to
@@ -76,9 +72,6 @@ defmodule Islet.Bench.IdleClient do
         error
     end
   end
-
-  defp chunks(0), do: []
-  defp chunks(count), do: Enum.map(Enum.chunk_every(1..count, @batch), &length/1)
 
   defp read_response(module, socket, buffer) do
     with {:ok, data} <- module.recv(socket, 0, @timeout) do

@@ -2,8 +2,9 @@ defmodule Islet.Bench.Load do
   @moduledoc """
   The external load generators, each a separate OS process pinned with
   `taskset` to the client core and bounded with `timeout`: `wrk` for
-  request/response workloads, `curl` for the download and the upload.
-  URLs may be `https://` (wrk and curl speak TLS; curl is given `-k`).
+  request/response workloads, `curl` for the download and the upload,
+  `openssl s_time` for full TLS handshakes. URLs may be `https://` (wrk and
+  curl speak TLS; curl is given `-k`).
   """
 
   @typedoc "What `wrk/2` measured."
@@ -141,8 +142,79 @@ defmodule Islet.Bench.Load do
     end
   end
 
+  @doc """
+  Runs `:clients` `openssl s_time -new` processes (full handshakes, a new
+  session each, no request) against `host:port` with `version` (`"-tls1_3"`
+  or `"-tls1_2"`), pinned to `:cpu`, for `:limit_ms`; calls `during` while
+  they run and returns its result once they have all been stopped. Fails if
+  a client ended before its time (its output tells why).
+  """
+  @spec handshakes(String.t(), :inet.port_number(), String.t(), keyword(), (() -> result)) ::
+          {:ok, result} | {:error, term()}
+        when result: term()
+  def handshakes(host, port, version, options, during) do
+    limit_ms = Keyword.fetch!(options, :limit_ms)
+    openssl = executable!("openssl")
+
+    args =
+      ["-k", "2", "#{limit_ms / 1000}", "taskset", "-c", Keyword.fetch!(options, :cpu)] ++
+        [openssl, "s_time", "-connect", "#{host}:#{port}", "-new", version, "-time", "3600"] ++
+        no_ca_flags(openssl)
+
+    clients =
+      for _ <- 1..Keyword.fetch!(options, :clients) do
+        Port.open({:spawn_executable, executable!("timeout")}, [
+          :binary,
+          :exit_status,
+          :stderr_to_stdout,
+          args: args
+        ])
+      end
+
+    result = during.()
+    statuses = Enum.map(clients, &await_exit(&1, "", limit_ms + 5_000))
+
+    case Enum.find(statuses, &(elem(&1, 0) != 124)) do
+      nil -> {:ok, result}
+      {status, output} -> {:error, {:s_time, status, String.slice(output, -300, 300)}}
+    end
+  end
+
+  defp await_exit(port, output, timeout) do
+    receive do
+      {^port, {:data, data}} ->
+        await_exit(port, String.slice(output <> data, -2_000, 2_000), timeout)
+
+      {^port, {:exit_status, status}} ->
+        {status, output}
+    after
+      timeout ->
+        Port.close(port)
+        {:timed_out, output}
+    end
+  end
+
+  # s_time would otherwise look every certificate up in the system's CA
+  # store at each handshake (OpenSSL 3 reads the directory each time),
+  # which costs the client more than the handshake.
+  defp no_ca_flags(openssl) do
+    case :persistent_term.get({__MODULE__, :no_ca_flags}, nil) do
+      nil ->
+        {help, _} = System.cmd(openssl, ["s_time", "-help"], stderr_to_stdout: true)
+        flags = Enum.filter(~w(-no-CAfile -no-CApath -no-CAstore), &String.contains?(help, &1))
+        :persistent_term.put({__MODULE__, :no_ca_flags}, flags)
+        flags
+
+      flags ->
+        flags
+    end
+  end
+
+  defp executable!(program),
+    do: System.find_executable(program) || raise("#{program} not found in PATH")
+
   defp run(cpu, program, args, limit_s) do
-    executable = System.find_executable(program) || raise "#{program} not found in PATH"
+    executable = executable!(program)
     timeout_args = ["-k", "5", "#{limit_s}", "taskset", "-c", cpu, executable | args]
 
     case System.cmd("timeout", timeout_args, stderr_to_stdout: true) do

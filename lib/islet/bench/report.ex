@@ -1,11 +1,15 @@
 defmodule Islet.Bench.Report do
   @moduledoc """
   Presents `Islet.Bench.Runner` results: a text table (median [min..max]
-  per transport, the ratio of medians and what it means against the goals),
+  per transport, the ratio of medians and what it means against the goals,
+  including goals against another row, such as Islet.TLS against Islet.TCP),
   a JSON file and a PNG bar chart of the ratios drawn with gnuplot.
   """
 
   alias Islet.Bench.JSON
+
+  # The chart's highest ratio; taller bars are cut there.
+  @chart_cap 4.0
 
   @doc "Formats a figure for the table (`n/a` for `nil`)."
   @spec format_number(number() | nil) :: String.t()
@@ -31,14 +35,17 @@ defmodule Islet.Bench.Report do
       |> Enum.chunk_by(& &1.pair)
       |> Enum.map(&pair_block(&1, meta))
 
+    # One note per workload and warning (the rows of a workload share most).
     notes =
-      for row <- rows, row.warnings != [], do: "  ! #{row.id}: #{Enum.join(row.warnings, "; ")}"
+      for row <- rows, warning <- row.warnings, uniq: true do
+        "  ! #{row.pair}.#{row.workload}: #{warning}"
+      end
 
     failed =
       for f <- failures,
           do: "  FAILED #{f.pair} #{f.workload} #{f.module} run #{f.run}: #{f.reason}"
 
-    Enum.join(blocks ++ [Enum.join(Enum.uniq(notes) ++ failed, "\n")], "\n")
+    Enum.join(blocks ++ [Enum.join(notes ++ failed, "\n")], "\n")
   end
 
   defp pair_block([first | _] = rows, meta) do
@@ -111,14 +118,24 @@ defmodule Islet.Bench.Report do
         true -> "#{percent}% worse"
       end
 
-    case row.goal do
-      nil ->
-        trend
+    goal =
+      case row.goal do
+        nil -> []
+        %{op: op, value: value} -> ["goal #{op} #{value}x: #{verdict(row.met)}"]
+      end
 
-      %{op: op, value: value} ->
-        "#{trend}; goal #{op} #{value}x: #{if row.met, do: "met", else: "MISSED"}"
-    end
+    checks =
+      for check <- Map.get(row, :checks, []) do
+        "#{check.label} #{ratio(check.quotient)} " <>
+          "(goal #{check.goal.op} #{check.goal.value}x): " <>
+          if(check.quotient, do: verdict(check.met), else: "n/a")
+      end
+
+    Enum.join([trend | goal ++ checks], "; ")
   end
+
+  defp verdict(true), do: "met"
+  defp verdict(_), do: "MISSED"
 
   @doc "Writes the results as JSON."
   @spec write_json(Islet.Bench.Runner.results(), Path.t()) :: :ok
@@ -144,17 +161,16 @@ defmodule Islet.Bench.Report do
     File.mkdir_p!(Path.dirname(path))
     data = path <> ".dat"
     several_pairs? = rows |> Enum.map(& &1.pair) |> Enum.uniq() |> length() > 1
+    bars = bars(rows, several_pairs?)
 
     lines =
-      rows
+      bars
       |> Enum.with_index()
-      |> Enum.map(fn {row, index} ->
-        label = if several_pairs?, do: "#{row.pair} ", else: ""
-        label = "#{label}#{row.workload_label}: #{row.label}"
-        goal = if row.goal, do: Float.to_string(row.goal.value * 1.0), else: "?"
-        ratio = if row.ratio, do: Float.to_string(row.ratio), else: "?"
-        missing = if row.ratio, do: "", else: "n/a"
-        ~s(#{index} "#{label}" #{ratio} #{color(row)} #{goal} "#{missing}"\n)
+      |> Enum.map(fn {bar, index} ->
+        goal = if bar.goal, do: Float.to_string(bar.goal * 1.0), else: "?"
+        value = if bar.value, do: Float.to_string(bar.value * 1.0), else: "?"
+        missing = if bar.value, do: "", else: "n/a"
+        ~s(#{index} "#{bar.label}" #{value} #{bar.color} #{goal} "#{missing}"\n)
       end)
 
     File.write!(data, lines)
@@ -164,23 +180,27 @@ defmodule Islet.Bench.Report do
         if(meta.quick, do: ", QUICK", else: "") <> ") - #{meta.date}"
 
     script = """
-    set terminal pngcairo size 1280,720 font ",10"
+    set terminal pngcairo size #{max(1280, 34 * length(bars) + 240)},760 font ",10"
     set output "#{path}"
-    set title "#{title}\\nhigher is better for throughput, lower for latency, CPU and memory"
+    set title "#{title}\\nhigher is better for throughput, lower for latency, CPU and memory\\nbars named 'vs ...': Islet.TLS / Islet.TCP, or ECDSA ratio / RSA ratio"
     set datafile missing "?"
     set style fill solid 0.8 border -1
     set boxwidth 0.7
-    set yrange [0:*]
+    # Bars above #{@chart_cap}x (outliers, such as a p99 on a noisy run) are
+    # cut at the top of the chart; their labels give the figure.
+    cap = #{@chart_cap}
+    set yrange [0:#{y_max(bars)}]
     set ylabel "candidate / reference"
     set grid ytics
     set xtics rotate by 35 right nomirror
-    set bmargin 12
+    set bmargin 14
     set key top right
-    set xrange [-0.6:#{length(rows) - 0.4}]
-    set lmargin 12
+    set xrange [-0.6:#{length(bars) - 0.4}]
+    set lmargin 26
     set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lc rgb "black"
-    plot "#{data}" using 1:3:4:xtic(2) with boxes lc rgb variable notitle, \\
-         "" using 1:3:(sprintf("%.2f", $3)) with labels offset 0,0.8 notitle, \\
+    #{separators(bars)}
+    plot "#{data}" using 1:($3 > cap ? cap : $3):4:xtic(2) with boxes lc rgb variable notitle, \\
+         "" using 1:($3 > cap ? cap : $3):(sprintf("%.2f", $3)) with labels offset 0,0.8 notitle, \\
          "" using 1:(0):6 with labels offset 0,1 tc rgb "#D62728" notitle, \\
          "" using 1:5 with points pt 13 ps 1.6 lc rgb "black" title "goal"
     """
@@ -197,7 +217,53 @@ defmodule Islet.Bench.Report do
     end
   end
 
-  defp color(%{goal: nil}), do: 0x4C78A8
-  defp color(%{met: true}), do: 0x2CA02C
-  defp color(_row), do: 0xD62728
+  defp y_max(bars) do
+    values = for bar <- bars, v <- [bar.value, bar.goal], is_number(v), do: v
+    top = Enum.max([1.0 | values])
+    if top > @chart_cap, do: @chart_cap * 1.08, else: Float.round(top * 1.1 + 0.05, 2)
+  end
+
+  # A vertical line between the bars of two pairs.
+  defp separators(bars) do
+    bars
+    |> Enum.with_index()
+    |> Enum.chunk_by(fn {bar, _index} -> bar.pair end)
+    |> Enum.drop(1)
+    |> Enum.map_join("\n", fn [{_bar, index} | _] ->
+      "set arrow from #{index - 0.5}, graph 0 to #{index - 0.5}, graph 1 nohead lc rgb \"gray\""
+    end)
+  end
+
+  # One bar per row (candidate / reference), then one per check, after its row.
+  defp bars(rows, several_pairs?) do
+    Enum.flat_map(rows, fn row ->
+      prefix = if several_pairs?, do: "#{row.pair} ", else: ""
+      label = "#{prefix}#{row.workload_label}: #{row.label}"
+
+      main = %{
+        pair: row.pair,
+        label: label,
+        value: row.ratio,
+        goal: row.goal && row.goal.value,
+        color: color(row.goal, row.met)
+      }
+
+      checks =
+        for check <- Map.get(row, :checks, []) do
+          %{
+            pair: row.pair,
+            label: "#{label} #{check.label}",
+            value: check.quotient,
+            goal: check.goal.value,
+            color: color(check.goal, check.met)
+          }
+        end
+
+      [main | checks]
+    end)
+  end
+
+  defp color(nil, _met), do: 0x4C78A8
+  defp color(_goal, true), do: 0x2CA02C
+  defp color(_goal, _met), do: 0xD62728
 end

@@ -1,8 +1,11 @@
 defmodule Islet.Bench.Runner do
   @moduledoc """
-  Runs the benchmark: for each transport pair and workload, `runs` samples
-  of each transport, alternating which goes first, and reduces them to rows
-  (median, min and max per transport, ratio of medians, goal verdict).
+  Runs the benchmark: for each transport pair and each of its workloads,
+  `runs` samples of each transport (`idle_runs` for the idle workload, whose
+  memory figures vary little and whose samples are long), alternating which
+  goes first, and reduces them to rows (median, min and max per transport,
+  ratio of medians, goal verdicts, including goals against another row or
+  pair).
 
   Servers are child BEAMs (`Islet.Bench.Child`) pinned to the server CPUs
   with `+S N:N`; the clients (wrk, curl, the idle client BEAM) and this
@@ -19,9 +22,12 @@ defmodule Islet.Bench.Runner do
           duration: pos_integer(),
           connections: pos_integer(),
           runs: pos_integer(),
+          idle_runs: pos_integer(),
           idle_connections: pos_integer(),
           file_mb: pos_integer(),
-          downloads: pos_integer(),
+          downloads: pos_integer() | nil,
+          handshake_clients: pos_integer(),
+          handshake_ms: pos_integer(),
           warmup: non_neg_integer(),
           workloads: [Workloads.workload()],
           pairs: [String.t() | Transports.pair()] | nil,
@@ -34,19 +40,31 @@ defmodule Islet.Bench.Runner do
 
   @defaults %{
     schedulers: 1,
-    duration: 3,
+    duration: 2,
     connections: 50,
     runs: 3,
+    idle_runs: 1,
     idle_connections: 10_000,
     file_mb: 256,
-    downloads: 4,
+    downloads: nil,
+    handshake_clients: 4,
+    handshake_ms: 500,
     warmup: 1,
     workloads: nil,
     pairs: nil,
     quick: false,
     workdir: nil
   }
-  @quick %{duration: 1, runs: 1, idle_connections: 500, file_mb: 16, downloads: 1, warmup: 0}
+  @quick %{
+    duration: 1,
+    runs: 1,
+    idle_runs: 1,
+    idle_connections: 500,
+    file_mb: 16,
+    downloads: 1,
+    handshake_ms: 300,
+    warmup: 0
+  }
 
   @doc """
   The configuration: defaults, then the `--quick` ones when `quick: true`,
@@ -74,20 +92,26 @@ defmodule Islet.Bench.Runner do
 
     report.(
       "server BEAM on CPU #{server_cpus} (+S #{config.schedulers}), clients on CPU #{client_cpu}; " <>
-        "#{config.runs} run(s) of #{Enum.map_join(config.workloads, ", ", &Workloads.label/1)}"
+        "#{Enum.map_join(pairs, ", ", & &1.title)}: #{config.runs} run(s) of " <>
+        Enum.map_join(config.workloads, ", ", fn
+          :idle -> "#{Workloads.label(:idle)} (#{config.idle_runs} run(s))"
+          workload -> Workloads.label(workload)
+        end)
     )
 
     started = System.monotonic_time(:millisecond)
 
-    samples =
+    {samples, seconds} =
       with_affinity(client_cpu, fn ->
-        Enum.reduce(pairs, %{}, fn pair, samples ->
-          Map.merge(samples, run_pair(pair, config, server_cpus, client_cpu, file, report))
+        Enum.reduce(pairs, {%{}, %{}}, fn pair, {samples, seconds} ->
+          {more, more_seconds} = run_pair(pair, config, server_cpus, client_cpu, file, report)
+          {Map.merge(samples, more), Map.merge(seconds, more_seconds)}
         end)
       end)
 
     elapsed_s = (System.monotonic_time(:millisecond) - started) / 1000
-    results(pairs, samples, config, server_cpus, client_cpu, elapsed_s)
+    timing = %{elapsed_s: elapsed_s, workload_s: seconds}
+    results(pairs, samples, config, server_cpus, client_cpu, timing)
   end
 
   ## Running a pair
@@ -99,8 +123,12 @@ defmodule Islet.Bench.Runner do
       duration: config.duration,
       file: file,
       file_bytes: File.stat!(file).size,
-      downloads: config.downloads,
+      downloads: config.downloads || pair.downloads,
       idle_connections: config.idle_connections,
+      idle_listener: pair.idle_listener,
+      handshake_clients: config.handshake_clients,
+      handshake_ms: config.handshake_ms,
+      server_cpu_count: server_cpus |> String.split(",") |> length(),
       scheme: pair.scheme,
       client_tls: pair.client_tls
     }
@@ -110,28 +138,41 @@ defmodule Islet.Bench.Runner do
       config: config,
       context: context,
       server_cpus: server_cpus,
-      listen_options: pair.listen_options.(config.workdir)
+      listen_options: pair.listen_options.(config.workdir),
+      extra_listeners: pair.extra_listeners.(config.workdir)
     }
 
     plan =
-      for workload <- config.workloads,
-          run <- 1..config.runs,
+      for workload <- workloads(pair, config),
+          run <- 1..runs(workload, config),
           module <- order(pair, run),
           do: {workload, run, module}
 
     # Children left behind by an exception halt when this process exits
     # (their stdin closes).
-    {samples, children} =
-      Enum.reduce(plan, {%{}, %{}}, fn {workload, run, module}, {samples, children} ->
+    # Seconds per workload include starting servers and warming them up.
+    {samples, seconds, children} =
+      Enum.reduce(plan, {%{}, %{}, %{}}, fn {workload, run, module},
+                                            {samples, seconds, children} ->
+        started = System.monotonic_time(:millisecond)
         {sample, children} = take_sample(workload, module, children, env)
-        report.(progress(pair, workload, run, config.runs, module, sample))
+        took = (System.monotonic_time(:millisecond) - started) / 1000
+        report.(progress(pair, workload, run, runs(workload, config), module, sample, took))
         key = {pair.id, workload, module}
-        {Map.update(samples, key, [{run, sample}], &(&1 ++ [{run, sample}])), children}
+        samples = Map.update(samples, key, [{run, sample}], &(&1 ++ [{run, sample}]))
+        {samples, Map.update(seconds, "#{pair.id}.#{workload}", took, &(&1 + took)), children}
       end)
 
     Enum.each(children, fn {_key, child} -> stop_child(child) end)
-    samples
+    {samples, seconds}
   end
+
+  # The pair's workloads among those asked for, in the order of `Workloads.all/0`.
+  defp workloads(pair, config),
+    do: Enum.filter(Workloads.for_pair(pair), &(&1 in config.workloads))
+
+  defp runs(:idle, config), do: config.idle_runs
+  defp runs(_workload, config), do: config.runs
 
   # Odd runs start with the candidate, even runs with the reference.
   defp order(pair, run) when rem(run, 2) == 1, do: [pair.candidate, pair.reference]
@@ -216,7 +257,11 @@ defmodule Islet.Bench.Runner do
         {:ok, client, children}
 
       :error ->
-        case Child.start("idle client", cpus: env.context.client_cpu) do
+        # The idle client's CPU time is not measured: it may use every CPU
+        # (TLS handshakes cost it more than they cost the server).
+        cpus = Enum.uniq(String.split(env.server_cpus, ",") ++ [env.context.client_cpu])
+
+        case Child.start("idle client", cpus: Enum.join(cpus, ","), schedulers: length(cpus)) do
           {:ok, client} -> {:ok, client, Map.put(children, :idle_client, client)}
           {:error, reason} -> {:error, {:idle_client, reason}, children}
         end
@@ -229,12 +274,18 @@ defmodule Islet.Bench.Runner do
 
     serve =
       {:serve,
-       [transport: module, listen_options: env.listen_options, download: env.context.file]}
+       [
+         transport: module,
+         listen_options: env.listen_options,
+         extra_listeners: env.extra_listeners,
+         check_resumption: env.pair.scheme == "https",
+         download: env.context.file
+       ]}
 
     with {:ok, child} <- Child.start(name, options) do
       case Child.call(child, serve, 30_000) do
-        {:ok, {:ok, port}} ->
-          server = %{child: child, port: port}
+        {:ok, {:ok, %{main: port} = ports}} ->
+          server = %{child: child, port: port, ports: ports}
           if warm_up?, do: Workloads.warm_up(server, env.context, env.config.warmup)
           {:ok, server}
 
@@ -248,10 +299,11 @@ defmodule Islet.Bench.Runner do
   defp stop_child(%{child: child}), do: Child.stop(child)
   defp stop_child(child), do: Child.stop(child)
 
-  defp progress(pair, workload, run, runs, module, sample) do
+  defp progress(pair, workload, run, runs, module, sample, seconds) do
     head =
       "[#{pair.id}] #{String.pad_trailing(Workloads.label(workload), 12)} run #{run}/#{runs} " <>
-        String.pad_trailing(pair.labels[module], 10)
+        String.pad_trailing(pair.labels[module], 10) <>
+        String.pad_leading("#{round(seconds)} s", 5)
 
     case sample do
       {:ok, values, warnings} ->
@@ -260,12 +312,30 @@ defmodule Islet.Bench.Runner do
             "#{metric.label} #{Islet.Bench.Report.format_number(values[metric.key])}"
           end)
 
-        Enum.join([head, figures | Enum.map(warnings, &"(#{&1})")], "  ")
+        Enum.join(
+          [head, figures | busy(values)] ++ Enum.map(warnings, &"(#{warning_text(&1)})"),
+          "  "
+        )
 
       {:error, reason} ->
         "#{head}  FAILED: #{brief(reason)}"
     end
   end
+
+  defp busy(%{busy: busy}) do
+    percents =
+      Enum.map_join(busy, " ", fn
+        {:server, fraction} -> "#{round(fraction * 100)}%"
+        {key, fraction} -> "#{key} #{round(fraction * 100)}%"
+      end)
+
+    ["server busy #{percents}"]
+  end
+
+  defp busy(_values), do: []
+
+  defp warning_text({_metrics, text}), do: text
+  defp warning_text(text), do: text
 
   defp brief(reason) do
     text = inspect(reason, limit: 6, printable_limit: 300)
@@ -353,10 +423,10 @@ defmodule Islet.Bench.Runner do
 
   ## Results
 
-  defp results(pairs, samples, config, server_cpus, client_cpu, elapsed_s) do
+  defp results(pairs, samples, config, server_cpus, client_cpu, timing) do
     rows =
       for pair <- pairs,
-          workload <- config.workloads,
+          workload <- workloads(pair, config),
           metric <- Workloads.metrics(workload) do
         candidate =
           side(pair, pair.candidate, samples[{pair.id, workload, pair.candidate}], metric)
@@ -381,17 +451,20 @@ defmodule Islet.Bench.Runner do
           ratio: ratio,
           goal: goal && %{op: elem(goal, 0), value: elem(goal, 1)},
           met: goal && ratio && met?(ratio, goal),
+          checks: Map.get(pair.checks, {workload, metric.key}, []),
           warnings:
             Enum.uniq(
-              warnings(samples[{pair.id, workload, pair.candidate}]) ++
-                warnings(samples[{pair.id, workload, pair.reference}])
+              warnings(samples[{pair.id, workload, pair.candidate}], metric.key) ++
+                warnings(samples[{pair.id, workload, pair.reference}], metric.key)
             )
         }
       end
 
+    rows = Enum.map(rows, &resolve_checks(&1, rows))
+
     failures =
       for pair <- pairs,
-          workload <- config.workloads,
+          workload <- workloads(pair, config),
           module <- [pair.candidate, pair.reference],
           {run, {:error, reason}} <- samples[{pair.id, workload, module}] || [] do
         %{
@@ -403,7 +476,11 @@ defmodule Islet.Bench.Runner do
         }
       end
 
-    %{meta: meta(config, server_cpus, client_cpu, elapsed_s), rows: rows, failures: failures}
+    %{
+      meta: meta(config, pairs, server_cpus, client_cpu, timing),
+      rows: rows,
+      failures: failures
+    }
   end
 
   defp side(pair, module, samples, metric) do
@@ -427,8 +504,49 @@ defmodule Islet.Bench.Runner do
     }
   end
 
-  defp warnings(nil), do: []
-  defp warnings(samples), do: for({_run, {:ok, _, warnings}} <- samples, w <- warnings, do: w)
+  defp warnings(nil, _metric), do: []
+
+  defp warnings(samples, metric) do
+    for {_run, {:ok, _, warnings}} <- samples,
+        warning <- warnings,
+        applies?(warning, metric),
+        do: warning_text(warning)
+  end
+
+  defp applies?({metrics, _text}, metric), do: metric in metrics
+  defp applies?(_text, _metric), do: true
+
+  # A check's quotient: this row's candidate median over another pair's
+  # candidate median (same workload and metric), or this row's ratio over
+  # another row's ratio; nil when that row did not run or has no figure.
+  defp resolve_checks(row, rows) do
+    checks =
+      Enum.map(row.checks, fn %{label: label, against: against, goal: {op, value} = goal} ->
+        {quotient, other} =
+          case against do
+            {:candidate_of, pair_id} ->
+              other = find_row(rows, pair_id, row.workload, row.metric)
+              {ratio(row.candidate.median, other && other.candidate.median), other}
+
+            {:ratio_of, workload, metric} ->
+              other = find_row(rows, row.pair, workload, metric)
+              {ratio(row.ratio, other && other.ratio), other}
+          end
+
+        %{
+          label: label,
+          against: other && other.id,
+          quotient: quotient,
+          goal: %{op: op, value: value},
+          met: quotient && met?(quotient, goal)
+        }
+      end)
+
+    %{row | checks: checks}
+  end
+
+  defp find_row(rows, pair, workload, metric),
+    do: Enum.find(rows, &(&1.pair == pair and &1.workload == workload and &1.metric == metric))
 
   @doc "The median of a sorted list (`nil` when empty)."
   @spec median([number()]) :: number() | nil
@@ -452,7 +570,7 @@ defmodule Islet.Bench.Runner do
   defp met?(ratio, {:>=, value}), do: ratio >= value
   defp met?(ratio, {:<=, value}), do: ratio <= value
 
-  defp meta(config, server_cpus, client_cpu, elapsed_s) do
+  defp meta(config, pairs, server_cpus, client_cpu, timing) do
     %{
       date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
       host: hostname(),
@@ -464,15 +582,20 @@ defmodule Islet.Bench.Runner do
       server_cpus: server_cpus,
       client_cpu: client_cpu,
       runs: config.runs,
+      idle_runs: config.idle_runs,
+      pairs: Enum.map(pairs, & &1.id),
       duration_s: config.duration,
       connections: config.connections,
       idle_connections: config.idle_connections,
       file_bytes: config.file_mb * 1_048_576,
-      downloads_per_sample: config.downloads,
+      downloads_per_sample: Map.new(pairs, &{&1.id, config.downloads || &1.downloads}),
+      handshake_clients: config.handshake_clients,
+      handshake_window_ms: config.handshake_ms,
       warmup_s: config.warmup,
       workloads: config.workloads,
       quick: config.quick,
-      elapsed_s: elapsed_s,
+      elapsed_s: timing.elapsed_s,
+      workload_s: Map.new(timing.workload_s, fn {key, s} -> {key, Float.round(s * 1.0, 1)} end),
       statistic: "median of runs, with min and max; ratio = candidate median / reference median",
       cpu_time: "server BEAM OS process, all threads, from /proc (schedstat, else stat)"
     }

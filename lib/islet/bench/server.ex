@@ -28,6 +28,9 @@ defmodule Islet.Bench.Server do
     * `:acceptors` - size of the acceptor pool (default 100).
     * `:download` - file served at `GET /download` (default none).
     * `:read_timeout`, `:handshake_timeout` - in ms (default 60_000, 15_000).
+    * `:counters` - counters to share with another server (default new ones).
+    * `:check_resumption` - count handshakes that resumed a TLS session
+      (default `false`).
   """
   @type option ::
           {:transport, module()}
@@ -37,6 +40,8 @@ defmodule Islet.Bench.Server do
           | {:download, Path.t() | nil}
           | {:read_timeout, timeout()}
           | {:handshake_timeout, timeout()}
+          | {:counters, Counters.t()}
+          | {:check_resumption, boolean()}
 
   @doc "Listens and starts the acceptor pool; linked to the caller."
   @spec start_link([option()]) :: GenServer.on_start()
@@ -68,7 +73,8 @@ defmodule Islet.Bench.Server do
          {:ok, {_address, port}} <- transport.sockname(listener) do
       config = %{
         transport: transport,
-        counters: Counters.new(),
+        counters: Keyword.get_lazy(options, :counters, &Counters.new/0),
+        check_resumption: Keyword.get(options, :check_resumption, false),
         read_timeout: Keyword.get(options, :read_timeout, 60_000),
         handshake_timeout: Keyword.get(options, :handshake_timeout, 15_000),
         download: download

@@ -6,34 +6,70 @@ defmodule Islet.Bench.Workloads do
       p50/p99 latency, server CPU seconds per 100k requests.
     * `:close` - the same with `Connection: close` (a connection per
       request): connections/s, server CPU seconds per 100k connections.
+      Over TLS, wrk negotiates TLS 1.3 and, the servers issuing no session
+      tickets, makes a full handshake per connection (it would resume TLS
+      1.2 sessions: it keeps its `SSL` objects across connections).
+    * `:handshake` (TLS only) - full TLS handshakes, with an ECDSA P-256
+      and an RSA-2048 certificate, in TLS 1.3 and in TLS 1.2 (four windows
+      per sample): handshakes per second (`hs/s`) and per second of server
+      CPU (`hs/CPU-s`, what the server would sustain on a CPU of its own;
+      each handshake is a whole connection: accept, handler, close).
+      The clients are `openssl s_time -new` (a new session per connection,
+      never resumed; handshake only, no request), several at once on the
+      client CPU. Rates are the server's completed handshakes over a window
+      timed inside the server BEAM, after a ramp-up. The server counts
+      resumed sessions and failed handshakes (warnings when any), and a
+      warning says when the server was less than 85% busy: the client
+      (OpenSSL 3, about 1 ms of CPU per handshake) then limits `hs/s`,
+      and `hs/CPU-s` is the figure that compares the servers.
     * `:download` - curl fetches a file the server sends with `sendfile/4`,
-      several times per sample on one connection (4 by default, to average
-      out noise: one 256 MiB transfer takes well under a second): MB/s,
-      server CPU seconds per GB.
+      several times per sample on one connection (4 by default over TCP,
+      to average out noise: one 256 MiB transfer takes well under a second;
+      once over TLS, slower): MB/s, server CPU seconds per GB.
     * `:upload` - curl PUTs the same file, the server reads it with passive
       `recv/3`: MB/s, server CPU seconds per GB.
     * `:idle` - the idle client opens many keep-alive connections (one
       request each) and holds them: BEAM bytes (`:erlang.memory(:total)`),
       RSS bytes and processes per connection, deltas over a baseline, each
-      after a full garbage collection, in a fresh server BEAM.
+      after a full garbage collection, in a fresh server BEAM. Over TLS the
+      client is `:ssl` (TLS 1.3, one X25519 key share: full handshakes) on
+      the pair's idle listener (ECDSA, the cheaper handshake); the idle
+      client may use every CPU, its time not being measured.
 
   Server CPU is the server BEAM's own CPU time, all threads, read from
-  `/proc` (see `Islet.Bench.OS`). MB is 10^6 bytes, GB 10^9.
+  `/proc` (see `Islet.Bench.OS`), and "server busy" that time over the
+  wall time of the measurement and the server's CPUs: below 85%, the
+  client (one thread on one CPU) or other load limits the rate, and CPU
+  per request, connection or handshake compares the servers better than
+  the rate. MB is 10^6 bytes, GB 10^9.
   """
 
   alias Islet.Bench.{Child, Load}
 
   @typedoc "A workload."
-  @type workload :: :keepalive | :close | :download | :upload | :idle
+  @type workload :: :keepalive | :close | :handshake | :download | :upload | :idle
 
   @typedoc "A metric of a workload: `better` says which way is good."
   @type metric :: %{key: atom(), label: String.t(), better: :higher | :lower}
 
-  @typedoc "One measurement: values per metric and warnings, or why it failed."
-  @type sample :: {:ok, %{atom() => number()}, [String.t()]} | {:error, term()}
+  @typedoc """
+  A warning of a sample: a text for every metric of the workload, or
+  `{metric_keys, text}` for some.
+  """
+  @type warning :: String.t() | {[atom()], String.t()}
 
-  @typedoc "A running server child and its port."
-  @type server :: %{child: Child.t(), port: :inet.port_number()}
+  @typedoc "One measurement: values per metric and warnings, or why it failed."
+  @type sample :: {:ok, %{atom() => number()}, [warning()]} | {:error, term()}
+
+  @typedoc """
+  A running server child: the main listener's port, and every listener's
+  (`:main` and the pair's extra ones) by name.
+  """
+  @type server :: %{
+          child: Child.t(),
+          port: :inet.port_number(),
+          ports: %{atom() => :inet.port_number()}
+        }
 
   @typedoc "What a measurement needs to know (built by `Islet.Bench.Runner`)."
   @type context :: %{
@@ -44,21 +80,40 @@ defmodule Islet.Bench.Workloads do
           file_bytes: pos_integer(),
           downloads: pos_integer(),
           idle_connections: pos_integer(),
+          idle_listener: atom(),
+          handshake_clients: pos_integer(),
+          handshake_ms: pos_integer(),
+          server_cpu_count: pos_integer(),
           scheme: String.t(),
           client_tls: keyword() | nil
         }
 
   @doc "All workloads, in the order they run."
   @spec all() :: [workload()]
-  def all, do: [:keepalive, :close, :download, :upload, :idle]
+  def all, do: [:keepalive, :close, :handshake, :download, :upload, :idle]
+
+  @doc "The workloads of `all/0` that apply to a transport pair, in order."
+  @spec for_pair(%{workloads: [workload()]}) :: [workload()]
+  def for_pair(pair), do: Enum.filter(all(), &(&1 in pair.workloads))
 
   @doc "The workload's name in tables."
   @spec label(workload()) :: String.t()
   def label(:keepalive), do: "keep-alive"
   def label(:close), do: "conn/request"
+  def label(:handshake), do: "handshake"
   def label(:download), do: "download"
   def label(:upload), do: "upload"
   def label(:idle), do: "idle conns"
+
+  # The handshake windows: metric key prefix, label, listener, s_time version flag.
+  @handshakes [
+    {:ecdsa13, "ECDSA TLS1.3", :ecdsa, "-tls1_3"},
+    {:rsa13, "RSA TLS1.3", :main, "-tls1_3"},
+    {:ecdsa12, "ECDSA TLS1.2", :ecdsa, "-tls1_2"},
+    {:rsa12, "RSA TLS1.2", :main, "-tls1_2"}
+  ]
+  @handshake_labels for {key, label, _, _} <- @handshakes, do: {key, label}
+  @handshake_ramp_ms 150
 
   @doc "The workload's metrics, in table order."
   @spec metrics(workload()) :: [metric()]
@@ -76,6 +131,18 @@ defmodule Islet.Bench.Workloads do
       %{key: :conn_per_s, label: "connections/s", better: :higher},
       %{key: :cpu_s_per_100k, label: "CPU s/100k conn", better: :lower}
     ]
+  end
+
+  def metrics(:handshake) do
+    rates =
+      for {key, label} <- @handshake_labels,
+          do: %{key: :"#{key}_per_s", label: "#{label} hs/s", better: :higher}
+
+    cpu =
+      for {key, label} <- @handshake_labels,
+          do: %{key: :"#{key}_per_cpu_s", label: "#{label} hs/CPU-s", better: :higher}
+
+    rates ++ cpu
   end
 
   def metrics(transfer) when transfer in [:download, :upload] do
@@ -146,6 +213,26 @@ defmodule Islet.Bench.Workloads do
     end)
   end
 
+  def measure(:handshake, server, context) do
+    Enum.reduce_while(@handshakes, {:ok, %{}, []}, fn {key, _label, listener, version},
+                                                      {:ok, values, warnings} ->
+      case measure_handshakes(server, Map.fetch!(server.ports, listener), version, context) do
+        {:ok, rate, capacity, busy, more} ->
+          metrics = [:"#{key}_per_s", :"#{key}_per_cpu_s"]
+
+          values =
+            values
+            |> Map.merge(%{:"#{key}_per_s" => rate, :"#{key}_per_cpu_s" => capacity})
+            |> Map.update(:busy, %{key => busy}, &Map.put(&1, key, busy))
+
+          {:cont, {:ok, values, warnings ++ Enum.map(more, &{metrics, "#{key}: #{&1}"})}}
+
+        {:error, reason} ->
+          {:halt, {:error, {key, reason}}}
+      end
+    end)
+  end
+
   @doc "A warm-up wrk run (not measured) of `seconds` on a new server."
   @spec warm_up(server(), context(), non_neg_integer()) :: :ok
   def warm_up(_server, _context, 0), do: :ok
@@ -180,11 +267,78 @@ defmodule Islet.Bench.Workloads do
         wrk_warnings =
           if wrk.socket_errors > 0, do: ["wrk: #{wrk.socket_errors} socket errors"], else: []
 
-        {:ok, values.(wrk, cpu_s, delta), wrk_warnings ++ server_warnings(delta)}
+        busy = cpu_s / delta.seconds / context.server_cpu_count
+        values = Map.put(values.(wrk, cpu_s, delta), :busy, %{server: busy})
+
+        {:ok, values, wrk_warnings ++ server_warnings(delta) ++ busy_warnings(busy, "rate")}
 
       {:error, _} = error ->
         error
     end
+  end
+
+  # One window of full handshakes: the clients start, and after a ramp-up
+  # the server is sampled twice, `handshake_ms` apart.
+  defp measure_handshakes(%{child: child}, port, version, context) do
+    window = context.handshake_ms
+
+    options = [
+      cpu: context.client_cpu,
+      clients: context.handshake_clients,
+      limit_ms: @handshake_ramp_ms + window + 150
+    ]
+
+    during = fn ->
+      Process.sleep(@handshake_ramp_ms)
+
+      with {:ok, before} <- Child.call(child, :sample, 10_000) do
+        Process.sleep(window)
+
+        with {:ok, later} <- Child.call(child, :sample, 10_000) do
+          {:ok, before, later}
+        end
+      end
+    end
+
+    case Load.handshakes("127.0.0.1", port, version, options, during) do
+      {:ok, {:ok, before, later}} ->
+        seconds = (later.at_ns - before.at_ns) / 1.0e9
+        cpu_s = (later.cpu_ns - before.cpu_ns) / 1.0e9
+
+        delta =
+          Map.new(later.counters, fn {key, value} -> {key, value - before.counters[key]} end)
+
+        handshake_values(delta, seconds, cpu_s, context)
+
+      {:ok, {:error, _} = error} ->
+        error
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  defp handshake_values(%{accepted: 0} = delta, _seconds, _cpu_s, _context),
+    do: {:error, {:no_handshakes, failed: delta.failed_handshakes, errors: delta.errors}}
+
+  defp handshake_values(delta, seconds, cpu_s, context) do
+    busy = cpu_s / seconds / context.server_cpu_count
+    # The clients of the window before were stopped mid-handshake: a server
+    # that lags behind may see those fail only now.
+    failed = delta.failed_handshakes - context.handshake_clients
+
+    warnings =
+      Enum.reject(
+        [
+          delta.resumed > 0 &&
+            "#{delta.resumed} of #{delta.accepted} handshakes resumed a session",
+          failed > 0 && "#{delta.failed_handshakes} handshakes failed in a window",
+          delta.errors > 0 && "server: #{delta.errors} transport errors or crashes"
+        ],
+        &(&1 == false)
+      ) ++ busy_warnings(busy, "hs/s (compare hs/CPU-s)")
+
+    {:ok, delta.accepted / seconds, delta.accepted / cpu_s, busy, warnings}
   end
 
   defp transfer_values({:ok, result, cpu_s, delta}, expected_bytes, check) do
@@ -208,19 +362,39 @@ defmodule Islet.Bench.Workloads do
   defp transfer_values({:error, _} = error, _expected_bytes, _check), do: error
 
   # Runs the client between two samples of the server; returns the client's
-  # result, the server's CPU seconds and the change of its counters.
+  # result, the server's CPU seconds and the change of its counters (with
+  # `:seconds`, the wall time between the samples).
   defp measure_server(%{child: child}, client) do
     with {:ok, before} <- Child.call(child, :sample, 10_000),
          {:ok, result} <- client.(),
          {:ok, later} <- Child.call(child, :sample, 10_000) do
       cpu_s = (later.cpu_ns - before.cpu_ns) / 1.0e9
       delta = Map.new(later.counters, fn {key, value} -> {key, value - before.counters[key]} end)
-      {:ok, result, cpu_s, delta}
+      {:ok, result, cpu_s, Map.put(delta, :seconds, (later.at_ns - before.at_ns) / 1.0e9)}
     end
   end
 
-  defp server_warnings(%{errors: 0}), do: []
-  defp server_warnings(%{errors: errors}), do: ["server: #{errors} transport errors or crashes"]
+  @busy 0.85
+
+  # The server was not kept busy: the client limits the rate.
+  defp busy_warnings(busy, _what) when busy >= @busy, do: []
+
+  defp busy_warnings(_busy, what) do
+    [
+      "server CPU < #{round(@busy * 100)}% busy in a sample: #{what} limited by the client " <>
+        "(or by other load on the machine)"
+    ]
+  end
+
+  defp server_warnings(delta) do
+    Enum.reject(
+      [
+        delta.errors > 0 && "server: #{delta.errors} transport errors or crashes",
+        delta.resumed > 0 && "#{delta.resumed} of #{delta.accepted} TLS sessions resumed"
+      ],
+      &(&1 == false)
+    )
+  end
 
   defp per(_cpu_s, 0, _unit), do: nil
   defp per(cpu_s, count, unit), do: cpu_s / count * unit
@@ -230,11 +404,13 @@ defmodule Islet.Bench.Workloads do
   @doc """
   Measures one sample of the idle workload on a fresh server: warms up with
   a few connections, takes a baseline, has the idle client open
-  `context.idle_connections` connections and measures again.
+  `context.idle_connections` connections to the pair's idle listener and
+  measures again.
   """
   @spec measure_idle(server(), Child.t(), context()) :: sample()
-  def measure_idle(%{child: server, port: port}, client, context) do
+  def measure_idle(%{child: server, ports: ports}, client, context) do
     count = context.idle_connections
+    port = Map.fetch!(ports, context.idle_listener)
     open = {:open, {127, 0, 0, 1}, port, nil, [tls: context.client_tls]}
 
     with {:ok, {:ok, _, _}} <- Child.call(client, put_elem(open, 3, 100), 60_000),
@@ -254,7 +430,17 @@ defmodule Islet.Bench.Workloads do
         processes_per_conn: (later.processes - before.processes) / opened
       }
 
-      warnings = if failed > 0, do: ["#{failed} of #{count} connections failed"], else: []
+      resumed = later.counters.resumed - before.counters.resumed
+
+      warnings =
+        Enum.reject(
+          [
+            failed > 0 && "#{failed} of #{count} connections failed",
+            resumed > 0 && "#{resumed} of #{opened} TLS sessions resumed"
+          ],
+          &(&1 == false)
+        )
+
       {:ok, values, warnings}
     else
       {:ok, unexpected} -> {:error, {:unexpected, unexpected}}
