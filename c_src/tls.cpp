@@ -604,6 +604,7 @@ ERL_NIF_TERM nif_tls_handshake(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv
   int r = SSL_do_handshake(s->ssl);
   if (r == 1) {
     s->tls_done = true;
+    SSL_free_buffers(s->ssl);  // the handshake's record buffers: idle until data comes
     waiter_done(env, s, s->rq, me);
     return atom.ok;
   }
