@@ -319,29 +319,34 @@ defmodule Islet.Test.Diff do
   come (or `timeout` ms pass). Returns `{data, other_messages}` where the
   other messages (closed, error, passive) keep their order, with the socket
   replaced by `:same` when it is `==` to `socket`, `:other` otherwise.
+  `family` is `:tcp` (gen_tcp's messages) or `:ssl` (`:ssl`'s).
   """
-  @spec collect_active(term(), non_neg_integer(), timeout()) :: {binary(), [term()]}
-  def collect_active(socket, bytes, timeout \\ 30_000) do
+  @spec collect_active(term(), non_neg_integer(), timeout(), :tcp | :ssl) :: {binary(), [term()]}
+  def collect_active(socket, bytes, timeout \\ 30_000, family \\ :tcp) do
     deadline = System.monotonic_time(:millisecond) + timeout
-    collect(socket, bytes, deadline, [], [])
+    collect(tags(family), socket, bytes, deadline, [], [])
   end
 
-  defp collect(socket, bytes, deadline, data, others) do
+  defp tags(:tcp), do: {:tcp, :tcp_closed, :tcp_passive, :tcp_error}
+  defp tags(:ssl), do: {:ssl, :ssl_closed, :ssl_passive, :ssl_error}
+
+  defp collect({data_tag, closed, passive, error} = tags, socket, bytes, deadline, data, others) do
     if IO.iodata_length(data) >= bytes do
       {IO.iodata_to_binary(data), Enum.reverse(others)}
     else
       left = max(deadline - System.monotonic_time(:millisecond), 0)
 
       receive do
-        {:tcp, s, d} when is_binary(d) ->
-          others = if s == socket, do: others, else: [{:tcp, :other} | others]
-          collect(socket, bytes, deadline, [data | d], others)
+        {^data_tag, s, d} when is_binary(d) ->
+          others = if s == socket, do: others, else: [{data_tag, :other} | others]
+          collect(tags, socket, bytes, deadline, [data | d], others)
 
-        {tag, s} when tag in [:tcp_closed, :tcp_passive] ->
-          collect(socket, bytes, deadline, data, [{tag, same(s, socket)} | others])
+        {tag, s} when tag in [closed, passive] ->
+          collect(tags, socket, bytes, deadline, data, [{tag, same(s, socket)} | others])
 
-        {:tcp_error, s, reason} ->
-          collect(socket, bytes, deadline, data, [{:tcp_error, same(s, socket), reason} | others])
+        {^error, s, reason} ->
+          others = [{error, same(s, socket), reason} | others]
+          collect(tags, socket, bytes, deadline, data, others)
       after
         left -> {IO.iodata_to_binary(data), Enum.reverse([:collect_timeout | others])}
       end
@@ -350,11 +355,12 @@ defmodule Islet.Test.Diff do
 
   @doc """
   The socket's active-mode messages in the mailbox now (waiting up to
-  `wait` ms for the first), with data joined: consecutive `{:tcp, s, d}`
-  become one `{:tcp, :same, all_data}`; sockets become `:same`/`:other`.
+  `wait` ms for the first), with data joined: consecutive data messages
+  become one `{tag, :same, all_data}`; sockets become `:same`/`:other`.
+  `family` as in `collect_active/4`.
   """
-  @spec active_messages(term(), timeout()) :: [term()]
-  def active_messages(socket, wait \\ 0) do
+  @spec active_messages(term(), timeout(), :tcp | :ssl) :: [term()]
+  def active_messages(socket, wait \\ 0, family \\ :tcp) do
     first =
       receive do
         msg -> [msg]
@@ -362,25 +368,44 @@ defmodule Islet.Test.Diff do
         wait -> []
       end
 
-    normalize_active(first ++ messages(), socket)
-  end
-
-  defp normalize_active(msgs, socket) do
-    msgs
-    |> Enum.map(fn
-      {:tcp, s, d} -> {:tcp, same(s, socket), d}
-      {tag, s} when tag in [:tcp_closed, :tcp_passive] -> {tag, same(s, socket)}
-      {:tcp_error, s, r} -> {:tcp_error, same(s, socket), r}
-      other -> {:unexpected, other}
-    end)
+    (first ++ messages())
+    |> Enum.map(&normalize_active(&1, socket, tags(family)))
     |> join_data()
   end
 
-  defp join_data([{:tcp, s, a}, {:tcp, s, b} | rest]), do: join_data([{:tcp, s, a <> b} | rest])
+  @doc "Waits up to `timeout` ms for the first active-mode message of `family` for `socket`."
+  @spec await_message(term(), timeout(), :tcp | :ssl) :: term()
+  def await_message(socket, timeout \\ 30_000, family \\ :tcp) do
+    {data_tag, closed, passive, error} = tags(family)
+
+    receive do
+      {^data_tag, s, d} -> {data_tag, same(s, socket), d}
+      {tag, s} when tag in [closed, passive] -> {tag, same(s, socket)}
+      {^error, s, r} -> {error, same(s, socket), r}
+    after
+      timeout -> :no_message
+    end
+  end
+
+  defp normalize_active(msg, socket, {data_tag, closed, passive, error}) do
+    case msg do
+      {^data_tag, s, d} -> {data_tag, same(s, socket), d}
+      {tag, s} when tag in [closed, passive] -> {tag, same(s, socket)}
+      {^error, s, r} -> {error, same(s, socket), r}
+      other -> {:unexpected, other}
+    end
+  end
+
+  defp join_data([{tag, s, a}, {tag, s, b} | rest]) when is_binary(a) and is_binary(b),
+    do: join_data([{tag, s, a <> b} | rest])
+
   defp join_data([m | rest]), do: [m | join_data(rest)]
   defp join_data([]), do: []
 
   defp same(s, socket), do: if(s == socket, do: :same, else: :other)
+
+  defp normalize_tcp(msgs, socket),
+    do: msgs |> Enum.map(&normalize_active(&1, socket, tags(:tcp))) |> join_data()
 
   @doc "A deterministic pseudo-random binary of `n` bytes."
   @spec pattern(non_neg_integer(), integer()) :: binary()
@@ -412,10 +437,10 @@ defmodule Islet.Test.Diff do
     left = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
-      {:tcp_closed, _} = msg -> normalize_active(Enum.reverse([msg | acc]), socket)
+      {:tcp_closed, _} = msg -> normalize_tcp(Enum.reverse([msg | acc]), socket)
       msg -> until_closed(socket, deadline, [msg | acc])
     after
-      left -> normalize_active(Enum.reverse(acc), socket) ++ [:no_close]
+      left -> normalize_tcp(Enum.reverse(acc), socket) ++ [:no_close]
     end
   end
 end

@@ -497,79 +497,16 @@ defmodule Islet.Test.TLSDiff do
     end
   end
 
-  @doc """
-  Collects active-mode `:ssl` messages for `socket` until `bytes` bytes of
-  data have come (or `timeout` ms pass): `{data, others}`, where the other
-  messages (closed, error, passive) keep their order, their socket replaced
-  by `:same` when it is `==` to `socket`, `:other` otherwise.
-  """
+  @doc "`Islet.Test.Diff.collect_active/4` for `:ssl`'s messages."
   @spec collect_active(term(), non_neg_integer(), timeout()) :: {binary(), [term()]}
-  def collect_active(socket, bytes, timeout \\ 30_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    collect(socket, bytes, deadline, [], [])
-  end
+  def collect_active(socket, bytes, timeout \\ 30_000),
+    do: Diff.collect_active(socket, bytes, timeout, :ssl)
 
-  defp collect(socket, bytes, deadline, data, others) do
-    if IO.iodata_length(data) >= bytes do
-      {IO.iodata_to_binary(data), Enum.reverse(others)}
-    else
-      left = max(deadline - System.monotonic_time(:millisecond), 0)
-
-      receive do
-        {:ssl, s, d} when is_binary(d) ->
-          others = if s == socket, do: others, else: [{:ssl, :other} | others]
-          collect(socket, bytes, deadline, [data | d], others)
-
-        {tag, s} when tag in [:ssl_closed, :ssl_passive] ->
-          collect(socket, bytes, deadline, data, [{tag, same(s, socket)} | others])
-
-        {:ssl_error, s, reason} ->
-          collect(socket, bytes, deadline, data, [{:ssl_error, same(s, socket), reason} | others])
-      after
-        left -> {IO.iodata_to_binary(data), Enum.reverse([:collect_timeout | others])}
-      end
-    end
-  end
-
-  @doc """
-  The active-mode messages in the mailbox now (waiting up to `wait` ms for
-  the first), data joined: consecutive `{:ssl, s, d}` become one; sockets
-  become `:same`/`:other` (compared with `socket`).
-  """
+  @doc "`Islet.Test.Diff.active_messages/3` for `:ssl`'s messages."
   @spec active_messages(term(), timeout()) :: [term()]
-  def active_messages(socket, wait \\ 0) do
-    first =
-      receive do
-        msg -> [msg]
-      after
-        wait -> []
-      end
+  def active_messages(socket, wait \\ 0), do: Diff.active_messages(socket, wait, :ssl)
 
-    (first ++ Diff.messages())
-    |> Enum.map(fn
-      {:ssl, s, d} -> {:ssl, same(s, socket), d}
-      {tag, s} when tag in [:ssl_closed, :ssl_passive] -> {tag, same(s, socket)}
-      {:ssl_error, s, r} -> {:ssl_error, same(s, socket), r}
-      other -> {:unexpected, other}
-    end)
-    |> join_data()
-  end
-
-  @doc "Waits up to `timeout` ms for the first message matching an `:ssl` tag for `socket`."
+  @doc "`Islet.Test.Diff.await_message/3` for `:ssl`'s messages."
   @spec await_message(term(), timeout()) :: term()
-  def await_message(socket, timeout \\ 30_000) do
-    receive do
-      {:ssl, s, d} -> {:ssl, same(s, socket), d}
-      {tag, s} when tag in [:ssl_closed, :ssl_passive] -> {tag, same(s, socket)}
-      {:ssl_error, s, r} -> {:ssl_error, same(s, socket), r}
-    after
-      timeout -> :no_message
-    end
-  end
-
-  defp join_data([{:ssl, s, a}, {:ssl, s, b} | rest]), do: join_data([{:ssl, s, a <> b} | rest])
-  defp join_data([m | rest]), do: [m | join_data(rest)]
-  defp join_data([]), do: []
-
-  defp same(s, socket), do: if(s == socket, do: :same, else: :other)
+  def await_message(socket, timeout \\ 30_000), do: Diff.await_message(socket, timeout, :ssl)
 end
