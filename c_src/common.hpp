@@ -24,6 +24,9 @@ struct Atoms {
       unspec, eof, islet_ready, tos, priority, islet_flush;
 };
 extern Atoms atom;
+// fds at or above this are beyond the BEAM's poll sets (enif_select fails
+// there); 0 = unknown. Set at load.
+extern int max_fds;
 void init_atoms(ErlNifEnv* env);
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);

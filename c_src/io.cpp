@@ -83,6 +83,10 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!parse_sockaddr(env, argv[0], argv[1], port, &ss, &salen, &fam)) return enif_make_badarg(env);
   int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return make_errno_error(env, errno);
+  if (max_fds > 0 && fd >= max_fds) {  // the BEAM could not poll it
+    close(fd);
+    return make_error(env, enif_make_atom(env, "system_limit"));
+  }
   Sock* s = sock_create(env, fd, Kind::Listener, fam);
   if (s == nullptr) {
     close(fd);
@@ -149,6 +153,13 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     }
     waiter_done(env, l, l->rq, me);
     charge(env, 0);
+    if (max_fds > 0 && fd >= max_fds) {
+      // Past the BEAM's poll sets (the fd limit was raised after it
+      // started): refuse it as gen_tcp does, rather than a socket that
+      // could never wait or close.
+      close(fd);
+      return make_error(env, enif_make_atom(env, "system_limit"));
+    }
     Sock* c = sock_create(env, fd, Kind::Conn, l->family);
     if (c == nullptr) {
       close(fd);

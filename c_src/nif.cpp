@@ -79,6 +79,7 @@ ErlNifFunc nif_funcs[] = {
 
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {
   init_atoms(env);
+  if (!enif_get_int(env, info, &max_fds)) max_fds = 0;
   if (!open_resource_types(env) || !open_tls_types(env)) return 1;
   return poller_start() ? 0 : 1;
 }

@@ -17,6 +17,7 @@
 namespace islet {
 
 Atoms atom;
+int max_fds = 0;
 ErlNifResourceType* sock_type = nullptr;
 ErlNifResourceType* file_type = nullptr;
 

@@ -9,7 +9,15 @@ defmodule Islet.Nif do
   def load do
     # ISLET_SANITIZE=1 loads the AddressSanitizer build (scripts/sanitize.sh).
     name = if System.get_env("ISLET_SANITIZE") == "1", do: ~c"islet_nif_asan", else: ~c"islet_nif"
-    :erlang.load_nif(:filename.join(:code.priv_dir(:islet), name), 0)
+    :erlang.load_nif(:filename.join(:code.priv_dir(:islet), name), max_fds())
+  end
+
+  # The largest fd the BEAM's poll sets take (fixed when the VM started):
+  # enif_select fails above it, so sockets there are refused.
+  defp max_fds do
+    sets = List.wrap(:erlang.system_info(:check_io))
+    limits = for set <- sets, is_list(set), {:max_fds, n} <- set, is_integer(n), do: n
+    if limits == [], do: 0, else: Enum.min(limits)
   end
 
   defp nif, do: :erlang.nif_error(:islet_nif_not_loaded)
