@@ -94,6 +94,10 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   }
   ERL_NIF_TERM res = enif_make_resource(env, s);
   enif_release_resource(s);
+  if (!s->owner_mon_set) {  // the caller is exiting: nobody would close it
+    sock_close(env, s, nullptr);
+    return make_error(env, atom.closed);
+  }
 
   int backlog = 5;
   ERL_NIF_TERM head, tail = argv[3];
