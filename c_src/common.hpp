@@ -170,6 +170,8 @@ void poller_stop();
 void poller_arm(ErlNifEnv* env, Sock* s);
 // One of the pump processes, chosen by socket; false when none runs.
 bool pick_pump(Sock* s, ErlNifPid* out);
+// A pump, or in poller mode the flusher: who writes out a timed-out send.
+bool pick_flusher(Sock* s, ErlNifPid* out);
 
 // Active mode ended (under lock): drop a pump's pending select, so that a
 // passive recv can select for itself.

@@ -372,12 +372,13 @@ void stop_bg_flush(ErlNifEnv* env, Sock* s) {
   enif_select(env, s->fd, mode, s, nullptr, atom.undefined);
 }
 
-// Hands the rest of a timed-out send to a pump, which writes it as the
-// socket drains (gen_tcp's port keeps sending queued data too).
+// Hands the rest of a timed-out send to a pump (the flusher in poller mode),
+// which writes it as the socket drains (gen_tcp's port keeps sending queued
+// data too).
 void start_bg_flush(ErlNifEnv* env, Sock* s) {
   ErlNifPid pump;
   if (s->wioq == nullptr || enif_ioq_size(s->wioq) == 0 || !s->wq.q.empty() ||
-      !pick_pump(s, &pump))
+      !pick_flusher(s, &pump))
     return;
   ERL_NIF_TERM msg = enif_make_tuple2(env, atom.islet_flush, enif_make_resource(env, s));
   auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_WRITE | ERL_NIF_SELECT_CUSTOM_MSG);

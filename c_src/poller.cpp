@@ -47,6 +47,10 @@ constexpr int kMaxPumps = 64;
 std::mutex pumps_mu;
 ErlNifPid pumps[kMaxPumps];
 int pump_count = 0;
+// In poller mode one Islet.Pump runs as a flusher only: it writes out what a
+// timed-out send left, as pumps do in the default mode.
+ErlNifPid flusher;
+bool has_flusher = false;
 
 
 ERL_NIF_TERM tag_atom(Tag t, int which) {
@@ -180,6 +184,13 @@ bool pick_pump(Sock* s, ErlNifPid* out) {
   return true;
 }
 
+bool pick_flusher(Sock* s, ErlNifPid* out) {
+  if (pick_pump(s, out)) return true;
+  std::lock_guard<std::mutex> lk(pumps_mu);
+  if (has_flusher) *out = flusher;
+  return has_flusher;
+}
+
 bool poller_start() {
   poller.epfd = epoll_create1(EPOLL_CLOEXEC);
   poller.evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -288,9 +299,17 @@ namespace islet {
 
 // register_pump(Index, Pid) -> ok: Islet.Pump announces itself (again after
 // a restart); from then on active sockets are delivered through pumps.
+// register_pump(flusher, Pid) -> ok: poller mode's background-flush process.
 ERL_NIF_TERM nif_register_pump(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   int i;
   ErlNifPid pid;
+  if (enif_is_identical(argv[0], enif_make_atom(env, "flusher"))) {
+    if (!enif_get_local_pid(env, argv[1], &pid)) return enif_make_badarg(env);
+    std::lock_guard<std::mutex> lk(pumps_mu);
+    flusher = pid;
+    has_flusher = true;
+    return atom.ok;
+  }
   if (!enif_get_int(env, argv[0], &i) || i < 0 || i >= kMaxPumps ||
       !enif_get_local_pid(env, argv[1], &pid))
     return enif_make_badarg(env);

@@ -7,8 +7,11 @@ defmodule Islet.Pump do
   that reads and sends `{:tcp, socket, data}` (or `{:ssl, ...}`) to the
   socket's owner. There is no process per socket. With
   `config :islet, active_delivery: :poller` (or the environment variable
-  `ISLET_ACTIVE_DELIVERY=poller`, which wins) no pumps run and a native
-  poller thread delivers instead (see `docs/design.md` for the comparison).
+  `ISLET_ACTIVE_DELIVERY=poller`, which wins) a native poller thread
+  delivers instead (see `docs/design.md` for the comparison), and one pump
+  runs as the flusher only: it writes out in the background what a send that
+  timed out with `send_timeout_close: false` left queued, as gen_tcp's port
+  does.
   """
 
   alias Islet.Nif
@@ -18,7 +21,7 @@ defmodule Islet.Pump do
   def child_specs do
     case delivery_mode() do
       :poller ->
-        []
+        [%{id: {__MODULE__, :flusher}, start: {__MODULE__, :start_link, [:flusher]}}]
 
       :pump ->
         count = min(System.schedulers_online(), 64)
@@ -39,8 +42,11 @@ defmodule Islet.Pump do
     end
   end
 
-  @doc "Starts pump number `index` and registers it with the NIF."
-  @spec start_link(non_neg_integer()) :: {:ok, pid()}
+  @doc """
+  Starts pump number `index` (or, with `:flusher`, poller mode's flusher) and
+  registers it with the NIF.
+  """
+  @spec start_link(non_neg_integer() | :flusher) :: {:ok, pid()}
   def start_link(index) do
     pid =
       :proc_lib.spawn_link(fn ->
