@@ -6,7 +6,7 @@ defmodule Islet.SoakTest do
   # Then everything closes, and the server BEAM's descriptors, memory and RSS
   # must come back to where they were.
   #
-  # The client ends live in a child BEAM (`Islet.Test.Soak.Child`, started
+  # The client ends live in a child BEAM (`Islet.Bench.Child`, started
   # with `ulimit -n` raised), so that this BEAM holds only the server ends.
   # The server runs here when this BEAM can hold the connections; otherwise
   # in a second child BEAM. Raising our own limit (prlimit) would not do:
@@ -19,7 +19,8 @@ defmodule Islet.SoakTest do
   use ExUnit.Case, async: false
 
   alias Islet.Test.{Certs, Soak}
-  alias Islet.Test.Soak.{Child, Server}
+  alias Islet.Bench.Child
+  alias Islet.Test.Soak.Server
 
   @moduletag :soak
   @moduletag timeout: 300_000
@@ -214,7 +215,17 @@ defmodule Islet.SoakTest do
   end
 
   defp start_child(name) do
-    child = Child.start!(name, @connections + @spare_fds)
+    child =
+      case Child.start(name,
+             main: "Islet.Test.Soak.Agent.main()",
+             schedulers: :all,
+             fds: @connections + @spare_fds,
+             erl_flags: "+P 1000000"
+           ) do
+        {:ok, child} -> child
+        {:error, reason} -> flunk("#{name}: did not start: #{inspect(reason)}")
+      end
+
     on_exit(fn -> Child.kill(child) end)
     soft = child.info.fd_limit
 

@@ -11,8 +11,9 @@ defmodule Islet.Test.Soak do
     * `Islet.Test.Soak.Client`: the client side (`:gen_tcp` or `:ssl`), always
       in a child BEAM, so that the client ends' descriptors are not counted
       against the test BEAM's limit.
-    * `Islet.Test.Soak.Child`: starts a child BEAM with a raised open-files
-      limit and talks to it over stdin/stdout (`Islet.Test.Soak.Agent`).
+    * `Islet.Test.Soak.Agent`: the entry point of the child BEAMs, which
+      `Islet.Bench.Child` starts with a raised open-files limit and talks to
+      over stdin/stdout.
 
   This module: what a BEAM measures about itself.
   """
@@ -501,58 +502,21 @@ end
 
 defmodule Islet.Test.Soak.Agent do
   @moduledoc """
-  The main loop of a soak child BEAM: one command per line on stdin, one
-  answer per line on stdout, both `Base.encode64(:erlang.term_to_binary(term))`,
-  answers prefixed with `#{inspect("ISLET_SOAK ")}` so that other output
-  (logs) can be told apart. Halts when stdin closes, so a child never
-  outlives the test.
+  The entry point of a soak child BEAM (started with `Islet.Bench.Child`,
+  whose command loop it runs through `Islet.Bench.Agent.run/3`).
   """
 
   alias Islet.Test.Soak
   alias Islet.Test.Soak.{Client, Server}
-
-  @marker "ISLET_SOAK "
-
-  @doc "The answer prefix."
-  @spec marker() :: String.t()
-  def marker, do: @marker
-
-  @doc "Encodes a term as one line (without newline)."
-  @spec encode(term()) :: String.t()
-  def encode(term), do: Base.encode64(:erlang.term_to_binary(term))
-
-  @doc "Decodes one line."
-  @spec decode(String.t()) :: term()
-  def decode(line), do: line |> String.trim() |> Base.decode64!() |> :erlang.binary_to_term()
 
   @doc "Runs the command loop until stdin closes or `:stop` comes; then halts."
   @spec main() :: no_return()
   def main do
     {:ok, _} = Application.ensure_all_started(:ssl)
     {soft, _hard} = Soak.fd_limits()
-    reply({:ready, %{fd_limit: soft, poll_max_fds: Soak.poll_max_fds()}})
-    loop(%{conns: [], server: nil})
+    ready = %{fd_limit: soft, poll_max_fds: Soak.poll_max_fds()}
+    Islet.Bench.Agent.run(ready, %{conns: [], server: nil}, &handle/2)
   end
-
-  defp loop(state) do
-    case IO.read(:stdio, :line) do
-      line when is_binary(line) ->
-        case handle(decode(line), state) do
-          {:stop, answer} ->
-            reply(answer)
-            System.halt(0)
-
-          {answer, state} ->
-            reply(answer)
-            loop(state)
-        end
-
-      _eof ->
-        System.halt(0)
-    end
-  end
-
-  defp reply(term), do: IO.write(:stdio, [@marker, encode(term), ?\n])
 
   defp handle({:connect, port, count, ssl, concurrency}, state) do
     {result, conns} = Client.connect(state.conns, port, count, ssl, concurrency)
@@ -578,137 +542,4 @@ defmodule Islet.Test.Soak.Agent do
   defp handle(:sample, state), do: {Soak.sample(), state}
   defp handle(:gc, state), do: {Soak.gc(), state}
   defp handle(:stop, _state), do: {:stop, :ok}
-end
-
-defmodule Islet.Test.Soak.Child do
-  @moduledoc """
-  A soak child BEAM, started as `/bin/sh -c 'ulimit -n FDS; exec "$@"'
-  elixir --erl FLAGS -pa EBIN... -e 'Islet.Test.Soak.Agent.main()'` (the
-  shell raises the open-files limit, which the BEAM inherits), with the
-  ebin directories of the running build. Its other output (logs) is echoed
-  to stderr, a few lines at most.
-  """
-
-  alias Islet.Test.Soak.Agent
-
-  defstruct [:name, :port, :os_pid, :info]
-
-  @type t :: %__MODULE__{name: String.t(), port: port(), os_pid: pos_integer(), info: map()}
-
-  @marker Agent.marker()
-  @echo_lines 40
-
-  @doc "Starts a child with an open-files limit of `fds` (or the hard limit, if lower)."
-  @spec start!(String.t(), pos_integer()) :: t()
-  def start!(name, fds) do
-    script = ~s[ulimit -n #{fds} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"]
-    erl_flags = "+sbwt none +sbwtdcpu none +sbwtdio none +P 1000000"
-
-    elixir = System.find_executable("elixir") || raise "elixir not found in PATH"
-
-    args =
-      ["-c", script, "islet-soak", elixir, "--erl", erl_flags] ++
-        Enum.flat_map(code_paths(), &["-pa", &1]) ++
-        ["-e", "Islet.Test.Soak.Agent.main()"]
-
-    port =
-      Port.open({:spawn_executable, "/bin/sh"}, [
-        :binary,
-        :exit_status,
-        :use_stdio,
-        :stderr_to_stdout,
-        {:line, 1_048_576},
-        args: args
-      ])
-
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    child = %__MODULE__{name: name, port: port, os_pid: os_pid}
-
-    case await(child, 60_000) do
-      {:ok, {:ready, info}} ->
-        %{child | info: info}
-
-      other ->
-        kill(child)
-        raise "#{name}: did not start: #{inspect(other)}"
-    end
-  end
-
-  defp code_paths do
-    ebin = :islet |> :code.lib_dir(:ebin) |> List.to_string()
-    consolidated = Path.expand("../../../consolidated", ebin)
-    [ebin | Enum.filter([consolidated], &File.dir?/1)]
-  end
-
-  @doc "Sends `command` and waits up to `timeout` ms for the answer; raises otherwise."
-  @spec call!(t(), term(), timeout()) :: term()
-  def call!(%__MODULE__{port: port, name: name} = child, command, timeout) do
-    Port.command(port, [Agent.encode(command), ?\n])
-
-    case await(child, timeout) do
-      {:ok, answer} -> answer
-      {:error, reason} -> raise "#{name}: #{inspect(command)} failed: #{inspect(reason)}"
-    end
-  end
-
-  defp await(%__MODULE__{port: port, name: name} = child, timeout) do
-    receive do
-      {^port, {:data, {:eol, @marker <> line}}} ->
-        {:ok, Agent.decode(line)}
-
-      {^port, {:data, {_, line}}} ->
-        echo(port, name, line)
-        await(child, timeout)
-
-      {^port, {:exit_status, status}} ->
-        {:error, {:exited, status}}
-    after
-      timeout -> {:error, :timeout}
-    end
-  end
-
-  defp echo(port, name, line) do
-    count = Process.get({__MODULE__, port}, 0)
-    Process.put({__MODULE__, port}, count + 1)
-
-    cond do
-      count < @echo_lines -> IO.puts(:stderr, "[#{name}] #{line}")
-      count == @echo_lines -> IO.puts(:stderr, "[#{name}] (further output not shown)")
-      true -> :ok
-    end
-  end
-
-  @doc "Asks the child to stop; kills it if it has not exited within a few seconds."
-  @spec stop(t()) :: :ok
-  def stop(%__MODULE__{port: port} = child) do
-    try do
-      Port.command(port, [Agent.encode(:stop), ?\n])
-    rescue
-      ArgumentError -> :ok
-    end
-
-    receive do
-      {^port, {:exit_status, _}} -> :ok
-    after
-      10_000 -> kill(child)
-    end
-
-    :ok
-  end
-
-  @doc "Kills the child (SIGKILL to its OS process) if it is still running."
-  @spec kill(t()) :: :ok
-  def kill(%__MODULE__{port: port, os_pid: os_pid}) do
-    if File.exists?("/proc/#{os_pid}") do
-      System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
-    end
-
-    try do
-      Port.close(port)
-    rescue
-      ArgumentError -> :ok
-    end
-
-    :ok
-  end
 end

@@ -26,26 +26,38 @@ defmodule Islet.Bench.Agent do
   @spec decode(String.t()) :: term()
   def decode(line), do: line |> String.trim() |> Base.decode64!() |> :erlang.binary_to_term()
 
-  @doc "Runs the command loop until stdin closes or `:stop` is received; then halts."
+  @doc "The benchmark's entry point: runs its command loop (see `run/3`)."
   @spec main() :: no_return()
   def main do
     # Islet's applications (:ssl among them), as a release would start them.
     {:ok, _} = Application.ensure_all_started(:islet)
-    reply({:ready, %{fd_limit: OS.fd_limit(), schedulers: System.schedulers_online()}})
-    loop(%{server: nil, counters: nil, client: IdleClient.new()})
+    ready = %{fd_limit: OS.fd_limit(), schedulers: System.schedulers_online()}
+    run(ready, %{server: nil, counters: nil, client: IdleClient.new()}, &handle/2)
   end
 
-  defp loop(state) do
+  @doc """
+  A child's command loop: answers `{:ready, info}`, then one answer per
+  command with `handle.(command, state)`, which returns `{answer, state}`,
+  or `{:stop, answer}` to answer and halt. Halts when stdin closes.
+  """
+  @spec run(term(), state, (term(), state -> {term(), state} | {:stop, term()})) :: no_return()
+        when state: term()
+  def run(info, state, handle) do
+    reply({:ready, info})
+    loop(state, handle)
+  end
+
+  defp loop(state, handle) do
     case IO.read(:stdio, :line) do
       line when is_binary(line) ->
-        case handle(decode(line), state) do
+        case handle.(decode(line), state) do
           {:stop, answer} ->
             reply(answer)
             System.halt(0)
 
           {answer, state} ->
             reply(answer)
-            loop(state)
+            loop(state, handle)
         end
 
       _eof_or_error ->

@@ -1,15 +1,17 @@
 defmodule Islet.Bench.Child do
   @moduledoc """
-  A child BEAM of the benchmark, seen from the coordinating `mix` process.
+  A child BEAM of the benchmark (or of a test), seen from its parent.
 
   Started as `/bin/sh -c 'ulimit -n FDS ...; exec "$@"' taskset -c CPUS
   elixir --erl FLAGS -pa EBIN... -e 'Islet.Bench.Agent.main()'`: the shell
   raises the open-files limit (the BEAM inherits it; 10,000 connections need
   more than the usual 1024), `taskset` pins it, and `--erl` sets the number
   of schedulers. The ebin directories are those of the running build (so
-  `MIX_BUILD_PATH` is honoured). Commands go over stdin/stdout (see
-  `Islet.Bench.Agent`); other output of the child (logs, crash reports) is
-  echoed to stderr with the child's name.
+  `MIX_BUILD_PATH` is honoured, and a test build's support modules are
+  there). Commands go over stdin/stdout (see `Islet.Bench.Agent`, whose
+  command loop other entry points reuse with `Islet.Bench.Agent.run/3`);
+  other output of the child (logs, crash reports) is echoed to stderr with
+  the child's name.
   """
 
   alias Islet.Bench.Agent
@@ -20,17 +22,20 @@ defmodule Islet.Bench.Child do
   @type t :: %__MODULE__{name: String.t(), port: port(), os_pid: non_neg_integer(), info: map()}
 
   @typedoc """
-  Options of `start/2`: `:cpus` (taskset list, required), `:schedulers`
-  (default 1), `:fds` (open-files limit wanted, default 65536), `:erl_flags`
-  (more emulator flags, e.g. `"+JPperf true"` to profile with perf).
+  Options of `start/2`: `:cpus` (taskset list; not pinned without it),
+  `:schedulers` (default 1; `:all` for the BEAM's default), `:fds` (open-files
+  limit wanted, default 65536; the hard limit if lower), `:erl_flags` (more
+  emulator flags, e.g. `"+JPperf true"` to profile with perf), `:main` (the
+  entry point, an Elixir expression; default `"Islet.Bench.Agent.main()"`).
   """
   @type option ::
           {:cpus, String.t()}
-          | {:schedulers, pos_integer()}
+          | {:schedulers, pos_integer() | :all}
           | {:fds, pos_integer()}
           | {:erl_flags, String.t()}
+          | {:main, String.t()}
 
-  @start_timeout 30_000
+  @start_timeout 60_000
   @marker Agent.marker()
   @echo_lines 60
 
@@ -42,16 +47,23 @@ defmodule Islet.Bench.Child do
 
     # No busy-waiting schedulers: idle time is then not counted as CPU time.
     erl_flags =
-      "+S #{schedulers}:#{schedulers} +sbwt none +sbwtdcpu none +sbwtdio none " <>
-        Keyword.get(options, :erl_flags, "")
+      if(schedulers == :all, do: "", else: "+S #{schedulers}:#{schedulers} ") <>
+        "+sbwt none +sbwtdcpu none +sbwtdio none " <> Keyword.get(options, :erl_flags, "")
 
     script = ~s[ulimit -n #{fds} 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@"]
 
+    pin =
+      case Keyword.fetch(options, :cpus) do
+        {:ok, cpus} -> [executable!("taskset"), "-c", cpus]
+        :error -> []
+      end
+
     args =
-      ["-c", script, "islet-bench", executable!("taskset"), "-c", Keyword.fetch!(options, :cpus)] ++
+      ["-c", script, "islet-child"] ++
+        pin ++
         [executable!("elixir"), "--erl", erl_flags] ++
         Enum.flat_map(code_paths(), &["-pa", &1]) ++
-        ["-e", "Islet.Bench.Agent.main()"]
+        ["-e", Keyword.get(options, :main, "Islet.Bench.Agent.main()")]
 
     port =
       Port.open({:spawn_executable, "/bin/sh"}, [
@@ -154,8 +166,12 @@ defmodule Islet.Bench.Child do
     flush(port)
   end
 
-  defp kill(%__MODULE__{port: port, os_pid: os_pid}) do
-    _ = System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
+  @doc "Kills the child (SIGKILL to its OS process) if it is still running."
+  @spec kill(t()) :: :ok
+  def kill(%__MODULE__{port: port, os_pid: os_pid}) do
+    if File.exists?("/proc/#{os_pid}") do
+      _ = System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true)
+    end
 
     try do
       Port.close(port)
