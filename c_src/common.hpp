@@ -128,6 +128,15 @@ struct Sock {
   bool sni_resolved = false;  // SNI context chosen (sni_hosts / sni_fun)
   std::string sni;            // server_name of the ClientHello
   void* sni_ctx = nullptr;    // the context whose sni_fun paused the handshake
+  // A handshake step runs on the caller's scheduler unless it may be costly
+  // (tls.cpp): inline is set while it does, and want_dirty when the
+  // ClientHello callback found that the rest of the step is costly.
+  bool tls_inline = false;
+  bool tls_want_dirty = false;
+  // A step run on a dirty scheduler, to be finished on a normal one.
+  bool tls_step_pending = false;
+  uint8_t tls_step = 0;
+  int tls_step_code = 0;
 
   uint64_t recv_oct = 0, recv_cnt = 0, recv_max = 0;
   uint64_t send_oct = 0, send_cnt = 0, send_max = 0;

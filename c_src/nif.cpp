@@ -73,7 +73,8 @@ ErlNifFunc nif_funcs[] = {
     {"tls_listener", 2, nif_tls_listener, 0},
     {"tls_upgrade", 2, nif_tls_upgrade, 0},
     {"tls_set_ctx", 2, nif_tls_set_ctx, 0},
-    {"tls_handshake", 1, nif_tls_handshake, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    // A handshake step moves itself to a dirty CPU scheduler when costly.
+    {"tls_handshake", 1, nif_tls_handshake, 0},
     {"tls_info", 1, nif_tls_info, 0},
 };
 

@@ -4,13 +4,19 @@
 // keeps kernel TLS and SSL_sendfile possible), so WANT_READ / WANT_WRITE map
 // onto the engine's enif_select waits. A listener holds one SSL_CTX, built
 // once from the options; each accepted connection gets an SSL from it.
-// The handshake NIF runs on a dirty CPU scheduler (RSA signatures take a few
-// hundred microseconds); reads happen on the poller thread or in recv, and
-// writes are cut into bounded slices so that no call runs long.
+// A handshake step runs on the calling scheduler when it is cheap (no
+// private-key operation, or an ECDSA P-256 / Ed25519 one with an X25519 or
+// P-256 key exchange: well under a millisecond), and on a dirty CPU scheduler
+// otherwise (an RSA signature takes about a millisecond): each hop to a dirty
+// scheduler and back costs context switches and cross-thread frees that,
+// for a cheap handshake, cost more than the handshake. Reads happen on the
+// poller thread or in recv, and writes are cut into bounded slices so that
+// no call runs long.
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -116,16 +122,68 @@ bool shares_a_cipher(SSL* ssl) {
   return false;
 }
 
-int client_hello_cb(SSL* ssl, int* alert, void*) {
-  // No suite in common: :ssl answers insufficient_security, where OpenSSL
-  // would send handshake_failure; callers match the alert's name.
-  if (!shares_a_cipher(ssl)) {
-    *alert = SSL_AD_INSUFFICIENT_SECURITY;
-    return SSL_CLIENT_HELLO_ERROR;
+// Whether a signature with this key is cheap (tens of microseconds):
+// ECDSA up to 256 bits, Ed25519. RSA, P-384 and larger take about a ms.
+bool cheap_key(const EVP_PKEY* k) {
+  if (k == nullptr) return false;
+  int id = EVP_PKEY_get_base_id(k);
+  if (id == EVP_PKEY_ED25519) return true;
+  return id == EVP_PKEY_EC && EVP_PKEY_get_bits(k) <= 256;
+}
+
+// The cost class of a named group (TLS ids): 1 cheap (X25519, P-256), 0
+// costly (P-384 takes about a ms, P-521, X448 and FFDHE hundreds of us), -1
+// one OpenSSL does not offer (skipped, as the server would skip it).
+int group_class(unsigned id) {
+  switch (id) {
+    case 29: case 23: return 1;                 // x25519, secp256r1
+    case 24: case 25: case 30: return 0;        // secp384r1, secp521r1, x448
+    default: return id >= 256 && id <= 260 ? 0 : -1;  // ffdhe*
   }
+}
+
+// Whether the key exchange this ClientHello leads to is cheap: the first
+// group the server can use among the client's key shares (TLS 1.3), else
+// among its supported groups. No usable group: costly, to be safe.
+bool cheap_exchange(SSL* ssl) {
+  const unsigned char* p;
+  size_t len;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_key_share, &p, &len) && len >= 2) {
+    size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
+    for (size_t i = 2; i + 4 <= end;) {
+      unsigned id = (static_cast<unsigned>(p[i]) << 8) | p[i + 1];
+      size_t klen = (static_cast<size_t>(p[i + 2]) << 8) | p[i + 3];
+      int c = group_class(id);
+      if (c >= 0) return c == 1;
+      i += 4 + klen;
+    }
+  }
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) && len >= 2) {
+    size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
+    for (size_t i = 2; i + 2 <= end; i += 2) {
+      int c = group_class((static_cast<unsigned>(p[i]) << 8) | p[i + 1]);
+      if (c >= 0) return c == 1;
+    }
+  }
+  return false;
+}
+
+// Whether a step that does not read a ClientHello may be costly: verifying
+// a client certificate, or TLS 1.2's key exchange (RSA decryption, or a
+// costly group) with the client's second flight.
+bool costly_later_step(SSL* ssl) {
+  if (SSL_get_verify_mode(ssl) & SSL_VERIFY_PEER) return true;
+  if (SSL_version(ssl) >= TLS1_3_VERSION) return false;
+  const SSL_CIPHER* c = SSL_get_pending_cipher(ssl);
+  if (c == nullptr) c = SSL_get_current_cipher(ssl);
+  if (c == nullptr || SSL_CIPHER_get_kx_nid(c) != NID_kx_ecdhe) return true;
+  int g = SSL_get_negotiated_group(ssl);
+  return !(g == NID_X25519 || g == NID_X9_62_prime256v1);
+}
+
+int resolve_sni(SSL* ssl, Sock* st) {
   SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
   CtxData* c = data_of(ctx);
-  Sock* st = sock_of(ssl);
   if (c == nullptr || st == nullptr || st->sni_resolved) return SSL_CLIENT_HELLO_SUCCESS;
   st->sni = client_hello_sni(ssl);
   for (SniHost& h : c->sni_hosts) {
@@ -143,6 +201,25 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
     return SSL_CLIENT_HELLO_RETRY;
   }
   st->sni_resolved = true;
+  return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+int client_hello_cb(SSL* ssl, int* alert, void*) {
+  // No suite in common: :ssl answers insufficient_security, where OpenSSL
+  // would send handshake_failure; callers match the alert's name.
+  if (!shares_a_cipher(ssl)) {
+    *alert = SSL_AD_INSUFFICIENT_SECURITY;
+    return SSL_CLIENT_HELLO_ERROR;
+  }
+  Sock* st = sock_of(ssl);
+  if (resolve_sni(ssl, st) == SSL_CLIENT_HELLO_RETRY) return SSL_CLIENT_HELLO_RETRY;
+  // On a normal scheduler, the rest of this step (key exchange, signature)
+  // must be cheap; else the step pauses here and resumes on a dirty one.
+  if (st != nullptr && st->tls_inline &&
+      !(cheap_key(SSL_get_privatekey(ssl)) && cheap_exchange(ssl))) {
+    st->tls_want_dirty = true;
+    return SSL_CLIENT_HELLO_RETRY;
+  }
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
@@ -243,17 +320,22 @@ ERL_NIF_TERM alert_term(ErlNifEnv* env, int code, bool received) {
                           enif_make_tuple2(env, enif_make_atom(env, alert_name(code)), chars));
 }
 
-// The reason for a failed TLS call: an alert received or sent, or closed.
-ERL_NIF_TERM failure(ErlNifEnv* env, Sock* s) {
+// The reason for a failed TLS call, read from this thread's OpenSSL error
+// queue: kRecvAlert | code (an alert received), kSentAlert | code (sent),
+// or 0 (closed). failure() makes the term.
+constexpr int kRecvAlert = 0x100;
+constexpr int kSentAlert = 0x200;
+
+int failure_code(Sock* s) {
   unsigned long e = ERR_peek_last_error();
   ERR_clear_error();
   int reason = e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
-  if (reason >= SSL_AD_REASON_OFFSET) return alert_term(env, reason - SSL_AD_REASON_OFFSET, true);
+  if (reason >= SSL_AD_REASON_OFFSET) return kRecvAlert | ((reason - SSL_AD_REASON_OFFSET) & 0xff);
   switch (reason) {
     case SSL_R_UNEXPECTED_EOF_WHILE_READING:
-      return atom.closed;  // the client went away: :ssl says closed
+      return 0;  // the client went away: :ssl says closed
     case SSL_R_NO_SHARED_CIPHER:
-      return alert_term(env, SSL_AD_INSUFFICIENT_SECURITY, false);  // :ssl's reason
+      return kSentAlert | SSL_AD_INSUFFICIENT_SECURITY;  // :ssl's reason
     case SSL_R_HTTP_REQUEST:
     case SSL_R_HTTPS_PROXY_REQUEST:
     case SSL_R_WRONG_VERSION_NUMBER:
@@ -261,11 +343,18 @@ ERL_NIF_TERM failure(ErlNifEnv* env, Sock* s) {
     case SSL_R_PACKET_LENGTH_TOO_LONG:
     case SSL_R_RECORD_LENGTH_MISMATCH:
       // Not TLS at all (a plain HTTP request, say): :ssl answers so.
-      return alert_term(env, SSL_AD_UNEXPECTED_MESSAGE, false);
+      return kSentAlert | SSL_AD_UNEXPECTED_MESSAGE;
     default:
       break;
   }
-  if (s->tls_alert >= 0) return alert_term(env, s->tls_alert, false);
+  if (s->tls_alert >= 0) return kSentAlert | (s->tls_alert & 0xff);
+  return 0;
+}
+
+// An alert received or sent, or closed.
+ERL_NIF_TERM failure_term(ErlNifEnv* env, int code) {
+  if (code & kRecvAlert) return alert_term(env, code & 0xff, true);
+  if (code & kSentAlert) return alert_term(env, code & 0xff, false);
   return atom.closed;
 }
 
@@ -585,52 +674,161 @@ ERL_NIF_TERM nif_tls_set_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]
   return atom.ok;
 }
 
-// tls_handshake(Sock) -> ok | wait | {sni, Name} | {error, Reason}
-// Dirty CPU: this is where the certificate's private key signs.
-ERL_NIF_TERM nif_tls_handshake(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+namespace {
+
+// What a handshake step came to. A step on a dirty scheduler only runs
+// OpenSSL and leaves this in the socket; the waiting, selecting and terms
+// are done back on a normal scheduler (finish_step), so that nothing the
+// BEAM allocates (monitors, select state, terms) is made on a dirty
+// scheduler and freed on a normal one, which costs wake-ups of other threads.
+enum class Step : uint8_t { Done, Read, Write, HelloCb, Dirty, Fail };
+
+int64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// SSL_do_handshake and what must run on the same thread (the error queue is
+// per thread). Under the lock.
+Step run_step(Sock* s, bool inline_step, int* code) {
+  ERR_clear_error();
+  s->tls_inline = inline_step;
+  s->tls_want_dirty = false;
+  int r = SSL_do_handshake(s->ssl);
+  s->tls_inline = false;
+  if (r == 1) {
+    s->tls_done = true;
+    SSL_free_buffers(s->ssl);  // the handshake's record buffers: idle until data comes
+    return Step::Done;
+  }
+  int e = SSL_get_error(s->ssl, r);
+  if (e == SSL_ERROR_WANT_READ || (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
+    return Step::Read;
+  if (e == SSL_ERROR_WANT_WRITE) return Step::Write;
+  if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) return s->tls_want_dirty ? Step::Dirty : Step::HelloCb;
+  *code = failure_code(s);
+  return Step::Fail;
+}
+
+ERL_NIF_TERM finish_step(ErlNifEnv* env, Sock* s, const ErlNifPid& me, Step step, int code) {
+  switch (step) {
+    case Step::Done:
+      waiter_done(env, s, s->rq, me);
+      return atom.ok;
+    case Step::Read:
+    case Step::Write: {
+      if (s->rq.q.empty()) waiter_push(env, s, s->rq, me);
+      int dir = step == Step::Read ? ERL_NIF_SELECT_READ : ERL_NIF_SELECT_WRITE;
+      if (select_for(env, s, s->rq, me, dir) < 0) return make_error(env, atom.closed);
+      return atom.wait;
+    }
+    case Step::HelloCb: {
+      ERL_NIF_TERM name;
+      std::memcpy(enif_make_new_binary(env, s->sni.size(), &name), s->sni.data(), s->sni.size());
+      CtxData* c = s->sni_ctx != nullptr ? data_of(static_cast<SSL_CTX*>(s->sni_ctx)) : nullptr;
+      ERL_NIF_TERM data = c != nullptr && c->data_env != nullptr ? enif_make_copy(env, c->data)
+                                                                 : atom.undefined;
+      return enif_make_tuple3(env, enif_make_atom(env, "sni"), name, data);
+    }
+    case Step::Dirty:
+    case Step::Fail:
+      break;
+  }
+  waiter_done(env, s, s->rq, me);
+  s->peer_closed = true;
+  return make_error(env, failure_term(env, code));
+}
+
+ERL_NIF_TERM tls_handshake_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]);
+
+// The socket of argv[0], open and handshaking; or the answer to give.
+bool handshake_sock(ErlNifEnv* env, const ERL_NIF_TERM argv[], Sock** out, ERL_NIF_TERM* answer) {
+  if (!get_sock(env, argv[0], out)) {
+    *answer = enif_make_badarg(env);
+    return false;
+  }
+  Sock* s = *out;
+  if (!s->open) *answer = make_error(env, atom.closed);
+  else if (s->ssl == nullptr || s->kind != Kind::Conn) *answer = make_error(env, atom.einval);
+  else if (s->tls_done) *answer = atom.ok;
+  else return true;
+  return false;
+}
+
+ERL_NIF_TERM go_dirty(ErlNifEnv* env, const ERL_NIF_TERM argv[]) {
+  return enif_schedule_nif(env, "tls_handshake", ERL_NIF_DIRTY_JOB_CPU_BOUND, tls_handshake_dirty,
+                           1, argv);
+}
+
+// Back on a normal scheduler after a dirty step.
+ERL_NIF_TERM tls_handshake_finish(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
-  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifPid me = self_of(env);
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
+  bool pending = s->tls_step_pending;
+  s->tls_step_pending = false;
   if (!s->open) return make_error(env, atom.closed);
-  if (s->ssl == nullptr || s->kind != Kind::Conn) return make_error(env, atom.einval);
-  if (s->tls_done) return atom.ok;
+  if (!pending) return s->tls_done ? atom.ok : make_error(env, atom.closed);
+  return finish_step(env, s, me, static_cast<Step>(s->tls_step), s->tls_step_code);
+}
+
+ERL_NIF_TERM tls_handshake_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  ERL_NIF_TERM answer;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!handshake_sock(env, argv, &s, &answer)) return answer;
+    int code = 0;
+    s->tls_step = static_cast<uint8_t>(run_step(s, false, &code));
+    s->tls_step_code = code;
+    s->tls_step_pending = true;
+  }
+  return enif_schedule_nif(env, "tls_handshake", 0, tls_handshake_finish, 1, argv);
+}
+
+// A normal-scheduler step: inline unless it may be costly.
+ERL_NIF_TERM handshake_step(ErlNifEnv* env, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  ERL_NIF_TERM answer;
+  ErlNifPid me = self_of(env);
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::unique_lock<std::mutex> lk(s->mu);
+  if (!handshake_sock(env, argv, &s, &answer)) return answer;
   if (!s->rq.q.empty() && !s->rq.is_head(me)) {
     waiter_push(env, s, s->rq, me);
     return atom.wait;
   }
   if (s->rq.is_head(me)) s->rq.selected = 0;
-  ERR_clear_error();
-  int r = SSL_do_handshake(s->ssl);
-  if (r == 1) {
-    s->tls_done = true;
-    SSL_free_buffers(s->ssl);  // the handshake's record buffers: idle until data comes
-    waiter_done(env, s, s->rq, me);
-    return atom.ok;
+  // A step that reads a ClientHello starts here and moves to a dirty
+  // scheduler from the ClientHello callback if it must; a later step that
+  // may be costly goes there at once.
+  if (!SSL_in_before(s->ssl) && costly_later_step(s->ssl)) {
+    lk.unlock();
+    return go_dirty(env, argv);
   }
-  int e = SSL_get_error(s->ssl, r);
-  int dir = 0;
-  if (e == SSL_ERROR_WANT_READ || (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
-    dir = ERL_NIF_SELECT_READ;
-  else if (e == SSL_ERROR_WANT_WRITE)
-    dir = ERL_NIF_SELECT_WRITE;
-  if (dir != 0) {
-    if (s->rq.q.empty()) waiter_push(env, s, s->rq, me);
-    if (select_for(env, s, s->rq, me, dir) < 0) return make_error(env, atom.closed);
-    return atom.wait;
+  int code = 0;
+  int64_t t0 = now_ns();
+  Step step = run_step(s, true, &code);
+  // Tell the scheduler what the step cost: 1% of a slice per 10 us.
+  int64_t pct = (now_ns() - t0) / 10000 + 1;
+  enif_consume_timeslice(env, static_cast<int>(pct > 100 ? 100 : pct));
+  if (step == Step::Dirty) {
+    lk.unlock();
+    return go_dirty(env, argv);  // the rest of the step is costly
   }
-  if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
-    ERL_NIF_TERM name;
-    std::memcpy(enif_make_new_binary(env, s->sni.size(), &name), s->sni.data(), s->sni.size());
-    CtxData* c = s->sni_ctx != nullptr ? data_of(static_cast<SSL_CTX*>(s->sni_ctx)) : nullptr;
-    ERL_NIF_TERM data = c != nullptr && c->data_env != nullptr ? enif_make_copy(env, c->data)
-                                                               : atom.undefined;
-    return enif_make_tuple3(env, enif_make_atom(env, "sni"), name, data);
-  }
-  waiter_done(env, s, s->rq, me);
-  ERL_NIF_TERM reason = failure(env, s);
-  s->peer_closed = true;
-  return make_error(env, reason);
+  return finish_step(env, s, me, step, code);
+}
+
+}  // namespace
+
+// tls_handshake(Sock) -> ok | wait | {sni, Name, Data} | {error, Reason}
+// Runs on the calling scheduler; a costly step (a private-key operation
+// that takes long, see cheap_key) continues on a dirty CPU scheduler.
+ERL_NIF_TERM nif_tls_handshake(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return handshake_step(env, argv);
 }
 
 // tls_info(Sock) -> {ok, [{Key, Value}]} | {error, Reason}
