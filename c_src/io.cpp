@@ -741,7 +741,8 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   ErlNifPid pid;
   int active;
   if (!get_sock(env, argv[0], &s) || !enif_get_local_pid(env, argv[1], &pid) ||
-      !enif_get_int(env, argv[2], &active))
+      !enif_get_int(env, argv[2], &active) ||
+      !(active == kActiveTrue || active == kActiveOnce || (active >= 0 && active <= kActiveMax)))
     return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   bool dead = false;

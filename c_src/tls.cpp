@@ -536,10 +536,11 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     int arity;
     const ERL_NIF_TERM* kv;
     char key[32];
+    int key_len;
     if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2 ||
-        !enif_get_atom(env, kv[0], key, sizeof key, ERL_NIF_LATIN1))
+        (key_len = enif_get_atom(env, kv[0], key, sizeof key, ERL_NIF_LATIN1)) <= 0)
       return enif_make_badarg(env);
-    std::string k(key);
+    std::string k(key, key_len - 1);  // the whole atom: 'cert_key\0x' is not cert_key
     ErlNifBinary b;
     int i;
     if (k == "cert_key") {
@@ -612,7 +613,9 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       }
     } else if (k == "sni_fun") {
       // Kept with the context and handed back when a handshake pauses.
+      // Named twice: the last one wins, and the first one's copy is freed.
       c->sni_fun = true;
+      if (c->data_env != nullptr) enif_free_env(c->data_env);
       c->data_env = enif_alloc_env();
       c->data = enif_make_copy(c->data_env, kv[1]);
     } else {

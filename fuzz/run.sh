@@ -10,8 +10,16 @@ out=${FUZZ_BUILD:-/tmp/islet-fuzz}
 mkdir -p "$out" crashes
 flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
 status=0
-for h in fuzz_wire fuzz_client_hello; do
-  clang++ "${flags[@]}" "$h.cpp" ../c_src/wire.cpp -o "$out/$h" -lssl -lcrypto
+for h in fuzz_wire fuzz_client_hello fuzz_terms; do
+  # What each harness links: fuzz_terms takes the whole NIF, with a fake
+  # erl_nif (erl_nif_shim.cpp) standing in for the VM.
+  case $h in
+    fuzz_terms)
+      erts=$(erl -noshell -eval 'io:format("~s/usr/include", [code:root_dir()]), halt().')
+      srcs=(-I"$erts" erl_nif_shim.cpp ../c_src/*.cpp) ;;
+    *) srcs=(../c_src/wire.cpp) ;;
+  esac
+  clang++ "${flags[@]}" "$h.cpp" "${srcs[@]}" -o "$out/$h" -lssl -lcrypto
   corpus="$out/corpus-$h"
   mkdir -p "$corpus"
   if [ "$h" = fuzz_client_hello ]; then
@@ -20,10 +28,13 @@ for h in fuzz_wire fuzz_client_hello; do
   fi
   # Known regressions first: each must run clean.
   if [ -d "regressions/$h" ] && [ -n "$(ls -A "regressions/$h")" ]; then
-    "$out/$h" -runs=0 "regressions/$h" >"$out/$h.regress.log" 2>&1 || { cat "$out/$h.regress.log"; status=1; }
+    "$out/$h" -runs=0 -artifact_prefix=crashes/ "regressions/$h" >"$out/$h.regress.log" 2>&1 || { cat "$out/$h.regress.log"; status=1; }
   fi
+  # Checked-in seeds (fuzz/seeds/<harness>/) are read; new inputs go to $corpus.
+  seeds=()
+  if [ -d "seeds/$h" ]; then seeds=("seeds/$h"); fi
   if "$out/$h" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix=crashes/ \
-      "$corpus" >"$out/$h.log" 2>&1; then
+      "$corpus" ${seeds[@]+"${seeds[@]}"} >"$out/$h.log" 2>&1; then
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out/$h.log" | grep -o '[0-9]*$')
     echo "fuzz: $h: ${execs:-?} inputs, no crash"
   else

@@ -516,6 +516,32 @@ defmodule Islet.BadArgsTest do
     end
   end
 
+  describe "found by fuzz/fuzz_terms (each also a regression input there)" do
+    test "tls_ctx with sni_fun twice: the last one wins (the first one's copy was leaked)" do
+      # The leak itself shows under ASan (scripts/sanitize.sh runs this).
+      assert {:ok, _ctx} = Islet.Nif.tls_ctx([{:sni_fun, :first}, {:sni_fun, :second}])
+    end
+
+    test "tls_ctx option names are whole atoms: one with a NUL inside is not an option" do
+      assert {:ok, _} = Islet.Nif.tls_ctx([{:sni_fun, :f}])
+      assert_raise ArgumentError, fn -> Islet.Nif.tls_ctx([{:"sni_fun\0x", :f}]) end
+    end
+
+    test "set_owner takes only an active state the socket can have" do
+      {:ok, l} = TCP.listen(0, ip: :loopback)
+      {:ok, {_, port}} = TCP.sockname(l)
+      {s, c} = pair(l, port)
+
+      for bad <- [-3, -7, 32_768, 40_000] do
+        assert_raise ArgumentError, fn -> Islet.Nif.set_owner(s, self(), bad) end
+      end
+
+      # The socket is untouched: still passive, still ours.
+      assert {:ok, [active: false]} = TCP.getopts(s, [:active])
+      alive!(s, c)
+    end
+  end
+
   ## The NIF fuzzer
 
   # NIFs whose effect is global (the active-mode pumps) are left out.

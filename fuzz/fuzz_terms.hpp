@@ -1,0 +1,91 @@
+// The byte grammar of fuzz_terms.cpp, shared with seed_terms.cpp (which
+// writes inputs in it). Changing a value here invalidates the seeds: run
+// seed_terms again (see its header).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace terms {
+
+// First byte of an input: what to exercise.
+enum Target : uint8_t {
+  kSockOps = 0,  // a socket made with islet::sock_create, then a list of SockOp
+  kListen = 1,   // listen(Family, Address, Port, Opts), then SockOps on the listener
+  kTlsCtx = 2,   // tls_ctx(Opts), once or twice (the first result can be an sni host)
+  kTargetCount
+};
+
+// One step on a socket (byte % kSockOpCount); the arguments follow as terms.
+enum SockOp : uint8_t {
+  kSetopts, kGetopts, kSetActive, kControllingProcess, kSetOwner, kShutdown, kCancel,
+  kNames,        // then a byte: sockname / peername / getstat
+  kAnyFirstArg,  // then a byte picking one of the above; argv[0] is a term too
+  kKill,         // then a byte: that pid dies (its monitors fire)
+  kClose,
+  kPeerWrite,    // then a length byte and bytes: the peer (AF_UNIX pair) writes them
+  kPeerClose,
+  kRecv,         // recv(S, Term)
+  kAccept,       // accept(S)
+  kDeliver,      // deliver(S): what a pump does on {'$islet_ready', S}
+  kTlsUpgrade,   // a context (tls_ctx of a term), then a byte: tls_upgrade +
+                 // tls_handshake, tls_listener, or tls_set_ctx + tls_handshake
+  kEnd,
+  kSockOpCount
+};
+
+// Term grammar: a byte (% kOpCount) picks the production.
+enum Op : uint8_t {
+  kDictAtom,   // byte: index into kAtoms
+  kRandAtom,   // byte: length % 12, then the name's bytes
+  kSmallInt,   // byte, as int8
+  kInt32,      // 4 bytes, little endian
+  kMagicInt,   // byte: index into the harness's table of edge values
+  kRandBin,    // byte: length % 64, then the bytes
+  kDictBin,    // byte: index into the binary dictionary (cert, key, strings)
+  kList,       // byte: length % 6, then the elements
+  kImproper,   // byte: 1 + n % 3 elements, then the tail term
+  kTuple,      // byte: arity % 9, then the elements
+  kKv,         // {atom from kAtoms (byte), term}: the option shape
+  kPid,        // byte: id % 12 (8+ are dead), bit 7: external
+  kRef,
+  kFloat,      // 8 bytes
+  kResource,   // byte: one of the resources made so far in this input
+  kNil,
+  kOpCount
+};
+
+// Every atom the NIF knows (init_atoms, the option keys of options.cpp and
+// tls.cpp), and a few it must reject.
+constexpr const char* kAtoms[] = {
+    "ok", "error", "true", "false", "undefined", "closed", "timeout", "einval", "enotconn",
+    "enomem", "badarg", "not_owner", "wait", "wait_turn", "wait_drain", "wait_close", "paused",
+    "more", "once", "infinity", "$islet", "$islet_closed", "inet", "inet6", "local", "read",
+    "write", "read_write", "active", "mode", "binary", "packet", "raw", "nodelay", "reuseaddr",
+    "reuseport", "reuseport_lb", "keepalive", "linger", "buffer", "recbuf", "sndbuf",
+    "send_timeout", "send_timeout_close", "exit_on_close", "backlog", "ipv6_v6only", "tcp",
+    "tcp_closed", "tcp_error", "tcp_passive", "ssl", "ssl_closed", "ssl_error", "ssl_passive",
+    "recv_oct", "recv_cnt", "recv_max", "recv_avg", "recv_dvi", "send_oct", "send_cnt",
+    "send_max", "send_avg", "send_pend", "unspec", "eof", "$islet_ready", "tos", "priority",
+    "$islet_flush",
+    // tls_ctx
+    "cert_key", "cacerts", "verify_peer", "fail_if_no_peer_cert", "depth", "min_version",
+    "max_version", "cipher_list", "ciphersuites", "honor_cipher_order", "alpn",
+    "session_tickets", "stateless", "stateful", "reuse_sessions", "sni_hosts", "sni_fun",
+    // near misses and Elixir's
+    "nil", "list", "ip", "ifaddr", "cert_key_", "certfile", "active_n", "stateless\xe9",
+    "a_very_long_atom_name_of_more_than_31_bytes",
+};
+constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
+
+// Binary dictionary: the first three are made at start-up (a certificate,
+// its key, an unrelated key: all DER); then these strings.
+constexpr unsigned kGeneratedBins = 3;
+constexpr std::string_view kBinStrings[] = {
+    "h2", "http/1.1", "", "ALL", "HIGH:!aNULL", "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", "NULL", "localhost",
+    "example.com", std::string_view("\0islet-fuzz", 11), "islet-fuzz.sock",
+};
+constexpr unsigned kBinCount = kGeneratedBins + sizeof kBinStrings / sizeof kBinStrings[0];
+
+}  // namespace terms
