@@ -40,6 +40,23 @@ defmodule Islet.TLS do
   ]
   @tags {:ssl, :ssl_closed, :ssl_error, :ssl_passive}
 
+  # The suites this OTP's :ssl knows, by IANA name, built at compile time:
+  # connection_information/1 then looks a suite up in a literal map, where
+  # :ssl.str_to_suite/1 parses the name and builds the map on every call
+  # (about 10 us and a few KB of garbage per connection). Unknown names still
+  # go to :ssl.str_to_suite/1.
+  @suites for version <- [:"tlsv1.3", :"tlsv1.2", :"tlsv1.1", :tlsv1],
+              kind <- [:all, :anonymous],
+              suite <-
+                (try do
+                   :ssl.cipher_suites(kind, version)
+                 catch
+                   # A version this OTP no longer knows.
+                   _, _ -> []
+                 end),
+              into: %{},
+              do: {to_string(:ssl.suite_to_str(suite)), suite}
+
   @doc """
   Opens a TLS listener. Raises (as Thousand Island's SSL transport does) when
   no key or certificate is given.
@@ -294,7 +311,10 @@ defmodule Islet.TLS do
   defp info_item(_), do: []
 
   defp safe_suite(name) do
-    :ssl.str_to_suite(String.to_charlist(name))
+    case @suites do
+      %{^name => suite} -> suite
+      _ -> :ssl.str_to_suite(String.to_charlist(name))
+    end
   rescue
     _ -> nil
   end
