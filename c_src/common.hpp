@@ -86,9 +86,16 @@ struct Sock {
   bool fd_closed = false;    // the stop callback closed the fd
   bool owner_mon_set = false;
   bool closer_waiting = false;
-  bool in_poll = false;      // registered in the poller's epoll set
-  bool armed = false;        // active delivery is armed (pump select or EPOLLONESHOT)
-  bool armed_pump = false;   // ... through a pump's enif_select
+  bool in_poll = false;      // registered in an epoll set (a pump's or the poller's)
+  bool armed = false;        // active and registered: readiness will be delivered
+  // In a pump's set (edge-triggered, poller.cpp): which one, whether data
+  // may be waiting that no new edge will announce, whether the set stopped
+  // listening while the socket was passive, and whether the pump has it in
+  // its backlog.
+  int8_t pset = -1;
+  bool ready = false;
+  bool parked = false;
+  bool in_backlog = false;
   // How the connection ended under the socket, in gen_tcp's terms
   // (exit_on_close): its port keeps answering differently in each case.
   bool peer_closed = false;      // EOF or reset seen (no close_notify owed)
@@ -174,18 +181,19 @@ int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int
 // Active delivery (poller.cpp).
 bool poller_start();
 void poller_stop();
-// Arms active delivery (under lock): a pump's select when pumps run and an
-// env is at hand, else the poller thread's epoll registration.
+// Arms active delivery (under lock): registration in a pump's set when pumps
+// run and an env is at hand (and, if data may be waiting, a read right
+// away), else the poller thread's one-shot epoll registration.
 void poller_arm(ErlNifEnv* env, Sock* s);
 // One of the pump processes, chosen by socket; false when none runs.
 bool pick_pump(Sock* s, ErlNifPid* out);
 // A pump, or in poller mode the flusher: who writes out a timed-out send.
 bool pick_flusher(Sock* s, ErlNifPid* out);
 
-// Active mode ended (under lock): drop a pump's pending select, so that a
-// passive recv can select for itself.
+// Active mode ended (under lock): a pump's set keeps the socket, whose
+// readiness is then only remembered.
 void poller_disarm(ErlNifEnv* env, Sock* s);
-void poller_remove(Sock* s);  // under lock
+void poller_remove(ErlNifEnv* env, Sock* s);  // under lock
 // Sends what rbuf holds, or the closed message, when active mode starts.
 void active_started(ErlNifEnv* env, Sock* s);  // under lock
 ERL_NIF_TERM active_tag(Sock* s, int which);   // 0 data, 1 closed, 2 error, 3 passive

@@ -4,6 +4,7 @@
 namespace islet {
 
 bool open_resource_types(ErlNifEnv* env);
+bool open_poller_types(ErlNifEnv* env);
 bool open_tls_types(ErlNifEnv* env);
 
 #define ISLET_NIF(name) ERL_NIF_TERM name(ErlNifEnv*, int, const ERL_NIF_TERM[]);
@@ -31,7 +32,7 @@ ISLET_NIF(nif_getstat)
 ISLET_NIF(nif_sockname)
 ISLET_NIF(nif_peername)
 ISLET_NIF(nif_register_pump)
-ISLET_NIF(nif_deliver)
+ISLET_NIF(nif_pump_poll)
 ISLET_NIF(nif_tls_ctx)
 ISLET_NIF(nif_tls_listener)
 ISLET_NIF(nif_tls_upgrade)
@@ -67,7 +68,7 @@ ErlNifFunc nif_funcs[] = {
     {"sockname", 1, nif_sockname, 0},
     {"peername", 1, nif_peername, 0},
     {"register_pump", 2, nif_register_pump, 0},
-    {"deliver", 1, nif_deliver, 0},
+    {"pump_poll", 1, nif_pump_poll, 0},
     // Building a context parses keys and certificates: dirty CPU.
     {"tls_ctx", 1, nif_tls_ctx, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"tls_listener", 2, nif_tls_listener, 0},
@@ -81,7 +82,7 @@ ErlNifFunc nif_funcs[] = {
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {
   init_atoms(env);
   if (!enif_get_int(env, info, &max_fds)) max_fds = 0;
-  if (!open_resource_types(env) || !open_tls_types(env)) return 1;
+  if (!open_resource_types(env) || !open_tls_types(env) || !open_poller_types(env)) return 1;
   return poller_start() ? 0 : 1;
 }
 

@@ -1,19 +1,26 @@
 // Islet: active-mode delivery without a process per socket, in one of two
 // ways (docs/design.md compares them):
 //
-// - pumps (the default): enif_select notifies one of a few pump processes
-//   (Islet.Pump, one per scheduler), which calls deliver/1: it reads and
-//   sends {tcp, Socket, Data} to the owner, all on the BEAM's schedulers;
+// - pumps (the default): each of a few pump processes (Islet.Pump, one per
+//   scheduler) polls an epoll set of its own from its scheduler, as the BEAM
+//   polls gen_tcp's busy ports: a socket is registered once, edge-triggered,
+//   so no syscall re-arms it per packet, and a pump that found events polls
+//   again after the processes it woke have run, so under load nothing wakes
+//   a sleeping thread per packet either. Readiness that comes while a socket
+//   is not active is remembered (ready) and served by the setopts that
+//   activates it, on the caller's scheduler. An idle pump waits with one
+//   enif_select on its epoll fd;
 // - poller: one native thread waits on an epoll set of the sockets in active
 //   mode (EPOLLONESHOT, re-armed only while still active), reads on
 //   readiness and enif_sends straight to the owner, like quicer does.
 //
 // Passive calls never go through here: they wait with enif_select.
 //
-// The poller holds a resource reference for each registered socket. A socket
-// that closes is removed from the set under its lock and its reference is
-// released by the thread itself, after the batch of events that may still
-// name it has been handled (see docs/design.md).
+// An epoll set (a pump's, or the poller's) holds a resource reference for
+// each registered socket. A socket that closes is removed from the set under
+// its lock, and its reference is released by whoever polls the set, after
+// the batch of events that may still name it has been handled (see
+// docs/design.md).
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -47,6 +54,21 @@ constexpr int kMaxPumps = 64;
 std::mutex pumps_mu;
 ErlNifPid pumps[kMaxPumps];
 int pump_count = 0;
+// Each pump's poll set (pump mode), indexed as pumps[].
+struct PumpSet {
+  int epfd = -1;
+  void* res = nullptr;  // a resource standing for epfd, for enif_select
+  std::mutex mu;        // guards release and backlog
+  // Removed sockets whose reference the pump drops after its next batch.
+  std::vector<Sock*> release;
+  // Active sockets with data left to read (a slice was used up): no new
+  // edge will announce it, so the pump reads them in its next poll.
+  std::vector<Sock*> backlog;
+  std::atomic<bool> wake_sent{false};  // a $islet_poll message is on its way
+};
+PumpSet psets[kMaxPumps];
+ErlNifResourceType* pset_type = nullptr;
+
 // In poller mode one Islet.Pump runs as a flusher only: it writes out what a
 // timed-out send left, as pumps do in the default mode.
 ErlNifPid flusher;
@@ -105,25 +127,36 @@ void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
   send_owner(s, caller, menv, msg);
 }
 
+void backlog_push(ErlNifEnv* env, Sock* s);
+
 // Readiness of one active socket: read and deliver while active. `caller` is
-// the calling process's env (a pump), or null on the poller thread.
+// the calling process's env (a pump, or the process that activated the
+// socket), or null on the poller thread.
 void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char* buf) {
-  s->armed = s->armed_pump = false;
+  bool et = s->pset >= 0;  // in a pump's set: registered for good
+  s->armed = false;
   if (!s->open || s->dead || s->active == 0 || s->kind != Kind::Conn) return;
   // Bounded work per wake-up so that one busy socket cannot starve others.
   for (int round = 0; round < 16; round++) {
     int err = 0;
     ssize_t n = conn_read(s, buf, kReadChunk, &err);
     if (n > 0) {
+      // Edge-triggered: whether more may be there without a new edge. A
+      // short plain read emptied the socket; TLS cannot tell (records are
+      // read one by one), so the next activation tries a read.
+      if (et) s->ready = s->ssl != nullptr || static_cast<size_t>(n) == kReadChunk;
       deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
       bool slice_used = charge(caller, static_cast<size_t>(n));
       if (!consume_active(s, caller, menv)) return;
-      if (slice_used) break;  // re-armed below: the rest comes in a new call
+      if (slice_used) break;  // the rest comes in a new call
       continue;
     }
     // A TLS read that must write first (rare: a key update) is retried when
     // readable again; the pending write goes out with the next send.
-    if (n == kWantRead || n == kWantWrite) break;
+    if (n == kWantRead || n == kWantWrite) {
+      s->ready = false;
+      break;
+    }
     if (n == kReadError && err != ECONNRESET) {
       // Like inet: the error, then the close.
       ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 2), enif_make_resource(menv, s),
@@ -133,7 +166,12 @@ void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
     deliver_closed(s, caller, menv);
     return;
   }
-  poller_arm(caller, s);
+  if (!et) {
+    poller_arm(caller, s);
+    return;
+  }
+  s->armed = true;
+  if (s->ready) backlog_push(caller, s);
 }
 
 void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
@@ -184,6 +222,41 @@ bool pick_pump(Sock* s, ErlNifPid* out) {
   return true;
 }
 
+// The pump whose set takes s, or -1 (no pumps: poller mode).
+int pump_index(const Sock* s) {
+  std::lock_guard<std::mutex> lk(pumps_mu);
+  if (pump_count == 0) return -1;
+  return static_cast<int>((reinterpret_cast<uintptr_t>(s) >> 6) % pump_count);
+}
+
+// Asks pump i to poll (it may be waiting for its set's select).
+void wake_pump(ErlNifEnv* env, int i) {
+  if (psets[i].wake_sent.exchange(true)) return;
+  ErlNifPid pid;
+  {
+    std::lock_guard<std::mutex> lk(pumps_mu);
+    pid = pumps[i];
+  }
+  ErlNifEnv* m = enif_alloc_env();
+  enif_send(env, &pid, m, enif_make_atom(m, "$islet_poll"));
+  enif_free_env(m);
+}
+
+namespace {
+
+void backlog_push(ErlNifEnv* env, Sock* s) {
+  if (s->in_backlog) return;
+  s->in_backlog = true;
+  enif_keep_resource(s);
+  {
+    std::lock_guard<std::mutex> lk(psets[s->pset].mu);
+    psets[s->pset].backlog.push_back(s);
+  }
+  wake_pump(env, s->pset);
+}
+
+}  // namespace
+
 bool pick_flusher(Sock* s, ErlNifPid* out) {
   if (pick_pump(s, out)) return true;
   std::lock_guard<std::mutex> lk(pumps_mu);
@@ -222,14 +295,37 @@ void poller_stop() {
 }
 
 void poller_arm(ErlNifEnv* env, Sock* s) {
-  if (s->armed || !s->open) return;
-  ErlNifPid pump;
-  if (env != nullptr && pick_pump(s, &pump)) {
-    ERL_NIF_TERM msg = enif_make_tuple2(env, atom.islet_ready, enif_make_resource(env, s));
-    auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_READ | ERL_NIF_SELECT_CUSTOM_MSG);
-    if (enif_select_x(env, s->fd, mode, s, &pump, msg, nullptr) >= 0) s->armed = s->armed_pump = true;
+  if (!s->open) return;
+  int i = env != nullptr ? (s->pset >= 0 ? s->pset : pump_index(s)) : -1;
+  if (i >= 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+    ev.data.ptr = s;
+    if (!s->in_poll) {
+      enif_keep_resource(s);
+      if (epoll_ctl(psets[i].epfd, EPOLL_CTL_ADD, s->fd, &ev) != 0) {
+        enif_release_resource(s);
+        return;
+      }
+      s->in_poll = true;
+      s->pset = static_cast<int8_t>(i);
+      s->ready = true;  // whatever came before registering: look now
+    } else if (s->parked) {
+      // Readiness came while it was passive, and the set stopped listening.
+      epoll_ctl(psets[i].epfd, EPOLL_CTL_MOD, s->fd, &ev);
+      s->parked = false;
+    }
+    s->armed = true;
+    if (s->ready) {
+      // Served right here, on the caller's scheduler: no hop to a pump.
+      static thread_local ErlNifEnv* menv = enif_alloc_env();
+      static thread_local unsigned char buf[kReadChunk];
+      read_and_deliver(s, env, menv, buf);
+      enif_clear_env(menv);
+    }
     return;
   }
+  if (s->armed) return;
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLONESHOT;
   ev.data.ptr = s;
@@ -246,18 +342,27 @@ void poller_arm(ErlNifEnv* env, Sock* s) {
   s->armed = true;
 }
 
-void poller_disarm(ErlNifEnv* env, Sock* s) {
-  if (!s->armed || !s->armed_pump || !s->open) return;
-  auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | ERL_NIF_SELECT_READ);
-  enif_select(env, s->fd, mode, s, nullptr, atom.undefined);
-  s->armed = s->armed_pump = false;
+void poller_disarm(ErlNifEnv*, Sock* s) {
+  // A pump's set keeps the socket; its events now only mark it ready. The
+  // poller's one-shot event, if it comes, finds the socket passive.
+  if (s->pset >= 0) s->armed = false;
 }
 
-void poller_remove(Sock* s) {
+void poller_remove(ErlNifEnv* env, Sock* s) {
   if (!s->in_poll) return;
-  epoll_ctl(poller.epfd, EPOLL_CTL_DEL, s->fd, nullptr);
   s->in_poll = false;
   s->armed = false;
+  if (s->pset >= 0) {
+    PumpSet& p = psets[s->pset];
+    epoll_ctl(p.epfd, EPOLL_CTL_DEL, s->fd, nullptr);
+    {
+      std::lock_guard<std::mutex> lk(p.mu);
+      p.release.push_back(s);
+    }
+    if (env != nullptr) wake_pump(env, s->pset);
+    return;
+  }
+  epoll_ctl(poller.epfd, EPOLL_CTL_DEL, s->fd, nullptr);
   bool first;
   {
     std::lock_guard<std::mutex> lk(poller.rel_mu);
@@ -315,21 +420,91 @@ ERL_NIF_TERM nif_register_pump(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(pumps_mu);
   if (i > pump_count) return enif_make_badarg(env);  // registered in order
+  PumpSet& p = psets[i];
+  if (p.epfd < 0) {  // kept across pump restarts
+    p.epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (p.epfd < 0) return make_errno_error(env, errno);
+    int* res = static_cast<int*>(enif_alloc_resource(pset_type, sizeof(int)));
+    *res = p.epfd;
+    p.res = res;  // never released: the set lives as long as the library
+  }
   pumps[i] = pid;
   if (i == pump_count) pump_count++;
   return atom.ok;
 }
 
-// deliver(Sock) -> ok: a pump's answer to {'$islet_ready', Sock}.
-ERL_NIF_TERM nif_deliver(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
-  Sock* s;
-  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+// pump_poll(Index) -> more | idle: pump Index reads and delivers what its
+// set has ready. `more`: it found work and should poll again once the
+// processes it woke have run; `idle`: nothing was ready, and
+// {select, _, undefined, ready_input} will come when something is.
+ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  int i;
+  ErlNifPid me;
+  enif_self(env, &me);
+  {
+    // Only the pump itself: its set's select notifies the caller.
+    std::lock_guard<std::mutex> lk(pumps_mu);
+    if (!enif_get_int(env, argv[0], &i) || i < 0 || i >= pump_count ||
+        enif_compare_pids(&pumps[i], &me) != 0)
+      return enif_make_badarg(env);
+  }
+  PumpSet& p = psets[i];
+  p.wake_sent = false;  // a wake-up sent from now on is needed
   // One message env and read buffer per scheduler thread, reused.
   static thread_local ErlNifEnv* menv = enif_alloc_env();
   static thread_local unsigned char buf[kReadChunk];
-  std::lock_guard<std::mutex> lk(s->mu);
-  read_and_deliver(s, env, menv, buf);
-  return atom.ok;
+  std::vector<Sock*> backlog;
+  {
+    std::lock_guard<std::mutex> lk(p.mu);
+    backlog.swap(p.backlog);
+  }
+  for (Sock* s : backlog) {
+    {
+      std::lock_guard<std::mutex> lk(s->mu);
+      s->in_backlog = false;
+      read_and_deliver(s, env, menv, buf);
+    }
+    enif_release_resource(s);
+  }
+  constexpr int kBatch = 64;
+  epoll_event evs[kBatch];
+  int n = epoll_wait(p.epfd, evs, kBatch, 0);
+  for (int k = 0; k < n; k++) {
+    Sock* s = static_cast<Sock*>(evs[k].data.ptr);
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->in_poll) continue;  // removed meanwhile: only its reference is left
+    s->ready = true;
+    if (s->open && s->active != 0) {
+      read_and_deliver(s, env, menv, buf);
+    } else if (!s->parked) {
+      // Passive: stop hearing about it (a passive reader waits with its own
+      // select) until an activation finds nothing left to read.
+      epoll_event ev{};
+      ev.data.ptr = s;
+      epoll_ctl(p.epfd, EPOLL_CTL_MOD, s->fd, &ev);
+      s->parked = true;
+    }
+  }
+  // References of removed sockets go after the batch that may name them.
+  std::vector<Sock*> release;
+  {
+    std::lock_guard<std::mutex> lk(p.mu);
+    release.swap(p.release);
+  }
+  for (Sock* s : release) enif_release_resource(s);
+  if (n > 0 || !backlog.empty()) return atom.more;
+  if (enif_select(env, p.epfd, ERL_NIF_SELECT_READ, p.res, &me, atom.undefined) < 0)
+    return atom.more;  // cannot wait: poll again
+  return enif_make_atom(env, "idle");
+}
+
+bool open_poller_types(ErlNifEnv* env) {
+  ErlNifResourceTypeInit init{};
+  // enif_select wants a stop callback; the fd is never closed.
+  init.stop = [](ErlNifEnv*, void*, ErlNifEvent, int) {};
+  auto flags = static_cast<ErlNifResourceFlags>(ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
+  pset_type = enif_open_resource_type_x(env, "islet_poll_set", &init, flags, nullptr);
+  return pset_type != nullptr;
 }
 
 }  // namespace islet

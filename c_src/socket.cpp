@@ -208,7 +208,7 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
       enif_demonitor_process(env, s, &s->owner_mon);
       s->owner_mon_set = false;
     }
-    poller_remove(s);
+    poller_remove(env, s);
     if (s->wioq != nullptr) {
       enif_ioq_destroy(s->wioq);
       s->wioq = nullptr;

@@ -27,7 +27,7 @@ enum SockOp : uint8_t {
   kPeerClose,
   kRecv,         // recv(S, Term)
   kAccept,       // accept(S)
-  kDeliver,      // deliver(S): what a pump does on {'$islet_ready', S}
+  kDeliver,      // pump_poll(0): the pump reads what its poll set has ready
   kTlsUpgrade,   // a context (tls_ctx of a term), then a byte: tls_upgrade +
                  // tls_handshake, tls_listener, or tls_set_ctx + tls_handshake
   kEnd,

@@ -46,7 +46,7 @@ defmodule Islet.Nif do
   def sockname(_socket), do: nif()
   def peername(_socket), do: nif()
   def register_pump(_index, _pid), do: nif()
-  def deliver(_socket), do: nif()
+  def pump_poll(_index), do: nif()
   def tls_ctx(_opts), do: nif()
   def tls_listener(_listener, _ctx), do: nif()
   def tls_upgrade(_socket, _ctx), do: nif()

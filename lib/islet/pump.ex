@@ -2,10 +2,12 @@ defmodule Islet.Pump do
   @moduledoc """
   Active-mode delivery on the BEAM's schedulers.
 
-  A few pump processes (one per scheduler) are what `enif_select` notifies
-  when a socket in active mode is readable; each answers by calling the NIF
-  that reads and sends `{:tcp, socket, data}` (or `{:ssl, ...}`) to the
-  socket's owner. There is no process per socket. With
+  A few pump processes (one per scheduler) deliver active-mode data: each
+  polls an epoll set of its own (the sockets in active mode are registered
+  there once, edge-triggered) from its scheduler, reads, and sends
+  `{:tcp, socket, data}` (or `{:ssl, ...}`) to each socket's owner. There is
+  no process per socket. A pump that found work polls again after the
+  processes it woke have run; an idle one waits for its set's `enif_select`. With
   `config :islet, active_delivery: :poller` (or the environment variable
   `ISLET_ACTIVE_DELIVERY=poller`, which wins) a native poller thread
   delivers instead (see `docs/design.md` for the comparison), and one pump
@@ -50,29 +52,43 @@ defmodule Islet.Pump do
   def start_link(index) do
     pid =
       :proc_lib.spawn_link(fn ->
-        # Deliveries should not queue behind ordinary work, and a long queue
-        # of notifications should not be copied at garbage collection.
-        Process.flag(:priority, :high)
+        # A long queue of notifications should not be copied at garbage
+        # collection.
         Process.flag(:message_queue_data, :off_heap)
         :ok = Nif.register_pump(index, self())
-        loop()
+        if is_integer(index), do: poll(index), else: loop(index)
       end)
 
     {:ok, pid}
   end
 
-  defp loop do
+  # A pump polls its set, and polls again (after the processes it just woke
+  # have had their turn: it runs at normal priority and sends itself a
+  # message) for as long as it finds work; then it waits for its set's
+  # select, or for a socket with data left to read.
+  defp poll(index) do
+    case Nif.pump_poll(index) do
+      :more -> send(self(), :"$islet_poll")
+      :idle -> :ok
+    end
+
+    loop(index)
+  end
+
+  defp loop(index) do
     receive do
-      {:"$islet_ready", socket} ->
-        Nif.deliver(socket)
-        loop()
+      {:select, _set, :undefined, :ready_input} ->
+        poll(index)
+
+      :"$islet_poll" ->
+        poll(index)
 
       {:"$islet_flush", socket} ->
         Nif.flush_bg(socket)
-        loop()
+        loop(index)
 
       _other ->
-        loop()
+        loop(index)
     end
   end
 end
