@@ -442,7 +442,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // iodata longer than IOV_MAX elements: check all of it before writing any.
   std::vector<ErlNifIOVec*> more;
   while (!enif_is_empty_list(env, tail)) {
-    ErlNifIOVec* v;
+    ErlNifIOVec* v = nullptr;  // the VM may fill a caller-supplied one: never garbage
     if (!enif_inspect_iovec(env, IOV_MAX, tail, &tail, &v)) return enif_make_badarg(env);
     more.push_back(v);
   }

@@ -1,7 +1,7 @@
 // A fake erl_nif for the fuzz harnesses: see erl_nif_shim.hpp. Each function
 // follows the erl_nif reference manual's contract for what c_src/ uses; the
-// functions no harness reaches (I/O queues, iovecs) abort with a message so
-// that a new path is noticed rather than silently mis-modelled.
+// erl_nif functions it does not define fail to link, so that a new one is
+// noticed rather than silently mis-modelled.
 #include "erl_nif_shim.hpp"
 
 #include <pthread.h>
@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <new>
 #include <mutex>
@@ -69,6 +70,14 @@ struct TypeRec {
   ErlNifResourceTypeInit init{};
 };
 
+// What enif_inspect_iovec allocates for an env.
+struct IovecBlock {
+  ErlNifIOVec vec{};
+  std::vector<SysIOVec> iov;
+  std::vector<void*> refs;
+};
+constexpr uint32_t kIoqMagic = 0x10c0ffee;
+
 }  // namespace
 
 struct enif_resource_type_t : TypeRec {};
@@ -80,6 +89,20 @@ struct enif_environment_t {
   // A continuation from enif_schedule_nif, run after the NIF returns.
   ERL_NIF_TERM (*next)(ErlNifEnv*, int, const ERL_NIF_TERM[]) = nullptr;
   std::vector<ERL_NIF_TERM> next_argv;
+  std::vector<IovecBlock*> iovecs;  // enif_inspect_iovec's, freed with the env
+};
+
+// An I/O queue (see enif_ioq_enqv).
+struct erts_io_queue {
+  uint32_t magic = kIoqMagic;
+  std::deque<std::vector<unsigned char>> chunks;
+  size_t head_off = 0;  // bytes of chunks.front() already dequeued
+  size_t size = 0;
+  SysIOVec* peeked = nullptr;  // enif_ioq_peek's array, until the next change
+  void drop_peek() {
+    std::free(peeked);
+    peeked = nullptr;
+  }
 };
 
 namespace {
@@ -93,6 +116,7 @@ struct ResHdr {
 constexpr size_t kHdrSize = (sizeof(ResHdr) + 15) & ~size_t{15};
 
 std::atomic<long> n_resources{0};
+std::atomic<long> n_ioqs{0};
 std::atomic<uint64_t> next_ref{1};
 std::atomic<bool> self_exiting{false};
 
@@ -172,6 +196,11 @@ void walk(ErlNifEnv* env, ERL_NIF_TERM t, int depth) {
 
 void release_hdr(ResHdr* h);
 
+void free_iovecs(ErlNifEnv* env) {
+  for (IovecBlock* b : env->iovecs) delete b;
+  env->iovecs.clear();
+}
+
 void clear_nodes(ErlNifEnv* env) {
   std::vector<Node*> nodes;
   nodes.swap(env->nodes);
@@ -183,6 +212,7 @@ void clear_nodes(ErlNifEnv* env) {
     if (r != nullptr) release_hdr(r);  // may run a destructor
   }
   env->exception = false;
+  free_iovecs(env);
 }
 
 ErlNifEnv* callback_env() { return enif_alloc_env(); }
@@ -401,6 +431,7 @@ bool check_result(ErlNifEnv* env, ERL_NIF_TERM t) {
   if (env->next != nullptr) fail("a scheduled NIF was never run (use run_scheduled_nifs)");
   bool exc = env->exception;
   env->exception = false;
+  free_iovecs(env);  // the VM frees them when the NIF returns
   if (t == kNonValue) {
     if (!exc) fail("NIF returned the badarg term without raising");
     return false;
@@ -519,6 +550,7 @@ size_t live_selects() {
   std::lock_guard<std::mutex> lk(sel_mu);
   return selects.size() + scheduled_stops.size();
 }
+size_t live_ioqs() { return static_cast<size_t>(n_ioqs.load()); }
 size_t live_monitors() {
   std::lock_guard<std::mutex> lk(mon_mu);
   return monitors.size();
@@ -941,15 +973,131 @@ int enif_thread_join(ErlNifTid tid, void** respp) {
   return pthread_join(reinterpret_cast<pthread_t>(tid), respp);
 }
 
-// Not reached by the harnesses (send path): abort so a new path is noticed.
-ErlNifIOQueue* enif_ioq_create(ErlNifIOQueueOpts) { fail("enif_ioq_create: not modelled"); }
-void enif_ioq_destroy(ErlNifIOQueue*) { fail("enif_ioq_destroy: not modelled"); }
-int enif_ioq_enqv(ErlNifIOQueue*, ErlNifIOVec*, size_t) { fail("enif_ioq_enqv: not modelled"); }
-size_t enif_ioq_size(ErlNifIOQueue*) { fail("enif_ioq_size: not modelled"); }
-int enif_ioq_deq(ErlNifIOQueue*, size_t, size_t*) { fail("enif_ioq_deq: not modelled"); }
-SysIOVec* enif_ioq_peek(ErlNifIOQueue*, int*) { fail("enif_ioq_peek: not modelled"); }
-int enif_inspect_iovec(ErlNifEnv*, size_t, ERL_NIF_TERM, ERL_NIF_TERM*, ErlNifIOVec**) {
-  fail("enif_inspect_iovec: not modelled");
+// enif_inspect_iovec: a proper list of binaries (what erlang:iolist_to_iovec
+// makes), up to max_elements of them; the rest of the list goes to *tail.
+// Anything else (a non-binary element, an improper tail, a non-list) is
+// false, as in the VM. The ErlNifIOVec points into the binaries' data and
+// lives until the NIF call returns (the VM allocates it as a temporary of
+// the env): shim::check_result and the env's end free it, so a later use
+// shows up under ASan. Per the manual, *iovec is NULL or a caller's struct
+// "that should be used if possible" (erl_nif.h: small_iov is "used when
+// stack allocating the io vec"): the shim fills it when the slice fits in
+// ERL_NIF_IOVEC_SIZE entries, so a caller's garbage *iovec is written
+// through (the exact threshold of the VM is not checked here).
+int enif_inspect_iovec(ErlNifEnv* env, size_t max_elements, ERL_NIF_TERM list,
+                       ERL_NIF_TERM* tail, ErlNifIOVec** iovec) {
+  if (env == nullptr) fail("enif_inspect_iovec without an env (enif_free_iovec is not modelled)");
+  std::vector<Node*> bins;
+  size_t elements = 0;
+  ERL_NIF_TERM rest = list;
+  for (Node* n; elements < max_elements && (n = box(rest)) != nullptr && n->kind == Kind::Cons;
+       rest = n->tail) {
+    Node* b = box(n->head);
+    if (b == nullptr || b->kind != Kind::Bin) return 0;
+    if (b->size > 0) bins.push_back(b);  // empty binaries take no iov slot
+    elements++;
+  }
+  Node* r = box(rest);
+  if (rest != kNil && (r == nullptr || r->kind != Kind::Cons)) return 0;
+  ErlNifIOVec* v = *iovec;
+  // run.sh builds with -ftrivial-auto-var-init=pattern: 0xAA.. is a pointer
+  // the caller never set.
+  if (reinterpret_cast<uintptr_t>(v) == ~uintptr_t{0} / 0xff * 0xaa)
+    fail("enif_inspect_iovec: *iovec is uninitialised (must be NULL or a struct to fill)");
+  if (v == nullptr || bins.size() > ERL_NIF_IOVEC_SIZE) {
+    auto* own = new IovecBlock();
+    own->iov.resize(bins.size());
+    own->refs.assign(bins.size(), nullptr);
+    env->iovecs.push_back(own);
+    v = &own->vec;
+    v->iov = own->iov.data();
+    v->ref_bins = own->refs.data();
+  } else {
+    v->iov = v->small_iov;
+    v->ref_bins = v->small_ref_bin;
+  }
+  v->flags = 0;
+  v->iovcnt = static_cast<int>(bins.size());
+  v->size = 0;
+  for (size_t k = 0; k < bins.size(); k++) {
+    v->iov[k].iov_base = reinterpret_cast<char*>(bins[k]->data);
+    v->iov[k].iov_len = bins[k]->size;
+    v->ref_bins[k] = nullptr;  // nothing to reference: the queue copies
+    v->size += bins[k]->size;
+  }
+  *iovec = v;
+  *tail = rest;
+  return 1;
+}
+
+// I/O queues: owned copies of the enqueued bytes, one chunk per iov
+// element (the VM keeps references instead; the bytes seen are the same).
+// peek's array is freed at the next change of the queue, and dequeued
+// chunks at once, so a stale SysIOVec shows up under ASan.
+ErlNifIOQueue* enif_ioq_create(ErlNifIOQueueOpts opts) {
+  if (opts != ERL_NIF_IOQ_NORMAL) fail("enif_ioq_create: unknown options");
+  n_ioqs++;
+  return new erts_io_queue();
+}
+void enif_ioq_destroy(ErlNifIOQueue* q) {
+  if (q == nullptr || q->magic != kIoqMagic) fail("enif_ioq_destroy of a dead queue");
+  q->magic = 0;
+  q->drop_peek();
+  delete q;
+  n_ioqs--;
+}
+int enif_ioq_enqv(ErlNifIOQueue* q, ErlNifIOVec* iov, size_t skip) {
+  if (q == nullptr || q->magic != kIoqMagic) fail("enif_ioq_enqv on a dead queue");
+  if (skip > iov->size) return 0;
+  q->drop_peek();
+  for (int k = 0; k < iov->iovcnt; k++) {
+    const auto* p = reinterpret_cast<const unsigned char*>(iov->iov[k].iov_base);
+    size_t len = iov->iov[k].iov_len;
+    size_t drop = std::min(skip, len);
+    skip -= drop;
+    if (len > drop) {
+      q->chunks.emplace_back(p + drop, p + len);
+      q->size += len - drop;
+    }
+  }
+  return 1;
+}
+size_t enif_ioq_size(ErlNifIOQueue* q) {
+  if (q == nullptr || q->magic != kIoqMagic) fail("enif_ioq_size of a dead queue");
+  return q->size;
+}
+int enif_ioq_deq(ErlNifIOQueue* q, size_t count, size_t* size) {
+  if (q == nullptr || q->magic != kIoqMagic) fail("enif_ioq_deq on a dead queue");
+  if (count > q->size) return 0;  // the queue is left as it was
+  q->drop_peek();
+  q->size -= count;
+  while (count > 0) {
+    auto& c = q->chunks.front();
+    size_t left = c.size() - q->head_off;
+    if (count < left) {
+      q->head_off += count;
+      break;
+    }
+    count -= left;
+    q->chunks.pop_front();
+    q->head_off = 0;
+  }
+  if (size != nullptr) *size = q->size;
+  return 1;
+}
+SysIOVec* enif_ioq_peek(ErlNifIOQueue* q, int* iovlen) {
+  if (q == nullptr || q->magic != kIoqMagic) fail("enif_ioq_peek of a dead queue");
+  q->drop_peek();
+  *iovlen = static_cast<int>(q->chunks.size());
+  q->peeked = static_cast<SysIOVec*>(std::malloc(sizeof(SysIOVec) * (q->chunks.size() + 1)));
+  size_t k = 0;
+  for (auto& c : q->chunks) {
+    size_t off = k == 0 ? q->head_off : 0;
+    q->peeked[k].iov_base = reinterpret_cast<char*>(c.data() + off);
+    q->peeked[k].iov_len = c.size() - off;
+    k++;
+  }
+  return q->peeked;
 }
 
 }  // extern "C"

@@ -7,6 +7,8 @@
 // and [] are immediates, valid everywhere. Resources are reference counted
 // and run their destructor at zero. enif_select only does the bookkeeping
 // (nothing is ever polled); monitors never fire unless kill_pid says so.
+// enif_inspect_iovec's vectors live until the NIF returns (check_result);
+// I/O queues copy what they are given.
 //
 // Beyond the erl_nif API, the harness gets the helpers below.
 #pragma once
@@ -62,5 +64,6 @@ std::string format(ERL_NIF_TERM t);
 size_t live_resources();
 size_t live_selects();    // fds still registered with enif_select
 size_t live_monitors();
+size_t live_ioqs();       // I/O queues not destroyed
 
 }  // namespace shim

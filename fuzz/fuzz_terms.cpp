@@ -1,5 +1,6 @@
 // libFuzzer harness: the NIF's term decoders (setopts, getopts, set_active,
-// listen, tls_ctx, ownership, recv/accept/pump_poll, tls_upgrade) called with
+// listen, tls_ctx, ownership, recv/accept/pump_poll, tls_upgrade, the send
+// path: send/send_more/send_timeout_*/flush_bg) called with
 // terms built from the input, through the real function table of c_src/,
 // linked against the fake erl_nif of erl_nif_shim.cpp (no BEAM).
 //
@@ -9,11 +10,14 @@
 // left over aborts at once (on top of ASan's leak check at exit).
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <csignal>
 #include <cmath>
@@ -41,7 +45,8 @@ int scratch_dir = -1;
 // What lives as long as the library (the pump's poll set and its select).
 size_t base_resources = 0;
 size_t base_selects = 0;
-bool trace = false;  // where listen binds relative AF_UNIX paths
+bool trace = false;  // FUZZ_TERMS_TRACE: print each call
+SSL_CTX* client_ctx = nullptr;  // the peer's, for kPeerTls
 
 [[noreturn]] void die(const char* what) {
   std::fprintf(stderr, "fuzz_terms: %s\n", what);
@@ -67,6 +72,7 @@ struct Iter {
   std::vector<ERL_NIF_TERM> pool;  // resource terms made so far
   int budget = 400;                // term nodes left for this input
   int peer = -1;                   // the other end of an AF_UNIX connection
+  SSL* client = nullptr;           // kPeerTls: a TLS client on peer
   std::vector<int> fds;            // sockets to find closed at the end
 };
 
@@ -189,6 +195,48 @@ void track(Iter& it, ERL_NIF_TERM sock) {
   it.pool.push_back(sock);
 }
 
+// The data of a send: mostly what Islet.Socket.send passes (a flat list of
+// binaries, as :erlang.iolist_to_iovec makes), sometimes any term. Large
+// binaries fill the AF_UNIX pair's buffer, so the rest goes to the queue.
+ERL_NIF_TERM send_data(Iter& it) {
+  uint8_t mode = it.in.u8() % 8;
+  if (mode == kSendTerm) return term(it);
+  size_t n = it.in.u8();
+  n = mode == kSendMany ? IOV_MAX + n % 40 : n % 17;  // past IOV_MAX: nif_send's `more`
+  constexpr size_t kMaxTotal = 4u << 20;
+  size_t total = 0;
+  std::vector<ERL_NIF_TERM> v;
+  for (size_t k = 0; k < n; k++) {
+    uint8_t c = it.in.u8();
+    size_t len = 0;
+    switch (c % 4) {
+      case kBinInput: len = c / 4; break;
+      case kBinKb: len = (c / 4) * 64u; break;
+      case kBinLarge: len = (c / 4 + 1) * 16384u; break;
+      default: break;
+    }
+    if (total + len > kMaxTotal) len = 0;
+    total += len;
+    ERL_NIF_TERM t;
+    unsigned char* p = enif_make_new_binary(it.env, len, &t);
+    if (c % 4 == kBinInput) it.in.bytes(p, len);
+    else std::memset(p, static_cast<int>(k), len);
+    v.push_back(t);
+  }
+  return enif_make_list_from_array(it.env, v.data(), static_cast<unsigned>(v.size()));
+}
+
+// The peer reads (non-blocking) what the NIF wrote, up to `max` bytes, so
+// that a queued send can drain.
+void peer_read(Iter& it, size_t max) {
+  static unsigned char buf[64 << 10];
+  while (it.peer >= 0 && max > 0) {
+    ssize_t r = recv(it.peer, buf, std::min(max, sizeof buf), MSG_DONTWAIT);
+    if (r <= 0) break;
+    max -= static_cast<size_t>(r);
+  }
+}
+
 // A context for tls_upgrade: tls_ctx of the next term, else that term.
 ERL_NIF_TERM some_ctx(Iter& it) {
   ERL_NIF_TERM opts = term(it);
@@ -239,6 +287,27 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
       }
       break;
     }
+    case kSend: call(it, "send", {s, send_data(it)}); break;
+    case kSendMore: call(it, "send_more", {s}); break;
+    case kSendTimeoutKeep: call(it, "send_timeout_keep", {s}); break;
+    case kSendTimeoutClose: call(it, "send_timeout_close", {s}); break;
+    case kFlushBg: call(it, "flush_bg", {s}); break;
+    case kPeerRead: peer_read(it, (it.in.u8() + 1u) * 8192u); break;
+    case kPeerTls:
+      // A client on the peer, stepped in turn with the NIF's server side,
+      // so that a finished handshake lets send go through tls_drain.
+      if (it.peer < 0) break;
+      if (it.client == nullptr) {
+        it.client = SSL_new(client_ctx);
+        SSL_set_fd(it.client, it.peer);
+        SSL_set_connect_state(it.client);
+      }
+      for (int round = 0; round < 4; round++) {
+        SSL_do_handshake(it.client);
+        ERR_clear_error();
+        call(it, "tls_handshake", {s});
+      }
+      break;
     default: break;
   }
 }
@@ -264,6 +333,8 @@ void sock_ops(Iter& it, ERL_NIF_TERM s) {
         break;
       }
       case kPeerClose:
+        SSL_free(it.client);
+        it.client = nullptr;
         if (it.peer >= 0) close(it.peer);
         it.peer = -1;
         break;
@@ -409,6 +480,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   scratch_dir = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   atexit([] { rmdir(dir); });  // empty unless a run died between bind and unlink
   make_cert_key();
+  client_ctx = SSL_CTX_new(TLS_client_method());  // no verification: any server will do
+  if (client_ctx == nullptr) die("SSL_CTX_new");
   for (std::string_view s : kBinStrings) bin_dict.emplace_back(s.begin(), s.end());
   // Load as the VM does: the entry's load with max_fds as load info.
   ErlNifEntry* e = nif_init();
@@ -448,10 +521,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ERL_NIF_TERM zero = enif_make_int(env, 0);
   nifs["pump_poll"]->fptr(env, 1, &zero);
   enif_free_env(env);
+  SSL_free(it.client);
   if (it.peer >= 0) close(it.peer);
   if (shim::live_resources() != base_resources) die("a resource outlived the iteration (leak)");
   if (shim::live_selects() != base_selects) die("an fd is still selected after close");
   if (shim::live_monitors() != 0) die("a monitor outlived its resource");
+  if (shim::live_ioqs() != 0) die("an I/O queue outlived its socket");
   for (int fd : it.fds)
     if (fcntl(fd, F_GETFD) != -1) die("a socket's fd is still open after close");
   return 0;

@@ -31,8 +31,23 @@ enum SockOp : uint8_t {
   kTlsUpgrade,   // a context (tls_ctx of a term), then a byte: tls_upgrade +
                  // tls_handshake, tls_listener, or tls_set_ctx + tls_handshake
   kEnd,
+  // The send path (after kEnd, so that older inputs keep their meaning).
+  kSend,              // send(S, Data): see send_data in fuzz_terms.cpp
+  kSendMore,          // send_more(S)
+  kSendTimeoutKeep,   // send_timeout_keep(S)
+  kSendTimeoutClose,  // send_timeout_close(S)
+  kFlushBg,           // flush_bg(S): the pump's answer to {'$islet_flush', S}
+  kPeerRead,          // then a byte b: the peer reads up to (b + 1) * 8 KiB
+  kPeerTls,           // the peer is a TLS client: handshake rounds with tls_handshake(S)
   kSockOpCount
 };
+
+// Send data (kSend), first byte % 8: 0..5 a list of n % 17 binaries, 6 a
+// list of IOV_MAX + n % 40 binaries, 7 any term. Each binary is a byte c:
+//   c % 4 == 0: c / 4 bytes from the input;  1: (c / 4) * 64 bytes;
+//   2: (c / 4 + 1) * 16 KiB (up to 1 MiB);   3: empty.
+enum SendMode : uint8_t { kSendList = 0, kSendMany = 6, kSendTerm = 7 };
+enum BinClass : uint8_t { kBinInput = 0, kBinKb = 1, kBinLarge = 2, kBinEmpty = 3 };
 
 // Term grammar: a byte (% kOpCount) picks the production.
 enum Op : uint8_t {

@@ -8,7 +8,10 @@ cd "$(dirname "$0")"
 secs=${1:-30}
 out=${FUZZ_BUILD:-/tmp/islet-fuzz}
 mkdir -p "$out" crashes
-flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
+# Uninitialised locals get a fixed pattern, so that reading one fails the
+# same way every run (erl_nif_shim.cpp recognises it in a pointer).
+flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+       -ftrivial-auto-var-init=pattern)
 status=0
 for h in fuzz_wire fuzz_client_hello fuzz_terms; do
   # What each harness links: fuzz_terms takes the whole NIF, with a fake

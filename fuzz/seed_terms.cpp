@@ -190,6 +190,55 @@ int main(int argc, char** argv) {
     w.u8(kNames).u8(4);
     w.u8(kEnd).u8(0);
   }
+  // send on a connected pair: a small list written at once, then 256 KiB
+  // that fill the pair's buffer and queue; the peer drains it, send_more
+  // finishes; another one times out and a pump flushes it in the background.
+  {
+    W& w = add("unix_send");
+    w.u8(kSockOps).u8(2);
+    w.u8(kSend).u8(kSendList).u8(3);
+    w.u8(5 * 4 + kBinInput);
+    for (char c : std::string("hello")) w.u8(c);
+    w.u8(16 * 4 + kBinKb).u8(kBinEmpty);
+    w.u8(kSend).u8(kSendList).u8(1).u8(15 * 4 + kBinLarge);  // 256 KiB
+    w.u8(kSendMore);
+    w.u8(kPeerRead).u8(255).u8(kSendMore);
+    w.u8(kPeerRead).u8(255).u8(kSendMore);
+    w.u8(kSend).u8(kSendList).u8(1).u8(15 * 4 + kBinLarge);
+    w.u8(kSendTimeoutKeep);
+    w.u8(kPeerRead).u8(255).u8(kFlushBg);
+    w.u8(kEnd).u8(0);
+  }
+  // More than IOV_MAX binaries (nif_send inspects the list in slices), and
+  // a send that times out with send_timeout_close.
+  {
+    W& w = add("unix_send_many");
+    w.u8(kSockOps).u8(2);
+    w.u8(kSend).u8(kSendMany).u8(5);
+    for (int k = 0; k < 1029; k++) w.u8(1 * 4 + kBinKb);  // 64 bytes each
+    w.u8(kSend).u8(kSendList).u8(2).u8(63 * 4 + kBinLarge).u8(kBinEmpty);  // 1 MiB
+    w.u8(kSendTimeoutClose);
+    w.u8(kSend).u8(kSendList).u8(0);  // closed, then enotconn
+    w.u8(kSend).u8(kSendTerm).u8(kSmallInt).u8(1);
+    w.u8(kEnd).u8(0);
+  }
+  // STARTTLS, a client on the peer finishes the handshake, then sends go
+  // through tls_drain (256 KiB: queued, drained by the peer, send_more).
+  {
+    W& w = add("tls_send");
+    w.u8(kSockOps).u8(2);
+    w.u8(kTlsUpgrade);
+    tls_opts(w);
+    w.u8(0);
+    w.u8(kPeerTls);
+    w.u8(kSend).u8(kSendList).u8(2).u8(16 * 4 + kBinKb).u8(3 * 4 + kBinInput).u8('a').u8('b').u8('c');
+    w.u8(kSend).u8(kSendList).u8(1).u8(15 * 4 + kBinLarge);
+    w.u8(kPeerRead).u8(255).u8(kSendMore);
+    w.u8(kPeerRead).u8(255).u8(kSendMore);
+    w.u8(kPeerRead).u8(255).u8(kSendMore);
+    w.u8(kNames).u8(4);
+    w.u8(kEnd).u8(0);
+  }
   for (auto& s : seeds) {
     std::string path = std::string(argv[1]) + "/" + s.first;
     FILE* f = std::fopen(path.c_str(), "wb");
