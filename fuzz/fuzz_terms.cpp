@@ -308,6 +308,23 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
         call(it, "tls_handshake", {s});
       }
       break;
+    case kSendfile: {
+      constexpr size_t kPaths = sizeof kSendfilePaths / sizeof kSendfilePaths[0];
+      size_t b = it.in.u8() % (kPaths + 1);
+      ERL_NIF_TERM path;
+      if (b < kPaths) {
+        size_t len = std::strlen(kSendfilePaths[b]);
+        std::memcpy(enif_make_new_binary(it.env, len, &path), kSendfilePaths[b], len);
+      } else {
+        path = term(it);
+      }
+      if (ERL_NIF_TERM f = ok_value(it, call(it, "sendfile_open", {path}))) {
+        call(it, "sendfile_size", {f});
+        ERL_NIF_TERM offset = term(it);
+        call(it, "sendfile", {s, f, offset, term(it)});
+      }
+      break;
+    }
     default: break;
   }
 }

@@ -39,8 +39,14 @@ enum SockOp : uint8_t {
   kFlushBg,           // flush_bg(S): the pump's answer to {'$islet_flush', S}
   kPeerRead,          // then a byte b: the peer reads up to (b + 1) * 8 KiB
   kPeerTls,           // the peer is a TLS client: handshake rounds with tls_handshake(S)
+  kSendfile,          // then a byte: a path (kSendfilePaths) or, past them, any term:
+                      // sendfile_open, then sendfile_size and sendfile(S, File, Term, Term)
   kSockOpCount
 };
+
+// Paths for kSendfile: files, a missing one, a directory, an empty path.
+constexpr const char* kSendfilePaths[] = {"/etc/hostname", "/etc/services", "/nonexistent/islet",
+                                          "/tmp", ""};
 
 // Send data (kSend), first byte % 8: 0..5 a list of n % 17 binaries, 6 a
 // list of IOV_MAX + n % 40 binaries, 7 any term. Each binary is a byte c:

@@ -209,6 +209,17 @@ int main(int argc, char** argv) {
     w.u8(kPeerRead).u8(255).u8(kFlushBg);
     w.u8(kEnd).u8(0);
   }
+  // sendfile of a small file over an AF_UNIX pair, as Islet.Socket does it:
+  // open, size, then up to 64 bytes from offset 0 (Islet.Socket passes the
+  // size it read; the NIF sends what is there).
+  {
+    W& w = add("unix_sendfile");
+    w.u8(kSockOps).u8(2);
+    w.u8(kSendfile).u8(0).integer(0).integer(64);
+    w.u8(kPeerRead).u8(0);
+    w.u8(kSendfile).u8(3);  // a directory: eisdir
+    w.u8(kEnd).u8(0);
+  }
   // More than IOV_MAX binaries (nif_send inspects the list in slices), and
   // a send that times out with send_timeout_close.
   {
