@@ -131,11 +131,13 @@ void backlog_push(ErlNifEnv* env, Sock* s);
 
 // Readiness of one active socket: read and deliver while active. `caller` is
 // the calling process's env (a pump, or the process that activated the
-// socket), or null on the poller thread.
-void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char* buf) {
+// socket), or null on the poller thread. Returns whether the caller's time
+// slice is used up.
+bool read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char* buf) {
   bool et = s->pset >= 0;  // in a pump's set: registered for good
+  bool slice_used = false;
   s->armed = false;
-  if (!s->open || s->dead || s->active == 0 || s->kind != Kind::Conn) return;
+  if (!s->open || s->dead || s->active == 0 || s->kind != Kind::Conn) return false;
   // Bounded work per wake-up so that one busy socket cannot starve others.
   for (int round = 0; round < 16; round++) {
     int err = 0;
@@ -146,8 +148,8 @@ void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
       // read one by one), so the next activation tries a read.
       if (et) s->ready = s->ssl != nullptr || static_cast<size_t>(n) == kReadChunk;
       deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
-      bool slice_used = charge(caller, static_cast<size_t>(n));
-      if (!consume_active(s, caller, menv)) return;
+      slice_used = charge(caller, static_cast<size_t>(n));
+      if (!consume_active(s, caller, menv)) return slice_used;
       if (slice_used) break;  // the rest comes in a new call
       continue;
     }
@@ -164,14 +166,15 @@ void read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
       send_owner(s, caller, menv, msg);
     }
     deliver_closed(s, caller, menv);
-    return;
+    return slice_used;
   }
   if (!et) {
     poller_arm(caller, s);
-    return;
+    return slice_used;
   }
   s->armed = true;
   if (s->ready) backlog_push(caller, s);
+  return slice_used;
 }
 
 void on_ready(Sock* s, ErlNifEnv* menv, unsigned char* buf) {
@@ -253,6 +256,12 @@ void backlog_push(ErlNifEnv* env, Sock* s) {
     psets[s->pset].backlog.push_back(s);
   }
   wake_pump(env, s->pset);
+}
+
+// Ready, but this pump's slice is used up: read in its next poll.
+void defer(ErlNifEnv* env, Sock* s) {
+  s->ready = true;
+  if (s->open && s->active != 0) backlog_push(env, s);
 }
 
 }  // namespace
@@ -458,24 +467,33 @@ ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     std::lock_guard<std::mutex> lk(p.mu);
     backlog.swap(p.backlog);
   }
+  // Once this call's time slice is used up, what is ready is only noted
+  // (backlog) and read in the next call, after other processes have run.
+  bool spent = false;
   for (Sock* s : backlog) {
     {
       std::lock_guard<std::mutex> lk(s->mu);
       s->in_backlog = false;
-      read_and_deliver(s, env, menv, buf);
+      if (spent)
+        defer(env, s);
+      else
+        spent = read_and_deliver(s, env, menv, buf);
     }
     enif_release_resource(s);
   }
   constexpr int kBatch = 64;
   epoll_event evs[kBatch];
-  int n = epoll_wait(p.epfd, evs, kBatch, 0);
+  int n = spent ? 0 : epoll_wait(p.epfd, evs, kBatch, 0);
   for (int k = 0; k < n; k++) {
     Sock* s = static_cast<Sock*>(evs[k].data.ptr);
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->in_poll) continue;  // removed meanwhile: only its reference is left
     s->ready = true;
     if (s->open && s->active != 0) {
-      read_and_deliver(s, env, menv, buf);
+      if (spent)
+        defer(env, s);
+      else
+        spent = read_and_deliver(s, env, menv, buf);
     } else if (!s->parked) {
       // Passive: stop hearing about it (a passive reader waits with its own
       // select) until an activation finds nothing left to read.
@@ -492,7 +510,7 @@ ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     release.swap(p.release);
   }
   for (Sock* s : release) enif_release_resource(s);
-  if (n > 0 || !backlog.empty()) return atom.more;
+  if (n > 0 || !backlog.empty() || spent) return atom.more;
   if (enif_select(env, p.epfd, ERL_NIF_SELECT_READ, p.res, &me, atom.undefined) < 0)
     return atom.more;  // cannot wait: poll again
   return enif_make_atom(env, "idle");
