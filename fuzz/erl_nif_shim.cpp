@@ -699,11 +699,15 @@ ERL_NIF_TERM enif_make_string_len(ErlNifEnv* env, const char* s, size_t len, Erl
 }
 
 // Tuples and lists.
-ERL_NIF_TERM enif_make_tuple(ErlNifEnv* env, unsigned cnt, ...) {
+static std::vector<ERL_NIF_TERM> va_terms(unsigned cnt, va_list ap) {
   std::vector<ERL_NIF_TERM> v(cnt);
+  for (unsigned k = 0; k < cnt; k++) v[k] = va_arg(ap, ERL_NIF_TERM);
+  return v;
+}
+ERL_NIF_TERM enif_make_tuple(ErlNifEnv* env, unsigned cnt, ...) {
   va_list ap;
   va_start(ap, cnt);
-  for (unsigned k = 0; k < cnt; k++) v[k] = va_arg(ap, ERL_NIF_TERM);
+  std::vector<ERL_NIF_TERM> v = va_terms(cnt, ap);
   va_end(ap);
   return make_tuple_v(env, cnt, v.data());
 }
@@ -727,10 +731,9 @@ ERL_NIF_TERM enif_make_list_cell(ErlNifEnv* env, ERL_NIF_TERM car, ERL_NIF_TERM 
   return term_of(n);
 }
 ERL_NIF_TERM enif_make_list(ErlNifEnv* env, unsigned cnt, ...) {
-  std::vector<ERL_NIF_TERM> v(cnt);
   va_list ap;
   va_start(ap, cnt);
-  for (unsigned k = 0; k < cnt; k++) v[k] = va_arg(ap, ERL_NIF_TERM);
+  std::vector<ERL_NIF_TERM> v = va_terms(cnt, ap);
   va_end(ap);
   return make_list_v(env, cnt, v.data());
 }
