@@ -471,7 +471,9 @@ ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count) {
   return -1;
 }
 
-bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_pending(s->ssl) > 0; }
+// Data OpenSSL holds that no readiness event will announce: decrypted bytes,
+// or records read ahead from the socket.
+bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_has_pending(s->ssl); }
 
 bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
 
@@ -518,6 +520,9 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // One read() for a record's header and body (and whatever follows it),
+  // not two: what is read ahead is found by tls_pending.
+  SSL_CTX_set_read_ahead(ctx, 1);
   // Kernel TLS where the kernel and OpenSSL have it (then sendfile/4 is
   // zero-copy through SSL_sendfile); elsewhere the option has no effect.
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_ENABLE_KTLS);
