@@ -46,20 +46,29 @@ defmodule Islet.Pump do
 
   @doc """
   Starts pump number `index` (or, with `:flusher`, poller mode's flusher) and
-  registers it with the NIF.
+  returns once it is registered with the NIF, so that the supervisor starts
+  the pumps one after the other: the NIF numbers them in order.
   """
-  @spec start_link(non_neg_integer() | :flusher) :: {:ok, pid()}
+  @spec start_link(non_neg_integer() | :flusher) :: {:ok, pid()} | {:error, term()}
   def start_link(index) do
-    pid =
-      :proc_lib.spawn_link(fn ->
-        # A long queue of notifications should not be copied at garbage
-        # collection.
-        Process.flag(:message_queue_data, :off_heap)
-        :ok = Nif.register_pump(index, self())
-        if is_integer(index), do: poll(index), else: loop(index)
-      end)
+    :proc_lib.start_link(__MODULE__, :init, [index])
+  end
 
-    {:ok, pid}
+  @doc false
+  @spec init(non_neg_integer() | :flusher) :: no_return()
+  def init(index) do
+    # A long queue of notifications should not be copied at garbage
+    # collection.
+    Process.flag(:message_queue_data, :off_heap)
+
+    case Nif.register_pump(index, self()) do
+      :ok ->
+        :proc_lib.init_ack({:ok, self()})
+        if is_integer(index), do: poll(index), else: loop(index)
+
+      error ->
+        :proc_lib.init_ack({:error, {:register_pump, error}})
+    end
   end
 
   # A pump polls its set, and polls again (after the processes it just woke
