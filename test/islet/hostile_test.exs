@@ -38,6 +38,8 @@ defmodule Islet.HostileTest do
   # Islet.TCP and the results must be the same.
   use ExUnit.Case, async: false
 
+  import Islet.Test.Async
+
   alias Islet.HostileTest.{Ref, Subject}
   alias Islet.TCP
 
@@ -409,34 +411,6 @@ defmodule Islet.HostileTest do
     result = fun.()
     elapsed = System.monotonic_time(:millisecond) - t0
     {result, result != {:error, :timeout} or elapsed >= timeout}
-  end
-
-  defp async(fun) do
-    parent = self()
-    ref = make_ref()
-
-    spawn(fn ->
-      result =
-        try do
-          fun.()
-        rescue
-          e -> {:raised, e, __STACKTRACE__}
-        catch
-          kind, value -> {:caught, kind, value}
-        end
-
-      send(parent, {ref, result})
-    end)
-
-    ref
-  end
-
-  defp await(ref, timeout \\ @hang) do
-    receive do
-      {^ref, result} -> result
-    after
-      timeout -> flunk("a call did not return within #{timeout} ms (hang)")
-    end
   end
 
   defp send_until_error(m, s, n) do

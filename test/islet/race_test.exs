@@ -6,6 +6,8 @@ defmodule Islet.RaceTest do
   # these cases), never a crash, a hang or a lost byte.
   use ExUnit.Case, async: false
 
+  import Islet.Test.Async
+
   alias Islet.TCP
 
   @moduletag timeout: 180_000
@@ -346,35 +348,6 @@ defmodule Islet.RaceTest do
     {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false] ++ client_opts)
     {:ok, s} = TCP.accept(l)
     {s, c}
-  end
-
-  # Runs fun in a new process; await/1 gives its result (or what it raised).
-  defp async(fun) do
-    parent = self()
-    ref = make_ref()
-
-    spawn(fn ->
-      result =
-        try do
-          fun.()
-        rescue
-          e -> {:raised, e, __STACKTRACE__}
-        catch
-          kind, value -> {:caught, kind, value}
-        end
-
-      send(parent, {ref, result})
-    end)
-
-    ref
-  end
-
-  defp await(ref) do
-    receive do
-      {^ref, result} -> result
-    after
-      @hang -> flunk("a call did not return within #{@hang} ms (hang)")
-    end
   end
 
   # A little scheduling noise, so that the race windows move around.
