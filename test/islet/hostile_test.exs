@@ -176,26 +176,6 @@ defmodule Islet.HostileTest do
   end
 
   describe "the client resets the connection in the middle of a send" do
-    for linger <- [true, false] do
-      test "the blocked send's error is gen_tcp's (linger #{linger})" do
-        linger = unquote(linger)
-
-        scenario = fn m ->
-          {s, c} = pair(m, [])
-          sender = async(fn -> send_until_error(m, s, 0) end)
-          Process.sleep(200)
-          if linger, do: :ok = :inet.setopts(c, linger: {true, 0})
-          :gen_tcp.close(c)
-          {_n, error} = await(sender)
-          m.close(s)
-          error
-        end
-
-        {gen, islet} = both(scenario)
-        assert islet == gen
-      end
-    end
-
     test "later calls give what gen_tcp gives" do
       scenario = fn m ->
         {s, c} = pair(m, [])
