@@ -434,6 +434,11 @@ ERL_NIF_TERM nif_register_pump(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv
     p.epfd = epoll_create1(EPOLL_CLOEXEC);
     if (p.epfd < 0) return make_errno_error(env, errno);
     int* res = static_cast<int*>(enif_alloc_resource(pset_type, sizeof(int)));
+    if (res == nullptr) {
+      close(p.epfd);
+      p.epfd = -1;
+      return make_error(env, atom.enomem);
+    }
     *res = p.epfd;
     p.res = res;  // never released: the set lives as long as the library
   }
@@ -513,7 +518,7 @@ ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   if (n > 0 || !backlog.empty() || spent) return atom.more;
   if (enif_select(env, p.epfd, ERL_NIF_SELECT_READ, p.res, &me, atom.undefined) < 0)
     return atom.more;  // cannot wait: poll again
-  return enif_make_atom(env, "idle");
+  return atom.idle;
 }
 
 bool open_poller_types(ErlNifEnv* env) {
