@@ -96,6 +96,9 @@ struct Sock {
   bool ready = false;
   bool parked = false;
   bool in_backlog = false;
+  // TLS: the socket BIO's last read in the current SSL_read came back short,
+  // so the kernel had nothing more (tls.cpp, note_read).
+  bool tls_short_read = false;
   // How the connection ended under the socket, in gen_tcp's terms
   // (exit_on_close): its port keeps answering differently in each case.
   bool peer_closed = false;      // EOF or reset seen (no close_notify owed)
@@ -209,6 +212,9 @@ ssize_t conn_read(Sock* s, void* buf, size_t n, int* err);
 constexpr int kMoreWork = -100;
 int conn_drain(Sock* s);
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err);
+// After a tls_read that returned data: whether more may be readable without
+// a new readiness edge (buffered in OpenSSL, or not known to be drained).
+bool tls_may_have_more(Sock* s);
 int tls_drain(Sock* s);
 bool tls_pending(Sock* s);  // decrypted bytes wait inside OpenSSL
 // Kernel TLS for sending is on for this connection (SSL_OP_ENABLE_KTLS took).

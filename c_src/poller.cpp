@@ -144,9 +144,10 @@ bool read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
     ssize_t n = conn_read(s, buf, kReadChunk, &err);
     if (n > 0) {
       // Edge-triggered: whether more may be there without a new edge. A
-      // short plain read emptied the socket; TLS cannot tell (records are
-      // read one by one), so the next activation tries a read.
-      if (et) s->ready = s->ssl != nullptr || static_cast<size_t>(n) == kReadChunk;
+      // short plain read emptied the socket; over TLS, the socket read under
+      // SSL_read tells, unless OpenSSL still holds records.
+      if (et)
+        s->ready = s->ssl != nullptr ? tls_may_have_more(s) : static_cast<size_t>(n) == kReadChunk;
       deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
       slice_used = charge(caller, static_cast<size_t>(n));
       if (!consume_active(s, caller, menv)) return slice_used;

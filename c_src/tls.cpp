@@ -364,6 +364,20 @@ ErlNifPid self_of(ErlNifEnv* env) {
   return p;
 }
 
+// Called around every operation on the connection's socket BIO. After a
+// read, notes whether it came back short: with read-ahead OpenSSL asks for
+// all the room its buffer has, so a short read (or EAGAIN) means the kernel
+// had nothing more, and in a pump's edge-triggered set a new edge will
+// announce whatever comes next. That saves the read that would only find
+// EAGAIN after each request (and the buffer OpenSSL allocates for it).
+long note_read(BIO* b, int oper, const char*, size_t len, int, long, int ret, size_t* processed) {
+  if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
+    auto* s = reinterpret_cast<Sock*>(BIO_get_callback_arg(b));
+    s->tls_short_read = ret <= 0 || (processed != nullptr && *processed < len);
+  }
+  return ret;
+}
+
 bool new_ssl(Sock* s, SSL_CTX* ctx) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return false;
@@ -371,6 +385,9 @@ bool new_ssl(Sock* s, SSL_CTX* ctx) {
     SSL_free(ssl);
     return false;
   }
+  BIO* bio = SSL_get_rbio(ssl);  // one socket BIO for both directions
+  BIO_set_callback_arg(bio, reinterpret_cast<char*>(s));
+  BIO_set_callback_ex(bio, note_read);
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, s);
   s->ssl = ssl;
@@ -388,8 +405,16 @@ bool open_tls_types(ErlNifEnv* env) {
   return ctx_type != nullptr && ctx_data_index >= 0;
 }
 
+// OpenSSL's error queue must be empty before an SSL call for SSL_get_error
+// to be right. Other NIFs on this thread (crypto's) may leave entries, so it
+// is checked, but only cleared (16 slots) when something is there.
+inline void clear_errors() {
+  if (ERR_peek_error() != 0) ERR_clear_error();
+}
+
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
-  ERR_clear_error();
+  clear_errors();
+  s->tls_short_read = false;  // set by note_read if this call reads the socket
   int r = SSL_read(s->ssl, buf, static_cast<int>(n > INT32_MAX ? INT32_MAX : n));
   if (r > 0) return r;
   switch (SSL_get_error(s->ssl, r)) {
@@ -413,6 +438,8 @@ ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
   }
 }
 
+bool tls_may_have_more(Sock* s) { return !s->tls_short_read || SSL_has_pending(s->ssl) == 1; }
+
 int tls_drain(Sock* s) {
   // Plaintext is gathered into one record-sized slice; a retry after
   // WANT_WRITE sees the same queue head and so passes the same bytes, as
@@ -429,7 +456,7 @@ int tls_drain(Sock* s) {
       std::memcpy(rec + len, iov[i].iov_base, take);
       len += take;
     }
-    ERR_clear_error();
+    clear_errors();
     int r = SSL_write(s->ssl, rec, static_cast<int>(len));
     if (r > 0) {
       enif_ioq_deq(s->wioq, r, nullptr);

@@ -291,6 +291,45 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    test "activation finds what waits in the socket beyond OpenSSL's read buffer" do
+      # Data arrives while the socket is passive: far more than one read
+      # takes, and no new readiness edge will come for the rest, whether the
+      # socket is then read once per activation or until a batch ends.
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        data = :binary.copy(<<"0123456789abcdef">>, 16_384)
+        :ok = :ssl.send(c, data)
+        Process.sleep(200)
+        once = once_until(mod, s, byte_size(data), "")
+        :ok = :ssl.send(c, :binary.copy(data, 8))
+        Process.sleep(300)
+        :ok = mod.setopts(s, active: true)
+        all = active_until(s, 8 * byte_size(data), "")
+        {once == data, all == :binary.copy(data, 8)}
+      end)
+    end
+
+    test "active: :once keeps up when records arrive cut at random points" do
+      # A proxy cuts the client's bytes (handshake included) into pieces of
+      # 1..700 bytes with short pauses: reads end inside records, several
+      # records arrive at once, and each activation must find what is left
+      # (OpenSSL's buffer, or the socket when no new edge will come).
+      assert_same(fn mod ->
+        l = listen(mod)
+        proxy = start_chopping_proxy(port(mod, l))
+        tag = connect_async(proxy)
+        {:ok, s} = mod.accept(l)
+        {:ok, ^s} = mod.handshake(s, 30_000)
+        {:ok, c} = await_client(tag)
+        :rand.seed(:exsss, {1, 2, 3})
+        messages = for i <- 1..150, do: :binary.copy(<<rem(i, 251)>>, :rand.uniform(20_000))
+        expected = IO.iodata_to_binary(messages)
+        spawn_link(fn -> client_send(c, messages) end)
+        got = once_until(mod, s, byte_size(expected), "")
+        {byte_size(got), got == expected}
+      end)
+    end
+
     test "active: :once after a partial recv(n) delivers the rest of the record" do
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod)
@@ -775,6 +814,59 @@ defmodule Islet.TLSConformanceIOTest do
   end
 
   # Re-arms active: :once until `total` bytes came; what came, or :stuck.
+  # A TCP proxy to `port` on loopback for one connection: the client's bytes
+  # go on in random pieces with random short pauses, the server's as they
+  # come. Returns the port to connect to; it stops with the connection.
+  defp start_chopping_proxy(port) do
+    {:ok, front} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, front_port} = :inet.port(front)
+
+    spawn(fn ->
+      {:ok, down} = :gen_tcp.accept(front)
+      {:ok, up} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false, nodelay: true])
+      :ok = :inet.setopts(down, nodelay: true)
+      spawn(fn -> pipe(up, down, &[&1]) end)
+      pipe(down, up, &chop/1)
+    end)
+
+    front_port
+  end
+
+  defp pipe(from, to, pause) do
+    case :gen_tcp.recv(from, 0) do
+      {:ok, data} ->
+        Enum.each(pause.(data), fn
+          {:pause, ms} -> Process.sleep(ms)
+          piece -> :gen_tcp.send(to, piece)
+        end)
+
+        pipe(from, to, pause)
+
+      {:error, _} ->
+        :gen_tcp.close(to)
+    end
+  end
+
+  # The pieces of `data` (1..700 bytes) with a pause of 1 ms after some.
+  defp chop(<<>>), do: []
+
+  defp chop(data) do
+    n = min(:rand.uniform(700), byte_size(data))
+    <<piece::binary-size(n), rest::binary>> = data
+    pause = if :rand.uniform(4) == 1, do: [{:pause, 1}], else: []
+    [piece | pause] ++ chop(rest)
+  end
+
+  defp active_until(_s, total, acc) when byte_size(acc) >= total, do: acc
+
+  defp active_until(s, total, acc) do
+    receive do
+      {:ssl, ^s, data} -> active_until(s, total, acc <> IO.iodata_to_binary(data))
+    after
+      3_000 -> {:stuck, byte_size(acc)}
+    end
+  end
+
   defp once_until(_mod, _s, total, acc) when byte_size(acc) >= total, do: acc
 
   defp once_until(mod, s, total, acc) do
