@@ -143,6 +143,49 @@ defmodule Islet.TLSConformanceInteropTest do
       end)
     end
 
+    # The certificates the server sends, as s_client -showcerts lists them
+    # (" 0 s:CN = localhost" and its issuer line, and so on).
+    defp chain_sent(mod, server_opts, args) do
+      l = listen(mod, server_opts)
+      port = port(mod, l)
+
+      server =
+        spawn_link(fn ->
+          {:ok, s} = mod.accept(l)
+          _ = mod.handshake(s, 30_000)
+          Process.sleep(100)
+          mod.close(s)
+        end)
+
+      cmd =
+        "openssl s_client -connect 127.0.0.1:#{port} -showcerts -servername localhost " <>
+          Enum.join(args, " ") <> " </dev/null"
+
+      {output, _} = System.cmd("timeout", ["20", "sh", "-c", cmd], stderr_to_stdout: true)
+      Process.unlink(server)
+      mod.close(l)
+
+      for line <- String.split(output, "\n"), line =~ ~r/^\s*(\d+ s:|i:)/, do: String.trim(line)
+    end
+
+    test "the certificate chain sent: completed from cacertfile, or the leaf alone" do
+      # OpenSSL completes a chain given without intermediates from the CA
+      # store; :ssl builds it from certfile and cacertfile when it starts.
+      ca = [cacertfile: Certs.file(:ca, :cert)]
+      leaf = ["0 s:CN = localhost", "i:CN = Islet Test CA"]
+      root = ["1 s:CN = Islet Test CA", "i:CN = Islet Test CA"]
+
+      cases = [
+        {Certs.server_opts(), leaf},
+        {Certs.server_opts() ++ ca, leaf ++ root},
+        {Certs.server_opts(:server_ec) ++ ca, leaf ++ root}
+      ]
+
+      for {opts, expected} <- cases, args <- [[], ["-tls1_2"]] do
+        assert assert_same(&chain_sent(&1, opts, args)) == expected
+      end
+    end
+
     test "a large line (1 MiB) through s_client" do
       line = String.duplicate("0123456789abcdef", 65_536)
 
