@@ -20,6 +20,7 @@ ISLET_NIF(nif_cancel)
 ISLET_NIF(nif_close)
 ISLET_NIF(nif_send_timeout_close)
 ISLET_NIF(nif_ktls)
+ISLET_NIF(nif_kernel_tls)
 ISLET_NIF(nif_send_timeout_keep)
 ISLET_NIF(nif_flush_bg)
 ISLET_NIF(nif_shutdown)
@@ -56,6 +57,7 @@ ErlNifFunc nif_funcs[] = {
     {"close", 1, nif_close, 0},
     {"send_timeout_close", 1, nif_send_timeout_close, 0},
     {"ktls", 1, nif_ktls, 0},
+    {"kernel_tls", 0, nif_kernel_tls, 0},
     {"send_timeout_keep", 1, nif_send_timeout_keep, 0},
     {"flush_bg", 1, nif_flush_bg, 0},
     {"shutdown", 2, nif_shutdown, 0},

@@ -15,11 +15,14 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -412,7 +415,50 @@ bool new_ssl(Sock* s, SSL_CTX* ctx) {
 
 }  // namespace
 
+namespace {
+
+// Whether the kernel's TLS module (the "tls" TCP upper-layer protocol) is
+// there. OpenSSL with SSL_OP_ENABLE_KTLS asks for it at every handshake;
+// without it each ask fails, and where the process may load modules
+// (CAP_NET_ADMIN: root) the kernel first runs modprobe, synchronously, on
+// the scheduler thread doing the handshake. So the kernel is asked once,
+// here (which loads the module where it exists), and kernel TLS is only
+// enabled when the module is then listed.
+bool ulp_listed() {
+  FILE* f = std::fopen("/proc/sys/net/ipv4/tcp_available_ulp", "re");
+  if (f == nullptr) return false;
+  char buf[512];
+  size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  buf[n] = '\0';
+  char* save = nullptr;
+  for (char* name = strtok_r(buf, " \n", &save); name != nullptr; name = strtok_r(nullptr, " \n", &save))
+    if (std::strcmp(name, "tls") == 0) return true;
+  return false;
+}
+
+bool probe_ktls() {
+  if (ulp_listed()) return true;
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  // Fails on an unconnected socket either way; only the module load matters.
+  static const char ulp[] = "tls";
+  (void)setsockopt(fd, SOL_TCP, TCP_ULP, ulp, sizeof ulp);
+  close(fd);
+  return ulp_listed();
+}
+
+bool ktls_available = false;
+
+}  // namespace
+
+// kernel_tls() -> boolean(): whether handshakes try kernel TLS (see above).
+ERL_NIF_TERM nif_kernel_tls(ErlNifEnv*, int, const ERL_NIF_TERM*) {
+  return ktls_available ? atom.true_ : atom.false_;
+}
+
 bool open_tls_types(ErlNifEnv* env) {
+  ktls_available = probe_ktls();
   auto flags = static_cast<ErlNifResourceFlags>(ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
   ctx_type = enif_open_resource_type(env, nullptr, "islet_tls_ctx", ctx_dtor, flags, nullptr);
   if (ctx_data_index < 0)
@@ -565,9 +611,10 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // One read() for a record's header and body (and whatever follows it),
   // not two: what is read ahead is found by tls_pending.
   SSL_CTX_set_read_ahead(ctx, 1);
-  // Kernel TLS where the kernel and OpenSSL have it (then sendfile/4 is
-  // zero-copy through SSL_sendfile); elsewhere the option has no effect.
-  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_ENABLE_KTLS);
+  // Kernel TLS where the kernel (its tls module, probed once at load) and
+  // OpenSSL have it: sendfile/4 is then zero-copy through SSL_sendfile.
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  if (ktls_available) SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_info_callback(ctx, info_cb);
   SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, nullptr);

@@ -34,6 +34,7 @@ defmodule Islet.Nif do
   def close(_socket), do: nif()
   def send_timeout_close(_socket), do: nif()
   def ktls(_socket), do: nif()
+  def kernel_tls, do: nif()
   def send_timeout_keep(_socket), do: nif()
   def flush_bg(_socket), do: nif()
   def shutdown(_socket, _how), do: nif()

@@ -181,6 +181,15 @@ defmodule Islet.TLS do
   @spec ktls?(socket()) :: boolean()
   def ktls?(socket), do: Nif.ktls(socket)
 
+  @doc """
+  Whether handshakes try kernel TLS at all: the kernel's `tls` module was
+  there (or could be loaded) when Islet loaded. Without it Islet does not
+  ask the kernel at every handshake (where the process may load modules,
+  each ask would run `modprobe`).
+  """
+  @spec kernel_tls?() :: boolean()
+  def kernel_tls?, do: Nif.kernel_tls()
+
   defp sendfile_copy(socket, filename, offset, length) do
     case :file.open(filename, [:read, :raw, :binary]) do
       {:ok, fd} ->

@@ -644,6 +644,11 @@ defmodule Islet.TLSConformanceIOTest do
       unless File.exists?("/sys/module/tls"),
         do: refute(ktls?, "kTLS reported without the kernel's tls module")
 
+      # Tried only where the kernel lists its tls module (probed at load).
+      ulps = File.read!("/proc/sys/net/ipv4/tcp_available_ulp") |> String.split()
+      assert Islet.TLS.kernel_tls?() == "tls" in ulps
+      if ktls?, do: assert(Islet.TLS.kernel_tls?())
+
       parent = self()
       spawn_link(fn -> Kernel.send(parent, {:got, ssl_recv_exact(c, 5000, 30_000)}) end)
       assert Islet.TLS.sendfile(s, path, 1000, 5000) == {:ok, 5000}
