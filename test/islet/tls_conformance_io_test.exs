@@ -818,7 +818,6 @@ defmodule Islet.TLSConformanceIOTest do
     end
   end
 
-  # Re-arms active: :once until `total` bytes came; what came, or :stuck.
   # A TCP proxy to `port` on loopback for one connection: the client's bytes
   # go on in random pieces with random short pauses, the server's as they
   # come. Returns the port to connect to; it stops with the connection.
@@ -862,6 +861,7 @@ defmodule Islet.TLSConformanceIOTest do
     [piece | pause] ++ chop(rest)
   end
 
+  # Collects active messages until `total` bytes came; what came, or :stuck.
   defp active_until(_s, total, acc) when byte_size(acc) >= total, do: acc
 
   defp active_until(s, total, acc) do
@@ -872,6 +872,7 @@ defmodule Islet.TLSConformanceIOTest do
     end
   end
 
+  # Re-arms active: :once until `total` bytes came; what came, or :stuck.
   defp once_until(_mod, _s, total, acc) when byte_size(acc) >= total, do: acc
 
   defp once_until(mod, s, total, acc) do
