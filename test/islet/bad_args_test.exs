@@ -576,7 +576,7 @@ defmodule Islet.BadArgsTest do
 
         new =
           for {name, arity} <- funs,
-              args = for(_ <- 1..arity, do: Enum.random(pool)),
+              args = for(_ <- 1..arity//1, do: Enum.random(pool)),
               failure = nif_call(name, args),
               failure != nil,
               do: failure
