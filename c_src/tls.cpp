@@ -281,13 +281,17 @@ const char* use_cert_key(ErlNifEnv* env, SSL_CTX* ctx, ERL_NIF_TERM pair) {
 // 15% of OpenSSL's CPU for an ECDSA handshake). :ssl builds the chain once, from certfile and
 // cacertfile; so does this, with the same result (root included). Should
 // building fail, OpenSSL still completes the chain per handshake.
+// Walking the certificates moves the context's current one, which the
+// ClientHello callback reads (SSL_get_privatekey): it is put back after.
 void build_chains(SSL_CTX* ctx) {
+  X509* current = SSL_CTX_get0_certificate(ctx);
   for (long r = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); r == 1;
        r = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT)) {
     STACK_OF(X509)* chain = nullptr;
     if (SSL_CTX_get0_chain_certs(ctx, &chain) == 1 && chain == nullptr)
       SSL_CTX_build_cert_chain(ctx, SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR);
   }
+  if (current != nullptr) SSL_CTX_select_current_cert(ctx, current);
   ERR_clear_error();
 }
 

@@ -836,15 +836,17 @@ defmodule Islet.TLSConformanceIOTest do
     front_port
   end
 
-  defp pipe(from, to, pause) do
+  # Forwards what `from` receives to `to`, as `cut` splits it into pieces
+  # and pauses, until either side closes.
+  defp pipe(from, to, cut) do
     case :gen_tcp.recv(from, 0) do
       {:ok, data} ->
-        Enum.each(pause.(data), fn
+        Enum.each(cut.(data), fn
           {:pause, ms} -> Process.sleep(ms)
           piece -> :gen_tcp.send(to, piece)
         end)
 
-        pipe(from, to, pause)
+        pipe(from, to, cut)
 
       {:error, _} ->
         :gen_tcp.close(to)
