@@ -133,6 +133,10 @@ struct Sock {
   // context. Both freed by the destructor, once nothing can use them.
   struct ssl_st* ssl = nullptr;
   struct ssl_ctx_st* ctx = nullptr;
+  // After the handshake, the record layer that replaced the SSL object
+  // (records.cpp), and during it what the record layer needs from it.
+  struct Records* rec = nullptr;
+  struct Takeover* takeover = nullptr;
   bool tls_done = false;  // handshake complete
   int tls_alert = -1;     // last alert sent (info callback), for error terms
   bool sni_resolved = false;  // SNI context chosen (sni_hosts / sni_fun)
@@ -151,6 +155,9 @@ struct Sock {
   uint64_t recv_oct = 0, recv_cnt = 0, recv_max = 0;
   uint64_t send_oct = 0, send_cnt = 0, send_max = 0;
 };
+
+// A TLS connection, whether OpenSSL or Islet's record layer protects it.
+inline bool is_tls(const Sock* s) { return s->ssl != nullptr || s->rec != nullptr; }
 
 extern ErlNifResourceType* sock_type;
 extern ErlNifResourceType* file_type;
@@ -206,6 +213,13 @@ ERL_NIF_TERM active_tag(Sock* s, int which);   // 0 data, 1 closed, 2 error, 3 p
 constexpr ssize_t kWantRead = -1;
 constexpr ssize_t kWantWrite = -2;
 constexpr ssize_t kReadError = -3;  // *err holds an errno
+// TLS: an alert ended the connection (one we sent for what the peer sent,
+// or the peer's); *err holds kAlertSent or kAlertReceived | the alert.
+constexpr ssize_t kTlsFailed = -4;
+constexpr int kAlertReceived = 0x100;
+constexpr int kAlertSent = 0x200;
+// {tls_alert, {Name, Description}} as :ssl reports it, for such a code.
+ERL_NIF_TERM tls_failure_term(ErlNifEnv* env, int code);
 ssize_t conn_read(Sock* s, void* buf, size_t n, int* err);
 // Writes from the head of s->wioq; returns 0 when empty, EAGAIN when the
 // kernel is full, kMoreWork (TLS: budget used, call again) or an errno.

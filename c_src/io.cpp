@@ -228,6 +228,15 @@ ERL_NIF_TERM take_rbuf(ErlNifEnv* env, Sock* s, size_t len) {
   return out;
 }
 
+// A TLS alert ended the connection under a passive recv: :ssl answers it
+// once, then closed.
+ERL_NIF_TERM passive_tls_failure(ErlNifEnv* env, Sock* s, int code) {
+  s->peer_closed = true;
+  s->eof_reported = true;
+  conn_ended(env, s);
+  return make_error(env, tls_failure_term(env, code));
+}
+
 // EOF or a reset under a passive recv: gen_tcp says closed once, closes its
 // fd (the peer sees the end) and later answers enotconn.
 ERL_NIF_TERM passive_end(ErlNifEnv* env, Sock* s, bool reset) {
@@ -284,6 +293,10 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (n == kWantRead || n == kWantWrite)
       return wait_for(env, s, s->rq, me, n == kWantRead ? ERL_NIF_SELECT_READ : ERL_NIF_SELECT_WRITE,
                       atom.wait);
+    if (n == kTlsFailed) {
+      waiter_done(env, s, s->rq, me);
+      return passive_tls_failure(env, s, e);
+    }
     if (n == 0) e = 0;
   } else {
     // Read straight into a binary of the exact size asked for: nothing is
@@ -319,6 +332,10 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       if (n == kWantRead || n == kWantWrite)
         return wait_for(env, s, s->rq, me,
                         n == kWantRead ? ERL_NIF_SELECT_READ : ERL_NIF_SELECT_WRITE, atom.wait);
+      if (n == kTlsFailed) {
+        waiter_done(env, s, s->rq, me);
+        return passive_tls_failure(env, s, e);
+      }
       if (n == 0) e = 0;
       break;
     }
@@ -334,7 +351,7 @@ namespace {
 }  // namespace
 
 ssize_t conn_read(Sock* s, void* buf, size_t n, int* err) {
-  if (s->ssl != nullptr) return tls_read(s, buf, n, err);
+  if (is_tls(s)) return tls_read(s, buf, n, err);
   for (;;) {
     ssize_t r = recv(s->fd, buf, n, 0);
     if (r >= 0) return r;
@@ -346,7 +363,7 @@ ssize_t conn_read(Sock* s, void* buf, size_t n, int* err) {
 }
 
 int conn_drain(Sock* s) {
-  if (s->ssl != nullptr) return tls_drain(s);
+  if (is_tls(s)) return tls_drain(s);
   while (enif_ioq_size(s->wioq) > 0) {
     int iovcnt;
     SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
@@ -462,7 +479,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 
   size_t skip = 0;
   bool queued = s->wioq != nullptr && enif_ioq_size(s->wioq) > 0;
-  if (!queued && more.empty() && s->ssl == nullptr) {
+  if (!queued && more.empty() && !is_tls(s)) {
     // The common case: one writev straight from the terms, no copy.
     int cnt = static_cast<int>(vec->iovcnt);
     while (skip < vec->size) {
@@ -563,7 +580,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
   // TLS goes through here only with kernel TLS (Islet.TLS reads and
   // encrypts otherwise).
-  if (s->ssl != nullptr && !tls_ktls_send(s)) return make_error(env, atom.einval);
+  if (is_tls(s) && !tls_ktls_send(s)) return make_error(env, atom.einval);
   if (s->eof_reported) return make_error(env, atom.enotconn);
   if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
   stop_bg_flush(env, s);
@@ -580,7 +597,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifUInt64 sent = 0;
   while (sent < count && sent < kBudget) {
     size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, 1u << 20));
-    ssize_t n = s->ssl != nullptr ? tls_sendfile(s, f->fd, &off, chunk)
+    ssize_t n = is_tls(s) ? tls_sendfile(s, f->fd, &off, chunk)
                                   : sendfile(s->fd, f->fd, &off, chunk);
     if (n > 0) {
       sent += n;  // not in send_oct: gen_tcp's statistics do not see sendfile

@@ -116,18 +116,37 @@ void deliver_data(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, const unsigned ch
   if (n > s->recv_max) s->recv_max = n;
 }
 
-// The end of the connection in active mode: {tcp_closed, S}, after which
-// gen_tcp's port is closed (exit_on_close): calls answer closed or einval.
-void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv) {
+// The end of the connection in active mode: {tcp_closed, S} (unless
+// `quiet`), after which gen_tcp's port is closed (exit_on_close): calls
+// answer closed or einval.
+void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, bool quiet = false) {
   s->peer_closed = true;
   s->eof_reported = true;
   s->dead = true;
   conn_ended(caller, s);
+  if (quiet) return;
   ERL_NIF_TERM msg = enif_make_tuple2(menv, tag_atom(s->tag, 1), enif_make_resource(menv, s));
   send_owner(s, caller, menv, msg);
 }
 
 void backlog_push(ErlNifEnv* env, Sock* s);
+
+// A read that ended the connection (n: 0, kReadError or kTlsFailed, with
+// err) in active mode: like inet, the error if any, then the close; a TLS
+// alert only as {ssl_error, S, {tls_alert, _}}, as :ssl sends it.
+void deliver_end(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, ssize_t n, int err) {
+  ERL_NIF_TERM reason = 0;
+  if (n == kTlsFailed)
+    reason = tls_failure_term(menv, err);
+  else if (n == kReadError && err != ECONNRESET)
+    reason = errno_atom(menv, err);
+  if (reason != 0) {
+    ERL_NIF_TERM msg =
+        enif_make_tuple3(menv, tag_atom(s->tag, 2), enif_make_resource(menv, s), reason);
+    send_owner(s, caller, menv, msg);
+  }
+  deliver_closed(s, caller, menv, n == kTlsFailed);
+}
 
 // Readiness of one active socket: read and deliver while active. `caller` is
 // the calling process's env (a pump, or the process that activated the
@@ -147,7 +166,7 @@ bool read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
       // short plain read emptied the socket; over TLS, the socket read under
       // SSL_read tells, unless OpenSSL still holds records.
       if (et)
-        s->ready = s->ssl != nullptr ? tls_may_have_more(s) : static_cast<size_t>(n) == kReadChunk;
+        s->ready = is_tls(s) ? tls_may_have_more(s) : static_cast<size_t>(n) == kReadChunk;
       deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
       slice_used = charge(caller, static_cast<size_t>(n));
       if (!consume_active(s, caller, menv)) return slice_used;
@@ -160,13 +179,7 @@ bool read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
       s->ready = false;
       break;
     }
-    if (n == kReadError && err != ECONNRESET) {
-      // Like inet: the error, then the close.
-      ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 2), enif_make_resource(menv, s),
-                                          errno_atom(menv, err));
-      send_owner(s, caller, menv, msg);
-    }
-    deliver_closed(s, caller, menv);
+    deliver_end(s, caller, menv, n, err);
     return slice_used;
   }
   if (!et) {
@@ -392,11 +405,17 @@ void active_started(ErlNifEnv* env, Sock* s) {
   }
   // TLS: a recv(n) may have left decrypted bytes inside OpenSSL that no
   // readiness event will announce; deliver them now.
-  while (s->active != 0 && tls_pending(s)) {
+  while (s->active != 0 && !s->eof_reported && tls_pending(s)) {
     static thread_local unsigned char buf[kReadChunk];
     int err = 0;
     ssize_t n = conn_read(s, buf, sizeof buf, &err);
-    if (n <= 0) break;
+    if (n == kWantRead || n == kWantWrite) break;
+    if (n <= 0) {
+      // The connection ended in what OpenSSL or the record layer held.
+      deliver_end(s, env, menv, n, err);
+      enif_free_env(menv);
+      return;
+    }
     deliver_data(s, env, menv, buf, static_cast<size_t>(n));
     consume_active(s, env, menv);
   }

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "records.hpp"
 #include "wire.hpp"
 
 namespace islet {
@@ -50,6 +51,7 @@ struct CtxData {
   std::vector<unsigned char> alpn;  // wire format, server preference order
   std::vector<SniHost> sni_hosts;
   bool sni_fun = false;
+  bool records = false;  // Islet's record layer takes over after the handshake
   ~CtxData() {
     for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
     if (data_env != nullptr) enif_free_env(data_env);
@@ -81,6 +83,16 @@ void info_cb(const SSL* ssl, int where, int ret) {
     Sock* s = sock_of(ssl);
     if (s != nullptr && (ret >> 8) == SSL3_AL_FATAL) s->tls_alert = ret & 0xff;
   }
+}
+
+// What Islet's record layer needs from the handshake: TLS 1.3's traffic
+// secrets, and the records OpenSSL seals before the handshake returns.
+void keylog_cb(const SSL* ssl, const char* line) {
+  if (Sock* s = sock_of(ssl)) records_keylog(s, line);
+}
+
+void message_cb(int write_p, int, int content_type, const void* buf, size_t len, SSL* ssl, void*) {
+  if (Sock* s = sock_of(ssl)) records_message(s, write_p, content_type, buf, len);
 }
 
 int alpn_cb(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
@@ -215,6 +227,10 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
     return SSL_CLIENT_HELLO_ERROR;
   }
   Sock* st = sock_of(ssl);
+  // The ClientHello is in: from now on OpenSSL reads record by record, so
+  // that when the handshake ends it holds nothing the client sent after it
+  // (which the record layer taking over could not get back).
+  if (st != nullptr && st->takeover != nullptr) SSL_set_read_ahead(ssl, 0);
   if (resolve_sni(ssl, st) == SSL_CLIENT_HELLO_RETRY) return SSL_CLIENT_HELLO_RETRY;
   // On a normal scheduler, the rest of this step (key exchange, signature)
   // must be cheap; else the step pauses here and resumes on a dirty one.
@@ -343,21 +359,19 @@ ERL_NIF_TERM alert_term(ErlNifEnv* env, int code, bool received) {
 }
 
 // The reason for a failed TLS call, read from this thread's OpenSSL error
-// queue: kRecvAlert | code (an alert received), kSentAlert | code (sent),
-// or 0 (closed). failure() makes the term.
-constexpr int kRecvAlert = 0x100;
-constexpr int kSentAlert = 0x200;
+// queue: kAlertReceived | code (an alert received), kAlertSent | code
+// (sent), or 0 (closed). tls_failure_term makes the term.
 
 int failure_code(Sock* s) {
   unsigned long e = ERR_peek_last_error();
   ERR_clear_error();
   int reason = e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
-  if (reason >= SSL_AD_REASON_OFFSET) return kRecvAlert | ((reason - SSL_AD_REASON_OFFSET) & 0xff);
+  if (reason >= SSL_AD_REASON_OFFSET) return kAlertReceived | ((reason - SSL_AD_REASON_OFFSET) & 0xff);
   switch (reason) {
     case SSL_R_UNEXPECTED_EOF_WHILE_READING:
       return 0;  // the client went away: :ssl says closed
     case SSL_R_NO_SHARED_CIPHER:
-      return kSentAlert | SSL_AD_INSUFFICIENT_SECURITY;  // :ssl's reason
+      return kAlertSent | SSL_AD_INSUFFICIENT_SECURITY;  // :ssl's reason
     case SSL_R_HTTP_REQUEST:
     case SSL_R_HTTPS_PROXY_REQUEST:
     case SSL_R_WRONG_VERSION_NUMBER:
@@ -365,20 +379,14 @@ int failure_code(Sock* s) {
     case SSL_R_PACKET_LENGTH_TOO_LONG:
     case SSL_R_RECORD_LENGTH_MISMATCH:
       // Not TLS at all (a plain HTTP request, say): :ssl answers so.
-      return kSentAlert | SSL_AD_UNEXPECTED_MESSAGE;
+      return kAlertSent | SSL_AD_UNEXPECTED_MESSAGE;
     default:
       break;
   }
-  if (s->tls_alert >= 0) return kSentAlert | (s->tls_alert & 0xff);
+  if (s->tls_alert >= 0) return kAlertSent | (s->tls_alert & 0xff);
   return 0;
 }
 
-// An alert received or sent, or closed.
-ERL_NIF_TERM failure_term(ErlNifEnv* env, int code) {
-  if (code & kRecvAlert) return alert_term(env, code & 0xff, true);
-  if (code & kSentAlert) return alert_term(env, code & 0xff, false);
-  return atom.closed;
-}
 
 ErlNifPid self_of(ErlNifEnv* env) {
   ErlNifPid p;
@@ -403,7 +411,8 @@ long note_read(BIO* b, int oper, const char*, size_t len, int, long, int ret, si
 bool new_ssl(Sock* s, SSL_CTX* ctx) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return false;
-  if (SSL_set_fd(ssl, s->fd) != 1) {
+  CtxData* c = data_of(ctx);
+  if (SSL_set_fd(ssl, s->fd) != 1 || (c != nullptr && c->records && !records_start(s, ctx))) {
     SSL_free(ssl);
     return false;
   }
@@ -452,6 +461,13 @@ bool ktls_available = false;
 
 }  // namespace
 
+// An alert received or sent, or closed.
+ERL_NIF_TERM tls_failure_term(ErlNifEnv* env, int code) {
+  if (code & kAlertReceived) return alert_term(env, code & 0xff, true);
+  if (code & kAlertSent) return alert_term(env, code & 0xff, false);
+  return atom.closed;
+}
+
 // kernel_tls() -> boolean(): whether handshakes try kernel TLS (see above).
 ERL_NIF_TERM nif_kernel_tls(ErlNifEnv*, int, const ERL_NIF_TERM*) {
   return ktls_available ? atom.true_ : atom.false_;
@@ -459,6 +475,7 @@ ERL_NIF_TERM nif_kernel_tls(ErlNifEnv*, int, const ERL_NIF_TERM*) {
 
 bool open_tls_types(ErlNifEnv* env) {
   ktls_available = probe_ktls();
+  records_init();
   auto flags = static_cast<ErlNifResourceFlags>(ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
   ctx_type = enif_open_resource_type(env, nullptr, "islet_tls_ctx", ctx_dtor, flags, nullptr);
   if (ctx_data_index < 0)
@@ -474,6 +491,7 @@ inline void clear_errors() {
 }
 
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
+  if (s->rec != nullptr) return records_read(s, buf, n, err);
   clear_errors();
   s->tls_short_read = false;  // set by note_read if this call reads the socket
   int r = SSL_read(s->ssl, buf, static_cast<int>(n > INT32_MAX ? INT32_MAX : n));
@@ -493,15 +511,24 @@ ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
       if (errno == 0) return 0;  // EOF without close_notify
       *err = errno;
       return kReadError;
-    default:
-      ERR_clear_error();
-      return 0;  // a fatal TLS error ends the connection: closed
+    default: {
+      // A fatal TLS error ends the connection: with the alert sent or
+      // received, as :ssl reports it, else closed.
+      int code = failure_code(s);
+      if (code == 0) return 0;
+      *err = code;
+      return kTlsFailed;
+    }
   }
 }
 
-bool tls_may_have_more(Sock* s) { return !s->tls_short_read || SSL_has_pending(s->ssl) == 1; }
+bool tls_may_have_more(Sock* s) {
+  if (s->rec != nullptr) return records_may_have_more(s);
+  return !s->tls_short_read || SSL_has_pending(s->ssl) == 1;
+}
 
 int tls_drain(Sock* s) {
+  if (s->rec != nullptr) return records_drain(s);
   // Plaintext is gathered into one record-sized slice; a retry after
   // WANT_WRITE sees the same queue head and so passes the same bytes, as
   // OpenSSL requires (with SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).
@@ -535,6 +562,10 @@ int tls_drain(Sock* s) {
 }
 
 bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out) {
+  if (s->rec != nullptr) {
+    records_wire_bytes(s, in, out);
+    return true;
+  }
   if (s->ssl == nullptr) return false;
   *in = BIO_number_read(SSL_get_rbio(s->ssl));
   *out = BIO_number_written(SSL_get_wbio(s->ssl));
@@ -561,11 +592,18 @@ ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count) {
 
 // Data OpenSSL holds that no readiness event will announce: decrypted bytes,
 // or records read ahead from the socket.
-bool tls_pending(Sock* s) { return s->ssl != nullptr && s->tls_done && SSL_has_pending(s->ssl); }
+bool tls_pending(Sock* s) {
+  if (s->rec != nullptr) return records_pending(s);
+  return s->ssl != nullptr && s->tls_done && SSL_has_pending(s->ssl);
+}
 
 bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
 
 void tls_close_notify(Sock* s) {
+  if (s->rec != nullptr) {
+    if (!s->peer_closed) records_close_notify(s);  // the client closed first: nothing owed
+    return;
+  }
   if (s->ssl == nullptr || !s->tls_done) return;
   if (s->peer_closed) {
     // The client closed first: nothing to send, but mark the shutdown done,
@@ -580,6 +618,7 @@ void tls_close_notify(Sock* s) {
 }
 
 void tls_free(Sock* s) {
+  records_free(s);
   if (s->ssl != nullptr) {
     SSL_free(s->ssl);
     s->ssl = nullptr;
@@ -705,6 +744,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         SSL_CTX_up_ref(hc->ctx);
         c->sni_hosts.push_back({std::string(reinterpret_cast<const char*>(b.data), b.size), hc->ctx});
       }
+    } else if (k == "records") {
+      c->records = get_bool(kv[1]);
     } else if (k == "sni_fun") {
       // Kept with the context and handed back when a handshake pauses.
       // Named twice: the last one wins, and the first one's copy is freed.
@@ -722,6 +763,10 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
   SSL_CTX_set_verify(ctx, verify, nullptr);
   build_chains(ctx);
+  if (c->records) {
+    SSL_CTX_set_keylog_callback(ctx, keylog_cb);
+    SSL_CTX_set_msg_callback(ctx, message_cb);
+  }
   return make_ok(env, res);
 }
 
@@ -752,7 +797,7 @@ ERL_NIF_TERM nif_tls_upgrade(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]
   if (!get_sock(env, argv[0], &s) || !get_ctx(env, argv[1], &c)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open) return make_error(env, atom.closed);
-  if (s->kind != Kind::Conn || s->ssl != nullptr) return make_error(env, atom.einval);
+  if (s->kind != Kind::Conn || is_tls(s)) return make_error(env, atom.einval);
   if (s->active != 0) return make_error(env, atom.einval);
   if (!new_ssl(s, c->ctx)) return make_error(env, atom.enomem);
   return atom.ok;
@@ -797,7 +842,9 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   s->tls_inline = false;
   if (r == 1) {
     s->tls_done = true;
-    SSL_free_buffers(s->ssl);  // the handshake's record buffers: idle until data comes
+    // Islet's record layer takes over where it can (and frees the SSL
+    // object); else the handshake's record buffers go, idle until data comes.
+    if (!records_take_over(s)) SSL_free_buffers(s->ssl);
     return Step::Done;
   }
   int e = SSL_get_error(s->ssl, r);
@@ -835,7 +882,7 @@ ERL_NIF_TERM finish_step(ErlNifEnv* env, Sock* s, const ErlNifPid& me, Step step
   }
   waiter_done(env, s, s->rq, me);
   s->peer_closed = true;
-  return make_error(env, failure_term(env, code));
+  return make_error(env, tls_failure_term(env, code));
 }
 
 ERL_NIF_TERM tls_handshake_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]);
@@ -848,7 +895,7 @@ bool handshake_sock(ErlNifEnv* env, const ERL_NIF_TERM argv[], Sock** out, ERL_N
   }
   Sock* s = *out;
   if (!s->open) *answer = make_error(env, atom.closed);
-  else if (s->ssl == nullptr || s->kind != Kind::Conn) *answer = make_error(env, atom.einval);
+  else if (!is_tls(s) || s->kind != Kind::Conn) *answer = make_error(env, atom.einval);
   else if (s->tls_done) *answer = atom.ok;
   else return true;
   return false;
@@ -937,8 +984,11 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open) return make_error(env, atom.closed);
-  if (s->ssl == nullptr) return make_error(env, enif_make_atom(env, "not_secure"));
+  if (!is_tls(s)) return make_error(env, enif_make_atom(env, "not_secure"));
   if (!s->tls_done) return make_error(env, atom.closed);
+  TlsInfo from_ssl;
+  if (s->rec == nullptr) tls_info_of(s->ssl, &from_ssl);
+  const TlsInfo& info = s->rec != nullptr ? records_info(s) : from_ssl;
   std::vector<ERL_NIF_TERM> items;
   auto bin = [env](const void* p, size_t n) {
     ERL_NIF_TERM t;
@@ -948,35 +998,17 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   auto put = [&](const char* k, ERL_NIF_TERM v) {
     items.push_back(enif_make_tuple2(env, enif_make_atom(env, k), v));
   };
-  put("protocol", enif_make_int(env, SSL_version(s->ssl)));
-  if (const SSL_CIPHER* ci = SSL_get_current_cipher(s->ssl)) {
-    const char* name = SSL_CIPHER_standard_name(ci);
-    if (name != nullptr) put("cipher", bin(name, std::strlen(name)));
-  }
-  if (const char* sni = SSL_get_servername(s->ssl, TLSEXT_NAMETYPE_host_name))
-    put("sni_hostname", bin(sni, std::strlen(sni)));
+  put("protocol", enif_make_int(env, info.version));
+  if (info.cipher != nullptr) put("cipher", bin(info.cipher, std::strlen(info.cipher)));
+  if (!info.servername.empty())
+    put("sni_hostname", bin(info.servername.data(), info.servername.size()));
   else if (!s->sni.empty())  // a resumed TLS 1.2 session: from the ClientHello
     put("sni_hostname", bin(s->sni.data(), s->sni.size()));
-  const unsigned char* alpn;
-  unsigned alpn_len = 0;
-  SSL_get0_alpn_selected(s->ssl, &alpn, &alpn_len);
-  if (alpn_len > 0) put("alpn", bin(alpn, alpn_len));
-  if (SSL_SESSION* sess = SSL_get_session(s->ssl)) {
-    unsigned id_len;
-    const unsigned char* id = SSL_SESSION_get_id(sess, &id_len);
-    put("session_id", bin(id, id_len));
-  }
-  put("session_reused", SSL_session_reused(s->ssl) ? atom.true_ : atom.false_);
-  if (X509* peer = SSL_get1_peer_certificate(s->ssl)) {
-    int n = i2d_X509(peer, nullptr);
-    if (n > 0) {
-      ERL_NIF_TERM t;
-      unsigned char* p = enif_make_new_binary(env, n, &t);
-      i2d_X509(peer, &p);
-      put("peercert", t);
-    }
-    X509_free(peer);
-  }
+  if (!info.alpn.empty()) put("alpn", bin(info.alpn.data(), info.alpn.size()));
+  if (info.has_session) put("session_id", bin(info.session_id, info.session_id_len));
+  put("session_reused", info.reused ? atom.true_ : atom.false_);
+  if (!info.peercert.empty()) put("peercert", bin(info.peercert.data(), info.peercert.size()));
+  put("records", enif_make_atom(env, s->rec != nullptr ? "islet" : "openssl"));
   return make_ok(env, enif_make_list_from_array(env, items.data(), items.size()));
 }
 

@@ -328,6 +328,20 @@ defmodule Islet.TLS do
     _ -> nil
   end
 
+  @doc """
+  Who protects this connection's records now that its handshake is over:
+  `:islet` (Islet's record layer, see `Islet.TLS.Options.record_layer/0`)
+  or `:openssl` (suites it does not take over, kernel TLS, or
+  `tls_records: :openssl`).
+  """
+  @spec record_layer(socket()) :: {:ok, :islet | :openssl} | {:error, term()}
+  def record_layer(socket) do
+    with {:ok, info} <- Nif.tls_info(socket) do
+      {:records, layer} = List.keyfind(info, :records, 0)
+      {:ok, layer}
+    end
+  end
+
   @doc "TLS is secure."
   @spec secure?() :: true
   def secure?, do: true

@@ -69,10 +69,27 @@ defmodule Islet.TLS.Options do
     tls = for {k, _} = kv <- opts, is_atom(k), k in @tls_keys, do: kv
 
     with {:ok, nif_opts} <- nif_opts(tls) do
-      Islet.Nif.tls_ctx(nif_opts)
+      Islet.Nif.tls_ctx(nif_opts ++ [records: record_layer() == :islet])
     end
   catch
     {:option, error} -> error
+  end
+
+  @doc """
+  Who protects the records of a connection once its handshake is over:
+  `:islet` (the default: Islet's own record layer for the AEAD suites,
+  which frees the OpenSSL object and costs less per record) or `:openssl`
+  (OpenSSL's record layer, as during the handshake). Set with `config
+  :islet, tls_records: :openssl` or the environment variable
+  `ISLET_TLS_RECORDS=openssl` (which wins); read when a listener is opened.
+  """
+  @spec record_layer() :: :islet | :openssl
+  def record_layer do
+    case System.get_env("ISLET_TLS_RECORDS") do
+      "openssl" -> :openssl
+      "islet" -> :islet
+      _ -> if Application.get_env(:islet, :tls_records) == :openssl, do: :openssl, else: :islet
+    end
   end
 
   defp nif_opts(tls) do

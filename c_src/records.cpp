@@ -1,0 +1,958 @@
+// Islet: TLS records after the handshake, sealed and opened here instead of
+// by OpenSSL's record layer.
+//
+// Once a handshake is over, a connection needs only its traffic keys, two
+// sequence numbers and what it negotiated. OpenSSL 3.0 keeps the whole SSL
+// object for that (about 13.5 KB per idle connection, which its API cannot
+// free) and spends a few microseconds per record beyond the cipher itself:
+// parameter lookups by name, BIO calls, record buffers allocated and freed.
+// For the AEAD suites (AES-GCM and ChaCha20-Poly1305, TLS 1.2 and 1.3) the
+// record layer is small and fully specified (RFC 8446 section 5, RFC 5246
+// section 6.2.3.3, RFC 5288, RFC 7905), so Islet takes it over the way the
+// kernel does with kTLS: OpenSSL runs the handshake and derives the secrets
+// (TLS 1.3: the traffic secrets its keylog callback reports; TLS 1.2: the
+// session's master secret, expanded with OpenSSL's PRF), OpenSSL's EVP
+// ciphers seal and open, and the SSL object is freed. Other suites (CBC,
+// CCM) and connections on kernel TLS stay with OpenSSL.
+//
+// Besides application data the record layer does what OpenSSL's does for a
+// server: close_notify both ways; fatal alerts (received: the connection
+// ends and its session leaves the cache; sent, for records that do not
+// authenticate or parse: bad_record_mac, record_overflow,
+// unexpected_message, decode_error, protocol_version); TLS 1.3 KeyUpdate
+// (the client's, answered when it asks, and one of our own before AES-GCM's
+// record limit); TLS 1.2 renegotiation attempts, refused with a
+// no_renegotiation warning as SSL_OP_NO_RENEGOTIATION does; the negotiated
+// max_fragment_length; and no more than 32 records in a row that carry no
+// data (empty records, warnings, key updates), OpenSSL's guard against
+// record floods.
+//
+// Buffers hold bytes only while there are some: an idle connection keeps
+// this struct and its two cipher contexts (about 1.1 KB each), nothing else.
+#include "records.hpp"
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/kdf.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "common.hpp"
+
+namespace islet {
+
+namespace {
+
+constexpr size_t kHeader = 5;
+constexpr size_t kTagLen = 16;
+constexpr size_t kExplicitNonce = 8;  // TLS 1.2 AES-GCM's per-record nonce
+constexpr size_t kMaxPlain = 16384;
+// The largest record bodies a peer may send (RFC 8446 5.2, RFC 5246 6.2.3).
+constexpr size_t kMaxBody13 = kMaxPlain + 256;
+constexpr size_t kMaxBody12 = kMaxPlain + 2048;
+constexpr int kMaxIdleRecords = 32;
+// Records opened per read call at most (bounded work); more than
+// kMaxIdleRecords, so that a call that stops there has data to return.
+constexpr int kRecordsPerCall = 64;
+static_assert(kRecordsPerCall > kMaxIdleRecords + 1, "a full call must yield data");
+// TLS 1.3 with AES-GCM: a new write key well before the 2^24.5 records of
+// RFC 8446 5.5.
+constexpr uint64_t kGcmRecordLimit = 1ull << 24;
+// A socket read takes this much; records sealed per write, at most.
+constexpr size_t kReadSize = 64u << 10;
+constexpr int kSealBatch = 4;
+constexpr size_t kMaxRecord = kHeader + kExplicitNonce + kMaxPlain + 1 + kTagLen;
+
+enum : uint8_t { kChangeCipherSpec = 20, kAlert = 21, kHandshake = 22, kAppData = 23 };
+enum : uint8_t { kClientHello = 1, kKeyUpdate = 24 };
+enum : uint8_t { kWarning = 1, kFatal = 2 };
+enum : uint8_t {
+  kCloseNotify = 0,
+  kUnexpectedMessage = 10,
+  kBadRecordMac = 20,
+  kRecordOverflow = 22,
+  kIllegalParameter = 47,
+  kDecodeError = 50,
+  kProtocolVersion = 70,
+  kInternalError = 80,
+  kUserCanceled = 90,
+  kNoRenegotiation = 100,
+};
+
+EVP_CIPHER* aes128gcm = nullptr;
+EVP_CIPHER* aes256gcm = nullptr;
+EVP_CIPHER* chacha = nullptr;
+EVP_KDF* tls1_prf = nullptr;
+
+// Per scheduler thread: a socket read lands after what was left of an
+// incomplete record; records are sealed here before they are written.
+thread_local unsigned char in_buf[kMaxRecord + kReadSize];
+thread_local unsigned char seal_buf[(kSealBatch + 1) * kMaxRecord];
+
+// Bytes [off, len) of a malloc'ed block, freed as soon as it is empty.
+struct Buf {
+  unsigned char* p = nullptr;
+  size_t off = 0, len = 0, cap = 0;
+  Buf() = default;
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { clear(); }
+  size_t size() const { return len - off; }
+  unsigned char* data() const { return p + off; }
+  void clear() {
+    std::free(p);
+    p = nullptr;
+    off = len = cap = 0;
+  }
+  // Empty, keeping the block for what is appended next.
+  void reset() { off = len = 0; }
+  bool append(const void* d, size_t n) {
+    if (n == 0) return true;
+    if (off > 0) {
+      std::memmove(p, p + off, len - off);
+      len -= off;
+      off = 0;
+    }
+    if (len + n > cap) {
+      size_t c = std::max(cap * 2, len + n);
+      auto* q = static_cast<unsigned char*>(std::realloc(p, c));
+      if (q == nullptr) return false;
+      p = q;
+      cap = c;
+    }
+    std::memcpy(p + len, d, n);
+    len += n;
+    return true;
+  }
+  void consume(size_t n) {
+    off += n;
+    if (off >= len) clear();
+  }
+};
+
+// One direction's protection.
+struct Dir {
+  EVP_CIPHER_CTX* ctx = nullptr;
+  unsigned char iv[12] = {};  // TLS 1.2 AES-GCM: the 4-byte salt, then unused
+  uint64_t seq = 0;
+  unsigned char secret[EVP_MAX_MD_SIZE] = {};  // TLS 1.3: the traffic secret
+  ~Dir() {
+    EVP_CIPHER_CTX_free(ctx);
+    OPENSSL_cleanse(iv, sizeof iv);
+    OPENSSL_cleanse(secret, sizeof secret);
+  }
+};
+
+void put_be64(unsigned char* p, uint64_t v) {
+  for (int i = 7; i >= 0; i--, v >>= 8) p[i] = static_cast<unsigned char>(v);
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+// What the handshake leaves for the record layer.
+struct Takeover {
+  unsigned char client[EVP_MAX_MD_SIZE];
+  unsigned char server[EVP_MAX_MD_SIZE];
+  size_t client_len = 0, server_len = 0;
+  // TLS 1.3: records OpenSSL sealed under the server's application key
+  // before the handshake returned (its NewSessionTickets).
+  uint64_t server_records = 0;
+  SSL_CTX* session_ctx = nullptr;  // the listener's: its cache holds the session
+  ~Takeover() {
+    OPENSSL_cleanse(client, sizeof client);
+    OPENSSL_cleanse(server, sizeof server);
+    if (session_ctx != nullptr) SSL_CTX_free(session_ctx);
+  }
+};
+
+struct Records {
+  Dir rd, wr;
+  const EVP_CIPHER* cipher = nullptr;
+  const EVP_MD* md = nullptr;  // TLS 1.3: the suite's hash, for key updates
+  bool tls13 = false;
+  // TLS 1.3 and ChaCha20: the nonce is the IV xor the sequence number;
+  // TLS 1.2 AES-GCM: the salt and an explicit nonce sent in the record.
+  bool xor_nonce = false;
+  bool ended = false;       // nothing more to read: close_notify, a fatal alert or error
+  bool failed = false;      // fatal: nothing more is sent
+  bool close_sent = false;  // our close_notify is sealed
+  bool update_due = false;  // TLS 1.3: a KeyUpdate of ours goes before the next record
+  bool last_read_short = true;  // the last socket read emptied the socket
+  size_t key_len = 0, hash_len = 0;
+  size_t max_plain = kMaxPlain;  // max_fragment_length, when negotiated
+  int idle_records = 0;          // records in a row without data
+  int failure = 0;               // kAlertSent / kAlertReceived | the alert that ended it
+  unsigned char hs[5];           // TLS 1.3: a KeyUpdate message arriving in pieces
+  size_t hs_len = 0;
+  Buf in;     // received bytes not opened yet (an incomplete record, or past the budget)
+  Buf plain;  // opened bytes the caller had no room for
+  Buf out;    // sealed bytes the socket did not take yet
+  uint64_t wire_in = 0, wire_out = 0;
+  TlsInfo info;
+  SSL_SESSION* session = nullptr;  // taken out of the cache after a fatal error
+  SSL_CTX* session_ctx = nullptr;
+  ~Records() {
+    if (session != nullptr) SSL_SESSION_free(session);
+    if (session_ctx != nullptr) SSL_CTX_free(session_ctx);
+  }
+};
+
+void records_init() {
+  if (aes128gcm != nullptr) return;
+  // A cipher this OpenSSL lacks only leaves its suites with OpenSSL.
+  aes128gcm = EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr);
+  aes256gcm = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+  chacha = EVP_CIPHER_fetch(nullptr, "ChaCha20-Poly1305", nullptr);
+  tls1_prf = EVP_KDF_fetch(nullptr, "TLS1-PRF", nullptr);
+  ERR_clear_error();
+}
+
+bool records_start(Sock* s, SSL_CTX* session_ctx) {
+  s->takeover = new (std::nothrow) Takeover();
+  if (s->takeover == nullptr) return false;
+  SSL_CTX_up_ref(session_ctx);
+  s->takeover->session_ctx = session_ctx;
+  return true;
+}
+
+// "CLIENT_TRAFFIC_SECRET_0 <client random> <secret>", in hex.
+void records_keylog(Sock* s, const char* line) {
+  Takeover* t = s->takeover;
+  if (t == nullptr) return;
+  static const char kClient[] = "CLIENT_TRAFFIC_SECRET_0 ";
+  static const char kServer[] = "SERVER_TRAFFIC_SECRET_0 ";
+  bool client = std::strncmp(line, kClient, sizeof kClient - 1) == 0;
+  if (!client && std::strncmp(line, kServer, sizeof kServer - 1) != 0) return;
+  const char* hex = std::strchr(line + sizeof kClient - 1, ' ');
+  if (hex == nullptr) return;
+  hex++;
+  size_t n = std::strlen(hex);
+  unsigned char* out = client ? t->client : t->server;
+  size_t* len = client ? &t->client_len : &t->server_len;
+  *len = 0;
+  if (n == 0 || n % 2 != 0 || n / 2 > EVP_MAX_MD_SIZE) return;
+  for (size_t i = 0; i < n / 2; i++) {
+    int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return;
+    out[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
+  *len = n / 2;
+}
+
+// OpenSSL's message callback: counts the TLS 1.3 NewSessionTicket records
+// it seals under the application key, which move our first sequence number.
+void records_message(Sock* s, int write_p, int content_type, const void* buf, size_t len) {
+  Takeover* t = s->takeover;
+  if (t == nullptr || !write_p || content_type != SSL3_RT_HANDSHAKE || len == 0 ||
+      s->ssl == nullptr || SSL_version(s->ssl) != TLS1_3_VERSION ||
+      static_cast<const unsigned char*>(buf)[0] != SSL3_MT_NEWSESSION_TICKET)
+    return;
+  size_t frag = kMaxPlain;
+  SSL_SESSION* sess = SSL_get_session(s->ssl);
+  uint8_t mfl = sess != nullptr ? SSL_SESSION_get_max_fragment_length(sess) : 0;
+  if (mfl >= TLSEXT_max_fragment_length_512 && mfl <= TLSEXT_max_fragment_length_4096)
+    frag = 256u << mfl;
+  t->server_records += (len + frag - 1) / frag;
+}
+
+namespace {
+
+void takeover_free(Sock* s) {
+  delete s->takeover;
+  s->takeover = nullptr;
+}
+
+bool hmac(const EVP_MD* md, const unsigned char* key, size_t key_len, const unsigned char* d,
+          size_t n, unsigned char* out) {
+  unsigned int out_len = 0;
+  return HMAC(md, key, static_cast<int>(key_len), d, n, out, &out_len) != nullptr;
+}
+
+// HKDF-Expand-Label(secret, label, "", len) (RFC 8446 7.1) for len up to
+// the hash's size, which is one HMAC block.
+bool expand_label(const EVP_MD* md, const unsigned char* secret, size_t secret_len,
+                  const char* label, unsigned char* out, size_t len) {
+  unsigned char info[32];
+  size_t l = std::strlen(label), full = 6 + l;
+  info[0] = static_cast<unsigned char>(len >> 8);
+  info[1] = static_cast<unsigned char>(len);
+  info[2] = static_cast<unsigned char>(full);
+  std::memcpy(info + 3, "tls13 ", 6);
+  std::memcpy(info + 9, label, l);
+  info[3 + full] = 0;  // no context
+  info[4 + full] = 1;  // HKDF-Expand's first block
+  unsigned char t[EVP_MAX_MD_SIZE];
+  bool ok = hmac(md, secret, secret_len, info, 5 + full, t);
+  if (ok) std::memcpy(out, t, len);
+  OPENSSL_cleanse(t, sizeof t);
+  return ok;
+}
+
+bool set_key(Dir& d, const EVP_CIPHER* cipher, const unsigned char* key, bool enc) {
+  if (d.ctx == nullptr && (d.ctx = EVP_CIPHER_CTX_new()) == nullptr) return false;
+  return EVP_CipherInit_ex2(d.ctx, cipher, key, nullptr, enc ? 1 : 0, nullptr) == 1;
+}
+
+// TLS 1.3: a direction's key and IV from its traffic secret; the sequence
+// starts again at 0.
+bool set_secret(Records* r, Dir& d, const unsigned char* secret, bool enc) {
+  unsigned char key[32];
+  if (secret != d.secret) std::memcpy(d.secret, secret, r->hash_len);
+  bool ok = expand_label(r->md, d.secret, r->hash_len, "key", key, r->key_len) &&
+            expand_label(r->md, d.secret, r->hash_len, "iv", d.iv, sizeof d.iv) &&
+            set_key(d, r->cipher, key, enc);
+  OPENSSL_cleanse(key, sizeof key);
+  d.seq = 0;
+  return ok;
+}
+
+// TLS 1.3 KeyUpdate: the next traffic secret of a direction.
+bool update_secret(Records* r, Dir& d, bool enc) {
+  unsigned char next[EVP_MAX_MD_SIZE];
+  bool ok = expand_label(r->md, d.secret, r->hash_len, "traffic upd", next, r->hash_len) &&
+            set_secret(r, d, next, enc);
+  OPENSSL_cleanse(next, sizeof next);
+  return ok;
+}
+
+// TLS 1.2: the key block (RFC 5246 6.3) from the session's master secret.
+bool key_block(SSL* ssl, const EVP_MD* md, unsigned char* out, size_t len) {
+  SSL_SESSION* sess = SSL_get_session(ssl);
+  if (tls1_prf == nullptr || sess == nullptr) return false;
+  unsigned char master[SSL_MAX_MASTER_KEY_LENGTH];
+  size_t master_len = SSL_SESSION_get_master_key(sess, master, sizeof master);
+  static const char kLabel[] = "key expansion";
+  unsigned char seed[sizeof kLabel - 1 + 2 * SSL3_RANDOM_SIZE];
+  std::memcpy(seed, kLabel, sizeof kLabel - 1);
+  SSL_get_server_random(ssl, seed + sizeof kLabel - 1, SSL3_RANDOM_SIZE);
+  SSL_get_client_random(ssl, seed + sizeof kLabel - 1 + SSL3_RANDOM_SIZE, SSL3_RANDOM_SIZE);
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                       const_cast<char*>(EVP_MD_get0_name(md)), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SECRET, master, master_len),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED, seed, sizeof seed),
+      OSSL_PARAM_construct_end()};
+  EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(tls1_prf);
+  bool ok = kctx != nullptr && master_len > 0 && EVP_KDF_derive(kctx, out, len, params) == 1;
+  EVP_KDF_CTX_free(kctx);
+  OPENSSL_cleanse(master, sizeof master);
+  return ok;
+}
+
+void xor_nonce(const Dir& d, unsigned char nonce[12]) {
+  std::memcpy(nonce, d.iv, 12);
+  unsigned char seq[8];
+  put_be64(seq, d.seq);
+  for (int i = 0; i < 8; i++) nonce[4 + i] ^= seq[i];
+}
+
+// The plaintext of one record, gathered from `iov` (len bytes in all),
+// sealed into out (room for len + 30). Returns the record's size, 0 on
+// failure.
+size_t seal(Records* r, uint8_t type, const SysIOVec* iov, int iovcnt, size_t len,
+            unsigned char* out) {
+  Dir& d = r->wr;
+  if (d.seq == UINT64_MAX) return 0;
+  size_t body = len + kTagLen + (r->tls13 ? 1 : 0) + (r->xor_nonce ? 0 : kExplicitNonce);
+  out[0] = r->tls13 ? static_cast<uint8_t>(kAppData) : type;
+  out[1] = 3;
+  out[2] = 3;
+  out[3] = static_cast<unsigned char>(body >> 8);
+  out[4] = static_cast<unsigned char>(body);
+  unsigned char* p = out + kHeader;
+  unsigned char nonce[12], aad[13];
+  size_t aad_len = 13;
+  if (r->xor_nonce) {
+    xor_nonce(d, nonce);
+  } else {
+    std::memcpy(nonce, d.iv, 4);
+    put_be64(nonce + 4, d.seq);
+    std::memcpy(p, nonce + 4, kExplicitNonce);
+    p += kExplicitNonce;
+  }
+  if (r->tls13) {
+    std::memcpy(aad, out, kHeader);
+    aad_len = kHeader;
+  } else {
+    put_be64(aad, d.seq);
+    aad[8] = type;
+    aad[9] = 3;
+    aad[10] = 3;
+    aad[11] = static_cast<unsigned char>(len >> 8);
+    aad[12] = static_cast<unsigned char>(len);
+  }
+  int n = 0;
+  if (EVP_CipherInit_ex2(d.ctx, nullptr, nullptr, nonce, 1, nullptr) != 1 ||
+      EVP_EncryptUpdate(d.ctx, nullptr, &n, aad, static_cast<int>(aad_len)) != 1)
+    return 0;
+  size_t left = len;
+  for (int i = 0; i < iovcnt && left > 0; i++) {
+    size_t take = std::min(iov[i].iov_len, left);
+    if (take == 0) continue;
+    if (EVP_EncryptUpdate(d.ctx, p, &n, reinterpret_cast<const unsigned char*>(iov[i].iov_base),
+                          static_cast<int>(take)) != 1)
+      return 0;
+    p += n;
+    left -= take;
+  }
+  if (r->tls13) {
+    if (EVP_EncryptUpdate(d.ctx, p, &n, &type, 1) != 1) return 0;
+    p += n;
+  }
+  if (EVP_EncryptFinal_ex(d.ctx, p, &n) != 1) return 0;
+  p += n;
+  if (EVP_CIPHER_CTX_ctrl(d.ctx, EVP_CTRL_AEAD_GET_TAG, kTagLen, p) != 1) return 0;
+  d.seq++;
+  return static_cast<size_t>(p + kTagLen - out);
+}
+
+size_t seal_bytes(Records* r, uint8_t type, const unsigned char* data, size_t len,
+                  unsigned char* out) {
+  SysIOVec v;
+  v.iov_base = reinterpret_cast<char*>(const_cast<unsigned char*>(data));
+  v.iov_len = len;
+  return seal(r, type, &v, 1, len, out);
+}
+
+// Writes what `out` holds: 0 once empty, EAGAIN, or an errno.
+int flush_out(Sock* s, Records* r) {
+  while (r->out.size() > 0) {
+    ssize_t m = send(s->fd, r->out.data(), r->out.size(), MSG_NOSIGNAL);
+    if (m < 0) {
+      if (errno == EINTR) continue;
+      return errno == EWOULDBLOCK ? EAGAIN : errno;
+    }
+    r->wire_out += static_cast<uint64_t>(m);
+    r->out.consume(static_cast<size_t>(m));
+  }
+  return 0;
+}
+
+// Writes bytes after what `out` holds; what the socket does not take is
+// kept there. 0, EAGAIN, or an errno.
+int write_after(Sock* s, Records* r, const unsigned char* p, size_t n) {
+  int e = flush_out(s, r);
+  size_t done = 0;
+  while (e == 0 && done < n) {
+    ssize_t m = send(s->fd, p + done, n - done, MSG_NOSIGNAL);
+    if (m < 0) {
+      if (errno == EINTR) continue;
+      e = errno == EWOULDBLOCK ? EAGAIN : errno;
+      break;
+    }
+    r->wire_out += static_cast<uint64_t>(m);
+    done += static_cast<size_t>(m);
+  }
+  if (done < n && (e == 0 || e == EAGAIN) && !r->out.append(p + done, n - done)) return ENOMEM;
+  return e;
+}
+
+// An alert of ours, sealed after anything already sealed; best effort.
+void send_alert(Sock* s, Records* r, uint8_t level, uint8_t desc) {
+  if (r->failed || r->close_sent) return;
+  unsigned char payload[2] = {level, desc};
+  unsigned char rec[kHeader + kExplicitNonce + 2 + 1 + kTagLen];
+  size_t n = seal_bytes(r, kAlert, payload, sizeof payload, rec);
+  if (n > 0) write_after(s, r, rec, n);
+  if (n == 0 || level == kFatal) r->failed = true;
+}
+
+// The connection cannot go on: reads answer the alert (once what was
+// opened before is read), nothing more is sent, and its session cannot be
+// resumed.
+void end_with(Records* r, int failure) {
+  if (r->failure == 0) r->failure = failure;
+  r->failed = true;
+  r->ended = true;
+  r->in.clear();
+  if (r->session != nullptr && r->session_ctx != nullptr)
+    SSL_CTX_remove_session(r->session_ctx, r->session);
+}
+
+// What the peer sent cannot be right: our fatal alert, then the end.
+void fail(Sock* s, Records* r, uint8_t desc) {
+  send_alert(s, r, kFatal, desc);
+  end_with(r, kAlertSent | desc);
+}
+
+// TLS 1.3: our KeyUpdate (update_not_requested), sealed into out under the
+// current key, then the new key.
+size_t seal_key_update(Records* r, unsigned char* out) {
+  static const unsigned char msg[5] = {kKeyUpdate, 0, 0, 1, 0};
+  size_t n = seal_bytes(r, kHandshake, msg, sizeof msg, out);
+  if (n == 0 || !update_secret(r, r->wr, true)) return 0;
+  r->update_due = false;
+  return n;
+}
+
+bool update_needed(const Records* r) {
+  return r->tls13 && (r->update_due || (r->cipher != chacha && r->wr.seq >= kGcmRecordLimit));
+}
+
+// Where a record went: data (into the caller's buffer or `plain`), or the
+// record changed the connection's state.
+struct Sink {
+  unsigned char* dst;
+  size_t room;  // n
+  size_t got;
+};
+
+bool deliver(Records* r, Sink& k, const unsigned char* p, size_t n, bool in_place) {
+  if (n == 0) return true;
+  r->idle_records = 0;
+  if (in_place) {  // opened straight into the caller's buffer
+    k.got += n;
+    return true;
+  }
+  size_t take = r->plain.size() == 0 ? std::min(n, k.room - k.got) : 0;
+  std::memcpy(k.dst + k.got, p, take);
+  k.got += take;
+  return r->plain.append(p + take, n - take);
+}
+
+bool idle_record(Sock* s, Records* r) {
+  if (++r->idle_records <= kMaxIdleRecords) return true;
+  fail(s, r, kUnexpectedMessage);
+  return false;
+}
+
+void on_alert(Sock* s, Records* r, const unsigned char* p, size_t n) {
+  if (n != 2) return fail(s, r, kDecodeError);
+  if (p[1] == kCloseNotify) {
+    r->ended = true;
+    return;
+  }
+  // TLS 1.2 warnings are ignored, as TLS 1.3's user_canceled; any other
+  // alert ends the connection (RFC 8446 6).
+  if ((p[0] == kWarning && !r->tls13) || p[1] == kUserCanceled) {
+    idle_record(s, r);
+    return;
+  }
+  end_with(r, kAlertReceived | p[1]);
+}
+
+// Handshake messages after the handshake. TLS 1.3: a client may only send
+// KeyUpdate. TLS 1.2: a ClientHello is a renegotiation, refused with a
+// warning (SSL_OP_NO_RENEGOTIATION); anything else is unexpected.
+void on_handshake(Sock* s, Records* r, const unsigned char* p, size_t n) {
+  if (n == 0) return fail(s, r, kUnexpectedMessage);
+  if (!r->tls13) {
+    if (p[0] != kClientHello) return fail(s, r, kUnexpectedMessage);
+    if (idle_record(s, r)) send_alert(s, r, kWarning, kNoRenegotiation);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    r->hs[r->hs_len++] = p[i];
+    if (r->hs_len == 1 && r->hs[0] != kKeyUpdate) return fail(s, r, kUnexpectedMessage);
+    if (r->hs_len == 4 && (r->hs[1] != 0 || r->hs[2] != 0 || r->hs[3] != 1))
+      return fail(s, r, kDecodeError);
+    if (r->hs_len < 5) continue;
+    r->hs_len = 0;
+    uint8_t request = r->hs[4];
+    if (request > 1) return fail(s, r, kIllegalParameter);
+    // A key change ends the record: nothing may follow it under the old key.
+    if (i + 1 != n) return fail(s, r, kUnexpectedMessage);
+    if (!update_secret(r, r->rd, false)) return fail(s, r, kInternalError);
+    if (request == 1) r->update_due = true;  // answered before our next record
+    idle_record(s, r);
+    return;
+  }
+  idle_record(s, r);  // a piece of a message
+}
+
+// Opens one record (header h, body of len bytes). The plaintext goes
+// straight into the caller's buffer when it surely fits there.
+void open_record(Sock* s, Records* r, Sink& k, const unsigned char* h, unsigned char* body,
+                 size_t len) {
+  Dir& d = r->rd;
+  size_t overhead = kTagLen + (r->xor_nonce ? 0 : kExplicitNonce);
+  if (len < overhead || d.seq == UINT64_MAX) return fail(s, r, kBadRecordMac);
+  size_t plen = len - overhead;
+  unsigned char* ct = r->xor_nonce ? body : body + kExplicitNonce;
+  unsigned char nonce[12], aad[13];
+  size_t aad_len = 13;
+  if (r->xor_nonce) {
+    xor_nonce(d, nonce);
+  } else {
+    std::memcpy(nonce, d.iv, 4);
+    std::memcpy(nonce + 4, body, kExplicitNonce);
+  }
+  if (r->tls13) {
+    std::memcpy(aad, h, kHeader);
+    aad_len = kHeader;
+  } else {
+    put_be64(aad, d.seq);
+    std::memcpy(aad + 8, h, 3);
+    aad[11] = static_cast<unsigned char>(plen >> 8);
+    aad[12] = static_cast<unsigned char>(plen);
+  }
+  bool in_place = h[0] == kAppData && r->plain.size() == 0 && plen <= k.room - k.got;
+  unsigned char* pt = in_place ? k.dst + k.got : ct;
+  int n = 0, fin = 0;
+  if (EVP_CipherInit_ex2(d.ctx, nullptr, nullptr, nonce, 0, nullptr) != 1 ||
+      EVP_CIPHER_CTX_ctrl(d.ctx, EVP_CTRL_AEAD_SET_TAG, kTagLen, ct + plen) != 1 ||
+      EVP_DecryptUpdate(d.ctx, nullptr, &n, aad, static_cast<int>(aad_len)) != 1 ||
+      EVP_DecryptUpdate(d.ctx, pt, &n, ct, static_cast<int>(plen)) != 1 ||
+      EVP_DecryptFinal_ex(d.ctx, pt + n, &fin) != 1) {
+    ERR_clear_error();
+    return fail(s, r, kBadRecordMac);
+  }
+  d.seq++;
+  uint8_t type = h[0];
+  if (r->tls13) {
+    // The inner type is the last non-zero byte; zeros after it are padding.
+    size_t i = plen;
+    while (i > 0 && pt[i - 1] == 0) i--;
+    if (i == 0) return fail(s, r, kUnexpectedMessage);
+    type = pt[i - 1];
+    plen = i - 1;
+  }
+  if (plen > r->max_plain) return fail(s, r, kRecordOverflow);
+  // Nothing may come between the pieces of a handshake message.
+  if (r->hs_len > 0 && type != kHandshake) return fail(s, r, kUnexpectedMessage);
+  switch (type) {
+    case kAppData:
+      if (plen == 0) {
+        idle_record(s, r);
+      } else if (!deliver(r, k, pt, plen, in_place)) {
+        fail(s, r, kInternalError);
+      }
+      return;
+    case kAlert:
+      return on_alert(s, r, pt, plen);
+    case kHandshake:
+      return on_handshake(s, r, pt, plen);
+    default:
+      return fail(s, r, kUnexpectedMessage);
+  }
+}
+
+bool complete_record(const unsigned char* p, size_t n) {
+  return n >= kHeader && n - kHeader >= (static_cast<size_t>(p[3]) << 8 | p[4]);
+}
+
+// Opens the complete records of p[0, n) (at most kRecordsPerCall of them);
+// returns the bytes used. A header that cannot be right fails at once,
+// before its body comes.
+size_t open_records(Sock* s, Records* r, Sink& k, unsigned char* p, size_t n) {
+  size_t pos = 0;
+  for (int count = 0; !r->ended && n - pos >= kHeader; count++) {
+    unsigned char* h = p + pos;
+    size_t len = static_cast<size_t>(h[3]) << 8 | h[4];
+    // Every type is protected (TLS 1.3 protects all as application data): a
+    // record claiming another type is opened all the same, and fails there
+    // (bad_record_mac, as with :ssl). TLS 1.3 has no change_cipher_spec
+    // after the handshake.
+    bool type_ok = h[0] == kAppData || h[0] == kAlert || h[0] == kHandshake ||
+                   (h[0] == kChangeCipherSpec && !r->tls13);
+    if (!type_ok) {
+      fail(s, r, kUnexpectedMessage);
+      break;
+    }
+    if (h[1] != 3 || h[2] != 3) {
+      fail(s, r, kProtocolVersion);
+      break;
+    }
+    if (len > (r->tls13 ? kMaxBody13 : kMaxBody12)) {
+      fail(s, r, kRecordOverflow);
+      break;
+    }
+    if (n - pos - kHeader < len || count == kRecordsPerCall) break;
+    open_record(s, r, k, h, h + kHeader, len);
+    pos += kHeader + len;
+  }
+  return pos;
+}
+
+}  // namespace
+
+namespace {
+
+// The record layer for a connection whose handshake just completed, or
+// null when it must stay with OpenSSL.
+Records* take_over(Sock* s) {
+  SSL* ssl = s->ssl;
+  Takeover* t = s->takeover;
+  const SSL_CIPHER* c = SSL_get_current_cipher(ssl);
+  int version = SSL_version(ssl);
+  if (c == nullptr || (version != TLS1_2_VERSION && version != TLS1_3_VERSION)) return nullptr;
+  const EVP_CIPHER* cipher = nullptr;
+  size_t key_len = 32;
+  switch (SSL_CIPHER_get_cipher_nid(c)) {
+    case NID_aes_128_gcm:
+      cipher = aes128gcm;
+      key_len = 16;
+      break;
+    case NID_aes_256_gcm:
+      cipher = aes256gcm;
+      break;
+    case NID_chacha20_poly1305:
+      cipher = chacha;
+      break;
+    default:
+      return nullptr;
+  }
+  const EVP_MD* md = SSL_CIPHER_get_handshake_digest(c);
+  if (cipher == nullptr || md == nullptr) return nullptr;
+  // Nothing may be left inside OpenSSL: bytes read ahead, records not yet
+  // written, or kernel TLS under it.
+  BIO* rbio = SSL_get_rbio(ssl);
+  BIO* wbio = SSL_get_wbio(ssl);
+  if (SSL_has_pending(ssl) || BIO_wpending(wbio) > 0 || BIO_get_ktls_send(wbio) ||
+      BIO_get_ktls_recv(rbio))
+    return nullptr;
+  size_t hash_len = static_cast<size_t>(EVP_MD_get_size(md));
+  bool tls13 = version == TLS1_3_VERSION;
+  if (tls13 && (t->client_len != hash_len || t->server_len != hash_len)) return nullptr;
+
+  auto* r = new (std::nothrow) Records();
+  if (r == nullptr) return nullptr;
+  r->cipher = cipher;
+  r->md = md;
+  r->tls13 = tls13;
+  r->xor_nonce = tls13 || cipher == chacha;
+  r->key_len = key_len;
+  r->hash_len = hash_len;
+  bool ok;
+  if (tls13) {
+    ok = set_secret(r, r->rd, t->client, false) && set_secret(r, r->wr, t->server, true);
+    r->wr.seq = t->server_records;
+  } else {
+    // client_write_key, server_write_key, client_write_IV, server_write_IV.
+    size_t iv_len = r->xor_nonce ? 12 : 4;
+    unsigned char kb[2 * 32 + 2 * 12];
+    ok = key_block(ssl, md, kb, 2 * key_len + 2 * iv_len);
+    if (ok) {
+      std::memcpy(r->rd.iv, kb + 2 * key_len, iv_len);
+      std::memcpy(r->wr.iv, kb + 2 * key_len + iv_len, iv_len);
+      ok = set_key(r->rd, cipher, kb, false) && set_key(r->wr, cipher, kb + key_len, true);
+    }
+    OPENSSL_cleanse(kb, sizeof kb);
+    // Each side's Finished was record 0 under these keys.
+    r->rd.seq = r->wr.seq = 1;
+  }
+  if (!ok) {
+    ERR_clear_error();
+    delete r;
+    return nullptr;
+  }
+  SSL_SESSION* sess = SSL_get_session(ssl);
+  uint8_t mfl = sess != nullptr ? SSL_SESSION_get_max_fragment_length(sess) : 0;
+  if (mfl >= TLSEXT_max_fragment_length_512 && mfl <= TLSEXT_max_fragment_length_4096)
+    r->max_plain = 256u << mfl;
+  r->wire_in = BIO_number_read(rbio);
+  r->wire_out = BIO_number_written(wbio);
+  tls_info_of(ssl, &r->info);
+  // A session another connection may resume (TLS 1.2, or TLS 1.3 with
+  // tickets) leaves the cache if this connection ends in a fatal alert, as
+  // OpenSSL does it.
+  if (sess != nullptr && (!tls13 || t->server_records > 0) &&
+      (SSL_CTX_get_session_cache_mode(t->session_ctx) & SSL_SESS_CACHE_SERVER)) {
+    SSL_SESSION_up_ref(sess);
+    r->session = sess;
+    r->session_ctx = t->session_ctx;
+    t->session_ctx = nullptr;
+  }
+  return r;
+}
+
+}  // namespace
+
+bool records_take_over(Sock* s) {
+  if (s->ssl == nullptr || s->takeover == nullptr) return false;
+  Records* r = take_over(s);
+  takeover_free(s);  // the secrets are in r now, or of no use
+  if (r == nullptr) {
+    // OpenSSL keeps the records: let it read ahead again.
+    SSL_set_read_ahead(s->ssl, 1);
+    ERR_clear_error();
+    return false;
+  }
+  // Freed as a cleanly shut down connection, or OpenSSL would take the
+  // session out of the cache.
+  SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  SSL_free(s->ssl);
+  ERR_clear_error();
+  s->ssl = nullptr;
+  s->rec = r;
+  return true;
+}
+
+void records_free(Sock* s) {
+  delete s->rec;
+  s->rec = nullptr;
+  takeover_free(s);
+}
+
+ssize_t records_read(Sock* s, void* buf, size_t n, int* err) {
+  Records* r = s->rec;
+  Sink k{static_cast<unsigned char*>(buf), n, 0};
+  if (n == 0) return 0;
+  if (r->failure != 0 && r->plain.size() == 0) {
+    *err = r->failure;
+    return kTlsFailed;
+  }
+  // What was opened before, then records received before.
+  if (r->plain.size() > 0) {
+    k.got = std::min(n, r->plain.size());
+    std::memcpy(k.dst, r->plain.data(), k.got);
+    r->plain.consume(k.got);
+    if (k.got == n) return static_cast<ssize_t>(k.got);
+  }
+  while (k.got == 0 && !r->ended) {
+    if (complete_record(r->in.data(), r->in.size())) {
+      r->in.consume(open_records(s, r, k, r->in.data(), r->in.size()));
+      continue;
+    }
+    // What is left of an incomplete record goes first, then the socket.
+    size_t have = r->in.size();
+    if (have > 0) std::memcpy(in_buf, r->in.data(), have);
+    ssize_t m = recv(s->fd, in_buf + have, kReadSize, 0);
+    if (m < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        r->last_read_short = true;
+        return kWantRead;
+      }
+      *err = errno;
+      return kReadError;
+    }
+    if (m == 0) {  // EOF, without close_notify
+      r->ended = true;
+      r->in.clear();
+      break;
+    }
+    r->wire_in += static_cast<uint64_t>(m);
+    r->last_read_short = static_cast<size_t>(m) < kReadSize;
+    r->in.reset();
+    size_t total = have + static_cast<size_t>(m);
+    size_t used = open_records(s, r, k, in_buf, total);
+    if (!r->ended && used < total && !r->in.append(in_buf + used, total - used))
+      fail(s, r, kInternalError);
+    if (r->in.size() == 0) r->in.clear();
+    if (k.got == 0 && !r->ended && r->last_read_short &&
+        !complete_record(r->in.data(), r->in.size()))
+      return kWantRead;
+  }
+  // Anything our reading made us owe the peer (a KeyUpdate, an alert) goes
+  // out now if the socket takes it.
+  if (update_needed(r) && !r->failed && !r->close_sent) {
+    size_t sealed = seal_key_update(r, seal_buf);
+    if (sealed == 0) fail(s, r, kInternalError);
+    else write_after(s, r, seal_buf, sealed);
+  }
+  if (k.got > 0) return static_cast<ssize_t>(k.got);
+  if (r->failure != 0) {
+    *err = r->failure;
+    return kTlsFailed;
+  }
+  return 0;  // ended: close_notify or EOF
+}
+
+int records_drain(Sock* s) {
+  Records* r = s->rec;
+  int e = flush_out(s, r);
+  if (e != 0) return e;
+  if (r->failed || r->close_sent)
+    return s->wioq != nullptr && enif_ioq_size(s->wioq) > 0 ? EPIPE : 0;
+  size_t budget = 256u << 10;
+  while (enif_ioq_size(s->wioq) > 0) {
+    if (budget == 0) return kMoreWork;
+    size_t used = 0;
+    // A batch of records sealed into this thread's buffer, written at once.
+    for (int i = 0; i < kSealBatch && budget > 0 && enif_ioq_size(s->wioq) > 0; i++) {
+      if (update_needed(r)) {
+        size_t n = seal_key_update(r, seal_buf + used);
+        if (n == 0) {
+          fail(s, r, kInternalError);
+          return EPIPE;
+        }
+        used += n;
+      }
+      size_t len = std::min(enif_ioq_size(s->wioq), r->max_plain);
+      int iovcnt;
+      SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
+      size_t n = seal(r, kAppData, iov, iovcnt, len, seal_buf + used);
+      if (n == 0) {
+        fail(s, r, kInternalError);
+        return EPIPE;
+      }
+      enif_ioq_deq(s->wioq, len, nullptr);
+      used += n;
+      s->send_oct += len;
+      budget -= std::min(budget, len);
+    }
+    e = write_after(s, r, seal_buf, used);
+    if (e != 0) return e;
+  }
+  return 0;
+}
+
+bool records_pending(const Sock* s) {
+  const Records* r = s->rec;
+  return r->plain.size() > 0 || complete_record(r->in.data(), r->in.size()) || r->ended;
+}
+
+bool records_may_have_more(const Sock* s) {
+  return !s->rec->last_read_short || records_pending(s);
+}
+
+void records_close_notify(Sock* s) {
+  Records* r = s->rec;
+  if (r->close_sent || r->failed) return;
+  send_alert(s, r, kWarning, kCloseNotify);
+  r->close_sent = true;
+}
+
+void records_wire_bytes(const Sock* s, uint64_t* in, uint64_t* out) {
+  *in = s->rec->wire_in;
+  *out = s->rec->wire_out;
+}
+
+const TlsInfo& records_info(const Sock* s) { return s->rec->info; }
+
+void tls_info_of(SSL* ssl, TlsInfo* out) {
+  out->version = SSL_version(ssl);
+  if (const SSL_CIPHER* c = SSL_get_current_cipher(ssl)) out->cipher = SSL_CIPHER_standard_name(c);
+  if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) out->servername = sni;
+  const unsigned char* alpn;
+  unsigned alpn_len = 0;
+  SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+  if (alpn_len > 0) out->alpn.assign(reinterpret_cast<const char*>(alpn), alpn_len);
+  if (SSL_SESSION* sess = SSL_get_session(ssl)) {
+    out->has_session = true;
+    unsigned id_len = 0;
+    const unsigned char* id = SSL_SESSION_get_id(sess, &id_len);
+    out->session_id_len = static_cast<uint8_t>(std::min<unsigned>(id_len, sizeof out->session_id));
+    std::memcpy(out->session_id, id, out->session_id_len);
+  }
+  out->reused = SSL_session_reused(ssl) == 1;
+  if (X509* peer = SSL_get1_peer_certificate(ssl)) {
+    int n = i2d_X509(peer, nullptr);
+    if (n > 0) {
+      out->peercert.resize(static_cast<size_t>(n));
+      auto* p = reinterpret_cast<unsigned char*>(&out->peercert[0]);
+      i2d_X509(peer, &p);
+    }
+    X509_free(peer);
+  }
+}
+
+}  // namespace islet

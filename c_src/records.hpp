@@ -1,0 +1,61 @@
+// Islet: TLS records after the handshake, sealed and opened by Islet
+// (records.cpp). tls.cpp runs the handshake with OpenSSL and hands the
+// connection over here when it completes; the Sock then has `rec` set and no
+// SSL object.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+struct ssl_st;
+struct ssl_ctx_st;
+
+namespace islet {
+
+struct Sock;
+
+// What tls_info reports, read from OpenSSL (tls_info_of) or kept by the
+// record layer from the handshake.
+struct TlsInfo {
+  int version = 0;
+  const char* cipher = nullptr;  // IANA name, static in libssl
+  bool reused = false;
+  bool has_session = false;
+  uint8_t session_id_len = 0;
+  unsigned char session_id[32];
+  std::string servername, alpn, peercert;  // peercert: DER, empty when none
+};
+void tls_info_of(struct ssl_st* ssl, TlsInfo* out);
+
+// Fetches the ciphers and the TLS 1.2 PRF once, at load.
+void records_init();
+
+// During a handshake whose records Islet will take over (records_start at
+// SSL_new): what OpenSSL's callbacks tell (records_keylog,
+// records_message), kept until records_take_over.
+bool records_start(Sock* s, struct ssl_ctx_st* session_ctx);
+void records_keylog(Sock* s, const char* line);
+void records_message(Sock* s, int write_p, int content_type, const void* buf, size_t len);
+// Called when the handshake of s completed, under its lock: takes the
+// record layer over from OpenSSL when the connection allows it (an AEAD
+// suite, nothing buffered inside OpenSSL, no kernel TLS) and frees the SSL
+// object. False: the connection stays with OpenSSL.
+bool records_take_over(Sock* s);
+void records_free(Sock* s);  // the destructor's part
+
+// The contracts of tls_read / tls_drain / tls_pending / tls_may_have_more
+// (common.hpp).
+ssize_t records_read(Sock* s, void* buf, size_t n, int* err);
+int records_drain(Sock* s);
+bool records_pending(const Sock* s);
+bool records_may_have_more(const Sock* s);
+// close_notify, once, best effort (it may not fit in the socket).
+void records_close_notify(Sock* s);
+// Bytes on the wire, handshake included.
+void records_wire_bytes(const Sock* s, uint64_t* in, uint64_t* out);
+const TlsInfo& records_info(const Sock* s);
+
+}  // namespace islet

@@ -1,0 +1,451 @@
+defmodule Islet.TLSRecordsTest do
+  # Islet's record layer (c_src/records.cpp), which takes a connection's
+  # records over from OpenSSL once its handshake is done: which connections
+  # it takes, and that it behaves on the wire as :ssl's server does
+  # (differential scenarios, :ssl clients): key updates, tickets, fragment
+  # limits, many records at once, and hostile records (tampered, oversized,
+  # of the wrong type) injected by a proxy between client and server.
+  use ExUnit.Case, async: true
+
+  import Islet.Test.TLSDiff
+
+  alias Islet.Test.{Certs, Diff}
+
+  @moduletag :capture_log
+  @moduletag timeout: 180_000
+
+  setup_all do
+    Certs.dir()
+    :ok
+  end
+
+  # The suites the record layer takes over, by protocol; CBC stays with OpenSSL.
+  @aead_12 ~w(ECDHE-RSA-AES128-GCM-SHA256 ECDHE-RSA-AES256-GCM-SHA384 ECDHE-RSA-CHACHA20-POLY1305)
+  @aead_13 ~w(TLS_AES_128_GCM_SHA256 TLS_AES_256_GCM_SHA384 TLS_CHACHA20_POLY1305_SHA256)
+
+  defp suite_opts(name) do
+    version = if String.starts_with?(name, "TLS_"), do: :"tlsv1.3", else: :"tlsv1.2"
+    [versions: [version], ciphers: [:ssl.str_to_suite(String.to_charlist(name))]]
+  end
+
+  # Data both ways: a record each way, then 300 KB each way (many records).
+  defp exchange(mod, s, c) do
+    big = Diff.pattern(300_000, 7)
+    :ok = :ssl.send(c, "ping")
+    a = mod.recv(s, 4, 10_000)
+    :ok = mod.send(s, "pong")
+    b = :ssl.recv(c, 4, 10_000)
+    spawn_link(fn -> :ssl.send(c, big) end)
+    {:ok, up} = mod.recv(s, byte_size(big), 10_000)
+    :ok = mod.send(s, big)
+    {:ok, down} = ssl_recv_exact(c, byte_size(big))
+    {a, b, up == big, down == big}
+  end
+
+  describe "which connections Islet's record layer takes" do
+    for name <- @aead_12 ++ @aead_13 do
+      test "#{name}: taken over, and data flows as with :ssl" do
+        opts = suite_opts(unquote(name))
+
+        assert_same(fn mod ->
+          {_l, s, c} = pair!(mod, [], opts)
+          {:ok, info} = mod.connection_information(s)
+          {info[:protocol], info[:selected_cipher_suite], exchange(mod, s, c)}
+        end)
+
+        {_l, s, _c} = pair!(Islet.TLS, [], opts)
+        assert Islet.TLS.record_layer(s) == {:ok, :islet}
+      end
+    end
+
+    test "a CBC suite stays with OpenSSL, and data flows as with :ssl" do
+      opts = [versions: [:"tlsv1.2"], ciphers: [:ssl.str_to_suite(~c"ECDHE-RSA-AES128-SHA256")]]
+
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, [], opts)
+        exchange(mod, s, c)
+      end)
+
+      {_l, s, _c} = pair!(Islet.TLS, [], opts)
+      assert Islet.TLS.record_layer(s) == {:ok, :openssl}
+    end
+
+    test "record_layer/1 of a plain, a closed and a handshaking socket" do
+      {:ok, l} = Islet.TCP.listen(0, ip: :loopback)
+      {:ok, {_, port}} = Islet.TCP.sockname(l)
+      {:ok, _c} = :gen_tcp.connect({127, 0, 0, 1}, port, [])
+      {:ok, plain} = Islet.TCP.accept(l)
+      assert Islet.TLS.record_layer(plain) == {:error, :not_secure}
+
+      tl = listen(Islet.TLS)
+      {:ok, raw} = :gen_tcp.connect({127, 0, 0, 1}, port(Islet.TLS, tl), [])
+      {:ok, s} = Islet.TLS.accept(tl)
+      assert Islet.TLS.record_layer(s) == {:error, :closed}
+      :gen_tcp.close(raw)
+      Islet.TLS.close(s)
+      assert Islet.TLS.record_layer(s) == {:error, :closed}
+    end
+  end
+
+  describe "TLS 1.3 key updates" do
+    test "the client updates its key, then ours (update_requested), between data" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.3"])
+
+        rounds =
+          for {how, i} <- Enum.with_index([:write, :read_write, :write, :read_write, :read_write]) do
+            :ok = :ssl.update_keys(c, how)
+            :ok = :ssl.send(c, "up #{i}")
+            up = mod.recv(s, 0, 10_000)
+            :ok = mod.send(s, "down #{i}")
+            {up, :ssl.recv(c, 0, 10_000)}
+          end
+
+        {rounds, exchange(mod, s, c)}
+      end)
+    end
+
+    test "key updates while the server sends, in active mode" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.3"])
+        :ok = mod.setopts(s, active: true)
+        big = Diff.pattern(2_000_000, 3)
+        sender = Task.async(fn -> mod.send(s, big) end)
+
+        for _ <- 1..5 do
+          :ok = :ssl.update_keys(c, :read_write)
+          :ok = :ssl.send(c, "k")
+        end
+
+        {:ok, got} = ssl_recv_exact(c, byte_size(big))
+        {Task.await(sender, 30_000), got == big, Diff.collect_active(s, 5, 10_000, :ssl)}
+      end)
+    end
+  end
+
+  describe "many records at once" do
+    test "400 one-byte records waiting in the socket: recv, then active: true" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        for i <- 1..400, do: :ok = :ssl.send(c, <<rem(i, 256)>>)
+        Process.sleep(300)
+        expected = for i <- 1..400, into: <<>>, do: <<rem(i, 256)>>
+        {:ok, first} = mod.recv(s, 150, 10_000)
+        for i <- 1..400, do: :ok = :ssl.send(c, <<rem(i, 256)>>)
+        Process.sleep(300)
+        :ok = mod.setopts(s, active: true)
+        {rest, others} = Diff.collect_active(s, 250 + 400, 10_000, :ssl)
+        {first <> rest == expected <> expected, others}
+      end)
+    end
+
+    test "400 one-byte records, read by active: :once re-armed each time" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        for i <- 1..400, do: :ok = :ssl.send(c, <<rem(i, 256)>>)
+        Process.sleep(300)
+        expected = for i <- 1..400, into: <<>>, do: <<rem(i, 256)>>
+        once_until(mod, s, 400, "") == expected
+      end)
+    end
+  end
+
+  describe "session tickets and fragment limits" do
+    test "TLS 1.3 with stateless tickets: data flows, and a ticket resumes the next connection" do
+      assert_same(fn mod ->
+        l = listen(mod, session_tickets: :stateless)
+        port = port(mod, l)
+        client = [versions: [:"tlsv1.3"], session_tickets: :manual]
+        {first, ticket} = ticket_round(mod, l, port, client)
+        {second, _} = ticket_round(mod, l, port, client ++ [use_ticket: [ticket]])
+        {first, second}
+      end)
+    end
+
+    test "max_fragment_length 512: the server's records fit the client's limit" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.2"], max_fragment_length: 512)
+        exchange(mod, s, c)
+      end)
+    end
+  end
+
+  describe "hostile records after the handshake (a proxy between client and server)" do
+    # Each scenario: a connection through the proxy, a record each way, then
+    # `hostile` bytes sent to the server in place of the client's next
+    # record. Returns what the server and the client see then.
+    #
+    # The server is waiting when the bytes come, in recv (passive) or in
+    # active: :once: :ssl's server reports the alert it sent to a waiting
+    # recv, and only :closed when nobody was waiting. The client's view is
+    # read once both sides had time to settle.
+    defp after_hostile(mod, client_opts, hostile, mode \\ :passive) do
+      l = listen(mod)
+      proxy = start_proxy(port(mod, l))
+      tag = connect_async(proxy.port, client_opts)
+      {:ok, s} = mod.accept(l)
+      {:ok, ^s} = mod.handshake(s, 30_000)
+      {:ok, c} = await_client(tag)
+      :ok = :ssl.send(c, "before")
+      before = mod.recv(s, 0, 10_000)
+
+      server =
+        case mode do
+          :passive ->
+            waiting = Task.async(fn -> recv_until_error(mod, s) end)
+            Process.sleep(100)
+            hostile.(proxy, c)
+            Task.await(waiting, 15_000)
+
+          :active ->
+            :ok = mod.setopts(s, active: :once)
+            hostile.(proxy, c)
+            Process.sleep(300)
+            Diff.active_messages(s, 0, :ssl)
+        end
+
+      Process.sleep(200)
+      later = mod.send(s, "after")
+      Process.sleep(200)
+      client = :ssl.recv(c, 0, 10_000)
+      {before, server, later, client}
+    end
+
+    # The first error of recv(0), skipping data (:ssl drops the data that
+    # came with a bad record in one read; Islet delivers it first).
+    defp recv_until_error(mod, s) do
+      case mod.recv(s, 0, 10_000) do
+        {:ok, _} -> recv_until_error(mod, s)
+        error -> error
+      end
+    end
+
+    for version <- [:"tlsv1.2", :"tlsv1.3"] do
+      test "#{version}: a record whose ciphertext was altered (bad_record_mac)" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, c ->
+            corrupt_next(proxy)
+            :ok = :ssl.send(c, "tampered with")
+          end)
+        end)
+      end
+
+      test "#{version}: an altered record, the server in active: :once" do
+        assert_same(fn mod ->
+          hostile = fn proxy, c ->
+            corrupt_next(proxy)
+            :ok = :ssl.send(c, "tampered with")
+          end
+
+          after_hostile(mod, [versions: [unquote(version)]], hostile, :active)
+        end)
+      end
+
+      test "#{version}: a record header longer than any record (record_overflow)" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, _c ->
+            inject(proxy, <<23, 3, 3, 0xFF, 0xFF>> <> :binary.copy(<<0>>, 100))
+          end)
+        end)
+      end
+
+      test "#{version}: a change_cipher_spec record" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, _c ->
+            inject(proxy, <<20, 3, 3, 0, 1, 1>>)
+          end)
+        end)
+      end
+
+      test "#{version}: a handshake record" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, _c ->
+            inject(proxy, <<22, 3, 3, 0, 20>> <> :binary.copy(<<1>>, 20))
+          end)
+        end)
+      end
+
+      test "#{version}: a record of an unknown type" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, _c ->
+            inject(proxy, <<99, 3, 3, 0, 20>> <> :binary.copy(<<1>>, 20))
+          end)
+        end)
+      end
+
+      test "#{version}: a record too short to hold its tag" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, _c ->
+            inject(proxy, <<23, 3, 3, 0, 3, 1, 2, 3>>)
+          end)
+        end)
+      end
+
+      test "#{version}: a record replayed (its sequence number is past)" do
+        assert_same(fn mod ->
+          after_hostile(mod, [versions: [unquote(version)]], fn proxy, c ->
+            replay_next(proxy)
+            :ok = :ssl.send(c, "once")
+          end)
+        end)
+      end
+    end
+
+    test "TLS 1.3: an unprotected alert record" do
+      assert_same(fn mod ->
+        after_hostile(mod, [versions: [:"tlsv1.3"]], fn proxy, _c ->
+          inject(proxy, <<21, 3, 3, 0, 2, 2, 40>>)
+        end)
+      end)
+    end
+
+    test "the connection ends at the peer's EOF inside a record" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        proxy = start_proxy(port(mod, l))
+        tag = connect_async(proxy.port)
+        {:ok, s} = mod.accept(l)
+        {:ok, ^s} = mod.handshake(s, 30_000)
+        {:ok, _c} = await_client(tag)
+        inject(proxy, <<23, 3, 3, 0, 40, 1, 2, 3>>)
+        Process.sleep(100)
+        close_upstream(proxy)
+        {mod.recv(s, 0, 10_000), mod.recv(s, 0, 10_000)}
+      end)
+    end
+  end
+
+  # One connection: its resumption, an exchange, and the ticket the client got.
+  defp ticket_round(mod, l, port, client) do
+    tag = connect_async(port, client)
+    {:ok, s} = mod.accept(l)
+    {:ok, ^s} = mod.handshake(s, 30_000)
+    {:ok, c} = await_client(tag)
+    {:ok, info} = mod.connection_information(s)
+    result = {info[:session_resumption], exchange(mod, s, c)}
+
+    ticket =
+      receive do
+        {:ssl, :session_ticket, t} -> t
+      after
+        5_000 -> :no_ticket
+      end
+
+    :ssl.close(c)
+    mod.close(s)
+    {result, ticket}
+  end
+
+  ## The proxy: the client's bytes go to the server as they come, unless
+  ## told to corrupt or replay the next chunk, or to inject bytes of its own.
+
+  defp start_proxy(port) do
+    {:ok, front} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, front_port} = :inet.port(front)
+    parent = self()
+
+    pid =
+      spawn_link(fn ->
+        {:ok, down} = :gen_tcp.accept(front)
+
+        {:ok, up} =
+          :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false, nodelay: true])
+
+        :ok = :inet.setopts(down, nodelay: true, active: true)
+        spawn_link(fn -> pipe_back(up, down) end)
+        Kernel.send(parent, {:proxy_up, self()})
+        proxy_loop(down, up, :pass)
+      end)
+
+    %{port: front_port, pid: pid}
+  end
+
+  defp proxy_loop(down, up, mode) do
+    receive do
+      {:tcp, ^down, data} ->
+        case mode do
+          :pass ->
+            :gen_tcp.send(up, data)
+
+          :corrupt ->
+            # Flip a bit in the last byte (inside the tag or the ciphertext).
+            size = byte_size(data) - 1
+            <<head::binary-size(size), last>> = data
+            :gen_tcp.send(up, <<head::binary, Bitwise.bxor(last, 1)>>)
+
+          :replay ->
+            :gen_tcp.send(up, data)
+            :gen_tcp.send(up, data)
+        end
+
+        proxy_loop(down, up, :pass)
+
+      {:tcp_closed, ^down} ->
+        :gen_tcp.close(up)
+
+      {:mode, new_mode, from} ->
+        Kernel.send(from, :mode_set)
+        proxy_loop(down, up, new_mode)
+
+      {:inject, bytes, from} ->
+        :ok = :gen_tcp.send(up, bytes)
+        Kernel.send(from, :injected)
+        proxy_loop(down, up, mode)
+
+      {:close_up, from} ->
+        :gen_tcp.close(up)
+        Kernel.send(from, :closed_up)
+        proxy_loop(down, up, mode)
+    end
+  end
+
+  defp pipe_back(up, down) do
+    case :gen_tcp.recv(up, 0) do
+      {:ok, data} ->
+        :gen_tcp.send(down, data)
+        pipe_back(up, down)
+
+      {:error, _} ->
+        :gen_tcp.close(down)
+    end
+  end
+
+  defp proxy_pid(%{pid: pid}) do
+    receive do
+      {:proxy_up, ^pid} -> :ok
+    after
+      0 -> :ok
+    end
+
+    pid
+  end
+
+  defp corrupt_next(proxy), do: call(proxy, {:mode, :corrupt, self()}, :mode_set)
+  defp replay_next(proxy), do: call(proxy, {:mode, :replay, self()}, :mode_set)
+
+  defp inject(proxy, bytes), do: call(proxy, {:inject, bytes, self()}, :injected)
+  defp close_upstream(proxy), do: call(proxy, {:close_up, self()}, :closed_up)
+
+  defp call(proxy, msg, reply) do
+    Kernel.send(proxy_pid(proxy), msg)
+
+    receive do
+      ^reply -> :ok
+    after
+      5_000 -> flunk("the proxy did not answer #{inspect(msg)}")
+    end
+  end
+
+  # Re-arms active: :once until `total` bytes came; what came, or :stuck.
+  defp once_until(_mod, _s, total, acc) when byte_size(acc) >= total, do: acc
+
+  defp once_until(mod, s, total, acc) do
+    :ok = mod.setopts(s, active: :once)
+
+    receive do
+      {:ssl, ^s, data} -> once_until(mod, s, total, acc <> IO.iodata_to_binary(data))
+    after
+      3_000 -> {:stuck, acc}
+    end
+  end
+end
