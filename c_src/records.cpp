@@ -199,6 +199,9 @@ struct Records {
   size_t max_plain = kMaxPlain;  // max_fragment_length, when negotiated
   int idle_records = 0;          // records in a row without data
   int failure = 0;               // kAlertSent / kAlertReceived | the alert that ended it
+#ifdef ISLET_FUZZING
+  uint32_t read_updates = 0;     // the peer's key updates, for fuzz_records' checks
+#endif
   unsigned char hs[5];           // TLS 1.3: a KeyUpdate message arriving in pieces
   size_t hs_len = 0;
   Buf in;     // received bytes not opened yet (an incomplete record, or past the budget)
@@ -570,6 +573,9 @@ void on_handshake(Sock* s, Records* r, const unsigned char* p, size_t n) {
     // A key change ends the record: nothing may follow it under the old key.
     if (i + 1 != n) return fail(s, r, kUnexpectedMessage);
     if (!update_secret(r, r->rd, false)) return fail(s, r, kInternalError);
+#ifdef ISLET_FUZZING
+    r->read_updates++;
+#endif
     if (request == 1) r->update_due = true;  // answered before our next record
     idle_record(s, r);
     return;
@@ -801,7 +807,18 @@ void records_free(Sock* s) {
   takeover_free(s);
 }
 
-ssize_t records_read(Sock* s, void* buf, size_t n, int* err) {
+namespace {
+
+// What reading made us owe the peer (a KeyUpdate) goes out now, if the
+// socket takes it; what it does not take waits in `out`.
+void send_owed(Sock* s, Records* r) {
+  if (!update_needed(r) || r->failed || r->close_sent) return;
+  size_t sealed = seal_key_update(r, seal_buf);
+  if (sealed == 0) fail(s, r, kInternalError);
+  else write_after(s, r, seal_buf, sealed);
+}
+
+ssize_t read_records(Sock* s, void* buf, size_t n, int* err) {
   Records* r = s->rec;
   Sink k{static_cast<unsigned char*>(buf), n, 0};
   if (n == 0) return 0;
@@ -851,13 +868,6 @@ ssize_t records_read(Sock* s, void* buf, size_t n, int* err) {
         !complete_record(r->in.data(), r->in.size()))
       return kWantRead;
   }
-  // Anything our reading made us owe the peer (a KeyUpdate, an alert) goes
-  // out now if the socket takes it.
-  if (update_needed(r) && !r->failed && !r->close_sent) {
-    size_t sealed = seal_key_update(r, seal_buf);
-    if (sealed == 0) fail(s, r, kInternalError);
-    else write_after(s, r, seal_buf, sealed);
-  }
   if (k.got > 0) return static_cast<ssize_t>(k.got);
   if (r->failure != 0) {
     *err = r->failure;
@@ -866,12 +876,21 @@ ssize_t records_read(Sock* s, void* buf, size_t n, int* err) {
   return 0;  // ended: close_notify or EOF
 }
 
+}  // namespace
+
+ssize_t records_read(Sock* s, void* buf, size_t n, int* err) {
+  ssize_t got = read_records(s, buf, n, err);
+  send_owed(s, s->rec);
+  return got;
+}
+
 int records_drain(Sock* s) {
   Records* r = s->rec;
   int e = flush_out(s, r);
   if (e != 0) return e;
   if (r->failed || r->close_sent)
     return s->wioq != nullptr && enif_ioq_size(s->wioq) > 0 ? EPIPE : 0;
+  send_owed(s, r);
   size_t budget = 256u << 10;
   while (enif_ioq_size(s->wioq) > 0) {
     if (budget == 0) return kMoreWork;
@@ -956,3 +975,52 @@ void tls_info_of(SSL* ssl, TlsInfo* out) {
 }
 
 }  // namespace islet
+
+#ifdef ISLET_FUZZING
+namespace islet {
+
+// fuzz/fuzz_records.cpp: a record layer on s as if a handshake had agreed on
+// its keys (TLS 1.3: the traffic secrets; TLS 1.2: each direction's key then
+// IV), sequence numbers at 0.
+bool records_fuzz_attach(Sock* s, bool tls13, int cipher_nid, const unsigned char* rd,
+                         const unsigned char* wr) {
+  auto* r = new Records();
+  r->tls13 = tls13;
+  r->cipher = cipher_nid == NID_aes_128_gcm   ? aes128gcm
+              : cipher_nid == NID_aes_256_gcm ? aes256gcm
+                                              : chacha;
+  r->key_len = cipher_nid == NID_aes_128_gcm ? 16 : 32;
+  r->md = cipher_nid == NID_aes_256_gcm ? EVP_sha384() : EVP_sha256();
+  r->hash_len = static_cast<size_t>(EVP_MD_get_size(r->md));
+  r->xor_nonce = tls13 || r->cipher == chacha;
+  size_t iv_len = r->xor_nonce ? 12 : 4;
+  bool ok;
+  if (tls13) {
+    ok = set_secret(r, r->rd, rd, false) && set_secret(r, r->wr, wr, true);
+  } else {
+    std::memcpy(r->rd.iv, rd + r->key_len, iv_len);
+    std::memcpy(r->wr.iv, wr + r->key_len, iv_len);
+    ok = set_key(r->rd, r->cipher, rd, false) && set_key(r->wr, r->cipher, wr, true);
+  }
+  if (!ok) {
+    delete r;
+    return false;
+  }
+  s->rec = r;
+  return true;
+}
+
+// One record of any type and content, sealed under s's write key.
+size_t records_fuzz_seal(Sock* s, uint8_t type, const unsigned char* p, size_t n,
+                         unsigned char* out) {
+  return seal_bytes(s->rec, type, p, n, out);
+}
+
+// TLS 1.3: s's next write key, after it sealed a KeyUpdate of its own.
+bool records_fuzz_update_write(Sock* s) { return update_secret(s->rec, s->rec->wr, true); }
+
+// How many key updates of its peer s has read.
+uint32_t records_fuzz_read_updates(const Sock* s) { return s->rec->read_updates; }
+
+}  // namespace islet
+#endif

@@ -10,14 +10,15 @@ out=${FUZZ_BUILD:-/tmp/islet-fuzz}
 mkdir -p "$out" crashes
 # Uninitialised locals get a fixed pattern, so that reading one fails the
 # same way every run (erl_nif_shim.cpp recognises it in a pointer).
+# ISLET_FUZZING compiles the record layer's hooks for fuzz_records.
 flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-       -ftrivial-auto-var-init=pattern)
+       -ftrivial-auto-var-init=pattern -DISLET_FUZZING)
 status=0
-for h in fuzz_wire fuzz_client_hello fuzz_terms; do
-  # What each harness links: fuzz_terms takes the whole NIF, with a fake
-  # erl_nif (erl_nif_shim.cpp) standing in for the VM.
+for h in fuzz_wire fuzz_client_hello fuzz_terms fuzz_records; do
+  # What each harness links: fuzz_terms and fuzz_records take the whole NIF,
+  # with a fake erl_nif (erl_nif_shim.cpp) standing in for the VM.
   case $h in
-    fuzz_terms)
+    fuzz_terms|fuzz_records)
       erts=$(erl -noshell -eval 'io:format("~s/usr/include", [code:root_dir()]), halt().')
       srcs=(-I"$erts" erl_nif_shim.cpp ../c_src/*.cpp) ;;
     *) srcs=(../c_src/wire.cpp) ;;
