@@ -1,11 +1,16 @@
 defmodule Islet.Bench.Runner do
   @moduledoc """
-  Runs the benchmark: for each transport pair and each of its workloads,
-  `runs` samples of each transport (`idle_runs` for the idle workload, whose
-  memory figures vary little and whose samples are long), alternating which
-  goes first, and reduces them to rows (median, min and max per transport,
-  ratio of medians, goal verdicts, including goals against another row or
-  pair).
+  Runs the benchmark: workload by workload, `runs` samples of each
+  transport of each pair (`idle_runs` for the idle workload, whose memory
+  figures vary little and whose samples are long), and reduces them to rows
+  (median, min and max per transport, ratio of medians, goal verdicts,
+  including goals against another row or pair).
+
+  Samples are interleaved so that the figures compared were taken close
+  together on a machine whose speed drifts: within a run the pairs take
+  turns (TCP, then TLS), within a pair the transports alternate which goes
+  first. So the TLS keep-alive figures set against Islet.TCP's come from the
+  same minute, not from a pair run a few minutes earlier.
 
   Servers are child BEAMs (`Islet.Bench.Child`) pinned to the server CPUs
   with `+S N:N`; the clients (wrk, curl, the idle client BEAM) and this
@@ -103,10 +108,7 @@ defmodule Islet.Bench.Runner do
 
     {samples, seconds} =
       with_affinity(client_cpu, fn ->
-        Enum.reduce(pairs, {%{}, %{}}, fn pair, {samples, seconds} ->
-          {more, more_seconds} = run_pair(pair, config, server_cpus, client_cpu, file, report)
-          {Map.merge(samples, more), Map.merge(seconds, more_seconds)}
-        end)
+        run_plan(pairs, config, server_cpus, client_cpu, file, report)
       end)
 
     elapsed_s = (System.monotonic_time(:millisecond) - started) / 1000
@@ -114,9 +116,41 @@ defmodule Islet.Bench.Runner do
     results(pairs, samples, config, server_cpus, client_cpu, timing)
   end
 
-  ## Running a pair
+  ## Running the samples
 
-  defp run_pair(pair, config, server_cpus, client_cpu, file, report) do
+  defp run_plan(pairs, config, server_cpus, client_cpu, file, report) do
+    envs = Enum.map(pairs, &pair_env(&1, config, server_cpus, client_cpu, file))
+
+    plan =
+      for workload <- Workloads.all(),
+          run <- 1..runs(workload, config),
+          env <- envs,
+          workload in workloads(env.pair, config),
+          module <- order(env.pair, run),
+          do: {env, workload, run, module}
+
+    # Children left behind by an exception halt when this process exits
+    # (their stdin closes). Each transport's long-lived server serves all
+    # its pair's workloads; the idle client serves both pairs.
+    # Seconds per workload include starting servers and warming them up.
+    {samples, seconds, children} =
+      Enum.reduce(plan, {%{}, %{}, %{}}, fn {env, workload, run, module},
+                                            {samples, seconds, children} ->
+        pair = env.pair
+        started = System.monotonic_time(:millisecond)
+        {sample, children} = take_sample(workload, module, children, env)
+        took = (System.monotonic_time(:millisecond) - started) / 1000
+        report.(progress(pair, workload, run, runs(workload, config), module, sample, took))
+        key = {pair.id, workload, module}
+        samples = Map.update(samples, key, [{run, sample}], &(&1 ++ [{run, sample}]))
+        {samples, Map.update(seconds, "#{pair.id}.#{workload}", took, &(&1 + took)), children}
+      end)
+
+    Enum.each(children, fn {_key, child} -> stop_child(child) end)
+    {samples, seconds}
+  end
+
+  defp pair_env(pair, config, server_cpus, client_cpu, file) do
     context = %{
       client_cpu: client_cpu,
       connections: config.connections,
@@ -133,7 +167,7 @@ defmodule Islet.Bench.Runner do
       client_tls: pair.client_tls
     }
 
-    env = %{
+    %{
       pair: pair,
       config: config,
       context: context,
@@ -141,30 +175,6 @@ defmodule Islet.Bench.Runner do
       listen_options: pair.listen_options.(config.workdir),
       extra_listeners: pair.extra_listeners.(config.workdir)
     }
-
-    plan =
-      for workload <- workloads(pair, config),
-          run <- 1..runs(workload, config),
-          module <- order(pair, run),
-          do: {workload, run, module}
-
-    # Children left behind by an exception halt when this process exits
-    # (their stdin closes).
-    # Seconds per workload include starting servers and warming them up.
-    {samples, seconds, children} =
-      Enum.reduce(plan, {%{}, %{}, %{}}, fn {workload, run, module},
-                                            {samples, seconds, children} ->
-        started = System.monotonic_time(:millisecond)
-        {sample, children} = take_sample(workload, module, children, env)
-        took = (System.monotonic_time(:millisecond) - started) / 1000
-        report.(progress(pair, workload, run, runs(workload, config), module, sample, took))
-        key = {pair.id, workload, module}
-        samples = Map.update(samples, key, [{run, sample}], &(&1 ++ [{run, sample}]))
-        {samples, Map.update(seconds, "#{pair.id}.#{workload}", took, &(&1 + took)), children}
-      end)
-
-    Enum.each(children, fn {_key, child} -> stop_child(child) end)
-    {samples, seconds}
   end
 
   # The pair's workloads among those asked for, in the order of `Workloads.all/0`.
@@ -486,11 +496,12 @@ defmodule Islet.Bench.Runner do
   defp side(pair, module, samples, metric) do
     samples = samples || []
 
-    values =
-      for {_run, {:ok, values, _}} <- samples,
+    by_run =
+      for {run, {:ok, values, _}} <- samples,
           is_number(values[metric.key]),
-          do: values[metric.key]
+          do: {run, values[metric.key]}
 
+    values = Enum.map(by_run, &elem(&1, 1))
     sorted = Enum.sort(values)
 
     %{
@@ -500,6 +511,7 @@ defmodule Islet.Bench.Runner do
       min: List.first(sorted),
       max: List.last(sorted),
       samples: values,
+      by_run: Map.new(by_run),
       failed: Enum.count(samples, &match?({_, {:error, _}}, &1))
     }
   end
@@ -526,7 +538,7 @@ defmodule Islet.Bench.Runner do
           case against do
             {:candidate_of, pair_id} ->
               other = find_row(rows, pair_id, row.workload, row.metric)
-              {ratio(row.candidate.median, other && other.candidate.median), other}
+              {paired_ratio(row.candidate.by_run, other && other.candidate.by_run), other}
 
             {:ratio_of, workload, metric} ->
               other = find_row(rows, row.pair, workload, metric)
@@ -543,6 +555,21 @@ defmodule Islet.Bench.Runner do
       end)
 
     %{row | checks: checks}
+  end
+
+  # The median of run-by-run quotients (runs both sides have a figure for).
+  defp paired_ratio(_mine, nil), do: nil
+
+  defp paired_ratio(mine, theirs) do
+    mine
+    |> Enum.flat_map(fn {run, value} ->
+      case ratio(value, theirs[run]) do
+        nil -> []
+        q -> [q]
+      end
+    end)
+    |> Enum.sort()
+    |> median()
   end
 
   defp find_row(rows, pair, workload, metric),

@@ -17,10 +17,12 @@ defmodule Islet.Bench.Transports do
 
   @typedoc """
   A further goal of a row, on another quotient than candidate/reference:
-  `{:candidate_of, pair_id}` divides the candidate's median by the
-  candidate's median of the same workload and metric in pair `pair_id` (when
-  that pair ran); `{:ratio_of, workload, metric}` divides the row's ratio by
-  the ratio of another row of the same pair.
+  `{:candidate_of, pair_id}` divides the candidate's figure by the
+  candidate's of the same workload and metric in pair `pair_id` (when that
+  pair ran), run by run (the two samples of a run are taken one after the
+  other), and takes the median of those quotients; `{:ratio_of, workload,
+  metric}` divides the row's ratio by the ratio of another row of the same
+  pair.
   """
   @type check :: %{
           label: String.t(),
