@@ -336,6 +336,61 @@ defmodule Islet.TLSRecordsTest do
     {result, ticket}
   end
 
+  describe "sessions after a fatal alert (openssl s_client -sess_out / -sess_in)" do
+    # A TLS 1.2 connection through the proxy that ends cleanly or in a bad
+    # record (our bad_record_mac), its session saved by s_client; then a
+    # connection offering that session. OpenSSL's record layer takes a
+    # session out of the cache after a fatal alert (RFC 5246 7.2.2); so must
+    # Islet's.
+    test "TLS 1.2: resumed after a clean end, not after a fatal alert" do
+      l = listen(Islet.TLS, reuse_sessions: true, versions: [:"tlsv1.2"])
+      port = port(Islet.TLS, l)
+      assert session_after(l, port, :clean) == {"Reused", {:ok, "clean\n"}}
+
+      assert {"New", {:error, {:tls_alert, {:bad_record_mac, _}}}} =
+               session_after(l, port, :tampered)
+    end
+
+    defp session_after(l, port, how) do
+      file = Diff.tmp_path("session")
+      proxy = start_proxy(port)
+      line = if how == :clean, do: "clean", else: "tampered"
+      client = Task.async(fn -> s_client(proxy.port, ["-sess_out", file], line) end)
+      {:ok, s} = Islet.TLS.accept(l)
+      {:ok, ^s} = Islet.TLS.handshake(s, 30_000)
+      if how == :tampered, do: corrupt_next(proxy)
+      first = recv_until_data_or_error(s)
+      Islet.TLS.close(s)
+      Task.await(client, 15_000)
+      second = Task.async(fn -> s_client(port, ["-sess_in", file], "again") end)
+      {:ok, s2} = Islet.TLS.accept(l)
+      {:ok, ^s2} = Islet.TLS.handshake(s2, 30_000)
+      _ = Islet.TLS.recv(s2, 0, 5_000)
+      Islet.TLS.close(s2)
+      out = Task.await(second, 15_000)
+      [verdict | _] = Regex.run(~r/^(Reused|New),/m, out, capture: :all_but_first)
+      {verdict, first}
+    end
+
+    defp recv_until_data_or_error(s) do
+      case Islet.TLS.recv(s, 0, 10_000) do
+        {:ok, data} -> {:ok, data}
+        error -> error
+      end
+    end
+
+    # s_client sends `line` half a second after connecting (the handshake is
+    # over by then), then waits a second and quits.
+    defp s_client(port, args, line) do
+      script =
+        "(sleep 0.5; echo #{line}; sleep 1) | openssl s_client -connect 127.0.0.1:#{port} " <>
+          "-tls1_2 -no_ticket #{Enum.join(args, " ")}"
+
+      {out, _status} = System.cmd("sh", ["-c", script], stderr_to_stdout: true)
+      out
+    end
+  end
+
   ## The proxy: the client's bytes go to the server as they come, unless
   ## told to corrupt or replay the next chunk, or to inject bytes of its own.
 
