@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "records.hpp"
 
 namespace islet {
 
@@ -500,6 +501,18 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (skip == vec->size) {
       waiter_done(env, s, s->wq, me);
       return atom.ok;
+    }
+  } else if (!queued && more.empty() && s->rec != nullptr) {
+    // TLS through Islet's record layer: sealed straight from the terms too;
+    // what is left (the socket is full, or this call's budget is spent)
+    // goes to the queue.
+    if (!ensure_ioq(s)) return write_error(env, s, me, ENOMEM);
+    int e = records_send(s, vec->iov, static_cast<int>(vec->iovcnt), vec->size, &skip);
+    if (e != 0 && e != EAGAIN && e != kMoreWork) return write_error(env, s, me, e);
+    if (e == kMoreWork) {
+      if (!enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);
+      if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);  // keeps the turn
+      return atom.more;
     }
   }
   if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);

@@ -366,10 +366,10 @@ void xor_nonce(const Dir& d, unsigned char nonce[12]) {
   for (int i = 0; i < 8; i++) nonce[4 + i] ^= seq[i];
 }
 
-// The plaintext of one record, gathered from `iov` (len bytes in all),
-// sealed into out (room for len + 30). Returns the record's size, 0 on
-// failure.
-size_t seal(Records* r, uint8_t type, const SysIOVec* iov, int iovcnt, size_t len,
+// The plaintext of one record, len bytes gathered from `iov` after its
+// first `skip` bytes, sealed into out (room for len + 30). Returns the
+// record's size, 0 on failure.
+size_t seal(Records* r, uint8_t type, const SysIOVec* iov, int iovcnt, size_t skip, size_t len,
             unsigned char* out) {
   Dir& d = r->wr;
   if (d.seq == UINT64_MAX) return 0;
@@ -407,11 +407,12 @@ size_t seal(Records* r, uint8_t type, const SysIOVec* iov, int iovcnt, size_t le
     return 0;
   size_t left = len;
   for (int i = 0; i < iovcnt && left > 0; i++) {
-    size_t take = std::min(iov[i].iov_len, left);
+    size_t from = std::min(skip, iov[i].iov_len);
+    skip -= from;
+    size_t take = std::min(iov[i].iov_len - from, left);
     if (take == 0) continue;
-    if (EVP_EncryptUpdate(d.ctx, p, &n, reinterpret_cast<const unsigned char*>(iov[i].iov_base),
-                          static_cast<int>(take)) != 1)
-      return 0;
+    const auto* piece = reinterpret_cast<const unsigned char*>(iov[i].iov_base) + from;
+    if (EVP_EncryptUpdate(d.ctx, p, &n, piece, static_cast<int>(take)) != 1) return 0;
     p += n;
     left -= take;
   }
@@ -431,7 +432,7 @@ size_t seal_bytes(Records* r, uint8_t type, const unsigned char* data, size_t le
   SysIOVec v;
   v.iov_base = reinterpret_cast<char*>(const_cast<unsigned char*>(data));
   v.iov_len = len;
-  return seal(r, type, &v, 1, len, out);
+  return seal(r, type, &v, 1, 0, len, out);
 }
 
 // Writes what `out` holds: 0 once empty, EAGAIN, or an errno.
@@ -884,19 +885,20 @@ ssize_t records_read(Sock* s, void* buf, size_t n, int* err) {
   return got;
 }
 
-int records_drain(Sock* s) {
-  Records* r = s->rec;
-  int e = flush_out(s, r);
-  if (e != 0) return e;
-  if (r->failed || r->close_sent)
-    return s->wioq != nullptr && enif_ioq_size(s->wioq) > 0 ? EPIPE : 0;
-  send_owed(s, r);
-  size_t budget = 256u << 10;
-  while (enif_ioq_size(s->wioq) > 0) {
-    if (budget == 0) return kMoreWork;
+namespace {
+
+// Seals `size` bytes of plaintext from `iov` (after its first `skip`) and
+// writes them, up to kSealBatch records per send and `*budget` bytes in
+// all; `*taken` grows by what was sealed. 0 once all is sealed (written, or
+// waiting in `out`), EAGAIN when the socket is full, kMoreWork when the
+// budget ran out first, or an errno.
+int seal_and_write(Sock* s, Records* r, const SysIOVec* iov, int iovcnt, size_t skip,
+                   size_t size, size_t* taken, size_t* budget) {
+  while (*taken < size) {
+    if (*budget == 0) return kMoreWork;
     size_t used = 0;
     // A batch of records sealed into this thread's buffer, written at once.
-    for (int i = 0; i < kSealBatch && budget > 0 && enif_ioq_size(s->wioq) > 0; i++) {
+    for (int i = 0; i < kSealBatch && *budget > 0 && *taken < size; i++) {
       if (update_needed(r)) {
         size_t n = seal_key_update(r, seal_buf + used);
         if (n == 0) {
@@ -905,20 +907,60 @@ int records_drain(Sock* s) {
         }
         used += n;
       }
-      size_t len = std::min(enif_ioq_size(s->wioq), r->max_plain);
-      int iovcnt;
-      SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
-      size_t n = seal(r, kAppData, iov, iovcnt, len, seal_buf + used);
+      size_t len = std::min(size - *taken, r->max_plain);
+      size_t n = seal(r, kAppData, iov, iovcnt, skip + *taken, len, seal_buf + used);
       if (n == 0) {
         fail(s, r, kInternalError);
         return EPIPE;
       }
-      enif_ioq_deq(s->wioq, len, nullptr);
       used += n;
+      *taken += len;
       s->send_oct += len;
-      budget -= std::min(budget, len);
+      *budget -= std::min(*budget, len);
     }
-    e = write_after(s, r, seal_buf, used);
+    int e = write_after(s, r, seal_buf, used);
+    if (e != 0) return e;
+  }
+  return 0;
+}
+
+// Before anything new is sealed: what waits in `out` goes first, and a
+// connection that ended takes nothing more.
+int ready_to_seal(Sock* s, Records* r, bool has_data) {
+  int e = flush_out(s, r);
+  if (e != 0) return e;
+  if (r->failed || r->close_sent) return has_data ? EPIPE : 0;
+  send_owed(s, r);
+  return 0;
+}
+
+}  // namespace
+
+int records_send(Sock* s, const SysIOVec* iov, int iovcnt, size_t size, size_t* taken) {
+  Records* r = s->rec;
+  *taken = 0;
+  int e = ready_to_seal(s, r, size > 0);
+  if (e != 0) return e;
+  size_t budget = 256u << 10;
+  return seal_and_write(s, r, iov, iovcnt, 0, size, taken, &budget);
+}
+
+int records_drain(Sock* s) {
+  Records* r = s->rec;
+  size_t queued = s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0;
+  int e = ready_to_seal(s, r, queued > 0);
+  if (e != 0 || queued == 0) return e;
+  size_t budget = 256u << 10;
+  while (enif_ioq_size(s->wioq) > 0) {
+    // The queue's head, sealed from where it stands: what is sealed leaves
+    // the queue at once (it is in the socket or in `out` now).
+    int iovcnt;
+    SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
+    size_t size = std::min(enif_ioq_size(s->wioq), budget);
+    size_t taken = 0;
+    e = seal_and_write(s, r, iov, iovcnt, 0, size, &taken, &budget);
+    enif_ioq_deq(s->wioq, taken, nullptr);
+    if (e == 0 && budget == 0 && enif_ioq_size(s->wioq) > 0) return kMoreWork;
     if (e != 0) return e;
   }
   return 0;

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 
+#include <erl_nif.h>
+
 struct ssl_st;
 struct ssl_ctx_st;
 
@@ -50,6 +52,10 @@ void records_free(Sock* s);  // the destructor's part
 // (common.hpp).
 ssize_t records_read(Sock* s, void* buf, size_t n, int* err);
 int records_drain(Sock* s);
+// A send with nothing queued before it: seals and writes straight from the
+// caller's iovec (no copy into the queue), 256 KiB at most; *taken is what
+// was sealed, the rest is for the queue. Returns as records_drain.
+int records_send(Sock* s, const SysIOVec* iov, int iovcnt, size_t size, size_t* taken);
 bool records_pending(const Sock* s);
 bool records_may_have_more(const Sock* s);
 // close_notify, once, best effort (it may not fit in the socket).

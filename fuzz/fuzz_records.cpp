@@ -218,13 +218,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 6:  // the server reads
         read_once(server, 1 + in.u16() % sizeof buf);
         break;
-      case 7: {  // the server sends
+      case 7: {  // the server sends: sealed straight from the data (when
+                 // nothing is queued, as nif_send does), the rest queued
+        bool direct = in.u8() & 1;
         std::string d = in.bytes(40000);
-        if (server.s->rec == nullptr || d.empty()) break;
-        add_queue(server.s, d);
+        if (d.empty()) break;
         server_sent += d;
-        int e;
-        while ((e = islet::records_drain(server.s)) == islet::kMoreWork) {
+        size_t taken = 0;
+        if (direct && enif_ioq_size(server.s->wioq) == 0) {
+          SysIOVec piece;
+          piece.iov_base = const_cast<char*>(d.data());
+          piece.iov_len = d.size();
+          int e = islet::records_send(server.s, &piece, 1, d.size(), &taken);
+          if (e == 0 && taken != d.size()) die("records_send left data without saying so");
+        }
+        if (taken < d.size()) add_queue(server.s, d.substr(taken));
+        while (islet::records_drain(server.s) == islet::kMoreWork) {
         }
         break;
       }
