@@ -40,6 +40,7 @@ ISLET_NIF(nif_tls_upgrade)
 ISLET_NIF(nif_tls_set_ctx)
 ISLET_NIF(nif_tls_handshake)
 ISLET_NIF(nif_tls_info)
+ISLET_NIF(nif_tls_sweep)
 #undef ISLET_NIF
 
 namespace {
@@ -79,6 +80,8 @@ ErlNifFunc nif_funcs[] = {
     // A handshake step moves itself to a dirty CPU scheduler when costly.
     {"tls_handshake", 1, nif_tls_handshake, 0},
     {"tls_info", 1, nif_tls_info, 0},
+    // Visits every TLS connection: dirty CPU.
+    {"tls_sweep", 0, nif_tls_sweep, ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };
 
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {

@@ -47,6 +47,12 @@ void records_message(Sock* s, int write_p, int content_type, const void* buf, si
 // object. False: the connection stays with OpenSSL.
 bool records_take_over(Sock* s);
 void records_free(Sock* s);  // the destructor's part
+// Under the socket's lock, at close: no record will be sealed or opened again.
+void records_closed(Sock* s);
+// Frees the cipher contexts of the connections that sealed and opened no
+// record since the previous sweep (they are made again when needed);
+// returns how many connections it freed. Takes each socket's lock.
+size_t records_sweep();
 
 // The contracts of tls_read / tls_drain / tls_pending / tls_may_have_more
 // (common.hpp).
@@ -63,5 +69,7 @@ void records_close_notify(Sock* s);
 // Bytes on the wire, handshake included.
 void records_wire_bytes(const Sock* s, uint64_t* in, uint64_t* out);
 const TlsInfo& records_info(const Sock* s);
+// How many of its two cipher contexts the connection holds now.
+int records_contexts(const Sock* s);
 
 }  // namespace islet

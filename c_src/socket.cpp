@@ -201,6 +201,7 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->open) return atom.ok;  // gen_tcp: a second close is ok
     tls_close_notify(s);
+    tls_closed(s);
     s->open = false;
     wake_all(env, s, s->rq);
     wake_all(env, s, s->wq);

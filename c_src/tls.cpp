@@ -617,6 +617,14 @@ void tls_close_notify(Sock* s) {
   ERR_clear_error();
 }
 
+void tls_closed(Sock* s) { records_closed(s); }
+
+// tls_sweep() -> Count: frees the cipher contexts of TLS connections idle
+// since the previous call (Islet.TLS.Sweeper calls it every few seconds).
+ERL_NIF_TERM nif_tls_sweep(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return enif_make_uint64(env, records_sweep());
+}
+
 void tls_free(Sock* s) {
   records_free(s);
   if (s->ssl != nullptr) {
@@ -1009,6 +1017,7 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   put("session_reused", info.reused ? atom.true_ : atom.false_);
   if (!info.peercert.empty()) put("peercert", bin(info.peercert.data(), info.peercert.size()));
   put("records", enif_make_atom(env, s->rec != nullptr ? "islet" : "openssl"));
+  if (s->rec != nullptr) put("cipher_contexts", enif_make_int(env, records_contexts(s)));
   return make_ok(env, enif_make_list_from_array(env, items.data(), items.size()));
 }
 

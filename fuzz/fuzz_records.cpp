@@ -35,6 +35,7 @@ size_t records_fuzz_seal(Sock* s, uint8_t type, const unsigned char* p, size_t n
                          unsigned char* out);
 bool records_fuzz_update_write(Sock* s);
 uint32_t records_fuzz_read_updates(const Sock* s);
+void records_fuzz_unload(Sock* s);
 }  // namespace islet
 
 namespace {
@@ -213,7 +214,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case 5:
-        tamper = true;
+        // Either the next record is altered, or both sides go idle long
+        // enough for the sweep to free their cipher contexts.
+        if (in.u8() & 1) {
+          tamper = true;
+        } else {
+          islet::records_fuzz_unload(server.s);
+          islet::records_fuzz_unload(peer.s);
+        }
         break;
       case 6:  // the server reads
         read_once(server, 1 + in.u16() % sizeof buf);

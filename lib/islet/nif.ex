@@ -54,4 +54,5 @@ defmodule Islet.Nif do
   def tls_set_ctx(_socket, _ctx), do: nif()
   def tls_handshake(_socket), do: nif()
   def tls_info(_socket), do: nif()
+  def tls_sweep, do: nif()
 end

@@ -13,10 +13,13 @@ defmodule Islet.TLS do
   Calls answer what `:ssl` answers: `{:ssl, socket, data}`,
   `{:ssl_closed, socket}`, `{:ssl_error, socket, reason}` and
   `{:ssl_passive, socket}` in active mode, `{:error, {:tls_alert, {reason,
-  description}}}` for failed handshakes. The `SSL_CTX` is built once per
-  listener; each connection is an OpenSSL object on the socket's fd, driven
-  without blocking a scheduler (handshake steps run on a dirty CPU scheduler,
-  active-mode decryption on Islet's poller thread). See `Islet.TLS.Options`
+  description}}}` for failed handshakes and for connections ended by a
+  fatal alert later. The `SSL_CTX` is built once per listener; each
+  connection's handshake is an OpenSSL object on the socket's fd, driven
+  without blocking a scheduler (cheap steps on the calling scheduler, costly
+  ones on a dirty CPU scheduler). Once the handshake is over, the records of
+  the AEAD suites are sealed and opened by Islet's own record layer and the
+  OpenSSL object is freed (see `record_layer/1`). See `Islet.TLS.Options`
   for the options accepted, plus every TCP option of `Islet.TCP`.
   """
 

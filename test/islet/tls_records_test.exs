@@ -87,6 +87,49 @@ defmodule Islet.TLSRecordsTest do
     end
   end
 
+  describe "idle connections" do
+    # Islet.TLS.Sweeper frees the cipher contexts of connections that
+    # sealed and opened nothing between two sweeps; they come back with the
+    # next record. Sweeps run here by hand too (the sweeper's own, every
+    # 2 s, only free sooner).
+    defp contexts(s) do
+      {:ok, info} = Islet.Nif.tls_info(s)
+      info[:cipher_contexts]
+    end
+
+    for version <- [:"tlsv1.2", :"tlsv1.3"] do
+      test "#{version}: an idle connection's cipher contexts go, and come back with data" do
+        {_l, s, c} = pair!(Islet.TLS, [], versions: [unquote(version)])
+        assert exchange(Islet.TLS, s, c) == {{:ok, "ping"}, {:ok, "pong"}, true, true}
+        assert contexts(s) == 2
+        Islet.TLS.Sweeper.sweep()
+        Islet.TLS.Sweeper.sweep()
+        assert contexts(s) == 0
+        # Each direction on its own: a record in makes the read context.
+        :ok = :ssl.send(c, "in")
+        assert Islet.TLS.recv(s, 0, 10_000) == {:ok, "in"}
+        assert contexts(s) == 1
+        Islet.TLS.Sweeper.sweep()
+        Islet.TLS.Sweeper.sweep()
+        :ok = Islet.TLS.send(s, "out")
+        assert :ssl.recv(c, 0, 10_000) == {:ok, "out"}
+        assert exchange(Islet.TLS, s, c) == {{:ok, "ping"}, {:ok, "pong"}, true, true}
+        assert contexts(s) == 2
+      end
+    end
+
+    test "a connection in use keeps them" do
+      {_l, s, c} = pair!(Islet.TLS)
+
+      for i <- 1..5 do
+        :ok = :ssl.send(c, "#{i}")
+        {:ok, _} = Islet.TLS.recv(s, 0, 10_000)
+        Islet.TLS.Sweeper.sweep()
+        assert contexts(s) == 2
+      end
+    end
+  end
+
   describe "TLS 1.3 key updates" do
     test "the client updates its key, then ours (update_requested), between data" do
       assert_same(fn mod ->

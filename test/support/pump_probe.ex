@@ -18,7 +18,11 @@ defmodule Islet.Test.PumpProbe do
   end
 
   defp probe do
-    pumps = Islet.Supervisor |> Supervisor.which_children() |> length()
+    pumps =
+      Islet.Supervisor
+      |> Supervisor.which_children()
+      |> Enum.count(&match?({{Islet.Pump, _}, _, _, _}, &1))
+
     {:ok, l} = TCP.listen(0, ip: :loopback, backlog: 128)
     {:ok, {_, port}} = TCP.sockname(l)
 
