@@ -384,11 +384,34 @@ bool key_block(SSL* ssl, const EVP_MD* md, unsigned char* out, size_t len) {
   return ok;
 }
 
-void xor_nonce(const Dir& d, unsigned char nonce[12]) {
+// A record's nonce: the IV xor the sequence number (TLS 1.3, ChaCha20), or
+// the 4-byte salt then the explicit nonce that starts the record's body
+// (TLS 1.2 AES-GCM).
+void make_nonce(const Records* r, const Dir& d, const unsigned char* body, unsigned char nonce[12]) {
+  if (!r->xor_nonce) {
+    std::memcpy(nonce, d.iv, 4);
+    std::memcpy(nonce + 4, body, kExplicitNonce);
+    return;
+  }
   std::memcpy(nonce, d.iv, 12);
   unsigned char seq[8];
   put_be64(seq, d.seq);
   for (int i = 0; i < 8; i++) nonce[4 + i] ^= seq[i];
+}
+
+// A record's additional data: its header (TLS 1.3), or the sequence
+// number, type, version and plaintext length (TLS 1.2). Returns its size.
+size_t make_aad(const Records* r, const Dir& d, const unsigned char* header, size_t plain_len,
+                unsigned char aad[13]) {
+  if (r->tls13) {
+    std::memcpy(aad, header, kHeader);
+    return kHeader;
+  }
+  put_be64(aad, d.seq);
+  std::memcpy(aad + 8, header, 3);
+  aad[11] = static_cast<unsigned char>(plain_len >> 8);
+  aad[12] = static_cast<unsigned char>(plain_len);
+  return 13;
 }
 
 // The plaintext of one record, len bytes gathered from `iov` after its
@@ -405,27 +428,13 @@ size_t seal(Records* r, uint8_t type, const SysIOVec* iov, int iovcnt, size_t sk
   out[3] = static_cast<unsigned char>(body >> 8);
   out[4] = static_cast<unsigned char>(body);
   unsigned char* p = out + kHeader;
-  unsigned char nonce[12], aad[13];
-  size_t aad_len = 13;
-  if (r->xor_nonce) {
-    xor_nonce(d, nonce);
-  } else {
-    std::memcpy(nonce, d.iv, 4);
-    put_be64(nonce + 4, d.seq);
-    std::memcpy(p, nonce + 4, kExplicitNonce);
+  if (!r->xor_nonce) {  // TLS 1.2 AES-GCM: our sequence number is the explicit nonce
+    put_be64(p, d.seq);
     p += kExplicitNonce;
   }
-  if (r->tls13) {
-    std::memcpy(aad, out, kHeader);
-    aad_len = kHeader;
-  } else {
-    put_be64(aad, d.seq);
-    aad[8] = type;
-    aad[9] = 3;
-    aad[10] = 3;
-    aad[11] = static_cast<unsigned char>(len >> 8);
-    aad[12] = static_cast<unsigned char>(len);
-  }
+  unsigned char nonce[12], aad[13];
+  make_nonce(r, d, out + kHeader, nonce);
+  size_t aad_len = make_aad(r, d, out, len, aad);
   int n = 0;
   if (EVP_CipherInit_ex2(d.ctx, nullptr, nullptr, nonce, 1, nullptr) != 1 ||
       EVP_EncryptUpdate(d.ctx, nullptr, &n, aad, static_cast<int>(aad_len)) != 1)
@@ -620,22 +629,8 @@ void open_record(Sock* s, Records* r, Sink& k, const unsigned char* h, unsigned 
   size_t plen = len - overhead;
   unsigned char* ct = r->xor_nonce ? body : body + kExplicitNonce;
   unsigned char nonce[12], aad[13];
-  size_t aad_len = 13;
-  if (r->xor_nonce) {
-    xor_nonce(d, nonce);
-  } else {
-    std::memcpy(nonce, d.iv, 4);
-    std::memcpy(nonce + 4, body, kExplicitNonce);
-  }
-  if (r->tls13) {
-    std::memcpy(aad, h, kHeader);
-    aad_len = kHeader;
-  } else {
-    put_be64(aad, d.seq);
-    std::memcpy(aad + 8, h, 3);
-    aad[11] = static_cast<unsigned char>(plen >> 8);
-    aad[12] = static_cast<unsigned char>(plen);
-  }
+  make_nonce(r, d, body, nonce);
+  size_t aad_len = make_aad(r, d, h, plen, aad);
   bool in_place = h[0] == kAppData && r->plain.size() == 0 && plen <= k.room - k.got;
   unsigned char* pt = in_place ? k.dst + k.got : ct;
   int n = 0, fin = 0;

@@ -533,17 +533,4 @@ defmodule Islet.TLSRecordsTest do
       5_000 -> flunk("the proxy did not answer #{inspect(msg)}")
     end
   end
-
-  # Re-arms active: :once until `total` bytes came; what came, or :stuck.
-  defp once_until(_mod, _s, total, acc) when byte_size(acc) >= total, do: acc
-
-  defp once_until(mod, s, total, acc) do
-    :ok = mod.setopts(s, active: :once)
-
-    receive do
-      {:ssl, ^s, data} -> once_until(mod, s, total, acc <> IO.iodata_to_binary(data))
-    after
-      3_000 -> {:stuck, acc}
-    end
-  end
 end

@@ -450,6 +450,25 @@ defmodule Islet.Test.TLSDiff do
     %{listener: l, server: s, client: client, handshake: hs, connect: connect}
   end
 
+  @doc """
+  Re-arms `active: :once` on `s` (a `module` socket) until `total` bytes of
+  `{:ssl, s, data}` came; returns them, or `{:stuck, so_far}` after 3 s
+  without a message.
+  """
+  @spec once_until(module(), term(), non_neg_integer(), binary()) :: binary() | {:stuck, binary()}
+  def once_until(module, s, total, acc \\ "")
+  def once_until(_module, _s, total, acc) when byte_size(acc) >= total, do: acc
+
+  def once_until(module, s, total, acc) do
+    :ok = module.setopts(s, active: :once)
+
+    receive do
+      {:ssl, ^s, data} -> once_until(module, s, total, acc <> IO.iodata_to_binary(data))
+    after
+      3_000 -> {:stuck, acc}
+    end
+  end
+
   @doc "Like `pair/3`, but asserts both sides succeeded; returns `{listener, server, client}`."
   @spec pair!(module(), keyword(), keyword()) :: {term(), term(), term()}
   def pair!(module, server_opts \\ [], client_opts \\ []) do
