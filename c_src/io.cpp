@@ -508,7 +508,11 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     // goes to the queue.
     if (!ensure_ioq(s)) return write_error(env, s, me, ENOMEM);
     int e = records_send(s, vec->iov, static_cast<int>(vec->iovcnt), vec->size, &skip);
-    if (e != 0 && e != EAGAIN && e != kMoreWork) return write_error(env, s, me, e);
+    if (e == 0) {  // all sealed and in the socket: nothing queued, nothing to flush
+      waiter_done(env, s, s->wq, me);
+      return atom.ok;
+    }
+    if (e != EAGAIN && e != kMoreWork) return write_error(env, s, me, e);
     if (e == kMoreWork) {
       if (!enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);
       if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);  // keeps the turn

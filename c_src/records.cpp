@@ -1039,7 +1039,9 @@ int records_send(Sock* s, const SysIOVec* iov, int iovcnt, size_t size, size_t* 
   int e = ready_to_seal(s, r, size > 0);
   if (e != 0) return e;
   size_t budget = 256u << 10;
-  return seal_and_write(s, r, iov, iovcnt, 0, size, taken, &budget);
+  e = seal_and_write(s, r, iov, iovcnt, 0, size, taken, &budget);
+  // A key update owed may wait sealed while nothing else did (an empty send).
+  return e == 0 && r->out.size() > 0 ? EAGAIN : e;
 }
 
 int records_drain(Sock* s) {

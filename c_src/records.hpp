@@ -60,7 +60,8 @@ ssize_t records_read(Sock* s, void* buf, size_t n, int* err);
 int records_drain(Sock* s);
 // A send with nothing queued before it: seals and writes straight from the
 // caller's iovec (no copy into the queue), 256 KiB at most; *taken is what
-// was sealed, the rest is for the queue. Returns as records_drain.
+// was sealed, the rest is for the queue. Returns as records_drain; 0 means
+// everything is in the socket (nothing waits sealed either).
 int records_send(Sock* s, const SysIOVec* iov, int iovcnt, size_t size, size_t* taken);
 bool records_pending(const Sock* s);
 bool records_may_have_more(const Sock* s);

@@ -361,7 +361,6 @@ ERL_NIF_TERM alert_term(ErlNifEnv* env, int code, bool received) {
 // The reason for a failed TLS call, read from this thread's OpenSSL error
 // queue: kAlertReceived | code (an alert received), kAlertSent | code
 // (sent), or 0 (closed). tls_failure_term makes the term.
-
 int failure_code(Sock* s) {
   unsigned long e = ERR_peek_last_error();
   ERR_clear_error();
@@ -386,7 +385,6 @@ int failure_code(Sock* s) {
   if (s->tls_alert >= 0) return kAlertSent | (s->tls_alert & 0xff);
   return 0;
 }
-
 
 ErlNifPid self_of(ErlNifEnv* env) {
   ErlNifPid p;
