@@ -131,6 +131,21 @@ void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, bool quiet = fa
 
 void backlog_push(ErlNifEnv* env, Sock* s);
 
+// Registers s in its pump's set (s->pset), edge-triggered and for good.
+bool pump_register(Sock* s) {
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+  ev.data.ptr = s;
+  enif_keep_resource(s);
+  if (epoll_ctl(psets[s->pset].epfd, EPOLL_CTL_ADD, s->fd, &ev) != 0) {
+    enif_release_resource(s);
+    s->pset = -1;
+    return false;
+  }
+  s->in_poll = true;
+  return true;
+}
+
 // A read that ended the connection (n: 0, kReadError or kTlsFailed, with
 // err) in active mode: like inet, the error if any, then the close; a TLS
 // alert only as {ssl_error, S, {tls_alert, _}}, as :ssl sends it.
@@ -186,6 +201,7 @@ bool read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
     poller_arm(caller, s);
     return slice_used;
   }
+  if (!s->in_poll && !pump_register(s)) return slice_used;
   s->armed = true;
   if (s->ready) backlog_push(caller, s);
   return slice_used;
@@ -321,24 +337,23 @@ void poller_arm(ErlNifEnv* env, Sock* s) {
   if (!s->open) return;
   int i = env != nullptr ? (s->pset >= 0 ? s->pset : pump_index(s)) : -1;
   if (i >= 0) {
-    epoll_event ev{};
-    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-    ev.data.ptr = s;
     if (!s->in_poll) {
-      enif_keep_resource(s);
-      if (epoll_ctl(psets[i].epfd, EPOLL_CTL_ADD, s->fd, &ev) != 0) {
-        enif_release_resource(s);
-        return;
-      }
-      s->in_poll = true;
+      // First activation: read what is already there, and register only if
+      // the socket is still active after it (read_and_deliver does). A
+      // socket whose request (or end) came with the connection, as most do,
+      // then costs no epoll_ctl now, and is not registered ready, which
+      // would wake the pump for an event already served.
       s->pset = static_cast<int8_t>(i);
-      s->ready = true;  // whatever came before registering: look now
+      s->ready = true;
     } else if (s->parked) {
       // Readiness came while it was passive, and the set stopped listening.
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
+      ev.data.ptr = s;
       epoll_ctl(psets[i].epfd, EPOLL_CTL_MOD, s->fd, &ev);
       s->parked = false;
     }
-    s->armed = true;
+    s->armed = s->in_poll;
     if (s->ready) {
       // Served right here, on the caller's scheduler: no hop to a pump.
       static thread_local ErlNifEnv* menv = enif_alloc_env();
