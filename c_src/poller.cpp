@@ -131,11 +131,17 @@ void deliver_closed(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, bool quiet = fa
 
 void backlog_push(ErlNifEnv* env, Sock* s);
 
-// Registers s in its pump's set (s->pset), edge-triggered and for good.
-bool pump_register(Sock* s) {
+// What a pump's set listens for on a socket (ADD, and MOD when unparked).
+epoll_event pump_event(Sock* s) {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = s;
+  return ev;
+}
+
+// Registers s in its pump's set (s->pset), edge-triggered and for good.
+bool pump_register(Sock* s) {
+  epoll_event ev = pump_event(s);
   enif_keep_resource(s);
   if (epoll_ctl(psets[s->pset].epfd, EPOLL_CTL_ADD, s->fd, &ev) != 0) {
     enif_release_resource(s);
@@ -347,9 +353,7 @@ void poller_arm(ErlNifEnv* env, Sock* s) {
       s->ready = true;
     } else if (s->parked) {
       // Readiness came while it was passive, and the set stopped listening.
-      epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-      ev.data.ptr = s;
+      epoll_event ev = pump_event(s);
       epoll_ctl(psets[i].epfd, EPOLL_CTL_MOD, s->fd, &ev);
       s->parked = false;
     }
