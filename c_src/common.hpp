@@ -91,11 +91,14 @@ struct Sock {
   // In a pump's set (edge-triggered, poller.cpp): which one, whether data
   // may be waiting that no new edge will announce, whether the set stopped
   // listening while the socket was passive, and whether the pump has it in
-  // its backlog.
+  // its backlog; and whether an event said the peer's end came (it may have
+  // come with the data of the same edge, so a short read no longer proves
+  // the socket empty: the end is still to be read, and no edge will say so).
   int8_t pset = -1;
   bool ready = false;
   bool parked = false;
   bool in_backlog = false;
+  bool hup = false;
   // TLS: the socket BIO's last read in the current SSL_read came back short,
   // so the kernel had nothing more (tls.cpp, note_read).
   bool tls_short_read = false;

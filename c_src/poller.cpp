@@ -187,7 +187,8 @@ bool read_and_deliver(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, unsigned char
       // short plain read emptied the socket; over TLS, the socket read under
       // SSL_read tells, unless OpenSSL still holds records.
       if (et)
-        s->ready = is_tls(s) ? tls_may_have_more(s) : static_cast<size_t>(n) == kReadChunk;
+        s->ready = s->hup ||
+                   (is_tls(s) ? tls_may_have_more(s) : static_cast<size_t>(n) == kReadChunk);
       deliver_data(s, caller, menv, buf, static_cast<size_t>(n));
       slice_used = charge(caller, static_cast<size_t>(n));
       if (!consume_active(s, caller, menv)) return slice_used;
@@ -533,6 +534,7 @@ ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->in_poll) continue;  // removed meanwhile: only its reference is left
     s->ready = true;
+    if (evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s->hup = true;
     if (s->open && s->active != 0) {
       if (spent)
         defer(env, s);
