@@ -563,6 +563,11 @@ defmodule Islet.TLSConformanceIOTest do
         {_l, s, c} = pair!(mod)
         :ok = :ssl.close(c)
         {"", {:error, :closed}} = read_to_end(&mod.recv/3, s, 10_000)
+        # Right after its recv said closed, :ssl's connection process may not
+        # have ended yet: a send then races it (:ok, einval or closed: :ok was
+        # seen once in a run of the whole suite, einval 1 in 150 under load).
+        # Once it has ended (50 ms: 300 of 300) the answer is closed.
+        Process.sleep(50)
         mod.send(s, ["into the void"])
       end)
     end
