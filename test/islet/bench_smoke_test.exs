@@ -65,6 +65,22 @@ defmodule Islet.BenchSmokeTest do
     assert [%{"label" => "vs Islet.TCP", "against" => "tcp.keepalive.req_per_s"}] =
              keepalive["checks"]
 
+    # nginx, when installed, is measured for the handshake rows that have a
+    # goal: its figure against :ssl's and Islet.TLS's against it.
+    handshake = Enum.find(rows, &(&1["id"] == "tls.handshake.ecdsa13_per_cpu_s"))
+    nginx_checks = Enum.filter(handshake["checks"], &(&1["against"] == "nginx"))
+
+    if Islet.Bench.Nginx.available?() do
+      assert meta["outside"] == %{"nginx" => Islet.Bench.Nginx.version()}
+      assert [%{"label" => "nginx", "median" => median}] = handshake["outside"]
+      assert is_number(median) and median > 0
+      assert Enum.map(nginx_checks, & &1["label"]) == ["nginx vs :ssl", "vs nginx"]
+      assert Enum.all?(nginx_checks, &(&1["goal"] == nil))
+    else
+      assert meta["outside"] == %{}
+      assert handshake["outside"] == [] and nginx_checks == []
+    end
+
     assert <<0x89, "PNG", _::binary>> = File.read!(Path.join(out, "latest.png"))
   end
 

@@ -53,11 +53,23 @@ defmodule Islet.Bench.OS do
     _ -> 100
   end
 
-  defp schedstat_ns do
-    case File.ls("/proc/self/task") do
+  @doc """
+  CPU time used so far by another OS process, all threads, in nanoseconds
+  (from `/proc/PID/task/*/schedstat`).
+  """
+  @spec cpu_ns_of(non_neg_integer()) :: {:ok, non_neg_integer()} | {:error, :no_schedstat}
+  def cpu_ns_of(os_pid) do
+    case schedstat_ns("/proc/#{os_pid}") do
+      {:ok, ns} -> {:ok, ns}
+      :error -> {:error, :no_schedstat}
+    end
+  end
+
+  defp schedstat_ns(proc \\ "/proc/self") do
+    case File.ls("#{proc}/task") do
       {:ok, tids} ->
         Enum.reduce_while(tids, {:ok, 0}, fn tid, {:ok, sum} ->
-          case File.read("/proc/self/task/#{tid}/schedstat") do
+          case File.read("#{proc}/task/#{tid}/schedstat") do
             {:ok, text} ->
               [ns | _] = String.split(text, " ")
               {:cont, {:ok, sum + String.to_integer(ns)}}

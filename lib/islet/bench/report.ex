@@ -126,9 +126,14 @@ defmodule Islet.Bench.Report do
 
     checks =
       for check <- Map.get(row, :checks, []) do
-        "#{check.label} #{ratio(check.quotient)} " <>
-          "(goal #{check.goal.op} #{check.goal.value}x): " <>
-          if(check.quotient, do: verdict(check.met), else: "n/a")
+        case check.goal do
+          nil ->
+            "#{check.label} #{ratio(check.quotient)}"
+
+          goal ->
+            "#{check.label} #{ratio(check.quotient)} (goal #{goal.op} #{goal.value}x): " <>
+              if(check.quotient, do: verdict(check.met), else: "n/a")
+        end
       end
 
     Enum.join([trend | goal ++ checks], "; ")
@@ -182,7 +187,7 @@ defmodule Islet.Bench.Report do
     script = """
     set terminal pngcairo size #{max(1280, 34 * length(bars) + 240)},760 font ",10"
     set output "#{path}"
-    set title "#{title}\\nhigher is better for throughput, lower for latency, CPU and memory\\nbars named 'vs ...': Islet.TLS / Islet.TCP, or ECDSA ratio / RSA ratio"
+    set title "#{title}\\nhigher is better for throughput, lower for latency, CPU and memory\\nbars named 'vs ...': Islet.TLS / Islet.TCP, ECDSA ratio / RSA ratio, or Islet.TLS / nginx; 'nginx vs :ssl': nginx / :ssl"
     set datafile missing "?"
     set style fill solid 0.8 border -1
     set boxwidth 0.7
@@ -254,7 +259,7 @@ defmodule Islet.Bench.Report do
             pair: row.pair,
             label: "#{label} #{check.label}",
             value: check.quotient,
-            goal: check.goal.value,
+            goal: check.goal && check.goal.value,
             color: color(check.goal, check.met)
           }
         end

@@ -36,6 +36,7 @@ defmodule Islet.Bench.Runner do
           warmup: non_neg_integer(),
           workloads: [Workloads.workload()],
           pairs: [String.t() | Transports.pair()] | nil,
+          nginx: boolean(),
           quick: boolean(),
           workdir: Path.t()
         }
@@ -57,6 +58,7 @@ defmodule Islet.Bench.Runner do
     warmup: 1,
     workloads: nil,
     pairs: nil,
+    nginx: true,
     quick: false,
     workdir: nil
   }
@@ -126,7 +128,7 @@ defmodule Islet.Bench.Runner do
           run <- 1..runs(workload, config),
           env <- envs,
           workload in workloads(env.pair, config),
-          module <- order(env.pair, run),
+          module <- order(env.pair, run) ++ outside_for(env.outside, workload),
           do: {env, workload, run, module}
 
     # Children left behind by an exception halt when this process exits
@@ -170,12 +172,22 @@ defmodule Islet.Bench.Runner do
     %{
       pair: pair,
       config: config,
+      outside: outside_modules(pair, config),
       context: context,
       server_cpus: server_cpus,
       listen_options: pair.listen_options.(config.workdir),
       extra_listeners: pair.extra_listeners.(config.workdir)
     }
   end
+
+  # The pair's outside references (nginx) that are installed and not turned off.
+  defp outside_modules(pair, config) do
+    if config.nginx, do: Enum.filter(pair.outside, & &1.available?()), else: []
+  end
+
+  defp outside_for(modules, workload), do: Enum.filter(modules, &(workload in &1.workloads()))
+
+  defp label(pair, module), do: Map.get(pair.labels, module) || module.label()
 
   # The pair's workloads among those asked for, in the order of `Workloads.all/0`.
   defp workloads(pair, config),
@@ -254,7 +266,12 @@ defmodule Islet.Bench.Runner do
         {:ok, server, children}
 
       :error ->
-        case start_server(module, env, true) do
+        started =
+          if module in env.outside,
+            do: start_outside(module, env),
+            else: start_server(module, env, true)
+
+        case started do
           {:ok, server} -> {:ok, server, Map.put(children, module, server)}
           {:error, reason} -> {:error, reason, children}
         end
@@ -306,13 +323,29 @@ defmodule Islet.Bench.Runner do
     end
   end
 
+  # An outside reference serves the pair's certificates, as its BEAM servers
+  # do: the main listener's and the extra ones'.
+  defp start_outside(module, env) do
+    certificates =
+      Map.new([{:main, env.listen_options} | env.extra_listeners], fn {name, options} ->
+        {name, {Keyword.fetch!(options, :certfile), Keyword.fetch!(options, :keyfile)}}
+      end)
+
+    dir = Path.join(env.config.workdir, module.label())
+
+    with {:ok, server} <- module.start(dir, env.server_cpus, certificates) do
+      {:ok, %{nginx: server, port: server.ports.main, ports: server.ports}}
+    end
+  end
+
+  defp stop_child(%{nginx: nginx}), do: Islet.Bench.Nginx.stop(nginx)
   defp stop_child(%{child: child}), do: Child.stop(child)
   defp stop_child(child), do: Child.stop(child)
 
   defp progress(pair, workload, run, runs, module, sample, seconds) do
     head =
       "[#{pair.id}] #{String.pad_trailing(Workloads.label(workload), 12)} run #{run}/#{runs} " <>
-        String.pad_trailing(pair.labels[module], 10) <>
+        String.pad_trailing(label(pair, module), 10) <>
         String.pad_leading("#{round(seconds)} s", 5)
 
     case sample do
@@ -447,6 +480,12 @@ defmodule Islet.Bench.Runner do
         ratio = ratio(candidate.median, reference.median)
         goal = pair.goals[{workload, metric.key}]
 
+        outside =
+          for module <- outside_for(outside_modules(pair, config), workload),
+              module_samples = samples[{pair.id, workload, module}],
+              module_samples != nil,
+              do: side(pair, module, module_samples, metric)
+
         %{
           id: "#{pair.id}.#{workload}.#{metric.key}",
           pair: pair.id,
@@ -461,7 +500,10 @@ defmodule Islet.Bench.Runner do
           ratio: ratio,
           goal: goal && %{op: elem(goal, 0), value: elem(goal, 1)},
           met: goal && ratio && met?(ratio, goal),
-          checks: Map.get(pair.checks, {workload, metric.key}, []),
+          outside: outside,
+          checks:
+            Map.get(pair.checks, {workload, metric.key}, []) ++
+              outside_checks(outside, goal, reference.label),
           warnings:
             Enum.uniq(
               warnings(samples[{pair.id, workload, pair.candidate}], metric.key) ++
@@ -475,7 +517,10 @@ defmodule Islet.Bench.Runner do
     failures =
       for pair <- pairs,
           workload <- workloads(pair, config),
-          module <- [pair.candidate, pair.reference],
+          module <- [
+            pair.candidate,
+            pair.reference | outside_for(outside_modules(pair, config), workload)
+          ],
           {run, {:error, reason}} <- samples[{pair.id, workload, module}] || [] do
         %{
           pair: pair.id,
@@ -506,7 +551,7 @@ defmodule Islet.Bench.Runner do
 
     %{
       module: inspect(module),
-      label: pair.labels[module],
+      label: label(pair, module),
       median: median(sorted),
       min: List.first(sorted),
       max: List.last(sorted),
@@ -514,6 +559,20 @@ defmodule Islet.Bench.Runner do
       by_run: Map.new(by_run),
       failed: Enum.count(samples, &match?({_, {:error, _}}, &1))
     }
+  end
+
+  # Where a row has a goal, each outside reference that ran adds two
+  # figures without goals of their own: it against the reference (what the
+  # goal was set from) and the candidate against it.
+  defp outside_checks(_outside, nil, _reference), do: []
+
+  defp outside_checks(outside, _goal, reference) do
+    Enum.flat_map(outside, fn side ->
+      [
+        %{label: "#{side.label} vs #{reference}", against: {:outside, side.module, :reference}},
+        %{label: "vs #{side.label}", against: {:outside, side.module, :candidate}}
+      ]
+    end)
   end
 
   defp warnings(nil, _metric), do: []
@@ -529,13 +588,28 @@ defmodule Islet.Bench.Runner do
   defp applies?(_text, _metric), do: true
 
   # A check's quotient: this row's candidate median over another pair's
-  # candidate median (same workload and metric), or this row's ratio over
-  # another row's ratio; nil when that row did not run or has no figure.
+  # candidate median (same workload and metric), this row's ratio over
+  # another row's ratio, or an outside reference against this row's
+  # reference or candidate (paired by run); nil when that row did not run
+  # or has no figure.
   defp resolve_checks(row, rows) do
     checks =
-      Enum.map(row.checks, fn %{label: label, against: against, goal: {op, value} = goal} ->
+      Enum.map(row.checks, fn %{label: label, against: against} = check ->
+        goal = check[:goal]
+
         {quotient, other} =
           case against do
+            {:outside, module, side} ->
+              outside = Enum.find(row.outside, &(&1.module == module))
+
+              quotient =
+                case side do
+                  :reference -> paired_ratio(outside.by_run, row.reference.by_run)
+                  :candidate -> paired_ratio(row.candidate.by_run, outside.by_run)
+                end
+
+              {quotient, %{id: outside.label}}
+
             {:candidate_of, pair_id} ->
               other = find_row(rows, pair_id, row.workload, row.metric)
               {paired_ratio(row.candidate.by_run, other && other.candidate.by_run), other}
@@ -549,8 +623,8 @@ defmodule Islet.Bench.Runner do
           label: label,
           against: other && other.id,
           quotient: quotient,
-          goal: %{op: op, value: value},
-          met: quotient && met?(quotient, goal)
+          goal: goal && %{op: elem(goal, 0), value: elem(goal, 1)},
+          met: goal && quotient && met?(quotient, goal)
         }
       end)
 
@@ -611,6 +685,7 @@ defmodule Islet.Bench.Runner do
       runs: config.runs,
       idle_runs: config.idle_runs,
       pairs: Enum.map(pairs, & &1.id),
+      outside: outside_meta(pairs, config),
       duration_s: config.duration,
       connections: config.connections,
       idle_connections: config.idle_connections,
@@ -626,6 +701,12 @@ defmodule Islet.Bench.Runner do
       statistic: "median of runs, with min and max; ratio = candidate median / reference median",
       cpu_time: "server BEAM OS process, all threads, from /proc (schedstat, else stat)"
     }
+  end
+
+  defp outside_meta(pairs, config) do
+    for module <- pairs |> Enum.flat_map(&outside_modules(&1, config)) |> Enum.uniq(),
+        into: %{},
+        do: {module.label(), module.version()}
   end
 
   defp hostname do

@@ -22,7 +22,9 @@ defmodule Islet.Bench.Transports do
   pair ran), run by run (the two samples of a run are taken one after the
   other), and takes the median of those quotients; `{:ratio_of, workload,
   metric}` divides the row's ratio by the ratio of another row of the same
-  pair.
+  pair. The runner adds checks without a goal for the pair's `:outside`
+  references (`Islet.Bench.Nginx`): the reference's figure against the
+  built-in transport's, and the candidate's against the reference's.
   """
   @type check :: %{
           label: String.t(),
@@ -46,6 +48,7 @@ defmodule Islet.Bench.Transports do
           downloads: pos_integer(),
           goals: %{{atom(), atom()} => goal()},
           checks: %{{atom(), atom()} => [check()]},
+          outside: [module()],
           default?: boolean()
         }
 
@@ -103,6 +106,7 @@ defmodule Islet.Bench.Transports do
       idle_listener: :main,
       client_tls: nil,
       downloads: 4,
+      outside: [],
       goals: %{
         {:keepalive, :req_per_s} => {:>=, 1.15},
         {:keepalive, :cpu_s_per_100k} => {:<=, 0.85},
@@ -157,6 +161,9 @@ defmodule Islet.Bench.Transports do
         server_name_indication: :disable
       ],
       downloads: 1,
+      # nginx, when installed: the handshake goal is "about what nginx
+      # reaches on the same machine", measured in the same run.
+      outside: [Islet.Bench.Nginx],
       goals: %{
         {:keepalive, :req_per_s} => {:>=, 1.3},
         {:handshake, :rsa13_per_cpu_s} => {:>=, 2.5},

@@ -44,7 +44,7 @@ defmodule Islet.Bench.Workloads do
   the rate. MB is 10^6 bytes, GB 10^9.
   """
 
-  alias Islet.Bench.{Child, Load}
+  alias Islet.Bench.{Child, Load, Nginx}
 
   @typedoc "A workload."
   @type workload :: :keepalive | :close | :handshake | :download | :upload | :idle
@@ -279,7 +279,7 @@ defmodule Islet.Bench.Workloads do
 
   # One window of full handshakes: the clients start, and after a ramp-up
   # the server is sampled twice, `handshake_ms` apart.
-  defp measure_handshakes(%{child: child}, port, version, context) do
+  defp measure_handshakes(server, port, version, context) do
     window = context.handshake_ms
 
     options = [
@@ -291,10 +291,10 @@ defmodule Islet.Bench.Workloads do
     during = fn ->
       Process.sleep(@handshake_ramp_ms)
 
-      with {:ok, before} <- Child.call(child, :sample, 10_000) do
+      with {:ok, before} <- sample(server) do
         Process.sleep(window)
 
-        with {:ok, later} <- Child.call(child, :sample, 10_000) do
+        with {:ok, later} <- sample(server) do
           {:ok, before, later}
         end
       end
@@ -317,6 +317,11 @@ defmodule Islet.Bench.Workloads do
         error
     end
   end
+
+  # A server's sample: a benchmark server BEAM's, or nginx's (the outside
+  # reference, see Islet.Bench.Nginx).
+  defp sample(%{child: child}), do: Child.call(child, :sample, 10_000)
+  defp sample(%{nginx: nginx}), do: Nginx.sample(nginx)
 
   defp handshake_values(%{accepted: 0} = delta, _seconds, _cpu_s, _context),
     do: {:error, {:no_handshakes, failed: delta.failed_handshakes, errors: delta.errors}}

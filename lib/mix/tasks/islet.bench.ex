@@ -64,6 +64,9 @@ defmodule Mix.Tasks.Islet.Bench do
     * `--handshake-ms N` - measured window per handshake figure (default
       500, 300 with `--quick`)
     * `--warmup SECONDS` - unmeasured wrk run per server (default 1)
+    * `--no-nginx` - leave out nginx, measured otherwise when installed
+      (`apt-get install nginx-light`) as an outside reference for the TLS
+      handshake rows (see `Islet.Bench.Nginx`)
     * `--out DIR` - where `latest.json` and `latest.png` go (default
       `bench/results`)
     * `--quick` - duration 1, runs 1, 500 idle connections, 16 MiB file
@@ -92,7 +95,8 @@ defmodule Mix.Tasks.Islet.Bench do
     handshake_ms: :integer,
     warmup: :integer,
     out: :string,
-    quick: :boolean
+    quick: :boolean,
+    nginx: :boolean
   ]
 
   @impl Mix.Task
@@ -151,6 +155,7 @@ defmodule Mix.Tasks.Islet.Bench do
       handshake_ms: positive(options, :handshake_ms),
       warmup: options[:warmup],
       quick: Keyword.get(options, :quick, false),
+      nginx: options[:nginx],
       workloads: workloads(options[:only]),
       pairs: options[:pair] && split(options[:pair])
     }
