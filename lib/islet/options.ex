@@ -6,7 +6,7 @@ defmodule Islet.Options do
   Options accepted by `Islet.TCP` (and `Islet.TLS`), with `:gen_tcp`'s
   meaning: `ip`/`ifaddr` (IPv4 or IPv6 tuple, `:loopback`, `:any`,
   `{:local, path}` with port 0), `:inet`, `:inet6`, `ipv6_v6only`, `backlog`,
-  `nodelay`, `reuseaddr`, `reuseport`, `reuseport_lb`, `keepalive`, `linger`,
+  `nodelay`, `nopush` (TCP_CORK; in `setopts/2` only, as with `:gen_tcp`), `reuseaddr`, `reuseport`, `reuseport_lb`, `keepalive`, `linger`,
   `buffer`, `recbuf`, `sndbuf`, `send_timeout`, `send_timeout_close`,
   `packet: :raw | 0`, `mode: :binary` (or `:binary`), `active`,
   `exit_on_close: true`.
@@ -23,8 +23,11 @@ defmodule Islet.Options do
   @type listen_spec :: {:inet | :inet6 | :local, tuple() | binary(), :inet.port_number(), list()}
 
   @bool_opts [:nodelay, :reuseaddr, :reuseport, :reuseport_lb, :keepalive, :send_timeout_close] ++
-               [:ipv6_v6only]
+               [:ipv6_v6only, :nopush]
   @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority]
+  # Socket options gen_tcp takes in setopts but not in listen (where it
+  # exits with badarg): Islet refuses them there by name.
+  @setopts_only [:nopush]
   # Accepted and ignored: the backend (Islet is its own), and tuning of
   # gen_tcp's port queue and packet parser, which Islet does not have (send
   # always completes to the kernel; packets are raw).
@@ -37,7 +40,7 @@ defmodule Islet.Options do
                 [:priority, :tclass, :high_watermark, :low_watermark, :high_msgq_watermark] ++
                 [:low_msgq_watermark, :show_econnreset, :deliver, :line_delimiter, :dontroute] ++
                 [:broadcast, :bind_to_device, :recvtos, :recvttl, :recvtclass, :pktoptions] ++
-                [:raw, :netns, :read_packets, :nopush, :debug, :bind_to_device]
+                [:raw, :netns, :read_packets, :debug, :bind_to_device]
 
   @packet_types [1, 2, 4, :line, :asn1, :cdr, :sunrm, :fcgi, :tpkt, :http, :httph] ++
                   [:http_bin, :httph_bin]
@@ -74,7 +77,7 @@ defmodule Islet.Options do
 
   def listen_spec(port, opts, extra) when is_list(opts) do
     Enum.reduce_while(opts, {:ok, %{family: nil, ip: nil, nif: []}}, fn opt, {:ok, acc} ->
-      case classify(opt, extra) do
+      case listen_classify(opt, extra) do
         {:family, f} -> {:cont, {:ok, %{acc | family: f}}}
         {:ip, ip} -> {:cont, {:ok, %{acc | ip: ip}}}
         {:nif, kv} -> {:cont, {:ok, %{acc | nif: [kv | acc.nif]}}}
@@ -89,6 +92,9 @@ defmodule Islet.Options do
   end
 
   def listen_spec(_port, _opts, _extra), do: {:error, :einval}
+
+  defp listen_classify({key, _} = opt, _extra) when key in @setopts_only, do: unsupported(opt)
+  defp listen_classify(opt, extra), do: classify(opt, extra)
 
   @doc """
   Validates options for `setopts/2` and returns them in the NIF's form.

@@ -569,6 +569,22 @@ defmodule Islet.TCPConformanceIOTest do
       end
     end
 
+    test "corks the socket while it runs, as gen_tcp: nopush is as it was after", %{path: path} do
+      # Corked (TCP_CORK), the file leaves in full segments; uncorked after,
+      # what follows is not held back. A socket the caller corked stays so.
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        client_reader(c, 2 * 5000 + 4)
+        before = mod.getopts(s, [:nopush])
+        plain = {mod.sendfile(s, path, 0, 5000), mod.getopts(s, [:nopush])}
+        :ok = mod.setopts(s, nopush: true)
+        corked = {mod.sendfile(s, path, 0, 5000), mod.getopts(s, [:nopush])}
+        :ok = mod.setopts(s, nopush: false)
+        :ok = mod.send(s, ["tail"])
+        {before, plain, corked, elem(client_got(), 0)}
+      end)
+    end
+
     test "between sends, in order", %{path: path, data: data} do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)

@@ -75,6 +75,8 @@ defmodule Islet.TCPConformanceLifecycleTest do
         for opt <- [
               nodelay: false,
               nodelay: true,
+              nopush: true,
+              nopush: false,
               keepalive: true,
               linger: {true, 3},
               linger: {false, 0},

@@ -207,6 +207,17 @@ defmodule Islet.TCPConformanceTest do
       assert_same(&listen_probe(&1, ip: :loopback, reuseaddr: true))
     end
 
+    test "nopush (TCP_CORK) set on the listener, and what it accepts" do
+      assert_same(fn mod ->
+        {:ok, l} = mod.listen(0, ip: :loopback)
+        set = {mod.setopts(l, nopush: true), mod.getopts(l, [:nopush])}
+        c = Diff.connect(mod, l)
+        {:ok, s} = mod.accept(l)
+        :ok = :gen_tcp.send(c, "ping")
+        {set, mod.getopts(s, [:nopush]), mod.recv(s, 4, 10_000), mod.setopts(l, nopush: 1)}
+      end)
+    end
+
     test "linger" do
       assert_same(&listen_probe(&1, ip: :loopback, linger: {true, 5}))
       assert_same(&listen_probe(&1, ip: :loopback, linger: {false, 0}))
@@ -386,7 +397,8 @@ defmodule Islet.TCPConformanceTest do
     end
 
     test "Islet returns {:error, {:unsupported_option, opt}}" do
-      for opt <- @unsupported ++ [{:raw, 1, 15, <<1::32-native>>}, :list] do
+      # nopush: gen_tcp takes it in setopts only, and exits with badarg here.
+      for opt <- @unsupported ++ [{:raw, 1, 15, <<1::32-native>>}, :list, {:nopush, true}] do
         assert Islet.TCP.listen(0, [{:ip, :loopback}, opt]) ==
                  {:error, {:unsupported_option, opt}}
       end
