@@ -72,7 +72,30 @@ defmodule Islet.BenchNginxTest do
       Nginx.stop(nginx)
     end
 
-    # Reaped once its port said it exited.
     refute File.exists?("/proc/#{nginx.os_pid}")
+  end
+
+  @tag :nginx
+  test "nginx goes when the process that started it goes, without stop" do
+    dir = Path.join(System.tmp_dir!(), "islet_nginx_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm_rf(dir) end)
+    main = Transports.tls().listen_options.(dir)
+    certs = %{main: {main[:certfile], main[:keyfile]}}
+    parent = self()
+
+    {pid, ref} =
+      spawn_monitor(fn ->
+        {:ok, nginx} = Nginx.start(Path.join(dir, "nginx"), "0", certs)
+        send(parent, {:started, nginx.os_pid})
+      end)
+
+    assert_receive {:started, os_pid}, 10_000
+    assert_receive {:DOWN, ^ref, :process, ^pid, :normal}
+    assert os_pid > 0
+    # Gone within 5 s (its shell saw its stdin close).
+    assert Enum.any?(1..50, fn _ ->
+             Process.sleep(100)
+             not File.exists?("/proc/#{os_pid}")
+           end)
   end
 end

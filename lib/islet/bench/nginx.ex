@@ -81,15 +81,27 @@ defmodule Islet.Bench.Nginx do
       conf = Path.join(dir, "nginx.conf")
       File.write!(conf, config(dir, status_port, ports, certificates, without_modules(nginx)))
 
+      # Under a shell that stops nginx when its stdin closes: if this
+      # process, or the benchmark's BEAM, goes, nginx goes too. The shell
+      # first says nginx's pid (taskset execs it).
+      script = ~s("$@" & child=$!; echo "$child"; read _; kill "$child" 2>/dev/null; wait)
+      taskset = System.find_executable("taskset")
+      nginx_args = [nginx, "-p", dir <> "/", "-c", conf, "-e", error_log(dir)]
+
       port =
-        Port.open({:spawn_executable, System.find_executable("taskset")}, [
+        Port.open({:spawn_executable, System.find_executable("sh")}, [
           :binary,
           :exit_status,
           :stderr_to_stdout,
-          args: ["-c", cpus, nginx, "-p", dir <> "/", "-c", conf, "-e", error_log(dir)]
+          args: ["-c", script, "sh", taskset, "-c", cpus | nginx_args]
         ])
 
-      {:os_pid, os_pid} = Port.info(port, :os_pid)
+      os_pid =
+        receive do
+          {^port, {:data, line}} -> String.to_integer(String.trim(line))
+        after
+          5_000 -> 0
+        end
 
       nginx = %__MODULE__{
         port: port,
@@ -110,22 +122,33 @@ defmodule Islet.Bench.Nginx do
     end
   end
 
-  @doc "Stops nginx (TERM, then KILL if it lingers) and closes its port."
+  @doc "Stops nginx (its shell kills it when the port closes; KILL if it lingers)."
   @spec stop(t()) :: :ok
   def stop(%__MODULE__{port: port, os_pid: os_pid}) do
-    _ = System.cmd("kill", ["-TERM", "#{os_pid}"], stderr_to_stdout: true)
+    if Port.info(port) != nil, do: Port.close(port)
 
-    receive do
-      {^port, {:exit_status, _}} -> :ok
-    after
-      3_000 -> _ = System.cmd("kill", ["-KILL", "#{os_pid}"], stderr_to_stdout: true)
+    if os_pid > 0 and not gone?(os_pid, 30) do
+      _ = System.cmd("kill", ["-KILL", "#{os_pid}"], stderr_to_stdout: true)
     end
 
-    if Port.info(port) != nil, do: Port.close(port)
     :ok
   catch
-    # The port was already closed (nginx exited).
+    # The port was closed already (nginx exited).
     :error, :badarg -> :ok
+  end
+
+  defp gone?(os_pid, tries) do
+    cond do
+      not File.exists?("/proc/#{os_pid}") ->
+        true
+
+      tries <= 0 ->
+        false
+
+      true ->
+        Process.sleep(100)
+        gone?(os_pid, tries - 1)
+    end
   end
 
   @doc """

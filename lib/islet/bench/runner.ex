@@ -41,8 +41,12 @@ defmodule Islet.Bench.Runner do
           workdir: Path.t()
         }
 
-  @typedoc "The results: `meta`, `rows` and `failures` (see `Islet.Bench.Report`)."
-  @type results :: %{meta: map(), rows: [map()], failures: [map()]}
+  @typedoc """
+  The results: `meta`, `rows`, `failures` and `outside_failures` (the
+  outside references' failed samples, which do not fail the run); see
+  `Islet.Bench.Report`.
+  """
+  @type results :: %{meta: map(), rows: [map()], failures: [map()], outside_failures: [map()]}
 
   @defaults %{
     schedulers: 1,
@@ -514,13 +518,13 @@ defmodule Islet.Bench.Runner do
 
     rows = Enum.map(rows, &resolve_checks(&1, rows))
 
-    failures =
+    # A failed sample of the pair's transports fails the run; one of an
+    # outside reference (nginx) is only reported: the figures it would have
+    # added read n/a.
+    failed = fn modules_of ->
       for pair <- pairs,
           workload <- workloads(pair, config),
-          module <- [
-            pair.candidate,
-            pair.reference | outside_for(outside_modules(pair, config), workload)
-          ],
+          module <- modules_of.(pair, workload),
           {run, {:error, reason}} <- samples[{pair.id, workload, module}] || [] do
         %{
           pair: pair.id,
@@ -530,11 +534,18 @@ defmodule Islet.Bench.Runner do
           reason: brief(reason)
         }
       end
+    end
+
+    failures = failed.(fn pair, _workload -> [pair.candidate, pair.reference] end)
+
+    outside_failures =
+      failed.(fn pair, workload -> outside_for(outside_modules(pair, config), workload) end)
 
     %{
       meta: meta(config, pairs, server_cpus, client_cpu, timing),
       rows: rows,
-      failures: failures
+      failures: failures,
+      outside_failures: outside_failures
     }
   end
 
