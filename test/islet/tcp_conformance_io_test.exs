@@ -585,6 +585,20 @@ defmodule Islet.TCPConformanceIOTest do
       end)
     end
 
+    test "over a unix socket: sent whole, and nopush there", %{path: path, data: data} do
+      assert_same(fn mod ->
+        sock = Diff.name(Diff.tmp_path("islet_sendfile_sock"), :path)
+        {:ok, l} = mod.listen(0, ip: {:local, sock})
+        c = Diff.connect(mod, l)
+        {:ok, s} = mod.accept(l)
+        client_reader(c, 5000)
+        opts = {mod.setopts(s, nopush: true), mod.getopts(s, [:nopush])}
+        result = mod.sendfile(s, path, 0, 5000)
+        File.rm(sock)
+        {opts, result, client_got() == {:ok, binary_part(data, 0, 5000)}}
+      end)
+    end
+
     test "between sends, in order", %{path: path, data: data} do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)

@@ -777,6 +777,15 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    test "nopush (TCP_CORK) set and read back, and data still flows" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        on = {mod.setopts(s, nopush: true), mod.getopts(s, [:nopush])}
+        off = {mod.setopts(s, nopush: false), mod.getopts(s, [:nopush])}
+        {on, off, mod.send(s, "after"), ssl_recv_exact(c, 5)}
+      end)
+    end
+
     test "listen options reach the connection (user's over defaults)" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod, nodelay: false, send_timeout: 1234, keepalive: true)
