@@ -161,7 +161,7 @@ defmodule Islet.TLS do
   """
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
   def send(socket, data) when is_binary(data), do: Socket.send(socket, data)
-  def send(socket, data), do: Socket.send(socket, :erlang.iolist_to_iovec(data))
+  def send(socket, data), do: Socket.send_iovec(socket, :erlang.iolist_to_iovec(data))
 
   @doc """
   Sends part of a file through TLS (length 0: to the end of the file). With
