@@ -96,9 +96,14 @@ defmodule Islet.Bench.Nginx do
           args: ["-c", script, "sh", taskset, "-c", cpus | nginx_args]
         ])
 
+      # 0 when the shell said nothing usable: the status check below fails.
       os_pid =
         receive do
-          {^port, {:data, line}} -> String.to_integer(String.trim(line))
+          {^port, {:data, line}} ->
+            case Integer.parse(line) do
+              {pid, _} -> pid
+              :error -> 0
+            end
         after
           5_000 -> 0
         end

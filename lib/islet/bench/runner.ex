@@ -471,6 +471,8 @@ defmodule Islet.Bench.Runner do
   ## Results
 
   defp results(pairs, samples, config, server_cpus, client_cpu, timing) do
+    outside_of = Map.new(pairs, &{&1.id, outside_modules(&1, config)})
+
     rows =
       for pair <- pairs,
           workload <- workloads(pair, config),
@@ -485,7 +487,7 @@ defmodule Islet.Bench.Runner do
         goal = pair.goals[{workload, metric.key}]
 
         outside =
-          for module <- outside_for(outside_modules(pair, config), workload),
+          for module <- outside_for(outside_of[pair.id], workload),
               module_samples = samples[{pair.id, workload, module}],
               module_samples != nil,
               do: side(pair, module, module_samples, metric)
@@ -539,10 +541,10 @@ defmodule Islet.Bench.Runner do
     failures = failed.(fn pair, _workload -> [pair.candidate, pair.reference] end)
 
     outside_failures =
-      failed.(fn pair, workload -> outside_for(outside_modules(pair, config), workload) end)
+      failed.(fn pair, workload -> outside_for(outside_of[pair.id], workload) end)
 
     %{
-      meta: meta(config, pairs, server_cpus, client_cpu, timing),
+      meta: meta(config, outside_of, pairs, server_cpus, client_cpu, timing),
       rows: rows,
       failures: failures,
       outside_failures: outside_failures
@@ -682,7 +684,7 @@ defmodule Islet.Bench.Runner do
   defp met?(ratio, {:>=, value}), do: ratio >= value
   defp met?(ratio, {:<=, value}), do: ratio <= value
 
-  defp meta(config, pairs, server_cpus, client_cpu, timing) do
+  defp meta(config, outside_of, pairs, server_cpus, client_cpu, timing) do
     %{
       date: DateTime.utc_now() |> DateTime.truncate(:second) |> DateTime.to_iso8601(),
       host: hostname(),
@@ -696,7 +698,7 @@ defmodule Islet.Bench.Runner do
       runs: config.runs,
       idle_runs: config.idle_runs,
       pairs: Enum.map(pairs, & &1.id),
-      outside: outside_meta(pairs, config),
+      outside: outside_meta(outside_of),
       duration_s: config.duration,
       connections: config.connections,
       idle_connections: config.idle_connections,
@@ -714,8 +716,8 @@ defmodule Islet.Bench.Runner do
     }
   end
 
-  defp outside_meta(pairs, config) do
-    for module <- pairs |> Enum.flat_map(&outside_modules(&1, config)) |> Enum.uniq(),
+  defp outside_meta(outside_of) do
+    for module <- outside_of |> Map.values() |> List.flatten() |> Enum.uniq(),
         into: %{},
         do: {module.label(), module.version()}
   end
