@@ -46,8 +46,12 @@ struct SniHost {
 // What a context's callbacks need. Owned by the SSL_CTX (ex_data, freed with
 // it), so it lives exactly as long as any listener or connection uses it.
 struct CtxData {
-  ErlNifEnv* data_env = nullptr;  // holds `data`: what an sni_fun needs
-  ERL_NIF_TERM data = 0;
+  ErlNifEnv* data_env = nullptr;  // holds `data` and `deferred`
+  ERL_NIF_TERM data = 0;          // what an sni_fun needs
+  // Why this context's certificates or keys could not be loaded, or 0. As
+  // with :ssl, the listener opens all the same, and each handshake fails
+  // with this reason (see handshake_step).
+  ERL_NIF_TERM deferred = 0;
   std::vector<unsigned char> alpn;  // wire format, server preference order
   std::vector<SniHost> sni_hosts;
   bool sni_fun = false;
@@ -77,6 +81,12 @@ void ctx_dtor(ErlNifEnv*, void* obj) {
 }
 
 Sock* sock_of(const SSL* ssl) { return static_cast<Sock*>(SSL_get_app_data(ssl)); }
+
+// The load error of the context a connection uses now (after SNI), or 0.
+ERL_NIF_TERM deferred_of(const SSL* ssl) {
+  const CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
+  return c != nullptr ? c->deferred : 0;
+}
 
 void info_cb(const SSL* ssl, int where, int ret) {
   if ((where & SSL_CB_ALERT) && (where & SSL_CB_WRITE)) {
@@ -232,6 +242,9 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   // (which the record layer taking over could not get back).
   if (st != nullptr && st->takeover != nullptr) SSL_set_read_ahead(ssl, 0);
   if (resolve_sni(ssl, st) == SSL_CLIENT_HELLO_RETRY) return SSL_CLIENT_HELLO_RETRY;
+  // A host whose certificate could not be loaded: the step stops here, and
+  // the handshake fails with the load error (no alert, as with :ssl).
+  if (deferred_of(ssl) != 0) return SSL_CLIENT_HELLO_RETRY;
   // On a normal scheduler, the rest of this step (key exchange, signature)
   // must be cheap; else the step pauses here and resumes on a dirty one.
   if (st != nullptr && st->tls_inline &&
@@ -754,18 +767,21 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       c->records = get_bool(kv[1]);
     } else if (k == "sni_fun") {
       // Kept with the context and handed back when a handshake pauses.
-      // Named twice: the last one wins, and the first one's copy is freed.
+      // Named twice, the last one wins (the first copy stays in the env
+      // until the context goes).
       c->sni_fun = true;
-      if (c->data_env != nullptr) enif_free_env(c->data_env);
-      c->data_env = enif_alloc_env();
+      if (c->data_env == nullptr) c->data_env = enif_alloc_env();
       c->data = enif_make_copy(c->data_env, kv[1]);
+    } else if (k == "deferred_error") {
+      if (c->data_env == nullptr) c->data_env = enif_alloc_env();
+      c->deferred = enif_make_copy(c->data_env, kv[1]);
     } else {
       return enif_make_badarg(env);
     }
   }
   // Without a default certificate, only clients whose SNI names a host of
   // sni_hosts / sni_fun can complete a handshake (as with :ssl).
-  if (!have_cert && !c->sni_fun && c->sni_hosts.empty())
+  if (!have_cert && !c->sni_fun && c->sni_hosts.empty() && c->deferred == 0)
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
   SSL_CTX_set_verify(ctx, verify, nullptr);
   build_chains(ctx);
@@ -830,7 +846,7 @@ namespace {
 // are done back on a normal scheduler (finish_step), so that nothing the
 // BEAM allocates (monitors, select state, terms) is made on a dirty
 // scheduler and freed on a normal one, which costs wake-ups of other threads.
-enum class Step : uint8_t { Done, Read, Write, HelloCb, Dirty, Fail };
+enum class Step : uint8_t { Done, Read, Write, HelloCb, Dirty, Fail, Deferred };
 
 int64_t now_ns() {
   timespec ts;
@@ -857,7 +873,10 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   if (e == SSL_ERROR_WANT_READ || (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
     return Step::Read;
   if (e == SSL_ERROR_WANT_WRITE) return Step::Write;
-  if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) return s->tls_want_dirty ? Step::Dirty : Step::HelloCb;
+  if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
+    if (deferred_of(s->ssl) != 0) return Step::Deferred;
+    return s->tls_want_dirty ? Step::Dirty : Step::HelloCb;
+  }
   *code = failure_code(s);
   return Step::Fail;
 }
@@ -884,10 +903,12 @@ ERL_NIF_TERM finish_step(ErlNifEnv* env, Sock* s, const ErlNifPid& me, Step step
     }
     case Step::Dirty:
     case Step::Fail:
+    case Step::Deferred:
       break;
   }
   waiter_done(env, s, s->rq, me);
   s->peer_closed = true;
+  if (step == Step::Deferred) return make_error(env, enif_make_copy(env, deferred_of(s->ssl)));
   return make_error(env, tls_failure_term(env, code));
 }
 
@@ -953,6 +974,9 @@ ERL_NIF_TERM handshake_step(ErlNifEnv* env, const ERL_NIF_TERM argv[]) {
     return atom.wait;
   }
   if (s->rq.is_head(me)) s->rq.selected = 0;
+  // The context's certificates or keys could not be loaded: fail before
+  // OpenSSL reads anything, as :ssl does.
+  if (deferred_of(s->ssl) != 0) return finish_step(env, s, me, Step::Deferred, 0);
   // A step that reads a ClientHello starts here and moves to a dirty
   // scheduler from the ClientHello callback if it must; a later step that
   // may be costly goes there at once.

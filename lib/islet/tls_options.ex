@@ -63,17 +63,37 @@ defmodule Islet.TLS.Options do
     :ok
   end
 
-  @doc "Builds the native context for `opts` (TCP options are ignored)."
+  @doc """
+  Builds the native context for `opts` (TCP options are ignored).
+
+  Options of the wrong form are refused here, as `:ssl.listen/2` refuses
+  them. What is wrong with the certificates and keys themselves (a file
+  that cannot be read, a PEM file without a certificate or key, a wrong
+  password, a key that does not match) is found here too, but, as with
+  `:ssl`, reported by each handshake: the context is built without them and
+  carries the error, which `Islet.TLS.handshake/2` returns (in `:ssl`'s
+  shape, e.g. `{:options, {:certfile, path, {:error, :enoent}}}`) after
+  closing the connection.
+  """
   @spec context(list()) :: {:ok, reference()} | {:error, term()}
   def context(opts) do
     tls = for {k, _} = kv <- opts, is_atom(k), k in @tls_keys, do: kv
 
-    with {:ok, nif_opts} <- nif_opts(tls) do
-      Islet.Nif.tls_ctx(nif_opts ++ [records: record_layer() == :islet])
+    with {:ok, keys, others} <- nif_opts(tls) do
+      case build(keys ++ others) do
+        # Certificates or keys OpenSSL refused: reported by each handshake.
+        {:error, {:options, {k, _}} = reason} when k in [:cert_key, :cacerts] ->
+          build([deferred_error: reason] ++ others)
+
+        result ->
+          result
+      end
     end
   catch
     {:option, error} -> error
   end
+
+  defp build(nif_opts), do: Islet.Nif.tls_ctx(nif_opts ++ [records: record_layer() == :islet])
 
   @doc """
   Who protects the records of a connection once its handshake is over:
@@ -92,32 +112,41 @@ defmodule Islet.TLS.Options do
     end
   end
 
+  # {:ok, KeyOptions, OtherOptions}: the certificates, keys and CAs apart
+  # from the rest, so that a context can be built without them. When they
+  # cannot be loaded, KeyOptions is the deferred error instead.
   defp nif_opts(tls) do
-    pairs =
-      case Keyword.fetch(tls, :certs_keys) do
-        {:ok, list} when is_list(list) ->
-          Enum.map(list, &cert_key(Map.new(&1), tls))
-
-        {:ok, other} ->
-          throw({:option, {:error, {:options, {:certs_keys, other}}}})
-
-        :error ->
-          # A listener may serve only the hosts its SNI options name.
-          if Enum.any?([:cert, :certfile], &Keyword.has_key?(tls, &1)) or
-               not Enum.any?([:sni_fun, :sni_hosts], &Keyword.has_key?(tls, &1)),
-             do: [cert_key(Map.new(tls), tls)],
-             else: []
+    keys =
+      try do
+        Enum.map(cert_key_pairs(tls), &{:cert_key, &1}) ++ cacerts(tls)
+      catch
+        {:deferred, reason} -> [deferred_error: {:options, reason}]
       end
 
-    opts =
-      Enum.map(pairs, &{:cert_key, &1}) ++
-        cacerts(tls) ++
-        verify(tls) ++
+    others =
+      verify(tls) ++
         versions(Keyword.get(tls, :versions)) ++
         ciphers(Keyword.get(tls, :ciphers)) ++
         simple(tls) ++ sni(tls)
 
-    {:ok, opts}
+    {:ok, keys, others}
+  end
+
+  defp cert_key_pairs(tls) do
+    case Keyword.fetch(tls, :certs_keys) do
+      {:ok, list} when is_list(list) ->
+        Enum.map(list, &cert_key(Map.new(&1), tls))
+
+      {:ok, other} ->
+        throw({:option, {:error, {:options, {:certs_keys, other}}}})
+
+      :error ->
+        # A listener may serve only the hosts its SNI options name.
+        if Enum.any?([:cert, :certfile], &Keyword.has_key?(tls, &1)) or
+             not Enum.any?([:sni_fun, :sni_hosts], &Keyword.has_key?(tls, &1)),
+           do: [cert_key(Map.new(tls), tls)],
+           else: []
+    end
   end
 
   defp cert_key(map, tls) do
@@ -129,17 +158,22 @@ defmodule Islet.TLS.Options do
   defp chain(%{cert: ders}) when is_list(ders), do: ders
 
   defp chain(%{certfile: file}) do
-    for {:Certificate, der, _} <- pem(file, :certfile), do: der
+    case for {:Certificate, der, _} <- pem(file, :certfile), do: der do
+      [] -> throw({:deferred, {:certfile, to_charlist(file), []}})
+      ders -> ders
+    end
   end
 
   defp chain(_), do: throw({:option, {:error, {:options, {:certfile, :missing}}}})
 
   defp key(%{key: {_type, der}}, _password) when is_binary(der), do: der
 
+  # As :ssl reports them: a keyfile without a key is {:keyfile, Path, []},
+  # one that does not decode (a wrong password) {:keyfile, Path, {:error, _}}.
   defp key(%{keyfile: file}, password) do
     case Enum.find(pem(file, :keyfile), &key_entry?/1) do
       nil ->
-        throw({:option, {:error, {:options, {:keyfile, :no_key}}}})
+        throw({:deferred, {:keyfile, to_charlist(file), []}})
 
       {type, der, :not_encrypted} when type != :EncryptedPrivateKeyInfo ->
         der
@@ -151,7 +185,7 @@ defmodule Islet.TLS.Options do
           record = :public_key.pem_entry_decode(entry, to_charlist(pw))
           :public_key.der_encode(elem(record, 0), record)
         rescue
-          _ -> throw({:option, {:error, {:options, {:keyfile, :bad_password}}}})
+          e -> throw({:deferred, {:keyfile, to_charlist(file), {:error, decode_error(e)}}})
         end
     end
   end
@@ -166,10 +200,16 @@ defmodule Islet.TLS.Options do
       type in [:RSAPrivateKey, :ECPrivateKey, :PrivateKeyInfo, :DSAPrivateKey] or
         type == :EncryptedPrivateKeyInfo
 
+  # public_key fails to decode with a wrong password as a badmatch on
+  # {:error, Reason}; :ssl reports that Reason.
+  defp decode_error(%MatchError{term: {:error, reason}}), do: reason
+  defp decode_error(%ErlangError{original: reason}), do: reason
+  defp decode_error(e), do: Exception.message(e)
+
   defp pem(file, key) do
     case File.read(file) do
       {:ok, data} -> :public_key.pem_decode(data)
-      {:error, reason} -> throw({:option, {:error, {:options, {key, {file, reason}}}}})
+      {:error, reason} -> throw({:deferred, {key, to_charlist(file), {:error, reason}}})
     end
   end
 

@@ -395,7 +395,8 @@ defmodule Islet.TLSConformanceInteropTest do
             {:ok, got, sent, info[:protocol], mod.close(tls)}
 
           error ->
-            error
+            # A failed upgrade leaves the TCP socket closed.
+            {error, tcp.send(s, "late")}
         end
 
       {server, receive(do: ({:client, r} -> r), after: (30_000 -> :client_hang))}
@@ -420,6 +421,13 @@ defmodule Islet.TLSConformanceInteropTest do
 
     test "upgrade refused by the client's verification (unknown CA)" do
       assert_same(&starttls(&1, Certs.server_opts(), cacertfile: Certs.file(:other_ca, :cert)))
+    end
+
+    test "upgrade with a certificate file that does not exist: the load error, socket closed" do
+      opts = [certfile: "/nonexistent/cert.pem", keyfile: Certs.file(:server_rsa, :key)]
+
+      assert {{{:error, {:options, {:certfile, ~c"/nonexistent/cert.pem", {:error, :enoent}}}},
+               {:error, :closed}}, {:error, :closed}} = assert_same(&starttls(&1, opts, []))
     end
   end
 end

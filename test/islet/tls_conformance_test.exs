@@ -395,65 +395,143 @@ defmodule Islet.TLSConformanceTest do
       assert_same(&observe(&1, opts))
     end
 
-    # A deliberate difference: :ssl listens and then fails every handshake;
-    # Islet refuses at listen with the same {:options, _} reason (README,
-    # "Differences"), so a misconfigured server fails at start.
-    test "an encrypted key with a wrong password: no connection can be made" do
-      {ssl, islet} =
-        TLSDiff.run(fn mod ->
-          opts = [
-            ip: :loopback,
-            certfile: Certs.file(:server_rsa, :cert),
-            keyfile: Certs.file(:server_rsa_enc, :key),
-            password: ~c"wrong"
-          ]
+    # Certificates and keys that cannot be loaded: :ssl listens all the
+    # same, and each handshake fails with the load error (which Thousand
+    # Island hands to handle_error); the client sees the connection close.
+    # The path in the reason is a charlist, as :ssl gives it.
+    test "an encrypted key with a wrong password: listens, each handshake fails" do
+      opts = [
+        certfile: Certs.file(:server_rsa, :cert),
+        keyfile: Certs.file(:server_rsa_enc, :key),
+        password: ~c"wrong"
+      ]
 
-          case mod.listen(0, opts) do
-            {:ok, l} ->
-              Diff.name(l, :listener)
-              tag = connect_async(port(mod, l))
-              {:ok, s} = mod.accept(l)
+      # The decoding error itself is public_key's (:ssl adds a stack trace).
+      view = fn
+        {:listening, {:error, {:options, {:keyfile, path, {:error, _}}}}, client} ->
+          {:listening, {:keyfile, path, :error}, client}
 
-              hs =
-                with {:error, {:options, _}} <- mod.handshake(s, 30_000), do: {:error, :options}
+        other ->
+          other
+      end
 
-              {:listening, hs, await_client(tag)}
-
-            {:error, {:options, _}} ->
-              {:error, :options}
-
-            other ->
-              other
-          end
-        end)
-
-      assert ssl == {:listening, {:error, :options}, {:error, :closed}}
-      assert islet == {:error, :options}
+      path = String.to_charlist(Certs.file(:server_rsa_enc, :key))
+      assert unloadable(opts, view) == {:listening, {:keyfile, path, :error}, {:error, :closed}}
     end
 
     test "a certificate file that does not exist" do
-      {ssl, islet} =
-        TLSDiff.run(fn mod ->
-          opts = [
-            ip: :loopback,
-            certfile: "/nonexistent/cert.pem",
-            keyfile: Certs.file(:server_rsa, :key)
-          ]
+      opts = [certfile: "/nonexistent/cert.pem", keyfile: Certs.file(:server_rsa, :key)]
 
-          case mod.listen(0, opts) do
-            {:ok, l} ->
-              Diff.name(l, :listener)
-              tag = connect_async(port(mod, l))
-              {:ok, s} = mod.accept(l)
-              {:listening, elem(mod.handshake(s, 30_000), 0), await_client(tag)}
+      assert unloadable(opts) ==
+               {:listening,
+                {:error, {:options, {:certfile, ~c"/nonexistent/cert.pem", {:error, :enoent}}}},
+                {:error, :closed}}
+    end
 
-            {:error, _} ->
-              :listen_error
-          end
-        end)
+    test "neither file exists: the certificate's error is the one reported" do
+      opts = [certfile: "/nonexistent/cert.pem", keyfile: "/nonexistent/key.pem"]
 
-      assert ssl == {:listening, :error, {:error, :closed}}
-      assert islet == :listen_error
+      assert {:listening, {:error, {:options, {:certfile, _, {:error, :enoent}}}}, _} =
+               unloadable(opts)
+    end
+
+    test "a key file that does not exist, in certs_keys" do
+      opts = [
+        certs_keys: [%{certfile: Certs.file(:server_rsa, :cert), keyfile: "/nonexistent/key.pem"}]
+      ]
+
+      assert {:listening,
+              {:error, {:options, {:keyfile, ~c"/nonexistent/key.pem", {:error, :enoent}}}},
+              {:error, :closed}} = unloadable(opts)
+    end
+
+    test "a cacertfile that does not exist, or a directory as certfile" do
+      opts = Certs.server_opts() ++ [cacertfile: "/nonexistent/ca.pem"]
+
+      assert {:listening, {:error, {:options, {:cacertfile, _, {:error, :enoent}}}}, _} =
+               unloadable(opts)
+
+      opts = [
+        certfile: Path.dirname(Certs.file(:server_rsa, :cert)),
+        keyfile: Certs.file(:server_rsa, :key)
+      ]
+
+      assert {:listening, {:error, {:options, {:certfile, _, {:error, :eisdir}}}}, _} =
+               unloadable(opts)
+    end
+
+    test "a key file without a key (the certificate given as the key)" do
+      opts = [certfile: Certs.file(:server_rsa, :cert), keyfile: Certs.file(:server_rsa, :cert)]
+
+      assert {:listening, {:error, {:options, {:keyfile, _, []}}}, {:error, :closed}} =
+               unloadable(opts)
+    end
+
+    # Where :ssl's own handshake crashes (a certificate file without a
+    # certificate, a certificate DER that does not decode) or completes on
+    # the server's side only (a key that does not match), Islet listens and
+    # fails each handshake with a reason, closing the connection.
+    test "Islet: unusable certificates and keys fail each handshake with a reason" do
+      garbage = Path.join(Certs.dir(), "garbage.pem")
+      File.write!(garbage, "not a PEM file\n")
+
+      for {opts, reason} <- [
+            {[certfile: garbage, keyfile: Certs.file(:server_rsa, :key)],
+             {:certfile, String.to_charlist(garbage), []}},
+            {[certfile: Certs.file(:server_rsa, :cert), keyfile: Certs.file(:server_ec, :key)],
+             {:cert_key, :key_mismatch}},
+            {[cert: "not DER", key: {:RSAPrivateKey, "not DER"}], {:cert_key, :bad_cert}}
+          ] do
+        assert {:listening, {:error, {:options, ^reason}}, {:error, :closed}} =
+                 islet_unloadable(opts)
+      end
+    end
+
+    test "Islet: an SNI host whose certificate cannot be loaded fails its handshakes only" do
+      bad = [certfile: "/nonexistent/sni.pem", keyfile: Certs.file(:sni, :key)]
+
+      for opts <- [
+            [sni_hosts: [{~c"sni.example", bad}]],
+            [sni_fun: &if(&1 == ~c"sni.example", do: bad, else: :undefined)]
+          ] do
+        opts = opts ++ Certs.server_opts()
+        error = {:error, {:options, {:certfile, ~c"/nonexistent/sni.pem", {:error, :enoent}}}}
+
+        assert {:listening, ^error, {:error, :closed}} =
+                 islet_unloadable(opts, server_name_indication: ~c"sni.example")
+
+        # Other names still get the default certificate.
+        assert {:listening, {:ok, _}, {:ok, _}} = islet_unloadable(opts)
+      end
+    end
+  end
+
+  # Listens with `opts` (no default certificate added), connects one :ssl
+  # client and hands shake: {:listening, handshake, client} or the listen
+  # error; both modules must agree (after `view`).
+  defp unloadable(opts, view \\ fn x -> x end) do
+    {ssl, islet} = TLSDiff.run(&view.(load_attempt(&1, opts, [])))
+    if islet != ssl, do: flunk(TLSDiff.report(ssl, islet))
+    ssl
+  end
+
+  defp islet_unloadable(opts, client_opts \\ []),
+    do: TLSDiff.tidy(load_attempt(Islet.TLS, opts, client_opts))
+
+  defp load_attempt(mod, opts, client_opts) do
+    case mod.listen(0, [ip: :loopback] ++ opts) do
+      {:ok, l} ->
+        tag = connect_async(port(mod, l), client_opts)
+        {:ok, s} = mod.accept(l)
+        hs = mod.handshake(s, 30_000)
+        client = await_client(tag)
+        mod.close(l)
+
+        {:listening, with({:ok, _} <- hs, do: {:ok, :server}),
+         with({:ok, _} <- client, do: {:ok, :client})}
+
+      other ->
+        other
     end
   end
 
