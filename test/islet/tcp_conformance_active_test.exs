@@ -522,6 +522,10 @@ defmodule Islet.TCPConformanceActiveTest do
     end
   end
 
+  defp watchers(key), do: self() |> Process.info(key) |> elem(1)
+  defp kind(port) when is_port(port), do: :port
+  defp kind(other), do: other
+
   describe "lifetime" do
     # Regression: an open socket lived only as long as some term referred to
     # it; once none did, a garbage collection closed the connection. A port
@@ -555,6 +559,46 @@ defmodule Islet.TCPConformanceActiveTest do
   end
 
   describe "owner death" do
+    # A deliberate difference (README): a port is linked to its owner; an
+    # Islet socket has no process or port to link, so it monitors its owner
+    # (Thousand Island's own suite looks at Process.info(pid, :monitored_by)
+    # of a connection process, and finds it there). The monitor goes with
+    # close, as the port's link does.
+    test "how the owner is watched: gen_tcp links its port, Islet monitors the owner" do
+      {gen_tcp, islet} =
+        Diff.run(fn mod ->
+          {:ok, l} = mod.listen(0, ip: :loopback)
+          _c = Diff.connect(mod, l)
+          parent = self()
+
+          owner =
+            spawn(fn ->
+              watched = fn -> {watchers(:monitored_by), watchers(:links)} end
+              before = watched.()
+              {:ok, s} = mod.accept(l)
+              # Monitoring is a signal too.
+              Process.sleep(20)
+              open = watched.()
+              :ok = mod.close(s)
+              # Demonitoring is a signal: let the process handle it.
+              Process.sleep(20)
+              Kernel.send(parent, {:watched, before, open, watched.()})
+            end)
+
+          receive do
+            {:watched, {m0, l0}, {m1, l1}, {m2, l2}} ->
+              Process.exit(owner, :kill)
+              mod.close(l)
+              # What the accepted socket added while open, and what is left after close.
+              {{m1 -- m0, Enum.map(l1 -- l0, &kind/1)}, {m2 -- m0, l2 -- l0}}
+          end
+        end)
+
+      # (References are normalized to :sock.)
+      assert gen_tcp == {{[], [:port]}, {[], []}}
+      assert islet == {{[:sock], []}, {[], []}}
+    end
+
     test "closes the connection: the peer sees it, calls answer as for a closed socket" do
       assert_same(fn mod ->
         {l, _s, _c} = Diff.pair(mod)
