@@ -190,6 +190,17 @@ int main(int argc, char** argv) {
     w.u8(kNames).u8(4);
     w.u8(kEnd).u8(0);
   }
+  // A context whose certificates could not be loaded: the handshake on it
+  // fails with the carried reason before OpenSSL reads anything.
+  {
+    W& w = add("tls_upgrade_deferred");
+    w.u8(kSockOps).u8(2);
+    w.u8(kTlsUpgrade);
+    w.list(1).kv("deferred_error").tuple(2).atom("certfile").atom("einval");
+    w.u8(0);  // tls_upgrade + tls_handshake
+    w.u8(kPeerWrite).u8(5).u8(0x16).u8(3).u8(1).u8(0).u8(0);
+    w.u8(kEnd).u8(0);
+  }
   // send on a connected pair: a small list written at once, then 256 KiB
   // that fill the pair's buffer and queue; the peer drains it, send_more
   // finishes; another one times out and a pump flushes it in the background.
