@@ -257,6 +257,25 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
 
 bool get_bool(ERL_NIF_TERM t) { return enif_is_identical(t, atom.true_); }
 
+// Whether a term is plain data (atoms, numbers, binaries, lists and tuples
+// of them), so that a context keeping a copy of it keeps nothing alive: a
+// socket in it would hold the context that holds the socket.
+bool plain_term(ErlNifEnv* env, ERL_NIF_TERM t, int depth) {
+  if (depth > 64) return false;
+  if (enif_is_atom(env, t) || enif_is_number(env, t) || enif_is_binary(env, t)) return true;
+  int arity;
+  const ERL_NIF_TERM* elems;
+  if (enif_get_tuple(env, t, &arity, &elems)) {
+    for (int i = 0; i < arity; i++)
+      if (!plain_term(env, elems[i], depth + 1)) return false;
+    return true;
+  }
+  ERL_NIF_TERM head;
+  while (enif_get_list_cell(env, t, &head, &t))
+    if (!plain_term(env, head, depth + 1)) return false;
+  return enif_is_empty_list(env, t) || plain_term(env, t, depth + 1);
+}
+
 bool bin_list(ErlNifEnv* env, ERL_NIF_TERM list, std::vector<ErlNifBinary>* out) {
   ERL_NIF_TERM h, t = list;
   ErlNifBinary b;
@@ -773,6 +792,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       if (c->data_env == nullptr) c->data_env = enif_alloc_env();
       c->data = enif_make_copy(c->data_env, kv[1]);
     } else if (k == "deferred_error") {
+      if (!plain_term(env, kv[1], 0)) return enif_make_badarg(env);
       if (c->data_env == nullptr) c->data_env = enif_alloc_env();
       c->deferred = enif_make_copy(c->data_env, kv[1]);
     } else {

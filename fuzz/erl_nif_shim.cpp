@@ -608,6 +608,17 @@ int enif_get_atom(ErlNifEnv*, ERL_NIF_TERM t, char* buf, unsigned len, ErlNifCha
   return static_cast<int>(s.size() + 1);
 }
 
+// Type tests.
+int enif_is_atom(ErlNifEnv*, ERL_NIF_TERM t) { return tag(t) == kTagAtom; }
+int enif_is_number(ErlNifEnv*, ERL_NIF_TERM t) {
+  Node* n = box(t);
+  return n != nullptr && (n->kind == Kind::Int || n->kind == Kind::Float);
+}
+int enif_is_binary(ErlNifEnv*, ERL_NIF_TERM t) {
+  Node* n = box(t);
+  return n != nullptr && n->kind == Kind::Bin;
+}
+
 // Comparison.
 int enif_is_identical(ERL_NIF_TERM a, ERL_NIF_TERM b) { return identical(a, b); }
 int enif_compare(ERL_NIF_TERM a, ERL_NIF_TERM b) { return compare(a, b); }

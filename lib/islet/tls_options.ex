@@ -201,10 +201,20 @@ defmodule Islet.TLS.Options do
         type == :EncryptedPrivateKeyInfo
 
   # public_key fails to decode with a wrong password as a badmatch on
-  # {:error, Reason}; :ssl reports that Reason.
-  defp decode_error(%MatchError{term: {:error, reason}}), do: reason
-  defp decode_error(%ErlangError{original: reason}), do: reason
+  # {:error, Reason}; :ssl reports that Reason. The context keeps it, so
+  # only plain data is kept (the NIF refuses pids, references and funs).
+  defp decode_error(%MatchError{term: {:error, reason}}), do: plain(reason)
+  defp decode_error(%ErlangError{original: reason}), do: plain(reason)
   defp decode_error(e), do: Exception.message(e)
+
+  defp plain(t) when is_atom(t) or is_number(t) or is_binary(t), do: t
+
+  defp plain(t) when is_tuple(t),
+    do: t |> Tuple.to_list() |> Enum.map(&plain/1) |> List.to_tuple()
+
+  defp plain([h | t]), do: [plain(h) | plain(t)]
+  defp plain([]), do: []
+  defp plain(_), do: :undefined
 
   defp pem(file, key) do
     case File.read(file) do

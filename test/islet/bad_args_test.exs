@@ -522,6 +522,19 @@ defmodule Islet.BadArgsTest do
       assert {:ok, _ctx} = Islet.Nif.tls_ctx([{:sni_fun, :first}, {:sni_fun, :second}])
     end
 
+    # A context keeps its deferred load error: a socket in it held the
+    # context that the socket's handshake held (a cycle, never freed).
+    test "tls_ctx's deferred_error takes plain data only, never a socket, pid or ref" do
+      assert {:ok, _} = Islet.Nif.tls_ctx([{:deferred_error, {:options, {:certfile, ~c"x", []}}}])
+      {:ok, l} = TCP.listen(0, ip: :loopback)
+
+      for bad <- [l, self(), make_ref(), fn -> :ok end, [{:a, [l]}], {:options, {l, l}}] do
+        assert_raise ArgumentError, fn -> Islet.Nif.tls_ctx([{:deferred_error, bad}]) end
+      end
+
+      TCP.close(l)
+    end
+
     test "tls_ctx option names are whole atoms: one with a NUL inside is not an option" do
       assert {:ok, _} = Islet.Nif.tls_ctx([{:sni_fun, :f}])
       assert_raise ArgumentError, fn -> Islet.Nif.tls_ctx([{:"sni_fun\0x", :f}]) end
