@@ -21,7 +21,7 @@ struct Atoms {
       sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
-      unspec, eof, tos, priority, nopush, islet_flush, idle;
+      unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, linger_zero;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -72,6 +72,9 @@ constexpr int kActiveOnce = -2;
 constexpr int kActiveMax = 32767;
 constexpr size_t kMaxRecv = 64u << 20;  // gen_tcp answers enomem past this
 constexpr size_t kReadChunk = 64u << 10;
+// gen_tcp's default high_watermark and low_watermark (bytes queued).
+constexpr size_t kHighWatermark = 8192;
+constexpr size_t kLowWatermark = 4096;
 
 struct Sock {
   std::mutex mu;
@@ -110,7 +113,15 @@ struct Sock {
   bool send_eof_reported = false;// a send said closed once: now enotconn
   bool dead = false;             // the port would be closed: closed/einval
   bool buffer_set = false;       // buffer given explicitly (else follows recbuf)
-  bool bg_flush = false;         // a pump writes out what a timed-out send left
+  bool bg_flush = false;         // a pump writes out the write queue as the socket drains
+  // gen_tcp's busy port: the write queue reached kHighWatermark and has not
+  // drained to kLowWatermark yet; a send waits for that before its data is
+  // taken.
+  bool busy = false;
+  bool write_failed = false;     // a background write found the connection gone
+  // A shutdown (SHUT_WR or SHUT_RDWR) asked for while data was queued: done
+  // once the queue is out, as gen_tcp delays it; -1 for none.
+  int shut_pending = -1;
   bool packet_raw_atom = false;  // TLS: packet set as :raw, which :ssl echoes
   bool send_timeout_close = false;
   bool exit_on_close = true;
@@ -188,6 +199,7 @@ void wake(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
 // (shutdown of both directions, as gen_tcp closes its fd) and every waiter
 // retries. env may be null (poller thread). Under lock.
 void conn_ended(ErlNifEnv* env, Sock* s);
+void queue_unattended(ErlNifEnv* env, Sock* s);  // under lock (io.cpp)
 // Selects for the head (pid) on the given direction with the wake message.
 int select_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir);
 

@@ -245,6 +245,9 @@ ERL_NIF_TERM passive_end(ErlNifEnv* env, Sock* s, bool reset) {
   s->peer_closed = true;
   s->eof_reported = true;
   s->reset_reported = reset;
+  // The end came from a write the background found failing: gen_tcp's port
+  // then answers sends enotconn at once.
+  if (s->write_failed) s->send_eof_reported = true;
   conn_ended(env, s);
   return make_error(env, atom.closed);
 }
@@ -364,8 +367,12 @@ ssize_t conn_read(Sock* s, void* buf, size_t n, int* err) {
   }
 }
 
-int conn_drain(Sock* s) {
-  if (is_tls(s)) return tls_drain(s);
+namespace {
+
+size_t queued(const Sock* s) { return s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0; }
+bool start_bg_flush(ErlNifEnv* env, Sock* s);
+
+int plain_drain(Sock* s) {
   while (enif_ioq_size(s->wioq) > 0) {
     int iovcnt;
     SysIOVec* iov = enif_ioq_peek(s->wioq, &iovcnt);
@@ -381,6 +388,31 @@ int conn_drain(Sock* s) {
   return 0;
 }
 
+}  // namespace
+
+// The last writer left (gave up waiting, or died) with data still queued:
+// a pump takes the queue again, so that it still goes out.
+void queue_unattended(ErlNifEnv* env, Sock* s) {
+  if (s->open && !s->dead && !s->bg_flush && s->wq.q.empty() && queued(s) > 0 &&
+      !s->peer_closed && !s->send_eof_reported)
+    start_bg_flush(env, s);
+}
+
+int conn_drain(Sock* s) {
+  if (s->wioq == nullptr) return 0;  // none yet, or the connection ended
+  int e = is_tls(s) ? tls_drain(s) : plain_drain(s);
+  if (s->busy && queued(s) <= kLowWatermark) s->busy = false;
+  if (e == 0 && s->shut_pending >= 0) {
+    // The queue is out: the shutdown asked for meanwhile happens now
+    // (close_notify first on TLS).
+    int how = s->shut_pending;
+    s->shut_pending = -1;
+    tls_close_notify(s);
+    if (::shutdown(s->fd, how) != 0) return errno;
+  }
+  return e;
+}
+
 namespace {
 
 // A sender takes the write direction back from a pump's background flush.
@@ -391,17 +423,18 @@ void stop_bg_flush(ErlNifEnv* env, Sock* s) {
   enif_select(env, s->fd, mode, s, nullptr, atom.undefined);
 }
 
-// Hands the rest of a timed-out send to a pump (the flusher in poller mode),
-// which writes it as the socket drains (gen_tcp's port keeps sending queued
-// data too).
-void start_bg_flush(ErlNifEnv* env, Sock* s) {
+// Hands the write queue to a pump (the flusher in poller mode), which writes
+// it out as the socket drains, as gen_tcp's port writes its queue while the
+// sender goes on. False when no flusher could take it (the Islet
+// application is not running): the caller then drains it itself.
+bool start_bg_flush(ErlNifEnv* env, Sock* s) {
   ErlNifPid pump;
-  if (s->wioq == nullptr || enif_ioq_size(s->wioq) == 0 || !s->wq.q.empty() ||
-      !pick_flusher(s, &pump))
-    return;
+  if (!s->wq.q.empty() || !pick_flusher(s, &pump)) return false;
   ERL_NIF_TERM msg = enif_make_tuple2(env, atom.islet_flush, enif_make_resource(env, s));
   auto mode = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_WRITE | ERL_NIF_SELECT_CUSTOM_MSG);
-  if (enif_select_x(env, s->fd, mode, s, &pump, msg, nullptr) >= 0) s->bg_flush = true;
+  if (enif_select_x(env, s->fd, mode, s, &pump, msg, nullptr) < 0) return false;
+  s->bg_flush = true;
+  return true;
 }
 
 ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
@@ -417,9 +450,10 @@ ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
   return make_errno_error(env, e);
 }
 
-// A send on a connection that ended: closed the first time, then enotconn.
+// A send on a connection that ended: closed the first time, then enotconn
+// (:ssl says closed every time).
 ERL_NIF_TERM send_after_end(ErlNifEnv* env, Sock* s) {
-  if (s->send_eof_reported) return make_error(env, atom.enotconn);
+  if (s->send_eof_reported && s->tag != Tag::Ssl) return make_error(env, atom.enotconn);
   s->send_eof_reported = true;
   return make_error(env, atom.closed);
 }
@@ -446,11 +480,36 @@ bool ensure_ioq(Sock* s) {
   return s->wioq != nullptr;
 }
 
+// A send's data is taken: what the kernel has not taken waits in the write
+// queue, and the caller goes on while a pump writes it out, as gen_tcp's
+// send returns once its port has queued the data. A queue that reached the
+// high watermark makes the socket busy: the next send waits for it to drain
+// to the low watermark (with send_timeout). `drain_first`: the queue had
+// data before this send, so try to write some of it now.
+ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_first) {
+  int e = drain_first ? conn_drain(s) : EAGAIN;
+  if (e == 0) {
+    waiter_done(env, s, s->wq, me);
+    return atom.ok;
+  }
+  if (!would_block(e) && e != kMoreWork) return write_error(env, s, me, e);
+  if (queued(s) >= kHighWatermark) s->busy = true;
+  waiter_done(env, s, s->wq, me);
+  // Other senders were waiting: the next one writes the queue out first.
+  if (!s->wq.q.empty() || start_bg_flush(env, s)) return atom.ok;
+  // No pump to hand it to: the caller waits for the kernel itself.
+  return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
+}
+
 }  // namespace
 
-// send(Sock, IoData) -> ok | wait_turn | wait_drain | {error, Reason}
-// wait_turn: another sender is ahead, call send again with the same data.
-// wait_drain: the data is taken; call send_more once woken.
+// send(Sock, IoData) -> ok | wait_turn | wait_busy | more | wait_drain | {error, Reason}
+// ok: the data is taken (written, or queued and written out by a pump).
+// wait_turn: another sender is ahead; wait_busy: the queue is above the high
+// watermark (the caller keeps the turn); more: TLS, this call's encryption
+// budget went on draining the queue. For all three, call send again with the
+// same data (after the wake-up for the waits). wait_drain: no pump runs, the
+// data is queued; call send_more once woken.
 ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
@@ -468,10 +527,23 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
-  if (s->eof_reported || s->send_eof_reported) return send_after_end(env, s);
+  if (s->eof_reported || s->send_eof_reported || s->write_failed) return send_after_end(env, s);
   if (s->ssl != nullptr && !s->tls_done) return make_error(env, atom.einval);
+  // gen_tcp: a send after a shutdown that waits for the queue ends the
+  // connection (the queue goes with it).
+  if (s->shut_pending >= 0) return write_error(env, s, me, EPIPE);
   if (!take_turn(env, s, s->wq, me)) return atom.wait_turn;
   stop_bg_flush(env, s);
+  if (s->busy) {
+    // gen_tcp's busy port: nothing more is taken until the queue is down to
+    // the low watermark.
+    int e = conn_drain(s);
+    if (e != 0 && !would_block(e) && e != kMoreWork) return write_error(env, s, me, e);
+    if (s->busy) {
+      if (e == kMoreWork) return atom.more;  // keeps the turn
+      return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_busy);
+    }
+  }
 
   size_t total = vec->size;
   for (ErlNifIOVec* v : more) total += v->size;
@@ -480,8 +552,8 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   charge(env, total);
 
   size_t skip = 0;
-  bool queued = s->wioq != nullptr && enif_ioq_size(s->wioq) > 0;
-  if (!queued && more.empty() && !is_tls(s)) {
+  bool queued_before = queued(s) > 0;
+  if (!queued_before && more.empty() && !is_tls(s)) {
     // The common case: one writev straight from the terms, no copy.
     int cnt = static_cast<int>(vec->iovcnt);
     while (skip < vec->size) {
@@ -503,7 +575,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       waiter_done(env, s, s->wq, me);
       return atom.ok;
     }
-  } else if (!queued && more.empty() && s->rec != nullptr) {
+  } else if (!queued_before && more.empty() && s->rec != nullptr) {
     // TLS through Islet's record layer: sealed straight from the terms too;
     // what is left (the socket is full, or this call's budget is spent)
     // goes to the queue.
@@ -514,16 +586,14 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       return atom.ok;
     }
     if (e != EAGAIN && e != kMoreWork) return write_error(env, s, me, e);
-    if (e == kMoreWork) {
-      if (!enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);
-      if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);  // keeps the turn
-      return atom.more;
-    }
   }
   if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);
   for (ErlNifIOVec* v : more)
     if (!enif_ioq_enqv(s->wioq, v, 0)) return write_error(env, s, me, ENOMEM);
-  return flush(env, s, me);
+  // Only a send that wrote nothing straight (the queue had data, the
+  // iodata was long, or TLS through OpenSSL) tries the queue now.
+  bool wrote_straight = !queued_before && more.empty() && (!is_tls(s) || s->rec != nullptr);
+  return taken(env, s, me, !wrote_straight);
 }
 
 // send_more(Sock) -> ok | wait_drain | {error, Reason}
@@ -677,10 +747,12 @@ ERL_NIF_TERM nif_cancel(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!rd && !enif_is_identical(argv[1], atom.write)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (rd)
+  if (rd) {
     waiter_remove(env, s, s->rq, me, ERL_NIF_SELECT_READ);
-  else
+  } else {
     waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
+    queue_unattended(env, s);
+  }
   return atom.ok;
 }
 
@@ -707,17 +779,69 @@ ERL_NIF_TERM nif_send_timeout_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM
   return atom.ok;
 }
 
-// send_timeout_keep(Sock) -> ok: send_timeout passed without
-// send_timeout_close: the caller gives up, the data it queued stays queued
-// and is written in the background.
+// send_timeout_keep(Sock, IoData) -> ok: send_timeout passed without
+// send_timeout_close while the caller waited to send IoData ([] when it was
+// queued already). As with gen_tcp, whose port queues a send's data before
+// the caller's time runs out, the data joins the queue, and everything queued
+// is written in the background.
 ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifIOVec* vec = nullptr;
+  ERL_NIF_TERM tail = argv[1];
+  std::vector<ErlNifIOVec*> vecs;
+  while (!enif_is_empty_list(env, tail)) {
+    if (!enif_inspect_iovec(env, IOV_MAX, tail, &tail, &vec)) return enif_make_badarg(env);
+    vecs.push_back(vec);
+    vec = nullptr;
+  }
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead) return atom.ok;
   waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
-  start_bg_flush(env, s);
+  if (s->eof_reported || s->send_eof_reported || s->peer_closed) return atom.ok;
+  for (ErlNifIOVec* v : vecs)
+    if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, v, 0)) return atom.ok;
+  if (queued(s) >= kHighWatermark) s->busy = true;
+  if (queued(s) > 0 && !s->bg_flush) start_bg_flush(env, s);
+  return atom.ok;
+}
+
+// drain(Sock) -> ok | more | {wait, Queued}: before close or shutdown, as
+// gen_tcp's close and shutdown let the port's queue go out first (close
+// waits while it makes progress). ok: nothing left (or nothing can go: the
+// connection ended, linger is {true, 0}). {wait, Queued}: Queued bytes
+// wait for the socket; call again once woken. more: TLS, call again.
+ERL_NIF_TERM nif_drain(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open || s->dead || s->kind != Kind::Conn || s->peer_closed || s->send_eof_reported ||
+      (s->ssl != nullptr && !s->tls_done))
+    return atom.ok;
+  linger lg{};
+  socklen_t len = sizeof lg;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0 && lg.l_onoff && lg.l_linger == 0)
+    return atom.ok;  // an abortive close: the queue goes with it
+  if (!take_turn(env, s, s->wq, me))
+    return enif_make_tuple2(env, atom.wait, enif_make_uint64(env, queued(s)));
+  stop_bg_flush(env, s);
+  int e = conn_drain(s);
+  if (e == 0) {
+    waiter_done(env, s, s->wq, me);
+    return atom.ok;
+  }
+  if (e == kMoreWork) return atom.more;  // keeps the turn
+  if (would_block(e)) {
+    ERL_NIF_TERM w = wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait);
+    if (!enif_is_identical(w, atom.wait)) return atom.ok;
+    return enif_make_tuple2(env, atom.wait, enif_make_uint64(env, queued(s)));
+  }
+  // The connection is gone under the queue: nothing more can go out.
+  waiter_done(env, s, s->wq, me);
+  s->peer_closed = s->write_failed = true;
+  conn_ended(env, s);
   return atom.ok;
 }
 
@@ -730,11 +854,16 @@ ERL_NIF_TERM nif_flush_bg(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   s->bg_flush = false;
   if (!s->open || s->dead || s->eof_reported || !s->wq.q.empty() || s->wioq == nullptr)
     return atom.ok;
+  size_t before = queued(s);
   int e = conn_drain(s);
+  charge(env, before - std::min(before, queued(s)));  // the pump's time slice pays for it
   if (would_block(e) || e == kMoreWork) {
     start_bg_flush(env, s);
   } else if (e != 0) {
-    s->peer_closed = s->eof_reported = s->send_eof_reported = true;
+    // The connection is gone under the queue (the peer closed or reset it):
+    // as with gen_tcp, the next recv or send says closed, then enotconn;
+    // active mode gets the closed message.
+    s->peer_closed = s->write_failed = true;
     conn_ended(env, s);
   }
   return atom.ok;
@@ -764,6 +893,14 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn || s->eof_reported) return make_error(env, atom.enotconn);
+  if (how != SHUT_RD && queued(s) > 0 && !s->peer_closed && !s->send_eof_reported) {
+    // Data is queued: as gen_tcp, shut down once it is out (conn_drain).
+    if (s->shut_pending >= 0) return atom.ok;
+    if (!s->bg_flush && s->wq.q.empty() && !start_bg_flush(env, s))
+      return enif_make_atom(env, "drain_first");  // no pump: the caller drains
+    s->shut_pending = how;
+    return atom.ok;
+  }
   if (how != SHUT_RD) tls_close_notify(s);  // TLS: close_notify, then the FIN
   if (::shutdown(s->fd, how) != 0) return make_errno_error(env, errno);
   return atom.ok;

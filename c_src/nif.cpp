@@ -23,6 +23,7 @@ ISLET_NIF(nif_ktls)
 ISLET_NIF(nif_kernel_tls)
 ISLET_NIF(nif_send_timeout_keep)
 ISLET_NIF(nif_flush_bg)
+ISLET_NIF(nif_drain)
 ISLET_NIF(nif_shutdown)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
@@ -59,8 +60,9 @@ ErlNifFunc nif_funcs[] = {
     {"send_timeout_close", 1, nif_send_timeout_close, 0},
     {"ktls", 1, nif_ktls, 0},
     {"kernel_tls", 0, nif_kernel_tls, 0},
-    {"send_timeout_keep", 1, nif_send_timeout_keep, 0},
+    {"send_timeout_keep", 2, nif_send_timeout_keep, 0},
     {"flush_bg", 1, nif_flush_bg, 0},
+    {"drain", 1, nif_drain, 0},
     {"shutdown", 2, nif_shutdown, 0},
     {"controlling_process", 2, nif_controlling_process, 0},
     {"set_owner", 3, nif_set_owner, 0},

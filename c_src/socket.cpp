@@ -37,7 +37,7 @@ void init_atoms(ErlNifEnv* env) {
                a("recv_max"), a("recv_avg"), a("recv_dvi"), a("send_oct"), a("send_cnt"),
                a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof"),
                a("tos"), a("priority"), a("nopush"),
-               a("$islet_flush"), a("idle")};
+               a("$islet_flush"), a("idle"), a("wait_busy"), a("linger_zero")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
@@ -176,6 +176,7 @@ void conn_ended(ErlNifEnv* env, Sock* s) {
   if (s->open && !s->fd_closed) ::shutdown(s->fd, SHUT_RDWR);
   if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
   s->wioq = nullptr;
+  s->busy = false;
   s->rlen = 0;  // a partial recv(n) is lost, as with gen_tcp
   if (env != nullptr) {
     cancel_select(env, s, s->rq);
@@ -287,6 +288,8 @@ static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* 
             cancel_select(env, s, wq);
             if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
           }
+          // A writer that died waiting leaves the queue to a pump.
+          if (dir == ERL_NIF_SELECT_WRITE) queue_unattended(env, s);
           return;
         }
       }

@@ -289,7 +289,9 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
     }
     case kSend: call(it, "send", {s, send_data(it)}); break;
     case kSendMore: call(it, "send_more", {s}); break;
-    case kSendTimeoutKeep: call(it, "send_timeout_keep", {s}); break;
+    case kSendTimeoutKeep: call(it, "send_timeout_keep", {s, enif_make_list(it.env, 0)}); break;
+    case kSendTimeoutKeepData: call(it, "send_timeout_keep", {s, send_data(it)}); break;
+    case kDrain: call(it, "drain", {s}); break;
     case kSendTimeoutClose: call(it, "send_timeout_close", {s}); break;
     case kFlushBg: call(it, "flush_bg", {s}); break;
     case kPeerRead: peer_read(it, (it.in.u8() + 1u) * 8192u); break;

@@ -34,13 +34,16 @@ enum SockOp : uint8_t {
   // The send path (after kEnd, so that older inputs keep their meaning).
   kSend,              // send(S, Data): see send_data in fuzz_terms.cpp
   kSendMore,          // send_more(S)
-  kSendTimeoutKeep,   // send_timeout_keep(S)
+  kSendTimeoutKeep,   // send_timeout_keep(S, [])
   kSendTimeoutClose,  // send_timeout_close(S)
   kFlushBg,           // flush_bg(S): the pump's answer to {'$islet_flush', S}
   kPeerRead,          // then a byte b: the peer reads up to (b + 1) * 8 KiB
   kPeerTls,           // the peer is a TLS client: handshake rounds with tls_handshake(S)
   kSendfile,          // then a byte: a path (kSendfilePaths) or, past them, any term:
                       // sendfile_open, then sendfile_size and sendfile(S, File, Term, Term)
+  // The send queue (after kSendfile, so that older inputs keep their meaning).
+  kDrain,                // drain(S): what close and shutdown do first
+  kSendTimeoutKeepData,  // send_timeout_keep(S, Data): a timed-out send's data joins the queue
   kSockOpCount
 };
 

@@ -220,6 +220,20 @@ int main(int argc, char** argv) {
     w.u8(kPeerRead).u8(255).u8(kFlushBg);
     w.u8(kEnd).u8(0);
   }
+  // The send queue: 256 KiB taken at once (a pump writes it out), a second
+  // send finds it busy, a timed-out send's data joins it, then drain (what
+  // close does first) waits for the peer, which reads.
+  {
+    W& w = add("unix_send_queue");
+    w.u8(kSockOps).u8(2);
+    w.u8(kSend).u8(kSendList).u8(1).u8(15 * 4 + kBinLarge);  // 256 KiB
+    w.u8(kSend).u8(kSendList).u8(1).u8(15 * 4 + kBinLarge);
+    w.u8(kSendTimeoutKeepData).u8(kSendList).u8(1).u8(16 * 4 + kBinKb);
+    w.u8(kDrain);
+    w.u8(kPeerRead).u8(255).u8(kFlushBg);
+    w.u8(kPeerRead).u8(255).u8(kDrain);
+    w.u8(kEnd).u8(0);
+  }
   // sendfile of a small file over an AF_UNIX pair, as Islet.Socket does it:
   // open, size, then up to 64 bytes from offset 0 (Islet.Socket passes the
   // size it read; the NIF sends what is there).

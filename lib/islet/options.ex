@@ -28,9 +28,9 @@ defmodule Islet.Options do
   # Socket options gen_tcp takes in setopts but not in listen (where it
   # exits with badarg): Islet refuses them there by name.
   @setopts_only [:nopush]
-  # Accepted and ignored: the backend (Islet is its own), and tuning of
-  # gen_tcp's port queue and packet parser, which Islet does not have (send
-  # always completes to the kernel; packets are raw).
+  # Accepted and ignored: the backend (Islet is its own), the send queue's
+  # watermarks (gen_tcp's defaults are used), and tuning of gen_tcp's message
+  # queue and packet parser, which Islet does not have (packets are raw).
   @ignored [:inet_backend, :delay_send, :high_watermark, :low_watermark] ++
              [:high_msgq_watermark, :low_msgq_watermark, :packet_size]
   # Options :inet knows that Islet does not implement: setopts names them in

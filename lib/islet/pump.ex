@@ -11,9 +11,9 @@ defmodule Islet.Pump do
   `config :islet, active_delivery: :poller` (or the environment variable
   `ISLET_ACTIVE_DELIVERY=poller`, which wins) a native poller thread
   delivers instead (see `docs/design.md` for the comparison), and one pump
-  runs as the flusher only: it writes out in the background what a send that
-  timed out with `send_timeout_close: false` left queued, as gen_tcp's port
-  does.
+  runs as the flusher only. In both modes pumps also write out sockets'
+  write queues in the background (what a send left for the kernel to take
+  later), as gen_tcp's port does.
   """
 
   alias Islet.Nif

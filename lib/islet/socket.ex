@@ -96,10 +96,16 @@ defmodule Islet.Socket do
     end
   end
 
+  # As with gen_tcp, a send returns once its data is taken: written, or
+  # queued and written out by a pump as the socket drains. It waits only
+  # when the queue is above the high watermark (gen_tcp's busy port), or
+  # behind another sender; send_timeout bounds that wait. :wait_drain (no
+  # pump runs: the data is queued, the caller writes it out) continues with
+  # send_more; the others send the same data again.
   defp send_wait(socket, data, wait, {deadline, close?}) do
     case wait_or_go(socket, wait, deadline) do
       :ok ->
-        result = if wait == :wait_turn, do: Nif.send(socket, data), else: Nif.send_more(socket)
+        result = if wait == :wait_drain, do: Nif.send_more(socket), else: Nif.send(socket, data)
 
         case result do
           :ok -> :ok
@@ -108,7 +114,7 @@ defmodule Islet.Socket do
         end
 
       :timeout ->
-        send_timed_out(socket, close?)
+        send_timed_out(socket, close?, if(wait == :wait_drain, do: [], else: data))
     end
   end
 
@@ -116,9 +122,42 @@ defmodule Islet.Socket do
   defp wait_or_go(_socket, :more, _deadline), do: :ok
   defp wait_or_go(socket, _wait, deadline), do: await(socket, remaining(deadline), :write)
 
-  defp send_timed_out(socket, close?) do
-    if close?, do: Nif.send_timeout_close(socket), else: Nif.send_timeout_keep(socket)
+  # gen_tcp's port has queued the data of a send whose time ran out: it
+  # still goes out, unless send_timeout_close closes the connection.
+  defp send_timed_out(socket, close?, data) do
+    if close?, do: Nif.send_timeout_close(socket), else: Nif.send_timeout_keep(socket, data)
     {:error, :timeout}
+  end
+
+  @doc false
+  # Lets what is queued go out before close or shutdown, as gen_tcp does:
+  # waits while the queue drains, and gives up after 5 s without progress
+  # (gen_tcp's close does the same). Nothing waits with linger {true, 0},
+  # or once the connection has ended.
+  @spec flush_queue(t()) :: :ok
+  def flush_queue(socket), do: flush_queue(socket, Nif.drain(socket), nil)
+
+  @flush_patience 5_000
+
+  defp flush_queue(_socket, :ok, _window), do: :ok
+  defp flush_queue(socket, :more, window), do: flush_queue(socket, Nif.drain(socket), window)
+
+  defp flush_queue(socket, {:wait, queued}, window) do
+    # A window: the queue's size when it started, and when it ends.
+    {start, ends} = window || {queued, System.monotonic_time(:millisecond) + @flush_patience}
+
+    case await(socket, remaining(ends), :write) do
+      :ok ->
+        flush_queue(socket, Nif.drain(socket), {start, ends})
+
+      :timeout ->
+        case Nif.drain(socket) do
+          # Progress in this window: another one.
+          {:wait, now} when now < start -> flush_queue(socket, {:wait, now}, nil)
+          {:wait, _} -> Nif.cancel(socket, :write)
+          other -> flush_queue(socket, other, nil)
+        end
+    end
   end
 
   # send_timeout and send_timeout_close, read only on the slow path.
@@ -158,7 +197,7 @@ defmodule Islet.Socket do
             sendfile_loop(socket, file, offset + n, count - n, sent + n, {dl, close?})
 
           :timeout ->
-            send_timed_out(socket, close?)
+            send_timed_out(socket, close?, [])
         end
 
       {:error, _} = error ->
@@ -168,6 +207,8 @@ defmodule Islet.Socket do
 
   @spec close(t()) :: :ok
   def close(socket) do
+    flush_queue(socket)
+
     case Nif.close(socket) do
       :ok ->
         :ok

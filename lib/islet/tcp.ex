@@ -80,7 +80,12 @@ defmodule Islet.TCP do
   @spec recv(socket(), non_neg_integer(), timeout()) :: {:ok, binary()} | {:error, term()}
   defdelegate recv(socket, length, timeout), to: Socket
 
-  @doc "Sends iodata (written as a vector, not flattened); honours `send_timeout`."
+  @doc """
+  Sends iodata (written as a vector, not flattened). As with gen_tcp, the
+  data is taken at once: what the kernel cannot take yet is queued and
+  written out in the background. A send that finds more than 8 KiB queued
+  waits (up to `send_timeout`) until the queue is down to 4 KiB.
+  """
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
   defdelegate send(socket, data), to: Socket
 
@@ -114,8 +119,18 @@ defmodule Islet.TCP do
 
   @doc "Shuts the connection down in one or both directions."
   @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}
-  def shutdown(socket, way) when way in [:read, :write, :read_write],
-    do: Nif.shutdown(socket, way)
+  def shutdown(socket, way) when way in [:read, :write, :read_write] do
+    # With data queued, the NIF shuts down once it is out (gen_tcp delays
+    # the shutdown too); only where no pump runs does the caller wait.
+    case Nif.shutdown(socket, way) do
+      :drain_first ->
+        Socket.flush_queue(socket)
+        Nif.shutdown(socket, way)
+
+      result ->
+        result
+    end
+  end
 
   @doc "Closes the socket (from any process); waiters get `{:error, :closed}`."
   @spec close(socket()) :: :ok

@@ -61,6 +61,9 @@ defmodule Islet.RaceTest do
         {s, c} = pair(l, port, recbuf: 8192)
         # Half the time the peer reads, so sends complete until the close.
         drainer = if rem(i, 2) == 0, do: async(fn -> drain(c) end)
+        # Else an abortive close, so that it does not wait for the queue to
+        # go out first (as gen_tcp's close waits, up to 5 s without progress).
+        if !drainer, do: :ok = TCP.setopts(s, linger: {true, 0})
 
         senders = for _ <- 1..2, do: async(fn -> send_until_error(s, @chunk, 0) end)
         Process.sleep(:rand.uniform(4) - 1)
@@ -317,6 +320,9 @@ defmodule Islet.RaceTest do
     test "closing twice, or from several processes at once, is :ok", %{l: l, port: port} do
       for i <- 1..150 do
         {s, c} = pair(l, port)
+        # The peer does not read: an abortive close, which does not wait for
+        # the queue to go out first.
+        :ok = TCP.setopts(s, linger: {true, 0})
         reader = async(fn -> TCP.recv(s, 0, 60_000) end)
         sender = async(fn -> send_until_error(s, @chunk, 0) end)
         jitter(i)

@@ -504,6 +504,171 @@ defmodule Islet.TCPConformanceIOTest do
     end
   end
 
+  # gen_tcp's port takes a send's data into its queue and returns; the queue
+  # goes out while the caller goes on, and only a send that finds the queue
+  # above the high watermark waits (send_timeout). Close and shutdown let
+  # the queue out first.
+  describe "the send queue" do
+    @queue_big :binary.copy("q", 4 * 1024 * 1024)
+
+    defp timed(fun) do
+      t0 = System.monotonic_time(:millisecond)
+      result = fun.()
+      {result, System.monotonic_time(:millisecond) - t0}
+    end
+
+    # All the client reads until the end: {bytes, how it ended}.
+    defp read_all(c, acc \\ 0) do
+      case :gen_tcp.recv(c, 0, 10_000) do
+        {:ok, b} -> read_all(c, acc + byte_size(b))
+        other -> {acc, other}
+      end
+    end
+
+    defp later(fun) do
+      parent = self()
+      ref = make_ref()
+      spawn_link(fn -> Kernel.send(parent, {ref, fun.()}) end)
+      ref
+    end
+
+    defp result(ref), do: receive(do: ({^ref, r} -> r), after: (30_000 -> :no_result))
+
+    defp queue_pair(mod, client_opts \\ []),
+      do: Diff.pair(mod, [send_timeout: 300, send_timeout_close: false], client_opts)
+
+    test "a send the kernel cannot take whole returns at once; the next one waits, then times out" do
+      assert_same(fn mod ->
+        {_l, s, _c} = queue_pair(mod, recbuf: 4096)
+        {first, ms} = timed(fn -> mod.send(s, @queue_big) end)
+        {:ok, [send_pend: pending]} = mod.getstat(s, [:send_pend])
+        {second, ms2} = timed(fn -> mod.send(s, "more") end)
+        {first, ms < 250, pending > 0, second, ms2 >= 250}
+      end)
+    end
+
+    test "the queue goes out while the caller goes on; every byte arrives in order" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod, recbuf: 4096)
+        data = for i <- 1..64, into: "", do: :binary.copy(<<i>>, 65_536)
+        {sent, ms} = timed(fn -> mod.send(s, data) end)
+        :ok = :gen_tcp.send(c, "meanwhile")
+        got = mod.recv(s, 9, 5_000)
+        reader = later(fn -> :gen_tcp.recv(c, byte_size(data) + 4, 10_000) end)
+        # The queue is still there: this one waits while the reader drains it.
+        tail = mod.send(s, "tail")
+        {sent, ms < 250, got, tail, result(reader) == {:ok, data <> "tail"}}
+      end)
+    end
+
+    test "the peer closes while the queue goes out: recv says closed, sends enotconn" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod)
+        :ok = mod.send(s, @queue_big)
+        {:ok, _} = :gen_tcp.recv(c, 65_536, 5_000)
+        :ok = :gen_tcp.close(c)
+        Process.sleep(200)
+        {mod.recv(s, 0, 1_000), mod.send(s, "x"), mod.send(s, "x")}
+      end)
+    end
+
+    test "the peer resets while the queue goes out: send closed, recv closed, then enotconn" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod, linger: {true, 0})
+        :ok = mod.send(s, @queue_big)
+        {:ok, _} = :gen_tcp.recv(c, 65_536, 5_000)
+        :ok = :gen_tcp.close(c)
+        Process.sleep(200)
+        {mod.send(s, "x"), mod.recv(s, 0, 1_000), mod.send(s, "x")}
+      end)
+    end
+
+    test "the peer closes while the queue goes out, in active mode: the closed message" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod)
+        :ok = mod.send(s, @queue_big)
+        :ok = mod.setopts(s, active: :once)
+        {:ok, _} = :gen_tcp.recv(c, 65_536, 5_000)
+        :ok = :gen_tcp.close(c)
+        {Diff.await_message(s, 5_000), mod.send(s, "x")}
+      end)
+    end
+
+    test "a sender killed while it waits on a full queue: the queue still goes out" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod, recbuf: 4096)
+        :ok = mod.send(s, @queue_big)
+        waiting = spawn(fn -> mod.send(s, "never") end)
+        Process.sleep(100)
+        Process.exit(waiting, :kill)
+        Process.sleep(50)
+        {:ok, got} = :gen_tcp.recv(c, byte_size(@queue_big), 10_000)
+        got == @queue_big
+      end)
+    end
+
+    test "close waits for the queue to go out" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod)
+        :ok = mod.send(s, @queue_big)
+        reader = later(fn -> Process.sleep(300) && read_all(c) end)
+        {closed, ms} = timed(fn -> mod.close(s) end)
+        {closed, ms >= 250, result(reader)}
+      end)
+    end
+
+    test "close with linger {true, 0} does not wait: the queue goes with it" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod)
+        :ok = mod.setopts(s, linger: {true, 0})
+        :ok = mod.send(s, @queue_big)
+        Process.sleep(50)
+        {closed, ms} = timed(fn -> mod.close(s) end)
+        {got, ended} = read_all(c)
+        {closed, ms < 250, got < byte_size(@queue_big), ended}
+      end)
+    end
+
+    test "shutdown(:write) returns at once; the end follows the queue" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod)
+        :ok = mod.send(s, @queue_big)
+        {shut, ms} = timed(fn -> mod.shutdown(s, :write) end)
+        :ok = :gen_tcp.send(c, "still read")
+        {shut, ms < 250, read_all(c), mod.recv(s, 10, 5_000)}
+      end)
+    end
+
+    test "a send after such a shutdown ends the connection" do
+      assert_same(fn mod ->
+        {_l, s, _c} = queue_pair(mod, recbuf: 4096)
+        :ok = mod.send(s, @queue_big)
+        :ok = mod.shutdown(s, :write)
+        {mod.send(s, "x"), mod.getstat(s, [:send_pend]), mod.recv(s, 0, 1_000)}
+      end)
+    end
+
+    test "shutdown(:read_write) waits for the queue too: recv still waits meanwhile" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod, recbuf: 4096)
+        :ok = mod.send(s, @queue_big)
+        :ok = mod.shutdown(s, :read_write)
+        {mod.recv(s, 0, 200), read_all(c)}
+      end)
+    end
+
+    test "close after such a shutdown still waits for the queue" do
+      assert_same(fn mod ->
+        {_l, s, c} = queue_pair(mod)
+        :ok = mod.send(s, @queue_big)
+        :ok = mod.shutdown(s, :write)
+        reader = later(fn -> Process.sleep(300) && read_all(c) end)
+        {closed, ms} = timed(fn -> mod.close(s) end)
+        {closed, ms >= 250, result(reader)}
+      end)
+    end
+  end
+
   describe "sendfile" do
     setup do
       path = Diff.tmp_path("islet_sendfile")

@@ -164,6 +164,68 @@ defmodule Islet.TLSConformanceIOTest do
     end
   end
 
+  # :ssl hands a send's records to gen_tcp's port queue and returns; Islet
+  # queues them too and a pump writes them out. Only a send that finds the
+  # queue full waits; close and shutdown let the queue out first.
+  describe "the send queue" do
+    @tls_big :binary.copy("t", 4 * @mib)
+    @queue_opts [send_timeout: 300, send_timeout_close: false]
+
+    defp ms_of(fun) do
+      t0 = System.monotonic_time(:millisecond)
+      result = fun.()
+      {result, System.monotonic_time(:millisecond) - t0}
+    end
+
+    defp read_all(c, acc \\ 0) do
+      case :ssl.recv(c, 0, 10_000) do
+        {:ok, b} -> read_all(c, acc + byte_size(b))
+        other -> {acc, other}
+      end
+    end
+
+    test "a send the peer does not read returns at once; the next one waits, then times out" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod, @queue_opts, recbuf: 4096)
+        {first, ms} = ms_of(fn -> mod.send(s, @tls_big) end)
+        {second, ms2} = ms_of(fn -> mod.send(s, "more") end)
+        {first, ms < 250, second, ms2 >= 250}
+      end)
+    end
+
+    test "the peer closes while the queue goes out: closed for recv and every send" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, @queue_opts)
+        :ok = mod.send(s, @tls_big)
+        {:ok, _} = :ssl.recv(c, 1000, 5_000)
+        :ok = :ssl.close(c)
+        Process.sleep(200)
+        {mod.send(s, "x"), mod.send(s, "x"), mod.recv(s, 0, 1_000)}
+      end)
+    end
+
+    # (How long close waits depends on how much the :ssl client's own
+    # process reads ahead meanwhile: not compared.)
+    test "close lets the queue out, then close_notify" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, @queue_opts)
+        :ok = mod.send(s, @tls_big)
+        parent = self()
+        spawn_link(fn -> Process.sleep(300) && Kernel.send(parent, {:read, read_all(c)}) end)
+        {mod.close(s), receive(do: ({:read, r} -> r), after: (30_000 -> :no_result))}
+      end)
+    end
+
+    test "shutdown(:write) returns at once; close_notify follows the queue" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, @queue_opts)
+        :ok = mod.send(s, @tls_big)
+        {shut, ms} = ms_of(fn -> mod.shutdown(s, :write) end)
+        {shut, ms < 250, read_all(c)}
+      end)
+    end
+  end
+
   describe "large transfers (16 MiB, every byte checked)" do
     @big 16 * @mib
 
