@@ -418,6 +418,15 @@ int failure_code(Sock* s) {
   return 0;
 }
 
+// A fatal alert in a plaintext record (TLS 1.2 record version), best
+// effort: what :ssl sends to a client whose first bytes are not TLS at all
+// (a plain HTTP request, say), where OpenSSL stops without a word. The
+// reason Islet reports then says an alert was sent.
+void send_plain_alert(int fd, int description) {
+  const unsigned char rec[] = {21, 3, 3, 0, 2, 2, static_cast<unsigned char>(description)};
+  (void)::send(fd, rec, sizeof rec, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 ErlNifPid self_of(ErlNifEnv* env) {
   ErlNifPid p;
   enif_self(env, &p);
@@ -898,6 +907,7 @@ Step run_step(Sock* s, bool inline_step, int* code) {
     return s->tls_want_dirty ? Step::Dirty : Step::HelloCb;
   }
   *code = failure_code(s);
+  if ((*code & kAlertSent) && s->tls_alert < 0) send_plain_alert(s->fd, *code & 0xff);
   return Step::Fail;
 }
 

@@ -897,7 +897,20 @@ defmodule Islet.TLSConformanceIOTest do
         {:ok, s} = mod.accept(l)
         Diff.name(s, :server)
         hs = mod.handshake(s, 10_000)
-        {hs, Diff.read_to_end(Islet.Reference.TCP, tcp, 10_000) |> elem(1)}
+        # The client gets a fatal unexpected_message alert, then the end.
+        {hs, Diff.read_to_end(Islet.Reference.TCP, tcp, 10_000)}
+      end)
+    end
+
+    test "garbage on the TLS port" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        {:ok, tcp} = :gen_tcp.connect({127, 0, 0, 1}, port(mod, l), [:binary, active: false])
+        :ok = :gen_tcp.send(tcp, String.duplicate("GARBAGE\r\n", 10))
+        {:ok, s} = mod.accept(l)
+        Diff.name(s, :server)
+        hs = mod.handshake(s, 10_000)
+        {hs, Diff.read_to_end(Islet.Reference.TCP, tcp, 10_000)}
       end)
     end
 
