@@ -511,19 +511,8 @@ defmodule Islet.TCPConformanceIOTest do
   describe "the send queue" do
     @queue_big :binary.copy("q", 4 * 1024 * 1024)
 
-    defp timed(fun) do
-      t0 = System.monotonic_time(:millisecond)
-      result = fun.()
-      {result, System.monotonic_time(:millisecond) - t0}
-    end
-
     # All the client reads until the end: {bytes, how it ended}.
-    defp read_all(c, acc \\ 0) do
-      case :gen_tcp.recv(c, 0, 10_000) do
-        {:ok, b} -> read_all(c, acc + byte_size(b))
-        other -> {acc, other}
-      end
-    end
+    defp read_all(c), do: Diff.count_to_end(&:gen_tcp.recv/3, c)
 
     defp later(fun) do
       parent = self()
@@ -540,9 +529,9 @@ defmodule Islet.TCPConformanceIOTest do
     test "a send the kernel cannot take whole returns at once; the next one waits, then times out" do
       assert_same(fn mod ->
         {_l, s, _c} = queue_pair(mod, recbuf: 4096)
-        {first, ms} = timed(fn -> mod.send(s, @queue_big) end)
+        {first, ms} = Diff.timed(fn -> mod.send(s, @queue_big) end)
         {:ok, [send_pend: pending]} = mod.getstat(s, [:send_pend])
-        {second, ms2} = timed(fn -> mod.send(s, "more") end)
+        {second, ms2} = Diff.timed(fn -> mod.send(s, "more") end)
         {first, ms < 250, pending > 0, second, ms2 >= 250}
       end)
     end
@@ -551,7 +540,7 @@ defmodule Islet.TCPConformanceIOTest do
       assert_same(fn mod ->
         {_l, s, c} = queue_pair(mod, recbuf: 4096)
         data = for i <- 1..64, into: "", do: :binary.copy(<<i>>, 65_536)
-        {sent, ms} = timed(fn -> mod.send(s, data) end)
+        {sent, ms} = Diff.timed(fn -> mod.send(s, data) end)
         :ok = :gen_tcp.send(c, "meanwhile")
         got = mod.recv(s, 9, 5_000)
         reader = later(fn -> :gen_tcp.recv(c, byte_size(data) + 4, 10_000) end)
@@ -612,7 +601,7 @@ defmodule Islet.TCPConformanceIOTest do
         {_l, s, c} = queue_pair(mod)
         :ok = mod.send(s, @queue_big)
         reader = later(fn -> Process.sleep(300) && read_all(c) end)
-        {closed, ms} = timed(fn -> mod.close(s) end)
+        {closed, ms} = Diff.timed(fn -> mod.close(s) end)
         {closed, ms >= 250, result(reader)}
       end)
     end
@@ -623,7 +612,7 @@ defmodule Islet.TCPConformanceIOTest do
         :ok = mod.setopts(s, linger: {true, 0})
         :ok = mod.send(s, @queue_big)
         Process.sleep(50)
-        {closed, ms} = timed(fn -> mod.close(s) end)
+        {closed, ms} = Diff.timed(fn -> mod.close(s) end)
         {got, ended} = read_all(c)
         {closed, ms < 250, got < byte_size(@queue_big), ended}
       end)
@@ -633,7 +622,7 @@ defmodule Islet.TCPConformanceIOTest do
       assert_same(fn mod ->
         {_l, s, c} = queue_pair(mod)
         :ok = mod.send(s, @queue_big)
-        {shut, ms} = timed(fn -> mod.shutdown(s, :write) end)
+        {shut, ms} = Diff.timed(fn -> mod.shutdown(s, :write) end)
         :ok = :gen_tcp.send(c, "still read")
         {shut, ms < 250, read_all(c), mod.recv(s, 10, 5_000)}
       end)
@@ -663,7 +652,7 @@ defmodule Islet.TCPConformanceIOTest do
         :ok = mod.send(s, @queue_big)
         :ok = mod.shutdown(s, :write)
         reader = later(fn -> Process.sleep(300) && read_all(c) end)
-        {closed, ms} = timed(fn -> mod.close(s) end)
+        {closed, ms} = Diff.timed(fn -> mod.close(s) end)
         {closed, ms >= 250, result(reader)}
       end)
     end

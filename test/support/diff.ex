@@ -238,6 +238,30 @@ defmodule Islet.Test.Diff do
     end
   end
 
+  @doc """
+  Reads with `recv` (`&:gen_tcp.recv/3`, `&:ssl.recv/3`, ...) until it
+  reports an error, counting the bytes instead of keeping them: `{count,
+  error}`.
+  """
+  @spec count_to_end((term(), non_neg_integer(), timeout() -> term()), term(), timeout()) ::
+          {non_neg_integer(), term()}
+  def count_to_end(recv, socket, timeout \\ 10_000), do: count_to_end(recv, socket, timeout, 0)
+
+  defp count_to_end(recv, socket, timeout, n) do
+    case recv.(socket, 0, timeout) do
+      {:ok, data} -> count_to_end(recv, socket, timeout, n + IO.iodata_length(data))
+      other -> {n, other}
+    end
+  end
+
+  @doc "Runs `fun`: `{its result, the milliseconds it took}`."
+  @spec timed((() -> term())) :: {term(), integer()}
+  def timed(fun) do
+    t0 = System.monotonic_time(:millisecond)
+    result = fun.()
+    {result, System.monotonic_time(:millisecond) - t0}
+  end
+
   @doc "All the messages in the caller's mailbox now, oldest first."
   @spec messages() :: [term()]
   def messages, do: messages([])
