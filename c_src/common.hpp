@@ -21,7 +21,7 @@ struct Atoms {
       sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
-      unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, linger_zero;
+      unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
