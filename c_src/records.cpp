@@ -188,6 +188,7 @@ struct Takeover {
   // TLS 1.3: records OpenSSL sealed under the server's application key
   // before the handshake returned (its NewSessionTickets).
   uint64_t server_records = 0;
+  uint64_t key_update_at = 0;
   SSL_CTX* session_ctx = nullptr;  // the listener's: its cache holds the session
   ~Takeover() {
     OPENSSL_cleanse(client, sizeof client);
@@ -208,6 +209,9 @@ struct Records {
   bool failed = false;      // fatal: nothing more is sent
   bool close_sent = false;  // our close_notify is sealed
   bool update_due = false;  // TLS 1.3: a KeyUpdate of ours goes before the next record
+  // TLS 1.3: key_update_at (0: none), and the bytes sealed under this key.
+  uint64_t key_update_at = 0, sealed_bytes = 0;
+  uint64_t key_updates = 0;  // KeyUpdates sent, for tls_info
   bool last_read_short = true;  // the last socket read emptied the socket
   size_t key_len = 0, hash_len = 0;
   size_t max_plain = kMaxPlain;  // max_fragment_length, when negotiated
@@ -250,9 +254,10 @@ void records_init() {
   ERR_clear_error();
 }
 
-bool records_start(Sock* s, SSL_CTX* session_ctx) {
+bool records_start(Sock* s, SSL_CTX* session_ctx, uint64_t key_update_at) {
   s->takeover = new (std::nothrow) Takeover();
   if (s->takeover == nullptr) return false;
+  s->takeover->key_update_at = key_update_at;
   SSL_CTX_up_ref(session_ctx);
   s->takeover->session_ctx = session_ctx;
   return true;
@@ -459,6 +464,7 @@ size_t seal(Records* r, uint8_t type, const SysIOVec* iov, int iovcnt, size_t sk
             unsigned char* out) {
   Dir& d = r->wr;
   if (d.seq == UINT64_MAX || !loaded(r, d, true)) return 0;
+  r->sealed_bytes += len;
   size_t body = len + kTagLen + (r->tls13 ? 1 : 0) + (r->xor_nonce ? 0 : kExplicitNonce);
   out[0] = r->tls13 ? static_cast<uint8_t>(kAppData) : type;
   out[1] = 3;
@@ -596,11 +602,14 @@ size_t seal_key_update(Records* r, unsigned char* out) {
   size_t n = seal_bytes(r, kHandshake, msg, sizeof msg, out);
   if (n == 0 || !update_secret(r, r->wr, true)) return 0;
   r->update_due = false;
+  r->sealed_bytes = 0;
+  r->key_updates++;
   return n;
 }
 
 bool update_needed(const Records* r) {
-  return r->tls13 && (r->update_due || (r->cipher != chacha && r->wr.seq >= kGcmRecordLimit));
+  return r->tls13 && (r->update_due || (r->cipher != chacha && r->wr.seq >= kGcmRecordLimit) ||
+                      (r->key_update_at != 0 && r->sealed_bytes >= r->key_update_at));
 }
 
 // Where a record went: data (into the caller's buffer or `plain`), or the
@@ -821,6 +830,7 @@ Records* take_over(Sock* s) {
   if (tls13) {
     ok = set_secret(r, r->rd, t->client, false) && set_secret(r, r->wr, t->server, true);
     r->wr.seq = t->server_records;
+    r->key_update_at = t->key_update_at;
   } else {
     // client_write_key, server_write_key, client_write_IV, server_write_IV.
     size_t iv_len = r->xor_nonce ? 12 : 4;
@@ -1151,9 +1161,13 @@ int records_contexts(const Sock* s) {
   return (s->rec->rd.ctx != nullptr) + (s->rec->wr.ctx != nullptr);
 }
 
+uint64_t records_key_updates(const Sock* s) { return s->rec->key_updates; }
+
 void tls_info_of(SSL* ssl, TlsInfo* out) {
   out->version = SSL_version(ssl);
   if (const SSL_CIPHER* c = SSL_get_current_cipher(ssl)) out->cipher = SSL_CIPHER_standard_name(c);
+  int group = SSL_get_negotiated_group(ssl);
+  if (group != NID_undef) out->group = SSL_group_to_name(ssl, group);
   if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) out->servername = sni;
   const unsigned char* alpn;
   unsigned alpn_len = 0;

@@ -24,6 +24,7 @@ struct Sock;
 struct TlsInfo {
   int version = 0;
   const char* cipher = nullptr;  // IANA name, static in libssl
+  const char* group = nullptr;   // the key exchange's group, static in libssl
   bool reused = false;
   bool has_session = false;
   uint8_t session_id_len = 0;
@@ -38,7 +39,9 @@ void records_init();
 // During a handshake whose records Islet will take over (records_start at
 // SSL_new): what OpenSSL's callbacks tell (records_keylog,
 // records_message), kept until records_take_over.
-bool records_start(Sock* s, struct ssl_ctx_st* session_ctx);
+// key_update_at: TLS 1.3, bytes sealed under one key before a KeyUpdate of
+// ours (:ssl's option of that name), 0 for none.
+bool records_start(Sock* s, struct ssl_ctx_st* session_ctx, uint64_t key_update_at);
 void records_keylog(Sock* s, const char* line);
 void records_message(Sock* s, int write_p, int content_type, const void* buf, size_t len);
 // Called when the handshake of s completed, under its lock: takes the
@@ -72,5 +75,7 @@ void records_wire_bytes(const Sock* s, uint64_t* in, uint64_t* out);
 const TlsInfo& records_info(const Sock* s);
 // How many of its two cipher contexts the connection holds now.
 int records_contexts(const Sock* s);
+// TLS 1.3: KeyUpdates this server sent (answers and its own).
+uint64_t records_key_updates(const Sock* s);
 
 }  // namespace islet

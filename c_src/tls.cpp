@@ -24,6 +24,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,14 @@ struct CtxData {
   std::vector<SniHost> sni_hosts;
   bool sni_fun = false;
   bool records = false;  // Islet's record layer takes over after the handshake
+  // :ssl's supported_groups (TLS 1.3) and eccs (TLS 1.2) as OpenSSL NIDs,
+  // when given; OpenSSL has one list, so each connection gets its
+  // version's in the ClientHello callback.
+  std::vector<int> groups[2];  // [0] TLS 1.2, [1] TLS 1.3
+  bool has_groups[2] = {false, false};
+  bool dh = false;                // DHE suites can be negotiated
+  bool honor_ecc_order = false;   // TLS 1.2: the server's order of groups wins
+  uint64_t key_update_at = 0;     // TLS 1.3, Islet's record layer: bytes per key
   ~CtxData() {
     for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
     if (data_env != nullptr) enif_free_env(data_env);
@@ -69,6 +78,11 @@ void ctx_data_free(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
 CtxData* data_of(const SSL_CTX* ctx) {
   return static_cast<CtxData*>(SSL_CTX_get_ex_data(ctx, ctx_data_index));
 }
+
+struct SSLCtxFree {
+  void operator()(SSL_CTX* c) const { SSL_CTX_free(c); }
+};
+using SSLCtxPtr = std::unique_ptr<SSL_CTX, SSLCtxFree>;
 
 // The Elixir handle of a context: one SSL_CTX reference.
 struct CtxRes {
@@ -135,14 +149,26 @@ void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
 // handshake pauses (retry) so that the fun runs in Elixir, which then calls
 // tls_set_ctx and resumes.
 // Whether the client offers a suite this server has enabled.
-bool shares_a_cipher(SSL* ssl) {
+// With ecdhe false, only the TLS 1.2 suites whose key exchange is not
+// ECDHE, and which this server's key can authenticate, count.
+bool shares_a_cipher(SSL* ssl, bool ecdhe = true) {
   const unsigned char* ids;
   size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
   STACK_OF(SSL_CIPHER)* mine = SSL_get_ciphers(ssl);
+  const EVP_PKEY* key = SSL_get_privatekey(ssl);
+  int key_type = key != nullptr ? EVP_PKEY_get_base_id(key) : EVP_PKEY_NONE;
   for (size_t i = 0; i + 1 < len; i += 2) {
     unsigned id = (static_cast<unsigned>(ids[i]) << 8) | ids[i + 1];
-    for (int k = 0; k < sk_SSL_CIPHER_num(mine); k++)
-      if (SSL_CIPHER_get_protocol_id(sk_SSL_CIPHER_value(mine, k)) == id) return true;
+    for (int k = 0; k < sk_SSL_CIPHER_num(mine); k++) {
+      const SSL_CIPHER* c = sk_SSL_CIPHER_value(mine, k);
+      if (SSL_CIPHER_get_protocol_id(c) != id) continue;
+      if (ecdhe) return true;
+      int kx = SSL_CIPHER_get_kx_nid(c), auth = SSL_CIPHER_get_auth_nid(c);
+      if (kx == NID_kx_ecdhe || kx == NID_kx_any) continue;
+      if ((auth == NID_auth_rsa && key_type == EVP_PKEY_RSA) ||
+          (auth == NID_auth_ecdsa && key_type == EVP_PKEY_EC) || auth == NID_auth_null)
+        return true;
+    }
   }
   return false;
 }
@@ -156,21 +182,53 @@ bool cheap_key(const EVP_PKEY* k) {
   return id == EVP_PKEY_EC && EVP_PKEY_get_bits(k) <= 256;
 }
 
-// The cost class of a named group (TLS ids): 1 cheap (X25519, P-256), 0
-// costly (P-384 takes about a ms, P-521, X448 and FFDHE hundreds of us), -1
-// one OpenSSL does not offer (skipped, as the server would skip it).
-int group_class(unsigned id) {
+// The NID of a named group (TLS id) whose cost Islet knows, or NID_undef.
+int group_nid(unsigned id) {
   switch (id) {
-    case 29: case 23: return 1;                 // x25519, secp256r1
-    case 24: case 25: case 30: return 0;        // secp384r1, secp521r1, x448
-    default: return id >= 256 && id <= 260 ? 0 : -1;  // ffdhe*
+    case 23: return NID_X9_62_prime256v1;
+    case 24: return NID_secp384r1;
+    case 25: return NID_secp521r1;
+    case 29: return NID_X25519;
+    case 30: return NID_X448;
+    case 256: return NID_ffdhe2048;
+    case 257: return NID_ffdhe3072;
+    case 258: return NID_ffdhe4096;
+    case 259: return NID_ffdhe6144;
+    case 260: return NID_ffdhe8192;
+    default: return NID_undef;
   }
+}
+
+bool cheap_nid(int nid) { return nid == NID_X25519 || nid == NID_X9_62_prime256v1; }
+
+bool known_nid(int nid) {
+  static const unsigned ids[] = {23, 24, 25, 29, 30, 256, 257, 258, 259, 260};
+  for (unsigned id : ids)
+    if (group_nid(id) == nid) return true;
+  return false;
+}
+
+// The cost class of a named group (TLS id) for a server that allows
+// `allowed` (NIDs; nullptr: OpenSSL's default list): 1 cheap (X25519,
+// P-256), 0 costly (P-384 takes about a ms, P-521, X448 and FFDHE hundreds
+// of us, the TLS 1.2 curves outside the table more), -1 one the server does
+// not offer (skipped, as the server would skip it).
+int group_class(unsigned id, const std::vector<int>* allowed) {
+  int nid = group_nid(id);
+  if (allowed == nullptr) return nid == NID_undef ? -1 : cheap_nid(nid) ? 1 : 0;
+  for (int a : *allowed) {
+    if (nid != NID_undef && a == nid) return cheap_nid(nid) ? 1 : 0;
+    // An id outside the table may be one of the list's other curves.
+    if (nid == NID_undef && !known_nid(a)) return 0;
+  }
+  return -1;
 }
 
 // Whether the key exchange this ClientHello leads to is cheap: the first
 // group the server can use among the client's key shares (TLS 1.3), else
-// among its supported groups. No usable group: costly, to be safe.
-bool cheap_exchange(SSL* ssl) {
+// among its supported groups, in the server's order when it has one and
+// prefers it (TLS 1.2). No usable group: costly, to be safe.
+bool cheap_exchange(SSL* ssl, const std::vector<int>* allowed, bool server_order) {
   const unsigned char* p;
   size_t len;
   if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_key_share, &p, &len) && len >= 2) {
@@ -178,17 +236,102 @@ bool cheap_exchange(SSL* ssl) {
     for (size_t i = 2; i + 4 <= end;) {
       unsigned id = (static_cast<unsigned>(p[i]) << 8) | p[i + 1];
       size_t klen = (static_cast<size_t>(p[i + 2]) << 8) | p[i + 3];
-      int c = group_class(id);
+      int c = group_class(id, allowed);
       if (c >= 0) return c == 1;
       i += 4 + klen;
     }
   }
   if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) && len >= 2) {
     size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
+    if (server_order && allowed != nullptr) {
+      for (int a : *allowed)
+        for (size_t i = 2; i + 2 <= end; i += 2) {
+          int nid = group_nid((static_cast<unsigned>(p[i]) << 8) | p[i + 1]);
+          if (nid == a || (nid == NID_undef && !known_nid(a))) return cheap_nid(nid);
+        }
+      return false;
+    }
     for (size_t i = 2; i + 2 <= end; i += 2) {
-      int c = group_class((static_cast<unsigned>(p[i]) << 8) | p[i + 1]);
+      int c = group_class((static_cast<unsigned>(p[i]) << 8) | p[i + 1], allowed);
       if (c >= 0) return c == 1;
     }
+  }
+  return false;
+}
+
+// Whether the client's supported groups name one of `allowed` (NIDs; a
+// group outside Islet's table counts when the list has one too).
+bool shares_a_group(SSL* ssl, const std::vector<int>& allowed) {
+  const unsigned char* p;
+  size_t len;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) || len < 2)
+    return false;
+  size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
+  for (size_t i = 2; i + 2 <= end; i += 2)
+    if (group_class((static_cast<unsigned>(p[i]) << 8) | p[i + 1], &allowed) >= 0) return true;
+  return false;
+}
+
+// OpenSSL 3.0's default groups for ECDHE (its list less FFDHE, which it
+// does not use in TLS 1.2), in its order.
+const std::vector<int>& default_groups() {
+  static const std::vector<int> groups = {NID_X25519, NID_X9_62_prime256v1, NID_X448,
+                                          NID_secp521r1, NID_secp384r1};
+  return groups;
+}
+
+// TLS 1.2: the curve :ssl would pick, as a NID (NID_undef: none): the
+// first of the client's supported groups the server has, or with
+// honor_ecc_order the first of the server's the client has. OpenSSL ties
+// that order to honor_cipher_order (SSL_OP_CIPHER_SERVER_PREFERENCE)
+// instead, so the connection is given only this group. Groups outside
+// Islet's table are left to OpenSSL (NID_undef).
+int curve_for_tls12(SSL* ssl, const std::vector<int>& mine, bool server_order) {
+  const unsigned char* p;
+  size_t len;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) || len < 2)
+    return NID_undef;
+  size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
+  std::vector<int> client;
+  for (size_t i = 2; i + 2 <= end; i += 2) {
+    int nid = group_nid((static_cast<unsigned>(p[i]) << 8) | p[i + 1]);
+    if (nid != NID_undef) client.push_back(nid);
+  }
+  const std::vector<int>& first = server_order ? mine : client;
+  const std::vector<int>& second = server_order ? client : mine;
+  for (int a : first)
+    for (int b : second)
+      if (a == b) return a;
+  return NID_undef;
+}
+
+// Whether this ClientHello leads to TLS 1.3: the client offers it and the
+// server allows it (the server picks the highest version both have).
+bool leads_to_tls13(SSL* ssl) {
+  int max = SSL_get_max_proto_version(ssl);
+  if (max != 0 && max < TLS1_3_VERSION) return false;
+  const unsigned char* p;
+  size_t len;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_versions, &p, &len) || len < 1)
+    return false;
+  size_t end = std::min(len, 1 + static_cast<size_t>(p[0]));
+  for (size_t i = 1; i + 2 <= end; i += 2)
+    if (p[i] == 3 && p[i + 1] == 4) return true;
+  return false;
+}
+
+// Whether the client offers a DHE suite this server has enabled: TLS 1.2's
+// finite-field key exchange costs about a ms.
+bool offers_dhe(SSL* ssl) {
+  const unsigned char* ids;
+  size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
+  STACK_OF(SSL_CIPHER)* mine = SSL_get_ciphers(ssl);
+  for (int k = 0; k < sk_SSL_CIPHER_num(mine); k++) {
+    const SSL_CIPHER* c = sk_SSL_CIPHER_value(mine, k);
+    if (SSL_CIPHER_get_kx_nid(c) != NID_kx_dhe) continue;
+    for (size_t i = 0; i + 1 < len; i += 2)
+      if (SSL_CIPHER_get_protocol_id(c) == ((static_cast<unsigned>(ids[i]) << 8) | ids[i + 1]))
+        return true;
   }
   return false;
 }
@@ -245,10 +388,42 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   // A host whose certificate could not be loaded: the step stops here, and
   // the handshake fails with the load error (no alert, as with :ssl).
   if (deferred_of(ssl) != 0) return SSL_CLIENT_HELLO_RETRY;
+  // supported_groups / eccs: this version's list, for this connection.
+  const CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
+  bool tls13 = leads_to_tls13(ssl);
+  const std::vector<int>* allowed = nullptr;
+  // supported_groups alone set the context's list: TLS 1.2 keeps OpenSSL's.
+  if (!tls13 && c != nullptr && !c->has_groups[0] && c->has_groups[1])
+    SSL_set1_groups(ssl, const_cast<int*>(default_groups().data()), default_groups().size());
+  if (c != nullptr && c->has_groups[tls13]) {
+    allowed = &c->groups[tls13];
+    // No group in common: :ssl answers insufficient_security (TLS 1.3,
+    // no_suitable_groups; TLS 1.2, no suite left), where OpenSSL would
+    // send handshake_failure. TLS 1.2 may still agree on a suite without
+    // ECDHE.
+    // (An empty list cannot be set: those handshakes fail here too.)
+    bool none = !shares_a_group(ssl, *allowed);
+    if ((none && (tls13 || !shares_a_cipher(ssl, false))) || allowed->empty() ||
+        SSL_set1_groups(ssl, const_cast<int*>(allowed->data()), allowed->size()) != 1) {
+      *alert = SSL_AD_INSUFFICIENT_SECURITY;
+      return SSL_CLIENT_HELLO_ERROR;
+    }
+  }
+  bool server_order = (SSL_get_options(ssl) & SSL_OP_CIPHER_SERVER_PREFERENCE) != 0;
+  bool cheap_kx;
+  if (!tls13 && c != nullptr && c->honor_ecc_order != server_order) {
+    int curve = curve_for_tls12(ssl, allowed != nullptr ? *allowed : default_groups(),
+                                c->honor_ecc_order);
+    if (curve != NID_undef) SSL_set1_groups(ssl, &curve, 1);
+    cheap_kx = cheap_nid(curve);
+  } else {
+    cheap_kx = cheap_exchange(ssl, allowed, server_order);
+  }
   // On a normal scheduler, the rest of this step (key exchange, signature)
   // must be cheap; else the step pauses here and resumes on a dirty one.
   if (st != nullptr && st->tls_inline &&
-      !(cheap_key(SSL_get_privatekey(ssl)) && cheap_exchange(ssl))) {
+      !(cheap_key(SSL_get_privatekey(ssl)) && cheap_kx &&
+        !(c != nullptr && c->dh && !tls13 && offers_dhe(ssl)))) {
     st->tls_want_dirty = true;
     return SSL_CLIENT_HELLO_RETRY;
   }
@@ -451,7 +626,8 @@ bool new_ssl(Sock* s, SSL_CTX* ctx) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return false;
   CtxData* c = data_of(ctx);
-  if (SSL_set_fd(ssl, s->fd) != 1 || (c != nullptr && c->records && !records_start(s, ctx))) {
+  if (SSL_set_fd(ssl, s->fd) != 1 ||
+      (c != nullptr && c->records && !records_start(s, ctx, c->key_update_at))) {
     SSL_free(ssl);
     return false;
   }
@@ -711,6 +887,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 
   bool have_cert = false;
   int verify = SSL_VERIFY_NONE;
+  // A context to try group and signature names on, made when needed.
+  SSLCtxPtr scratch;
   ERL_NIF_TERM head, tail = argv[0];
   while (enif_get_list_cell(env, tail, &head, &tail)) {
     int arity;
@@ -791,6 +969,59 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         SSL_CTX_up_ref(hc->ctx);
         c->sni_hosts.push_back({std::string(reinterpret_cast<const char*>(b.data), b.size), hc->ctx});
       }
+    } else if (k == "groups12" || k == "groups13") {
+      // Names OpenSSL does not have are dropped, as :ssl drops the names
+      // it does not know.
+      int v = k == "groups13";
+      std::vector<ErlNifBinary> names;
+      if (!bin_list(env, kv[1], &names)) return enif_make_badarg(env);
+      if (!scratch && !(scratch = SSLCtxPtr(SSL_CTX_new(TLS_server_method())))) return make_error(env, atom.enomem);
+      c->has_groups[v] = true;
+      c->groups[v].clear();
+      for (const ErlNifBinary& n : names) {
+        int nid = OBJ_sn2nid(std::string(reinterpret_cast<const char*>(n.data), n.size).c_str());
+        if (nid != NID_undef && SSL_CTX_set1_groups(scratch.get(), &nid, 1) == 1)
+          c->groups[v].push_back(nid);
+      }
+      ERR_clear_error();
+    } else if (k == "sigalgs") {
+      std::vector<ErlNifBinary> names;
+      if (!bin_list(env, kv[1], &names)) return enif_make_badarg(env);
+      if (!scratch && !(scratch = SSLCtxPtr(SSL_CTX_new(TLS_server_method())))) return make_error(env, atom.enomem);
+      std::string list;
+      for (const ErlNifBinary& n : names) {
+        std::string name(reinterpret_cast<const char*>(n.data), n.size);
+        if (SSL_CTX_set1_sigalgs_list(scratch.get(), name.c_str()) != 1) continue;
+        list += (list.empty() ? "" : ":") + name;
+      }
+      ERR_clear_error();
+      if (list.empty() || SSL_CTX_set1_sigalgs_list(ctx, list.c_str()) != 1)
+        return opt_error(env, enif_make_atom(env, "signature_algs"), "no_supported_signature_schemes");
+    } else if (k == "dh") {
+      // PKCS #3 DH parameters (dh, or dhfile's PEM), for the DHE suites.
+      if (!enif_inspect_binary(env, kv[1], &b)) return enif_make_badarg(env);
+      const unsigned char* p = b.data;
+      EVP_PKEY* params = d2i_KeyParams(EVP_PKEY_DH, nullptr, &p, static_cast<long>(b.size));
+      if (params == nullptr || SSL_CTX_set0_tmp_dh_pkey(ctx, params) != 1) {
+        EVP_PKEY_free(params);
+        ERR_clear_error();
+        return opt_error(env, kv[0], "bad_dh_params");
+      }
+      c->dh = true;
+    } else if (k == "dh_auto") {
+      // DHE suites asked for without parameters: :ssl has default ones;
+      // OpenSSL picks an RFC 7919 group matching the certificate's strength.
+      SSL_CTX_set_dh_auto(ctx, 1);
+      c->dh = true;
+    } else if (k == "max_handshake_size") {
+      if (!enif_get_int(env, kv[1], &i) || i <= 0) return enif_make_badarg(env);
+      SSL_CTX_set_max_cert_list(ctx, i);
+    } else if (k == "honor_ecc_order") {
+      c->honor_ecc_order = get_bool(kv[1]);
+    } else if (k == "key_update_at") {
+      ErlNifUInt64 n;
+      if (!enif_get_uint64(env, kv[1], &n)) return enif_make_badarg(env);
+      c->key_update_at = n;
     } else if (k == "records") {
       c->records = get_bool(kv[1]);
     } else if (k == "sni_fun") {
@@ -813,6 +1044,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!have_cert && !c->sni_fun && c->sni_hosts.empty() && c->deferred == 0)
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
   SSL_CTX_set_verify(ctx, verify, nullptr);
+  if (c->has_groups[1] && !c->groups[1].empty())
+    SSL_CTX_set1_groups(ctx, c->groups[1].data(), c->groups[1].size());
   build_chains(ctx);
   if (c->records) {
     SSL_CTX_set_keylog_callback(ctx, keylog_cb);
@@ -1060,6 +1293,7 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   };
   put("protocol", enif_make_int(env, info.version));
   if (info.cipher != nullptr) put("cipher", bin(info.cipher, std::strlen(info.cipher)));
+  if (info.group != nullptr) put("group", bin(info.group, std::strlen(info.group)));
   if (!info.servername.empty())
     put("sni_hostname", bin(info.servername.data(), info.servername.size()));
   else if (!s->sni.empty())  // a resumed TLS 1.2 session: from the ClientHello
@@ -1069,7 +1303,10 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   put("session_reused", info.reused ? atom.true_ : atom.false_);
   if (!info.peercert.empty()) put("peercert", bin(info.peercert.data(), info.peercert.size()));
   put("records", enif_make_atom(env, s->rec != nullptr ? "islet" : "openssl"));
-  if (s->rec != nullptr) put("cipher_contexts", enif_make_int(env, records_contexts(s)));
+  if (s->rec != nullptr) {
+    put("cipher_contexts", enif_make_int(env, records_contexts(s)));
+    put("key_updates", enif_make_uint64(env, records_key_updates(s)));
+  }
   return make_ok(env, enif_make_list_from_array(env, items.data(), items.size()));
 }
 

@@ -9,11 +9,27 @@ defmodule Islet.TLS.Options do
   `fail_if_no_peer_cert`, `depth`, `versions` (`:"tlsv1.2"`, `:"tlsv1.3"`),
   `ciphers` (suite maps, tuples, or an OpenSSL string), `honor_cipher_order`,
   `alpn_preferred_protocols`, `sni_hosts`, `sni_fun`, `reuse_sessions`,
-  `session_tickets`, `secure_renegotiate`.
+  `session_tickets`, `eccs` (TLS 1.2's curves) and `supported_groups` (TLS
+  1.3's groups: OpenSSL has one list, so each connection gets its
+  version's), `honor_ecc_order`, `signature_algs`, `dh` and `dhfile` (DHE
+  suites in `ciphers` without either use OpenSSL's RFC 7919 groups, as
+  `:ssl` has default parameters), `key_update_at` (on Islet's record layer)
+  and `max_handshake_size`.
 
-  Accepted and ignored on purpose: `log_level` (OpenSSL does not log through
-  Logger), `secure_renegotiate` (OpenSSL always renegotiates securely, and
-  Islet refuses client renegotiation altogether).
+  Accepted and ignored on purpose, with their values checked as `:ssl`
+  checks them: `log_level` and `log_alert` (OpenSSL does not log through
+  Logger), `secure_renegotiate` and `client_renegotiation` (OpenSSL always
+  renegotiates securely, and Islet refuses client renegotiation
+  altogether), `hibernate_after`, `receiver_spawn_opts` and
+  `sender_spawn_opts` (no process per connection), `middlebox_comp_mode`
+  (the server follows the client), `cookie`, `certificate_authorities`,
+  `keep_secrets`, `signature_algs_cert` (OpenSSL 3.0 has no setting for
+  it), `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
+  :tls`, `early_data: :disabled` and `anti_replay`. `:ssl`'s dependency
+  errors are kept (`supported_groups` without TLS 1.3, the TLS 1.0 options,
+  `early_data` and `anti_replay` without tickets). `verify_fun`,
+  `partial_chain`, CRL checks, `handshake: :hello`, early data and DTLS are
+  `{:error, {:unsupported_option, option}}`.
   """
 
   @tls_keys [
@@ -37,7 +53,33 @@ defmodule Islet.TLS.Options do
     :reuse_sessions,
     :session_tickets,
     :secure_renegotiate,
-    :log_level
+    :log_level,
+    :eccs,
+    :supported_groups,
+    :honor_ecc_order,
+    :signature_algs,
+    :signature_algs_cert,
+    :dh,
+    :dhfile,
+    :key_update_at,
+    :middlebox_comp_mode,
+    :max_handshake_size,
+    :client_renegotiation,
+    :hibernate_after,
+    :handshake,
+    :log_alert,
+    :keep_secrets,
+    :cookie,
+    :certificate_authorities,
+    :crl_check,
+    :crl_cache,
+    :protocol,
+    :receiver_spawn_opts,
+    :sender_spawn_opts,
+    :padding_check,
+    :beast_mitigation,
+    :early_data,
+    :anti_replay
   ]
 
   @doc "The option keys handled here rather than by the TCP layer."
@@ -85,6 +127,11 @@ defmodule Islet.TLS.Options do
         {:error, {:options, {k, _}} = reason} when k in [:cert_key, :cacerts] ->
           build([deferred_error: reason] ++ others)
 
+        {:error, {:options, {:signature_algs, :no_supported_signature_schemes}}} ->
+          {:error,
+           {:options, :no_supported_signature_schemes,
+            {:signature_algs, Keyword.get(tls, :signature_algs)}}}
+
         result ->
           result
       end
@@ -118,16 +165,17 @@ defmodule Islet.TLS.Options do
   defp nif_opts(tls) do
     keys =
       try do
-        Enum.map(cert_key_pairs(tls), &{:cert_key, &1}) ++ cacerts(tls)
+        Enum.map(cert_key_pairs(tls), &{:cert_key, &1}) ++ cacerts(tls) ++ dh(tls)
       catch
         {:deferred, reason} -> [deferred_error: {:options, reason}]
       end
 
+    ciphers = ciphers(Keyword.get(tls, :ciphers))
+
     others =
       verify(tls) ++
         versions(Keyword.get(tls, :versions)) ++
-        ciphers(Keyword.get(tls, :ciphers)) ++
-        simple(tls) ++ sni(tls)
+        ciphers ++ dh_auto(tls, ciphers) ++ simple(tls) ++ extras(tls) ++ sni(tls)
 
     {:ok, keys, others}
   end
@@ -325,6 +373,168 @@ defmodule Islet.TLS.Options do
       _ -> []
     end)
   end
+
+  # DH parameters for the DHE suites: dh (DER) or dhfile (PEM), as :ssl
+  # takes them; a dhfile that cannot be read fails each handshake, as with
+  # :ssl.
+  defp dh(tls) do
+    case {Keyword.fetch(tls, :dh), Keyword.fetch(tls, :dhfile)} do
+      {{:ok, der}, _} when is_binary(der) ->
+        [dh: der]
+
+      {{:ok, other}, _} ->
+        throw({:option, {:error, {:options, {:dh, other}}}})
+
+      {:error, {:ok, file}} when is_binary(file) or is_list(file) ->
+        case for {:DHParameter, der, _} <- pem(file, :dhfile), do: der do
+          [der | _] -> [dh: der]
+          [] -> throw({:deferred, {:dhfile, to_charlist(file), []}})
+        end
+
+      {:error, {:ok, other}} ->
+        throw({:option, {:error, {:options, {:dhfile, other}}}})
+
+      {:error, :error} ->
+        []
+    end
+  end
+
+  # Ciphers that name DHE suites without parameters: OpenSSL's built-in
+  # groups, as :ssl has default parameters.
+  defp dh_auto(tls, ciphers) do
+    dhe? = ciphers |> Keyword.get(:cipher_list, "") |> String.split(":") |> Enum.any?(&dhe?/1)
+
+    if dhe? and not Keyword.has_key?(tls, :dh) and not Keyword.has_key?(tls, :dhfile),
+      do: [dh_auto: true],
+      else: []
+  end
+
+  defp dhe?("DHE-" <> _), do: true
+  defp dhe?("EDH-" <> _), do: true
+  defp dhe?(_), do: false
+
+  @booleans [:honor_cipher_order, :reuse_sessions, :secure_renegotiate, :honor_ecc_order] ++
+              [:client_renegotiation, :middlebox_comp_mode, :log_alert, :keep_secrets] ++
+              [:cookie, :certificate_authorities]
+
+  # OpenSSL's names of :ssl's groups (its short names, where they differ).
+  @group_names %{x25519: "X25519", x448: "X448", secp256r1: "prime256v1", secp192r1: "prime192v1"}
+
+  # :ssl's signature schemes (TLS 1.3 names) and, for TLS 1.2, {Hash, Sign}.
+  @schemes [:rsa_pkcs1_sha256, :rsa_pkcs1_sha384, :rsa_pkcs1_sha512, :rsa_pkcs1_sha1] ++
+             [:ecdsa_secp256r1_sha256, :ecdsa_secp384r1_sha384, :ecdsa_secp521r1_sha512] ++
+             [:ecdsa_sha1, :rsa_pss_rsae_sha256, :rsa_pss_rsae_sha384, :rsa_pss_rsae_sha512] ++
+             [:rsa_pss_pss_sha256, :rsa_pss_pss_sha384, :rsa_pss_pss_sha512] ++
+             [:eddsa_ed25519, :eddsa_ed448, :ecdsa_brainpoolP256r1tls13_sha256] ++
+             [:ecdsa_brainpoolP384r1tls13_sha384, :ecdsa_brainpoolP512r1tls13_sha512]
+  @hashes %{sha: "SHA1", sha224: "SHA224", sha256: "SHA256", sha384: "SHA384", sha512: "SHA512"}
+  @signs %{rsa: "RSA", ecdsa: "ECDSA", dsa: "DSA"}
+
+  # The other :ssl server options, checked as :ssl checks them (same
+  # errors), and what the NIF takes of them.
+  defp extras(tls), do: Enum.flat_map(tls, fn {k, v} -> extra(k, v, tls) end)
+
+  defp extra(k, v, _) when k in @booleans and not is_boolean(v), do: bad(k, v)
+  defp extra(:honor_ecc_order, b, _), do: [honor_ecc_order: b]
+  defp extra(:eccs, list, _) when is_list(list), do: [groups12: group_names(list)]
+  defp extra(:eccs, v, _), do: bad(:eccs, v)
+
+  defp extra(:supported_groups, list, tls) when is_list(list) do
+    case Keyword.get(tls, :versions) do
+      versions when is_list(versions) ->
+        unless :"tlsv1.3" in versions, do: dependency(:supported_groups, :versions, [:"tlsv1.3"])
+
+      _ ->
+        :ok
+    end
+
+    [groups13: group_names(list)]
+  end
+
+  defp extra(:supported_groups, v, _), do: bad(:supported_groups, v)
+
+  defp extra(k, [], _) when k in [:signature_algs, :signature_algs_cert],
+    do: throw({:option, {:error, {:options, :no_supported_signature_schemes, {k, []}}}})
+
+  defp extra(:signature_algs, list, _) when is_list(list),
+    do: [sigalgs: Enum.map(list, &sigalg(&1, :signature_algs, list))]
+
+  # Checked, not applied: OpenSSL 3.0 has no setting for the
+  # signature_algorithms_cert a server sends.
+  defp extra(:signature_algs_cert, list, _) when is_list(list) do
+    Enum.each(list, &sigalg(&1, :signature_algs_cert, list))
+    []
+  end
+
+  defp extra(:key_update_at, n, _) when is_integer(n) and n > 0, do: [key_update_at: n]
+  defp extra(:key_update_at, v, _), do: bad(:key_update_at, v)
+
+  defp extra(:max_handshake_size, n, _) when is_integer(n) and n < 8_388_608,
+    do: if(n > 0, do: [max_handshake_size: n], else: [])
+
+  defp extra(:max_handshake_size, v, _), do: bad(:max_handshake_size, v)
+  defp extra(:hibernate_after, v, _) when v == :infinity or (is_integer(v) and v >= 0), do: []
+  defp extra(:hibernate_after, v, _), do: bad(:hibernate_after, v)
+  defp extra(:handshake, :full, _), do: []
+  defp extra(:handshake, :hello, _), do: unsupported(:handshake, :hello)
+  defp extra(:handshake, v, _), do: bad(:handshake, v)
+  defp extra(:crl_check, false, _), do: []
+
+  defp extra(:crl_check, v, _) when v in [true, :peer, :best_effort],
+    do: unsupported(:crl_check, v)
+
+  defp extra(:crl_check, v, _), do: bad(:crl_check, v)
+  defp extra(:crl_cache, {m, {_, _}}, _) when is_atom(m), do: []
+  defp extra(:crl_cache, v, _), do: bad(:crl_cache, v)
+  defp extra(:protocol, :tls, _), do: []
+  defp extra(:protocol, :dtls, _), do: unsupported(:protocol, :dtls)
+  defp extra(:protocol, v, _), do: bad(:protocol, v)
+
+  defp extra(k, v, _) when k in [:receiver_spawn_opts, :sender_spawn_opts],
+    do: if(is_list(v), do: [], else: bad(k, v))
+
+  # TLS 1.0 options: :ssl asks for that version, which Islet does not have.
+  defp extra(k, _, _) when k in [:padding_check, :beast_mitigation],
+    do: dependency(k, :versions, [:tlsv1])
+
+  defp extra(:early_data, v, tls) do
+    unless tickets(Keyword.get(tls, :session_tickets)) in [:stateful, :stateless],
+      do: dependency(:early_data, :session_tickets, [:stateful, :stateless])
+
+    case v do
+      :disabled -> []
+      :enabled -> unsupported(:early_data, :enabled)
+      _ -> bad(:early_data, v)
+    end
+  end
+
+  defp extra(:anti_replay, _, tls) do
+    unless tickets(Keyword.get(tls, :session_tickets)) == :stateless,
+      do: dependency(:anti_replay, :session_tickets, [:stateless])
+
+    []
+  end
+
+  defp extra(_, _, _), do: []
+
+  defp bad(k, v), do: throw({:option, {:error, {:options, {k, v}}}})
+  defp unsupported(k, v), do: throw({:option, {:error, {:unsupported_option, {k, v}}}})
+
+  defp dependency(k, on, values),
+    do: throw({:option, {:error, {:options, :dependency, {k, {on, values}}}}})
+
+  defp group_names(list),
+    do: for(g <- list, is_atom(g), do: Map.get(@group_names, g, Atom.to_string(g)))
+
+  defp sigalg(scheme, _, _) when scheme in [:eddsa_ed25519, :eddsa_ed448],
+    do: String.replace_prefix(Atom.to_string(scheme), "eddsa_", "")
+
+  defp sigalg(scheme, _, _) when scheme in @schemes, do: Atom.to_string(scheme)
+
+  defp sigalg({hash, sign}, _, _) when is_map_key(@hashes, hash) and is_map_key(@signs, sign),
+    do: @signs[sign] <> "+" <> @hashes[hash]
+
+  defp sigalg(_, key, list), do: bad(key, list)
 
   defp tickets(t) when t in [:stateless, :stateless_with_cert], do: :stateless
   defp tickets(t) when t in [:stateful, :stateful_with_cert], do: :stateful

@@ -1,0 +1,298 @@
+defmodule Islet.TLSOptionsTest do
+  # Differential tests of :ssl's server options beyond certificates,
+  # versions and ciphers (groups, signature algorithms, DH parameters, key
+  # updates, and the options that have no effect on a server without
+  # processes): what listen answers, and what handshakes negotiate, with
+  # Islet.TLS and with :ssl (Islet.Reference.SSL) as the server, :ssl
+  # clients. Plug.SSL's `cipher_suite: :strong | :compatible` (which Bandit
+  # applies to every HTTPS listener) sets eccs and honor_cipher_order.
+  use ExUnit.Case, async: true
+
+  import Islet.Test.TLSDiff
+
+  alias Islet.Test.{Certs, Diff}
+
+  @moduletag :capture_log
+  @moduletag timeout: 120_000
+
+  setup_all do
+    Certs.dir()
+    :ok
+  end
+
+  # What listen answers, the listener closed again.
+  defp listen_result(mod, opts) do
+    case mod.listen(0, opts ++ [ip: :loopback] ++ Certs.server_opts(:server_ec)) do
+      {:ok, l} ->
+        mod.close(l)
+        :ok
+
+      other ->
+        other
+    end
+  end
+
+  # Both sides' handshake results, and what the client says it agreed on.
+  defp handshake(mod, server_opts, client_opts) do
+    %{handshake: hs, connect: connect, client: c} = pair(mod, server_opts, client_opts)
+
+    agreed =
+      with {:ok, _} <- connect do
+        {:ok, info} = :ssl.connection_information(c, [:protocol, :selected_cipher_suite, :ecc])
+        Map.new(info)
+      end
+
+    {ok_or(hs), ok_or(connect), agreed}
+  end
+
+  defp ok_or({:ok, _}), do: :ok
+  defp ok_or(other), do: other
+
+  defp ec(opts), do: opts ++ Certs.server_opts(:server_ec)
+  defp tls12, do: [versions: [:"tlsv1.2"]]
+  defp tls13, do: [versions: [:"tlsv1.3"]]
+
+  # The group the server's key exchange used (Islet's own diagnostics).
+  defp group(s) do
+    {:ok, info} = Islet.Nif.tls_info(s)
+    info[:group]
+  end
+
+  describe "listen: the options, valid and not, as :ssl answers them" do
+    @cases [
+      [eccs: [:x25519]],
+      [eccs: [:no_such_curve]],
+      [eccs: []],
+      [supported_groups: [:x25519, :secp256r1]],
+      [supported_groups: [:no_such_group]],
+      [supported_groups: [:ffdhe2048]],
+      [supported_groups: [:x25519], versions: [:"tlsv1.2"]],
+      [eccs: [:secp256r1], versions: [:"tlsv1.3"]],
+      [honor_ecc_order: true],
+      [honor_ecc_order: 1],
+      [signature_algs: [:rsa_pss_rsae_sha256, {:sha256, :ecdsa}, :eddsa_ed25519]],
+      [signature_algs: []],
+      [signature_algs_cert: [:ecdsa_secp256r1_sha256]],
+      [signature_algs_cert: []],
+      [dhfile: ~c"/no/such/dhfile"],
+      [dhfile: 1],
+      [dh: 1],
+      [client_renegotiation: false],
+      [client_renegotiation: 1],
+      [hibernate_after: 10],
+      [hibernate_after: :infinity],
+      [hibernate_after: -1],
+      [key_update_at: 1],
+      [key_update_at: 0],
+      [key_update_at: :x],
+      [middlebox_comp_mode: false],
+      [middlebox_comp_mode: 1],
+      [handshake: :full],
+      [handshake: :x],
+      [max_handshake_size: 10],
+      [max_handshake_size: 0],
+      [max_handshake_size: 8_388_608],
+      [max_handshake_size: :x],
+      [log_alert: true],
+      [log_alert: 1],
+      [keep_secrets: false],
+      [keep_secrets: 1],
+      [crl_check: false],
+      [crl_check: :x],
+      [crl_cache: {:ssl_crl_cache, {:internal, []}}],
+      [crl_cache: :x],
+      [protocol: :tls],
+      [protocol: :x],
+      [cookie: false],
+      [cookie: 1],
+      [certificate_authorities: false],
+      [certificate_authorities: 1],
+      [receiver_spawn_opts: [priority: :high]],
+      [sender_spawn_opts: []],
+      [receiver_spawn_opts: :x],
+      [padding_check: true],
+      [beast_mitigation: :disabled],
+      [anti_replay: :"10k"],
+      [anti_replay: :"10k", session_tickets: :stateless],
+      [early_data: :disabled],
+      [early_data: :disabled, session_tickets: :stateless],
+      [reuse_sessions: 1],
+      [secure_renegotiate: 1],
+      [honor_cipher_order: 1]
+    ]
+
+    test "each option list gives the same answer" do
+      for opts <- @cases do
+        assert {same, same} = run(&listen_result(&1, opts)), "differs for #{inspect(opts)}"
+      end
+    end
+
+    test "Islet: what :ssl takes but Islet does not do is {:unsupported_option, _}" do
+      for opt <- [handshake: :hello, crl_check: true, protocol: :dtls] do
+        assert Islet.TLS.listen(0, [opt, ip: :loopback] ++ Certs.server_opts()) ==
+                 {:error, {:unsupported_option, opt}}
+      end
+    end
+  end
+
+  describe "Plug.SSL's cipher suites (as Bandit configures them)" do
+    # What Plug.SSL.configure/1 adds for cipher_suite: :strong and
+    # :compatible (Plug 1.16-era lists).
+    @strong [
+      honor_cipher_order: true,
+      eccs: [:x25519, :secp256r1, :secp384r1, :secp521r1],
+      ciphers: [~c"TLS_AES_256_GCM_SHA384", ~c"TLS_CHACHA20_POLY1305_SHA256"],
+      versions: [:"tlsv1.3"]
+    ]
+    @compatible [
+      secure_renegotiate: true,
+      reuse_sessions: true,
+      honor_cipher_order: true,
+      eccs: [:secp256r1, :secp384r1, :secp521r1],
+      ciphers:
+        Enum.map(
+          ~w(TLS_AES_256_GCM_SHA384 ECDHE-ECDSA-AES256-GCM-SHA384 ECDHE-RSA-AES256-GCM-SHA384
+             ECDHE-RSA-AES128-GCM-SHA256 DHE-RSA-AES256-GCM-SHA384 DHE-RSA-AES128-GCM-SHA256
+             ECDHE-RSA-AES128-SHA256 ECDHE-RSA-AES128-SHA),
+          &String.to_charlist/1
+        ),
+      versions: [:"tlsv1.3", :"tlsv1.2"]
+    ]
+
+    test ":strong: listens, negotiates and carries data as with :ssl" do
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, @strong)
+        :ok = :ssl.send(c, "ping")
+        {mod.recv(s, 4, 10_000), elem(:ssl.connection_information(c, [:protocol]), 1)}
+      end)
+    end
+
+    test ":compatible, TLS 1.3 and 1.2 clients, RSA and ECDSA certificates" do
+      for cert <- [:server_rsa, :server_ec], client <- [tls13(), tls12()] do
+        assert_same(fn mod ->
+          {handshake(mod, @compatible ++ Certs.server_opts(cert), client), cert}
+        end)
+      end
+    end
+
+    test ":compatible, a TLS 1.2 client asking for DHE only (no DH parameters given)" do
+      dhe = [ciphers: [:ssl.str_to_suite(~c"DHE-RSA-AES128-GCM-SHA256")]] ++ tls12()
+      agreed = assert_same(&handshake(&1, @compatible, dhe))
+      assert {:ok, :ok, %{selected_cipher_suite: %{key_exchange: :dhe_rsa}}} = agreed
+    end
+  end
+
+  describe "groups: supported_groups (TLS 1.3) and eccs (TLS 1.2)" do
+    test "TLS 1.3: the server's groups decide, the client's key share or not" do
+      for {server, client} <- [
+            {[supported_groups: [:secp384r1]], []},
+            {[supported_groups: [:x25519]], [supported_groups: [:secp384r1]]},
+            {[supported_groups: [:secp521r1], eccs: [:secp384r1]], [supported_groups: [:x25519]]},
+            {[eccs: [:secp384r1]], []}
+          ] do
+        assert_same(&handshake(&1, ec(server), tls13() ++ client))
+      end
+
+      {_l, s, _c} = pair!(Islet.TLS, ec(supported_groups: [:secp384r1]), tls13())
+      assert group(s) == "secp384r1"
+      {_l, s, _c} = pair!(Islet.TLS, ec(eccs: [:secp384r1]), tls13())
+      assert group(s) == "x25519"
+    end
+
+    test "TLS 1.2: eccs decides the curve; none in common fails as with :ssl" do
+      for {server, client} <- [
+            {[eccs: [:secp384r1]], []},
+            {[eccs: [:secp384r1]], [eccs: [:secp256r1]]},
+            {[eccs: [:secp521r1, :secp384r1], honor_ecc_order: true], []},
+            {[supported_groups: [:secp384r1]], [eccs: [:secp256r1]]}
+          ] do
+        assert_same(&handshake(&1, ec(server), tls12() ++ client))
+      end
+    end
+
+    test "a client offering TLS 1.3 and 1.2 gets TLS 1.3's groups" do
+      opts = ec(supported_groups: [:secp384r1], eccs: [:secp256r1])
+      assert_same(&handshake(&1, opts, versions: [:"tlsv1.3", :"tlsv1.2"]))
+      {_l, s, _c} = pair!(Islet.TLS, opts, versions: [:"tlsv1.3", :"tlsv1.2"])
+      assert group(s) == "secp384r1"
+    end
+  end
+
+  describe "DH parameters" do
+    setup do
+      path = Path.join(Certs.dir(), "ffdhe2048.pem")
+
+      unless File.exists?(path) do
+        {_, 0} =
+          System.cmd(
+            "openssl",
+            ~w(genpkey -genparam -algorithm DH -pkeyopt group:ffdhe2048) ++
+              ["-out", path <> ".tmp"]
+          )
+
+        File.rename!(path <> ".tmp", path)
+      end
+
+      %{dhfile: path}
+    end
+
+    test "dhfile and dh serve DHE suites", %{dhfile: path} do
+      [{:DHParameter, der, _}] = path |> File.read!() |> :public_key.pem_decode()
+      dhe = [ciphers: [~c"DHE-RSA-AES128-GCM-SHA256"]] ++ tls12()
+
+      for given <- [[dhfile: path], [dhfile: String.to_charlist(path)], [dh: der]] do
+        assert {:ok, :ok, %{selected_cipher_suite: %{key_exchange: :dhe_rsa}}} =
+                 assert_same(&handshake(&1, given ++ dhe, tls12()))
+      end
+    end
+
+    test "a dhfile that cannot be read fails each handshake, as with :ssl" do
+      assert_same(&handshake(&1, [dhfile: ~c"/no/such/dhfile"], tls13()))
+    end
+  end
+
+  describe "signature_algs" do
+    test "a list the certificate can use: the handshake completes" do
+      # TLS 1.3 schemes for TLS 1.3, {Hash, Sign} for TLS 1.2 (:ssl signs
+      # TLS 1.2 only with the latter; OpenSSL takes either).
+      for {algs, client} <- [
+            {[:ecdsa_secp256r1_sha256, :rsa_pss_rsae_sha256], tls13()},
+            {[{:sha256, :ecdsa}, {:sha384, :ecdsa}], tls12()}
+          ] do
+        # (A curve both default lists have: :ssl's has binary curves, and
+        # its client offers one first.)
+        assert_same(&handshake(&1, ec(signature_algs: algs), client ++ [eccs: [:secp256r1]]))
+      end
+    end
+
+    test "a list the certificate cannot use: the handshake fails on both" do
+      # :ssl sends insufficient_security; OpenSSL a different alert
+      # (docs: differences), so only the failure is compared.
+      for {label, mod} <- modules() do
+        {hs, connect, _} = handshake(mod, ec(signature_algs: [:ecdsa_secp384r1_sha384]), tls13())
+
+        assert {{:error, {:tls_alert, _}}, {:error, {:tls_alert, _}}} = {hs, connect},
+               "#{label}: #{inspect({hs, connect})}"
+      end
+    end
+  end
+
+  describe "key_update_at" do
+    test "TLS 1.3: the server updates its key every key_update_at bytes" do
+      big = Diff.pattern(300_000, 5)
+
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod, [key_update_at: 16_384], tls13())
+        :ok = mod.send(s, big)
+        :ok = :ssl.send(c, "after")
+        {ssl_recv_exact(c, byte_size(big)) == {:ok, big}, mod.recv(s, 5, 10_000)}
+      end)
+
+      {_l, s, c} = pair!(Islet.TLS, [key_update_at: 16_384], tls13())
+      :ok = Islet.TLS.send(s, big)
+      {:ok, ^big} = ssl_recv_exact(c, byte_size(big))
+      {:ok, info} = Islet.Nif.tls_info(s)
+      assert info[:key_updates] >= div(byte_size(big), 16_384) - 1
+    end
+  end
+end
