@@ -308,21 +308,37 @@ defmodule Islet.TLS.Options do
       if(is_integer(depth), do: [depth: depth], else: [])
   end
 
-  @version_codes %{"tlsv1.2": 0x0303, "tlsv1.3": 0x0304}
+  @version_codes %{tlsv1: 0x0301, "tlsv1.1": 0x0302, "tlsv1.2": 0x0303, "tlsv1.3": 0x0304}
 
   defp versions(nil), do: []
 
+  # As :ssl: known names, no gap between them. TLS 1.0 and 1.1 are taken
+  # beside TLS 1.2 (Plug.SSL's older :compatible suite lists them) and not
+  # offered (RFC 8996); alone, Islet has nothing to serve.
   defp versions(list) when is_list(list) and list != [] do
     codes =
       for v <- list do
         Map.get(@version_codes, v) ||
-          throw({:option, {:error, {:unsupported_option, {:versions, list}}}})
+          throw({:option, {:error, {:options, {v, {:versions, list}}}}})
       end
 
-    [min_version: Enum.min(codes), max_version: Enum.max(codes)]
+    {low, high} = Enum.min_max(codes)
+
+    case Enum.find(high..low//-1, &(&1 not in codes)) do
+      nil ->
+        :ok
+
+      gap ->
+        throw({:option, {:error, {:options, :missing_version, {name(gap), {:versions, list}}}}})
+    end
+
+    if high < 0x0303, do: throw({:option, {:error, {:unsupported_option, {:versions, list}}}})
+    [min_version: max(low, 0x0303), max_version: high]
   end
 
   defp versions(other), do: throw({:option, {:error, {:options, {:versions, other}}}})
+
+  defp name(code), do: Enum.find_value(@version_codes, fn {n, c} -> c == code && n end)
 
   defp ciphers(nil), do: []
 
@@ -493,9 +509,12 @@ defmodule Islet.TLS.Options do
   defp extra(k, v, _) when k in [:receiver_spawn_opts, :sender_spawn_opts],
     do: if(is_list(v), do: [], else: bad(k, v))
 
-  # TLS 1.0 options: :ssl asks for that version, which Islet does not have.
-  defp extra(k, _, _) when k in [:padding_check, :beast_mitigation],
-    do: dependency(k, :versions, [:tlsv1])
+  # TLS 1.0 options: :ssl asks for that version (which Islet takes but
+  # does not offer, so they have nothing to act on).
+  defp extra(k, _, tls) when k in [:padding_check, :beast_mitigation] do
+    versions = Keyword.get(tls, :versions)
+    if is_list(versions) and :tlsv1 in versions, do: [], else: dependency(k, :versions, [:tlsv1])
+  end
 
   defp extra(:early_data, v, tls) do
     unless tickets(Keyword.get(tls, :session_tickets)) in [:stateful, :stateless],

@@ -111,6 +111,11 @@ defmodule Islet.TLSOptionsTest do
       [sender_spawn_opts: []],
       [receiver_spawn_opts: :x],
       [padding_check: true],
+      [padding_check: true, versions: [:"tlsv1.2", :"tlsv1.1", :tlsv1]],
+      [versions: [:"tlsv1.2", :"tlsv1.1", :tlsv1]],
+      [versions: [:"tlsv1.3", :tlsv1]],
+      [versions: [:sslv3]],
+      [versions: [:"tlsv1.2", :no_such_version]],
       [beast_mitigation: :disabled],
       [anti_replay: :"10k"],
       [anti_replay: :"10k", session_tickets: :stateless],
@@ -128,7 +133,12 @@ defmodule Islet.TLSOptionsTest do
     end
 
     test "Islet: what :ssl takes but Islet does not do is {:unsupported_option, _}" do
-      for opt <- [handshake: :hello, crl_check: true, protocol: :dtls] do
+      for opt <- [
+            handshake: :hello,
+            crl_check: true,
+            protocol: :dtls,
+            versions: [:"tlsv1.1", :tlsv1]
+          ] do
         assert Islet.TLS.listen(0, [opt, ip: :loopback] ++ Certs.server_opts()) ==
                  {:error, {:unsupported_option, opt}}
       end
@@ -173,6 +183,15 @@ defmodule Islet.TLSOptionsTest do
           {handshake(mod, @compatible ++ Certs.server_opts(cert), client), cert}
         end)
       end
+    end
+
+    test "the older :compatible (TLS 1.2, 1.1 and 1.0): TLS 1.2 as with :ssl, 1.0 not offered" do
+      old = Keyword.put(@compatible, :versions, [:"tlsv1.2", :"tlsv1.1", :tlsv1])
+      assert_same(&handshake(&1, old, tls12()))
+
+      # Islet does not serve TLS 1.0/1.1 (RFC 8996): such a client fails.
+      %{handshake: hs} = pair(Islet.TLS, old, versions: [:tlsv1])
+      assert {:error, _} = hs
     end
 
     test ":compatible, a TLS 1.2 client asking for DHE only (no DH parameters given)" do
