@@ -231,32 +231,24 @@ int group_class(unsigned id, const std::vector<int>* allowed) {
 bool cheap_exchange(SSL* ssl, const std::vector<int>* allowed, bool server_order) {
   const unsigned char* p;
   size_t len;
-  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_key_share, &p, &len) && len >= 2) {
-    size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
-    for (size_t i = 2; i + 4 <= end;) {
-      unsigned id = (static_cast<unsigned>(p[i]) << 8) | p[i + 1];
-      size_t klen = (static_cast<size_t>(p[i + 2]) << 8) | p[i + 3];
-      int c = group_class(id, allowed);
-      if (c >= 0) return c == 1;
-      i += 4 + klen;
+  int cls = -1;  // the class of the group found
+  auto usable = [&](unsigned id) { return (cls = group_class(id, allowed)) >= 0; };
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_key_share, &p, &len) &&
+      wire::any_key_share(p, len, usable))
+    return cls == 1;
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len)) return false;
+  if (server_order && allowed != nullptr) {
+    for (int a : *allowed) {
+      int nid = NID_undef;
+      auto is_a = [&](unsigned id) {
+        nid = group_nid(id);
+        return nid == a || (nid == NID_undef && !known_nid(a));
+      };
+      if (wire::any_supported_group(p, len, is_a)) return cheap_nid(nid);
     }
+    return false;
   }
-  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) && len >= 2) {
-    size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
-    if (server_order && allowed != nullptr) {
-      for (int a : *allowed)
-        for (size_t i = 2; i + 2 <= end; i += 2) {
-          int nid = group_nid((static_cast<unsigned>(p[i]) << 8) | p[i + 1]);
-          if (nid == a || (nid == NID_undef && !known_nid(a))) return cheap_nid(nid);
-        }
-      return false;
-    }
-    for (size_t i = 2; i + 2 <= end; i += 2) {
-      int c = group_class((static_cast<unsigned>(p[i]) << 8) | p[i + 1], allowed);
-      if (c >= 0) return c == 1;
-    }
-  }
-  return false;
+  return wire::any_supported_group(p, len, usable) && cls == 1;
 }
 
 // Whether the client's supported groups name one of `allowed` (NIDs; a
@@ -264,12 +256,9 @@ bool cheap_exchange(SSL* ssl, const std::vector<int>* allowed, bool server_order
 bool shares_a_group(SSL* ssl, const std::vector<int>& allowed) {
   const unsigned char* p;
   size_t len;
-  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) || len < 2)
-    return false;
-  size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
-  for (size_t i = 2; i + 2 <= end; i += 2)
-    if (group_class((static_cast<unsigned>(p[i]) << 8) | p[i + 1], &allowed) >= 0) return true;
-  return false;
+  return SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) &&
+         wire::any_supported_group(p, len,
+                                   [&](unsigned id) { return group_class(id, &allowed) >= 0; });
 }
 
 // OpenSSL 3.0's default groups for ECDHE (its list less FFDHE, which it
@@ -289,14 +278,12 @@ const std::vector<int>& default_groups() {
 int curve_for_tls12(SSL* ssl, const std::vector<int>& mine, bool server_order) {
   const unsigned char* p;
   size_t len;
-  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) || len < 2)
-    return NID_undef;
-  size_t end = std::min(len, 2 + ((static_cast<size_t>(p[0]) << 8) | p[1]));
+  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len)) return NID_undef;
   std::vector<int> client;
-  for (size_t i = 2; i + 2 <= end; i += 2) {
-    int nid = group_nid((static_cast<unsigned>(p[i]) << 8) | p[i + 1]);
-    if (nid != NID_undef) client.push_back(nid);
-  }
+  wire::any_supported_group(p, len, [&](unsigned id) {
+    if (int nid = group_nid(id); nid != NID_undef) client.push_back(nid);
+    return false;
+  });
   const std::vector<int>& first = server_order ? mine : client;
   const std::vector<int>& second = server_order ? client : mine;
   for (int a : first)
@@ -312,12 +299,8 @@ bool leads_to_tls13(SSL* ssl) {
   if (max != 0 && max < TLS1_3_VERSION) return false;
   const unsigned char* p;
   size_t len;
-  if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_versions, &p, &len) || len < 1)
-    return false;
-  size_t end = std::min(len, 1 + static_cast<size_t>(p[0]));
-  for (size_t i = 1; i + 2 <= end; i += 2)
-    if (p[i] == 3 && p[i + 1] == 4) return true;
-  return false;
+  return SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_versions, &p, &len) &&
+         wire::lists_version(p, len, TLS1_3_VERSION);
 }
 
 // Whether the client offers a DHE suite this server has enabled: TLS 1.2's

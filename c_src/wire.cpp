@@ -47,4 +47,13 @@ std::string sni_host(const unsigned char* p, size_t len) {
   return "";
 }
 
+bool lists_version(const unsigned char* p, size_t len, unsigned version) {
+  if (len < 1) return false;
+  size_t end = 1 + static_cast<size_t>(p[0]);
+  if (end > len) end = len;
+  for (size_t i = 1; i + 2 <= end; i += 2)
+    if (((static_cast<unsigned>(p[i]) << 8) | p[i + 1]) == version) return true;
+  return false;
+}
+
 }  // namespace islet::wire

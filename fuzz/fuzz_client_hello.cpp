@@ -26,6 +26,14 @@ int client_hello_cb(SSL* ssl, int*, void*) {
     std::string host = islet::wire::sni_host(p, len);
     (void)host;
   }
+  // What Islet's callback reads to pick groups and judge the handshake's cost.
+  auto x25519 = [](unsigned id) { return id == 29; };
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_key_share, &p, &len))
+    islet::wire::any_key_share(p, len, x25519);
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len))
+    islet::wire::any_supported_group(p, len, x25519);
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_versions, &p, &len))
+    islet::wire::lists_version(p, len, TLS1_3_VERSION);
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 

@@ -100,7 +100,8 @@ constexpr const char* kAtoms[] = {
     "nil", "list", "ip", "ifaddr", "cert_key_", "certfile", "active_n", "stateless\xe9",
     "a_very_long_atom_name_of_more_than_31_bytes",
     // tls_ctx again, added last so that earlier inputs keep their atoms
-    "deferred_error",
+    "deferred_error", "groups12", "groups13", "sigalgs", "dh", "dh_auto", "honor_ecc_order",
+    "max_handshake_size", "key_update_at",
 };
 constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
 
@@ -111,6 +112,9 @@ constexpr std::string_view kBinStrings[] = {
     "h2", "http/1.1", "", "ALL", "HIGH:!aNULL", "TLS_AES_128_GCM_SHA256",
     "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", "NULL", "localhost",
     "example.com", std::string_view("\0islet-fuzz", 11), "islet-fuzz.sock",
+    // added last: group and signature names (and near misses)
+    "X25519", "prime256v1", "secp384r1", "ffdhe2048", "no_such_group", "ECDSA+SHA256",
+    "rsa_pss_rsae_sha256", "ed25519",
 };
 constexpr unsigned kBinCount = kGeneratedBins + sizeof kBinStrings / sizeof kBinStrings[0];
 

@@ -167,6 +167,19 @@ int main(int argc, char** argv) {
     v.kv("honor_cipher_order").atom("true");
     v.kv("reuse_sessions").atom("false");
   }
+  // Groups by version, signature algorithms, DH, key updates.
+  {
+    W& w = add("tls_ctx_groups");
+    w.u8(kTlsCtx).u8(0).list(8);
+    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
+    w.kv("groups13").list(2).str("X25519").str("secp384r1");
+    w.kv("groups12").list(2).str("prime256v1").str("no_such_group");
+    w.kv("sigalgs").list(2).str("ECDSA+SHA256").str("rsa_pss_rsae_sha256");
+    w.kv("dh_auto").atom("true");
+    w.kv("honor_ecc_order").atom("true");
+    w.kv("max_handshake_size").integer(100000);
+    w.kv("key_update_at").integer(4096);
+  }
   // A second context naming the first as an SNI host, with an sni_fun.
   {
     W& w = add("tls_ctx_sni");
