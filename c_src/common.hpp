@@ -21,7 +21,8 @@ struct Atoms {
       sndbuf, send_timeout, send_timeout_close, exit_on_close, backlog, ipv6_v6only, tcp,
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
-      unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy;
+      unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, high_watermark,
+      low_watermark;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -73,8 +74,8 @@ constexpr int kActiveMax = 32767;
 constexpr size_t kMaxRecv = 64u << 20;  // gen_tcp answers enomem past this
 constexpr size_t kReadChunk = 64u << 10;
 // gen_tcp's default high_watermark and low_watermark (bytes queued).
-constexpr size_t kHighWatermark = 8192;
-constexpr size_t kLowWatermark = 4096;
+constexpr size_t kDefaultHighWatermark = 8192;
+constexpr size_t kDefaultLowWatermark = 4096;
 
 struct Sock {
   std::mutex mu;
@@ -114,8 +115,8 @@ struct Sock {
   bool dead = false;             // the port would be closed: closed/einval
   bool buffer_set = false;       // buffer given explicitly (else follows recbuf)
   bool bg_flush = false;         // a pump writes out the write queue as the socket drains
-  // gen_tcp's busy port: the write queue reached kHighWatermark and has not
-  // drained to kLowWatermark yet; a send waits for that before its data is
+  // gen_tcp's busy port: the write queue reached high_watermark and has not
+  // drained to low_watermark yet; a send waits for that before its data is
   // taken.
   bool busy = false;
   bool write_failed = false;     // a background write found the connection gone
@@ -128,6 +129,10 @@ struct Sock {
   int active = 0;
   int buffer = 1460;
   long send_timeout = -1;  // ms, -1 = infinity
+  // The write queue's watermarks (bytes), per socket as in gen_tcp; the
+  // options keep low <= high (options.cpp).
+  size_t high_watermark = kDefaultHighWatermark;
+  size_t low_watermark = kDefaultLowWatermark;
   ErlNifPid owner;
   ErlNifMonitor owner_mon;
   ErlNifPid closer;

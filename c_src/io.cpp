@@ -181,6 +181,8 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     c->active = l->active;
     c->buffer = l->buffer;
     c->send_timeout = l->send_timeout;
+    c->high_watermark = l->high_watermark;
+    c->low_watermark = l->low_watermark;
     c->send_timeout_close = l->send_timeout_close;
     c->exit_on_close = l->exit_on_close;
     c->buffer_set = l->buffer_set;
@@ -401,7 +403,7 @@ void queue_unattended(ErlNifEnv* env, Sock* s) {
 int conn_drain(Sock* s) {
   if (s->wioq == nullptr) return 0;  // none yet, or the connection ended
   int e = is_tls(s) ? tls_drain(s) : plain_drain(s);
-  if (s->busy && queued(s) <= kLowWatermark) s->busy = false;
+  if (s->busy && queued(s) <= s->low_watermark) s->busy = false;
   if (e == 0 && s->shut_pending >= 0) {
     // The queue is out: the shutdown asked for meanwhile happens now
     // (close_notify first on TLS).
@@ -493,7 +495,7 @@ ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_firs
     return atom.ok;
   }
   if (!would_block(e) && e != kMoreWork) return write_error(env, s, me, e);
-  if (queued(s) >= kHighWatermark) s->busy = true;
+  if (queued(s) >= s->high_watermark) s->busy = true;
   waiter_done(env, s, s->wq, me);
   // Other senders were waiting: the next one writes the queue out first.
   if (!s->wq.q.empty() || start_bg_flush(env, s)) return atom.ok;
@@ -802,7 +804,7 @@ ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
   if (s->eof_reported || s->send_eof_reported || s->peer_closed) return atom.ok;
   for (ErlNifIOVec* v : vecs)
     if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, v, 0)) return atom.ok;
-  if (queued(s) >= kHighWatermark) s->busy = true;
+  if (queued(s) >= s->high_watermark) s->busy = true;
   if (queued(s) > 0 && !s->bg_flush) start_bg_flush(env, s);
   return atom.ok;
 }

@@ -105,6 +105,22 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     s->send_timeout = i;
     return 0;
   }
+  if (enif_is_identical(key, atom.high_watermark) || enif_is_identical(key, atom.low_watermark)) {
+    // inet_drv's rules: a negative value is 0, and the other watermark
+    // follows so that low <= high always holds (a high below the low lowers
+    // the low; a low above the high raises the high). Islet.Options has
+    // already cut the value to 32 bits and ordered the two as the stack does.
+    if (!enif_get_int(env, value, &i)) return EINVAL;
+    size_t v = i < 0 ? 0 : static_cast<size_t>(i);
+    if (enif_is_identical(key, atom.high_watermark)) {
+      s->high_watermark = v;
+      if (s->low_watermark > v) s->low_watermark = v;
+    } else {
+      s->low_watermark = v;
+      if (s->high_watermark < v) s->high_watermark = v;
+    }
+    return 0;
+  }
   if (enif_is_identical(key, atom.send_timeout_close)) {
     if (!get_bool(value, &b)) return EINVAL;
     s->send_timeout_close = b;
@@ -171,6 +187,10 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
     v = enif_make_int(env, s->buffer);
   } else if (enif_is_identical(key, atom.send_timeout)) {
     v = s->send_timeout < 0 ? atom.infinity : enif_make_long(env, s->send_timeout);
+  } else if (enif_is_identical(key, atom.high_watermark)) {
+    v = enif_make_uint64(env, s->high_watermark);
+  } else if (enif_is_identical(key, atom.low_watermark)) {
+    v = enif_make_uint64(env, s->low_watermark);
   } else if (enif_is_identical(key, atom.send_timeout_close)) {
     v = make_bool(s->send_timeout_close);
   } else if (enif_is_identical(key, atom.exit_on_close)) {

@@ -37,7 +37,8 @@ void init_atoms(ErlNifEnv* env) {
                a("recv_max"), a("recv_avg"), a("recv_dvi"), a("send_oct"), a("send_cnt"),
                a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof"),
                a("tos"), a("priority"), a("nopush"),
-               a("$islet_flush"), a("idle"), a("wait_busy")};
+               a("$islet_flush"), a("idle"), a("wait_busy"), a("high_watermark"),
+               a("low_watermark")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {

@@ -8,8 +8,19 @@ defmodule Islet.Options do
   `{:local, path}` with port 0), `:inet`, `:inet6`, `ipv6_v6only`, `backlog`,
   `nodelay`, `nopush` (TCP_CORK; in `setopts/2` only, as with `:gen_tcp`), `reuseaddr`, `reuseport`, `reuseport_lb`, `keepalive`, `linger`,
   `buffer`, `recbuf`, `sndbuf`, `send_timeout`, `send_timeout_close`,
+  `high_watermark`, `low_watermark` (the send queue's, see below),
   `packet: :raw | 0`, `mode: :binary` (or `:binary`), `active`,
   `exit_on_close: true`.
+
+  `high_watermark` and `low_watermark` bound the send queue: once it holds
+  `high_watermark` bytes, a send waits (up to `send_timeout`) until it is
+  down to `low_watermark` (defaults 8192 and 4096 bytes). Any integer is taken, cut to 32 bits as `:inet` encodes it,
+  and a negative one is 0; setting one moves the other so that the low
+  watermark never exceeds the high one. `:gen_tcp` applies a list of options
+  from its last to its first, `:ssl` from first to last, so that
+  `[high_watermark: 1000, low_watermark: 2000]` gives 1000/1000 with
+  `Islet.TCP` (as with `:gen_tcp`) and 2000/2000 with `Islet.TLS` (as with
+  `:ssl`). Listeners pass them on to the sockets they accept.
 
   Accepted and ignored on purpose: `inet_backend` (Islet is its own
   backend).
@@ -28,11 +39,11 @@ defmodule Islet.Options do
   # Socket options gen_tcp takes in setopts but not in listen (where it
   # exits with badarg): Islet refuses them there by name.
   @setopts_only [:nopush]
-  # Accepted and ignored: the backend (Islet is its own), the send queue's
-  # watermarks (gen_tcp's defaults are used), and tuning of gen_tcp's message
-  # queue and packet parser, which Islet does not have (packets are raw).
-  @ignored [:inet_backend, :delay_send, :high_watermark, :low_watermark] ++
-             [:high_msgq_watermark, :low_msgq_watermark, :packet_size]
+  # Accepted and ignored: the backend (Islet is its own), and tuning of
+  # gen_tcp's message queue and packet parser, which Islet does not have
+  # (packets are raw).
+  @ignored [:inet_backend, :delay_send, :high_msgq_watermark, :low_msgq_watermark, :packet_size]
+  @watermarks [:high_watermark, :low_watermark]
   # Options :inet knows that Islet does not implement: setopts names them in
   # {:unsupported_option, _}; options :inet does not know at all are einval
   # there, as with gen_tcp.
@@ -66,16 +77,23 @@ defmodule Islet.Options do
     Enum.reverse(opts)
   end
 
+  @typedoc """
+  Whose option semantics to follow where `:gen_tcp` and `:ssl` differ: the
+  order in which a list's watermarks are applied.
+  """
+  @type stack :: :inet | :ssl
+
   @doc """
   Validates merged TCP listen options and returns what `Islet.Nif.listen/4`
   takes, or the error to give the caller. `extra` names option keys that a
-  higher layer (TLS) handles, which are skipped here.
+  higher layer (TLS) handles, which are skipped here; `stack` is `:ssl` for
+  a TLS listener.
   """
-  @spec listen_spec(:inet.port_number(), list(), [atom()]) ::
+  @spec listen_spec(:inet.port_number(), list(), [atom()], stack()) ::
           {:ok, listen_spec()} | {:error, term()}
-  def listen_spec(port, opts, extra \\ [])
+  def listen_spec(port, opts, extra \\ [], stack \\ :inet)
 
-  def listen_spec(port, opts, extra) when is_list(opts) do
+  def listen_spec(port, opts, extra, stack) when is_list(opts) do
     Enum.reduce_while(opts, {:ok, %{family: nil, ip: nil, nif: []}}, fn opt, {:ok, acc} ->
       case listen_classify(opt, extra) do
         {:family, f} -> {:cont, {:ok, %{acc | family: f}}}
@@ -86,21 +104,25 @@ defmodule Islet.Options do
       end
     end)
     |> case do
-      {:ok, acc} -> address(port, acc)
+      {:ok, acc} -> address(port, %{acc | nif: acc.nif |> Enum.reverse() |> in_order(stack)})
       error -> error
     end
   end
 
-  def listen_spec(_port, _opts, _extra), do: {:error, :einval}
+  def listen_spec(_port, _opts, _extra, _stack), do: {:error, :einval}
 
   defp listen_classify({key, _} = opt, _extra) when key in @setopts_only, do: unsupported(opt)
   defp listen_classify(opt, extra), do: classify(opt, extra)
 
   @doc """
-  Validates options for `setopts/2` and returns them in the NIF's form.
+  Validates options for `setopts/2` and returns them in the NIF's form, in
+  the order `stack` (`:inet` for `Islet.TCP`, `:ssl` for `Islet.TLS`)
+  applies them.
   """
-  @spec socket_opts(list()) :: {:ok, list()} | {:error, term()}
-  def socket_opts(opts) when is_list(opts) do
+  @spec socket_opts(list(), stack()) :: {:ok, list()} | {:error, term()}
+  def socket_opts(opts, stack \\ :inet)
+
+  def socket_opts(opts, stack) when is_list(opts) do
     Enum.reduce_while(opts, {:ok, []}, fn opt, {:ok, acc} ->
       case classify(opt, []) do
         {:nif, {:backlog, _}} -> {:halt, {:error, :einval}}
@@ -113,12 +135,32 @@ defmodule Islet.Options do
       end
     end)
     |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      {:ok, acc} -> {:ok, acc |> Enum.reverse() |> in_order(stack)}
       error -> error
     end
   end
 
-  def socket_opts(_opts), do: {:error, :einval}
+  def socket_opts(_opts, _stack), do: {:error, :einval}
+
+  # The NIF applies options first to last. gen_tcp (OTP 25) applies a list,
+  # listen's or setopts', from the last option to the first, and :ssl from
+  # the first to the last: [high_watermark: 1000, low_watermark: 2000]
+  # gives 1000/1000 with gen_tcp, 2000/2000 with :ssl. Only the watermarks
+  # tell, each of them moving the other: for inet they are reversed among
+  # themselves.
+  defp in_order(opts, :ssl), do: opts
+
+  defp in_order(opts, :inet) do
+    marks = for {key, _} = kv <- opts, key in @watermarks, do: kv
+
+    {ordered, []} =
+      Enum.map_reduce(opts, Enum.reverse(marks), fn
+        {key, _}, [mark | rest] when key in @watermarks -> {mark, rest}
+        kv, rest -> {kv, rest}
+      end)
+
+    ordered
+  end
 
   defp unknown_to_inet(:list, error), do: error
   defp unknown_to_inet({key, _}, error) when key in @inet_known, do: error
@@ -148,6 +190,13 @@ defmodule Islet.Options do
 
   defp value({:send_timeout, :infinity} = kv), do: {:nif, kv}
   defp value({:send_timeout, t} = kv) when is_integer(t) and t >= 0, do: {:nif, kv}
+  # Any integer, as inet takes it: cut to its low 32 bits, signed (the NIF
+  # makes a negative one 0).
+  defp value({key, n}) when key in @watermarks and is_integer(n) do
+    <<int32::signed-32>> = <<n::32>>
+    {:nif, {key, int32}}
+  end
+
   defp value({key, b} = kv) when key in @bool_opts and is_boolean(b), do: {:nif, kv}
   defp value({key, n} = kv) when key in @int_opts and is_integer(n), do: {:nif, kv}
 
@@ -160,6 +209,8 @@ defmodule Islet.Options do
 
   defp value({key, _}) when key in [:backlog, :active, :linger, :send_timeout, :ip, :ifaddr],
     do: {:error, :einval}
+
+  defp value({key, _}) when key in @watermarks, do: {:error, :einval}
 
   defp value({key, _}) when key in @bool_opts or key in @int_opts, do: {:error, :einval}
   defp value(opt), do: unsupported(opt)
@@ -177,9 +228,7 @@ defmodule Islet.Options do
 
   defp ip_value(_), do: {:error, :einval}
 
-  defp address(port, %{family: fam, ip: ip, nif: nif}) do
-    opts = Enum.reverse(nif)
-
+  defp address(port, %{family: fam, ip: ip, nif: opts}) do
     case {fam, ip} do
       {_, {:local, path}} when port == 0 -> {:ok, {:local, path, 0, opts}}
       {_, {:local, _}} -> {:error, :einval}

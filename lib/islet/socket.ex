@@ -12,17 +12,30 @@ defmodule Islet.Socket do
   # The longest `after` a receive takes.
   @max_timeout 4_294_967_295
 
-  @spec listen(:inet.port_number(), list(), [atom()]) :: {:ok, t()} | {:error, term()}
-  def listen(port, opts, extra \\ [])
+  @spec listen(:inet.port_number(), list(), [atom()], Islet.Options.stack()) ::
+          {:ok, t()} | {:error, term()}
+  def listen(port, opts, extra \\ [], stack \\ :inet)
 
-  def listen(port, opts, extra) when is_integer(port) and port in 0..65535 and is_list(opts) do
-    case Islet.Options.listen_spec(port, opts, extra) do
+  def listen(port, opts, extra, stack)
+      when is_integer(port) and port in 0..65535 and is_list(opts) do
+    case Islet.Options.listen_spec(port, opts, extra, stack) do
       {:ok, {family, address, port, nif_opts}} -> Nif.listen(family, address, port, nif_opts)
       error -> error
     end
   end
 
-  def listen(_port, _opts, _extra), do: {:error, :einval}
+  def listen(_port, _opts, _extra, _stack), do: {:error, :einval}
+
+  # setopts/2 of Islet.TCP (stack :inet) and Islet.TLS (:ssl).
+  @spec setopts(t(), list(), Islet.Options.stack()) :: :ok | {:error, term()}
+  def setopts(socket, [active: value], _stack), do: Nif.set_active(socket, value)
+
+  def setopts(socket, options, stack) do
+    case Islet.Options.socket_opts(options, stack) do
+      {:ok, nif_options} -> Nif.setopts(socket, nif_options)
+      error -> error
+    end
+  end
 
   @spec accept(t()) :: {:ok, t()} | {:error, term()}
   def accept(listener) do

@@ -83,8 +83,9 @@ defmodule Islet.TCP do
   @doc """
   Sends iodata (written as a vector, not flattened). As with gen_tcp, the
   data is taken at once: what the kernel cannot take yet is queued and
-  written out in the background. A send that finds more than 8 KiB queued
-  waits (up to `send_timeout`) until the queue is down to 4 KiB.
+  written out in the background. Once `high_watermark` bytes are queued (8
+  KiB by default), a send waits (up to `send_timeout`) until the queue is
+  down to `low_watermark` (4 KiB).
   """
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
   defdelegate send(socket, data), to: Socket
@@ -108,14 +109,7 @@ defmodule Islet.TCP do
   Thousand Island calls for every packet, is a single native call.
   """
   @spec setopts(socket(), list()) :: :ok | {:error, term()}
-  def setopts(socket, active: value), do: Nif.set_active(socket, value)
-
-  def setopts(socket, options) do
-    case Islet.Options.socket_opts(options) do
-      {:ok, nif_options} -> Nif.setopts(socket, nif_options)
-      error -> error
-    end
-  end
+  def setopts(socket, options), do: Socket.setopts(socket, options, :inet)
 
   @doc "Shuts the connection down in one or both directions."
   @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}

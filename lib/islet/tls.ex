@@ -70,7 +70,7 @@ defmodule Islet.TLS do
     TLSOptions.check_cert_key!(options)
 
     with {:ok, ctx} <- TLSOptions.context(options),
-         {:ok, listener} <- Socket.listen(port, options, TLSOptions.tls_keys()) do
+         {:ok, listener} <- Socket.listen(port, options, TLSOptions.tls_keys(), :ssl) do
       :ok = Nif.tls_listener(listener, ctx)
       {:ok, listener}
     end
@@ -238,9 +238,12 @@ defmodule Islet.TLS do
   @spec getopts(socket(), [atom()]) :: {:ok, list()} | {:error, term()}
   defdelegate getopts(socket, options), to: Islet.TCP
 
-  @doc "Sets options, as `:ssl.setopts/2`; `active: :once` is one native call."
+  @doc """
+  Sets options, as `:ssl.setopts/2`; `active: :once` is one native call.
+  Options apply first to last, as with `:ssl` (see `Islet.Options`).
+  """
   @spec setopts(socket(), list()) :: :ok | {:error, term()}
-  defdelegate setopts(socket, options), to: Islet.TCP
+  def setopts(socket, options), do: Socket.setopts(socket, options, :ssl)
 
   @doc "Shuts down; the write side sends close_notify first."
   @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}

@@ -20,7 +20,9 @@ defmodule Islet.TCPConformanceLifecycleTest do
     :sndbuf,
     :send_timeout,
     :send_timeout_close,
-    :exit_on_close
+    :exit_on_close,
+    :high_watermark,
+    :low_watermark
   ]
 
   @stat_keys [:recv_oct, :recv_cnt, :recv_max, :recv_avg, :send_oct, :send_cnt, :send_max]
@@ -129,9 +131,64 @@ defmodule Islet.TCPConformanceLifecycleTest do
       assert_same(fn mod ->
         {:ok, l} = mod.listen(0, ip: :loopback)
         :ok = mod.setopts(l, nodelay: false, keepalive: true, buffer: 3000)
+        :ok = mod.setopts(l, high_watermark: 300)
         _c = Diff.connect(mod, l)
         {:ok, s} = mod.accept(l)
-        mod.getopts(s, [:nodelay, :keepalive, :buffer])
+        mod.getopts(s, [:nodelay, :keepalive, :buffer, :high_watermark, :low_watermark])
+      end)
+    end
+
+    # inet_drv keeps low <= high: a high below the low lowers the low, a low
+    # above the high raises the high. A negative value is 0; any integer is
+    # taken, cut to 32 bits. One setopts applies its list from the last
+    # option to the first.
+    test "high_watermark and low_watermark: each moves the other" do
+      assert_same(fn mod ->
+        for opts <- [
+              [high_watermark: 16_384, low_watermark: 8192],
+              [high_watermark: 100],
+              [low_watermark: 100],
+              [low_watermark: 20_000],
+              [high_watermark: 1000, low_watermark: 2000],
+              [low_watermark: 2000, high_watermark: 1000],
+              [high_watermark: 100, high_watermark: 200],
+              [high_watermark: 100, low_watermark: 50, high_watermark: 20],
+              [high_watermark: 0],
+              [high_watermark: -5],
+              [low_watermark: -5],
+              [high_watermark: 2_147_483_647],
+              [high_watermark: 2_147_483_648],
+              [high_watermark: 4_294_967_306],
+              [high_watermark: -2_147_483_648],
+              [high_watermark: -2_147_483_649],
+              [low_watermark: 2_147_483_648],
+              [high_watermark: Integer.pow(2, 70) + 5],
+              [high_watermark: 1.5],
+              [high_watermark: :high],
+              [low_watermark: true],
+              [low_watermark: nil],
+              [high_watermark: 1000, nodelay: :bad],
+              [nodelay: :bad, low_watermark: 1000]
+            ] do
+          {_l, s, _c} = Diff.pair(mod)
+          set = Diff.catching(fn -> mod.setopts(s, opts) end)
+          {opts, set, mod.getopts(s, [:high_watermark, :low_watermark])}
+        end
+      end)
+    end
+
+    test "high_watermark and low_watermark set one after the other" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for opt <- [
+              low_watermark: 100,
+              high_watermark: 50,
+              low_watermark: 60,
+              high_watermark: 9000
+            ] do
+          {opt, mod.setopts(s, [opt]), mod.getopts(s, [:low_watermark, :high_watermark])}
+        end
       end)
     end
 
@@ -518,6 +575,7 @@ defmodule Islet.TCPConformanceLifecycleTest do
       sendfile: mod.sendfile(s, path, 0, 0),
       getopts: mod.getopts(s, [:active]),
       setopts: mod.setopts(s, nodelay: true),
+      watermarks: {mod.setopts(s, high_watermark: 1), mod.getopts(s, [:high_watermark])},
       setopts_once: mod.setopts(s, active: :once),
       shutdown: mod.shutdown(s, :write),
       controlling_process: mod.controlling_process(s, self()),

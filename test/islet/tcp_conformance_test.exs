@@ -21,7 +21,9 @@ defmodule Islet.TCPConformanceTest do
     :sndbuf,
     :send_timeout,
     :send_timeout_close,
-    :exit_on_close
+    :exit_on_close,
+    :high_watermark,
+    :low_watermark
   ]
 
   # Each option read on its own, so that one unsupported key cannot hide the others.
@@ -237,6 +239,41 @@ defmodule Islet.TCPConformanceTest do
       assert_same(&listen_probe(&1, ip: :loopback, send_timeout_close: false))
     end
 
+    # inet_drv keeps low <= high: a high below the low lowers the low, a low
+    # above the high raises the high; a negative value is 0, and values are
+    # cut to 32 bits. The options of one listen apply from the last to the
+    # first. Accepted sockets take the listener's.
+    test "high_watermark and low_watermark, and what the listener passes on" do
+      for opts <- [
+            [],
+            [high_watermark: 16_384, low_watermark: 8192],
+            [high_watermark: 100],
+            [low_watermark: 20_000],
+            [high_watermark: 1000, low_watermark: 2000],
+            [low_watermark: 2000, high_watermark: 1000],
+            [high_watermark: 0],
+            [high_watermark: -5],
+            [low_watermark: -5],
+            [high_watermark: 2_147_483_647],
+            [high_watermark: 2_147_483_648],
+            [high_watermark: 4_294_967_306],
+            [high_watermark: -2_147_483_649],
+            [high_watermark: Integer.pow(2, 70) + 5]
+          ] do
+        assert_same(&listen_probe(&1, [ip: :loopback] ++ opts))
+      end
+    end
+
+    test "high_watermark and low_watermark on a unix socket" do
+      assert_same(fn mod ->
+        path = Diff.name(Diff.tmp_path("islet_sock"), :path)
+        opts = [ip: {:local, path}, high_watermark: 500]
+        result = listen_probe(mod, opts)
+        File.rm(path)
+        result
+      end)
+    end
+
     test "packet: :raw and packet: 0, mode: :binary, :binary" do
       assert_same(&listen_probe(&1, ip: :loopback, packet: :raw))
       assert_same(&listen_probe(&1, ip: :loopback, packet: 0))
@@ -267,7 +304,11 @@ defmodule Islet.TCPConformanceTest do
         send_timeout: -5,
         keepalive: 1,
         ip: :nowhere,
-        ip: {1, 2, 3}
+        ip: {1, 2, 3},
+        high_watermark: 1.5,
+        high_watermark: true,
+        low_watermark: :low,
+        low_watermark: nil
       ]
 
       {gen_tcp, islet} =
@@ -378,12 +419,12 @@ defmodule Islet.TCPConformanceTest do
       show_econnreset: true
     ]
 
-    # Tuning of gen_tcp's port queue and packet parser, which Islet does not
-    # have, is accepted and ignored; tos and priority are set.
+    # Tuning of gen_tcp's message queue and packet parser, which Islet does
+    # not have, is accepted and ignored; tos and priority are set.
     @accepted [
       delay_send: true,
-      high_watermark: 65536,
-      low_watermark: 1024,
+      high_msgq_watermark: 65536,
+      low_msgq_watermark: 1024,
       packet_size: 1000,
       tos: 16,
       priority: 1

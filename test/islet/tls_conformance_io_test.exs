@@ -828,6 +828,65 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    # :ssl hands these to inet, with inet_drv's rules (low <= high: each
+    # moves the other; negative is 0; cut to 32 bits), but applies a list
+    # from first to last where gen_tcp goes from last to first. A value
+    # that is not an integer is refused (:ssl's error term is its own, so
+    # only the refusal is compared) and changes nothing.
+    test "high_watermark and low_watermark: setopts, getopts" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+        marks = fn -> sorted(mod.getopts(s, [:high_watermark, :low_watermark])) end
+        defaults = marks.()
+
+        set =
+          for opts <- [
+                [high_watermark: 16_384, low_watermark: 8192],
+                [high_watermark: 100],
+                [low_watermark: 20_000],
+                [high_watermark: 1000, low_watermark: 2000],
+                [low_watermark: 2000, high_watermark: 1000],
+                [high_watermark: 100, high_watermark: 200],
+                [high_watermark: -5],
+                [low_watermark: -5],
+                [high_watermark: 2_147_483_648],
+                [high_watermark: 4_294_967_306],
+                [high_watermark: 1.5],
+                [low_watermark: :low],
+                [high_watermark: 1000, nodelay: :bad]
+              ] do
+            # Back to the defaults (high first, so that the low can follow).
+            :ok = mod.setopts(s, high_watermark: 8192, low_watermark: 4096)
+
+            result =
+              case mod.setopts(s, opts) do
+                :ok -> :ok
+                {:error, _} -> :refused
+              end
+
+            {opts, result, marks.()}
+          end
+
+        {defaults, set, mod.getopts(s, [:high_watermark]), mod.getopts(s, [:low_watermark])}
+      end)
+    end
+
+    test "high_watermark and low_watermark as listen options, passed on to the connection" do
+      assert_same(fn mod ->
+        for opts <- [
+              [high_watermark: 100],
+              [low_watermark: 20_000],
+              [high_watermark: 1000, low_watermark: 2000],
+              [low_watermark: 2000, high_watermark: 1000],
+              [high_watermark: -5]
+            ] do
+          {l, s, _c} = pair!(mod, opts)
+          keys = [:high_watermark, :low_watermark]
+          {opts, sorted(mod.getopts(l, keys)), sorted(mod.getopts(s, keys))}
+        end
+      end)
+    end
+
     test "nopush (TCP_CORK) set and read back, and data still flows" do
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod)
