@@ -115,9 +115,10 @@ struct Sock {
   bool dead = false;             // the port would be closed: closed/einval
   bool buffer_set = false;       // buffer given explicitly (else follows recbuf)
   bool bg_flush = false;         // a pump writes out the write queue as the socket drains
-  // gen_tcp's busy port: the write queue reached high_watermark and has not
-  // drained to low_watermark yet; a send waits for that before its data is
-  // taken.
+  // gen_tcp's busy port: a send brought the write queue to high_watermark
+  // and it has not drained to low_watermark yet. That send waits for it
+  // (its data queued); a send that finds the socket busy waits before its
+  // data is taken.
   bool busy = false;
   bool write_failed = false;     // a background write found the connection gone
   // A shutdown (SHUT_WR or SHUT_RDWR) asked for while data was queued: done

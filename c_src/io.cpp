@@ -460,7 +460,19 @@ ERL_NIF_TERM send_after_end(ErlNifEnv* env, Sock* s) {
   return make_error(env, atom.closed);
 }
 
-// After data was queued: write it out, or wait for the kernel.
+// The caller's data is taken and it goes on: what is still queued goes out
+// in the background (a pump), or, when other senders wait, the next one
+// writes it first. Where no pump runs, the caller writes it out itself
+// (wait_drain, then send_more).
+ERL_NIF_TERM go_on(ErlNifEnv* env, Sock* s, const ErlNifPid& me) {
+  waiter_done(env, s, s->wq, me);
+  if (!s->wq.q.empty() || start_bg_flush(env, s)) return atom.ok;
+  return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
+}
+
+// After data was queued (send_more): write it out, or wait for the kernel.
+// A send that made the socket busy waits here until the queue is down to
+// the low watermark, then goes on.
 ERL_NIF_TERM flush(ErlNifEnv* env, Sock* s, const ErlNifPid& me) {
   int e = conn_drain(s);
   if (e == 0) {
@@ -473,8 +485,9 @@ ERL_NIF_TERM flush(ErlNifEnv* env, Sock* s, const ErlNifPid& me) {
     if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);
     return atom.more;
   }
-  if (would_block(e)) return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
-  return write_error(env, s, me, e);
+  if (!would_block(e)) return write_error(env, s, me, e);
+  if (!s->busy) return go_on(env, s, me);
+  return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
 }
 
 bool ensure_ioq(Sock* s) {
@@ -484,34 +497,45 @@ bool ensure_ioq(Sock* s) {
 
 // A send's data is taken: what the kernel has not taken waits in the write
 // queue, and the caller goes on while a pump writes it out, as gen_tcp's
-// send returns once its port has queued the data. A queue that reached the
-// high watermark makes the socket busy: the next send waits for it to drain
-// to the low watermark (with send_timeout). `drain_first`: the queue had
-// data before this send, so try to write some of it now.
-ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_first) {
+// send returns once its port has queued the data. `before`: the bytes
+// queued before this send's `size` joined them (none: some went straight
+// to the kernel, or the queue takes them all at once); the queue had data,
+// so try to write some of it now.
+//
+// gen_tcp's busy port (inet_drv's tcp_sendv): a send that finds data
+// queued and brings the queue to the high watermark makes the socket busy,
+// and that send itself waits (its data queued, bounded by send_timeout)
+// until the queue is down to the low watermark. A send that found the queue
+// empty never waits, however much of it the kernel left. No write is tried
+// first, as the port waits for the socket to be writable: with a peer that
+// does not read, how many sends return at once is then the same as with
+// gen_tcp.
+ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_first, size_t before,
+                   size_t size) {
+  if (before > 0 && before + size >= s->high_watermark) {
+    s->busy = true;
+    return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
+  }
   int e = drain_first ? conn_drain(s) : EAGAIN;
   if (e == 0) {
     waiter_done(env, s, s->wq, me);
     return atom.ok;
   }
   if (!would_block(e) && e != kMoreWork) return write_error(env, s, me, e);
-  if (queued(s) >= s->high_watermark) s->busy = true;
-  waiter_done(env, s, s->wq, me);
-  // Other senders were waiting: the next one writes the queue out first.
-  if (!s->wq.q.empty() || start_bg_flush(env, s)) return atom.ok;
-  // No pump to hand it to: the caller waits for the kernel itself.
-  return wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait_drain);
+  return go_on(env, s, me);
 }
 
 }  // namespace
 
 // send(Sock, IoData) -> ok | wait_turn | wait_busy | more | wait_drain | {error, Reason}
 // ok: the data is taken (written, or queued and written out by a pump).
-// wait_turn: another sender is ahead; wait_busy: the queue is above the high
-// watermark (the caller keeps the turn); more: TLS, this call's encryption
-// budget went on draining the queue. For all three, call send again with the
-// same data (after the wake-up for the waits). wait_drain: no pump runs, the
-// data is queued; call send_more once woken.
+// wait_turn: another sender is ahead; wait_busy: the socket is busy (the
+// send that made it so gave up or died) and the caller keeps the turn;
+// more: TLS, this call's encryption budget went on draining the queue. For
+// all three, call send again with the same data (after the wake-up for the
+// waits). wait_drain: the data is queued, and the caller waits for the
+// queue (it made the socket busy, or no pump runs); call send_more once
+// woken.
 ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
@@ -537,8 +561,8 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!take_turn(env, s, s->wq, me)) return atom.wait_turn;
   stop_bg_flush(env, s);
   if (s->busy) {
-    // gen_tcp's busy port: nothing more is taken until the queue is down to
-    // the low watermark.
+    // gen_tcp's busy port, left so by a sender that died while it waited:
+    // nothing more is taken until the queue is down to the low watermark.
     int e = conn_drain(s);
     if (e != 0 && !would_block(e) && e != kMoreWork) return write_error(env, s, me, e);
     if (s->busy) {
@@ -554,7 +578,8 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   charge(env, total);
 
   size_t skip = 0;
-  bool queued_before = queued(s) > 0;
+  size_t before = queued(s);
+  bool queued_before = before > 0;
   if (!queued_before && more.empty() && !is_tls(s)) {
     // The common case: one writev straight from the terms, no copy.
     int cnt = static_cast<int>(vec->iovcnt);
@@ -595,10 +620,11 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // Only a send that wrote nothing straight (the queue had data, the
   // iodata was long, or TLS through OpenSSL) tries the queue now.
   bool wrote_straight = !queued_before && more.empty() && (!is_tls(s) || s->rec != nullptr);
-  return taken(env, s, me, !wrote_straight);
+  return taken(env, s, me, !wrote_straight, before, total);
 }
 
-// send_more(Sock) -> ok | wait_drain | {error, Reason}
+// send_more(Sock) -> ok | wait_drain | more | {error, Reason}: after send said
+// wait_drain (or send_more said more), its data already queued.
 ERL_NIF_TERM nif_send_more(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
@@ -607,7 +633,10 @@ ERL_NIF_TERM nif_send_more(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
   if (!take_turn(env, s, s->wq, me)) return atom.wait_drain;
-  if (s->eof_reported || s->send_eof_reported) {  // it ended under the queued data
+  // The connection ended under the queued data (whoever saw it end: a recv,
+  // active delivery, a background write): the data is lost, and as
+  // inet_drv answers a sender it made wait, this send says closed.
+  if (s->eof_reported || s->send_eof_reported || s->peer_closed || s->write_failed) {
     waiter_done(env, s, s->wq, me);
     return send_after_end(env, s);
   }
@@ -804,7 +833,10 @@ ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
   if (s->eof_reported || s->send_eof_reported || s->peer_closed) return atom.ok;
   for (ErlNifIOVec* v : vecs)
     if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, v, 0)) return atom.ok;
-  if (queued(s) >= s->high_watermark) s->busy = true;
+  // gen_tcp's port is no longer busy once the send that made it so has
+  // timed out: the next send finds the queue as it is (and waits if it
+  // brings it to the high watermark).
+  s->busy = false;
   if (queued(s) > 0 && !s->bg_flush) start_bg_flush(env, s);
   return atom.ok;
 }

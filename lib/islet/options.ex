@@ -12,9 +12,10 @@ defmodule Islet.Options do
   `packet: :raw | 0`, `mode: :binary` (or `:binary`), `active`,
   `exit_on_close: true`.
 
-  `high_watermark` and `low_watermark` bound the send queue: once it holds
-  `high_watermark` bytes, a send waits (up to `send_timeout`) until it is
-  down to `low_watermark` (defaults 8192 and 4096 bytes). Any integer is taken, cut to 32 bits as `:inet` encodes it,
+  `high_watermark` and `low_watermark` follow inet_drv: a send that finds
+  data queued and brings the queue to `high_watermark` waits (up to
+  `send_timeout`) until it is down to `low_watermark` (defaults 8192 and
+  4096 bytes). Any integer is taken, cut to 32 bits as `:inet` encodes it,
   and a negative one is 0; setting one moves the other so that the low
   watermark never exceeds the high one. `:gen_tcp` applies a list of options
   from its last to its first, `:ssl` from first to last, so that

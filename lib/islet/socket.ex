@@ -111,23 +111,28 @@ defmodule Islet.Socket do
 
   # As with gen_tcp, a send returns once its data is taken: written, or
   # queued and written out by a pump as the socket drains. It waits only
-  # when the queue is above the high watermark (gen_tcp's busy port), or
-  # behind another sender; send_timeout bounds that wait. :wait_drain (no
-  # pump runs: the data is queued, the caller writes it out) continues with
-  # send_more; the others send the same data again.
-  defp send_wait(socket, data, wait, {deadline, close?}) do
+  # behind another sender, when the socket is busy, or when its own data
+  # brought the queue to the high watermark (gen_tcp's busy port: it then
+  # waits, its data queued, until the queue is down to the low watermark);
+  # send_timeout bounds the wait. :wait_drain (the data is queued: the
+  # socket is busy, or no pump runs and the caller writes it out) continues
+  # with send_more, and so does a :more after it; the others send the same
+  # data again. `taken?`: the data is in the queue already.
+  defp send_wait(socket, data, wait, {deadline, close?}, taken? \\ false) do
+    taken? = taken? or wait == :wait_drain
+
     case wait_or_go(socket, wait, deadline) do
       :ok ->
-        result = if wait == :wait_drain, do: Nif.send_more(socket), else: Nif.send(socket, data)
+        result = if taken?, do: Nif.send_more(socket), else: Nif.send(socket, data)
 
         case result do
           :ok -> :ok
           {:error, _} = error -> error
-          wait -> send_wait(socket, data, wait, {deadline, close?})
+          wait -> send_wait(socket, data, wait, {deadline, close?}, taken?)
         end
 
       :timeout ->
-        send_timed_out(socket, close?, if(wait == :wait_drain, do: [], else: data))
+        send_timed_out(socket, close?, if(taken?, do: [], else: data))
     end
   end
 

@@ -83,9 +83,9 @@ defmodule Islet.TCP do
   @doc """
   Sends iodata (written as a vector, not flattened). As with gen_tcp, the
   data is taken at once: what the kernel cannot take yet is queued and
-  written out in the background. Once `high_watermark` bytes are queued (8
-  KiB by default), a send waits (up to `send_timeout`) until the queue is
-  down to `low_watermark` (4 KiB).
+  written out in the background. A send that finds data queued and brings
+  the queue to `high_watermark` (8 KiB by default) waits, its data queued,
+  until the queue is down to `low_watermark` (4 KiB), up to `send_timeout`.
   """
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
   defdelegate send(socket, data), to: Socket

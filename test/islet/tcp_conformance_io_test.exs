@@ -646,6 +646,137 @@ defmodule Islet.TCPConformanceIOTest do
       end)
     end
 
+    # A unix socket whose peer does not read, its kernel buffer filled with
+    # 1000-byte sends until one was left (partly) queued. Unlike TCP's (window
+    # updates, timers), a full unix socket takes nothing more, so what each
+    # send answers depends on the queue alone. Returns {server, client,
+    # bytes sent}.
+    defp full_unix_pair(mod, opts) do
+      path = Diff.tmp_path("islet_queue")
+      opts = opts ++ [ip: {:local, path}, send_timeout: 100, send_timeout_close: false]
+      {:ok, l} = mod.listen(0, opts)
+      c = Diff.connect(mod, l)
+      {:ok, s} = mod.accept(l)
+      File.rm(path)
+      chunk = :binary.copy("f", 1000)
+
+      sends =
+        Enum.find(1..100_000, fn _ ->
+          :ok = mod.send(s, chunk)
+          pending(mod, s) > 0
+        end)
+
+      {s, c, sends * 1000}
+    end
+
+    defp pending(mod, s) do
+      {:ok, [send_pend: n]} = mod.getstat(s, [:send_pend])
+      n
+    end
+
+    # Sends of `size` bytes until the first that times out, and one more
+    # (at most `max`): for each, the bytes queued before it and its answer.
+    defp sends_to_timeout(mod, s, size, max \\ 40) do
+      data = :binary.copy("d", size)
+
+      Enum.reduce_while(1..max, {[], false}, fn _, {acc, timed_out?} ->
+        acc = [{pending(mod, s), mod.send(s, data)} | acc]
+
+        cond do
+          timed_out? -> {:halt, {acc, true}}
+          match?({_, {:error, :timeout}}, hd(acc)) -> {:cont, {acc, true}}
+          true -> {:cont, {acc, false}}
+        end
+      end)
+      |> elem(0)
+      |> Enum.reverse()
+    end
+
+    # inet_drv: a send that finds data queued and brings the queue to the
+    # high watermark waits (its data queued) until the queue is down to the
+    # low watermark; against a peer that does not read, it times out, and
+    # so does the next. A send that stays below the mark returns at once.
+    test "a send that brings the queue to high_watermark waits; a lower mark, sooner" do
+      assert_same(fn mod ->
+        marks =
+          for opts <- [
+                [],
+                [high_watermark: 3000],
+                [high_watermark: 0],
+                [high_watermark: 20_000, low_watermark: 10_000]
+              ] do
+            {s, _c, _sent} = full_unix_pair(mod, opts)
+
+            {opts, mod.getopts(s, [:high_watermark, :low_watermark]),
+             sends_to_timeout(mod, s, 1000)}
+          end
+
+        # Set on the connection once its queue has data: the next send obeys it.
+        {s, _c, _sent} = full_unix_pair(mod, [])
+        set = mod.setopts(s, high_watermark: 2500)
+        {marks, set, sends_to_timeout(mod, s, 1000)}
+      end)
+    end
+
+    test "a send larger than high_watermark waits only when data was queued before it" do
+      assert_same(fn mod ->
+        {s, c, _sent} = full_unix_pair(mod, high_watermark: 4000)
+        # Read what the kernel holds and what is queued, so that the queue is
+        # empty: a send then goes to the kernel, the rest to the queue.
+        :ok = Diff.wait_until(fn -> :gen_tcp.recv(c, 0, 50) && pending(mod, s) == 0 end)
+        big = mod.send(s, :binary.copy("b", 1_000_000))
+        {big, pending(mod, s) > 4000, sends_to_timeout(mod, s, 10, 3)}
+      end)
+    end
+
+    # The waiting send returns once the queue is down to the low watermark:
+    # with low_watermark 0, only once it is empty.
+    test "the waiting send returns once the queue is down to low_watermark" do
+      assert_same(fn mod ->
+        for low <- [0, 2000] do
+          opts = [high_watermark: 3000, low_watermark: low, send_timeout: 10_000]
+          {s, c, sent} = full_unix_pair(mod, opts)
+          before = pending(mod, s)
+          parent = self()
+
+          spawn_link(fn ->
+            result = mod.send(s, :binary.copy("w", 5000))
+            Kernel.send(parent, {:sent, result, pending(mod, s)})
+          end)
+
+          # Its data is queued while it waits; then the client reads it all.
+          queued = Diff.wait_until(fn -> pending(mod, s) == before + 5000 end)
+          {:ok, read} = :gen_tcp.recv(c, sent + 5000, 10_000)
+
+          returned =
+            receive(do: ({:sent, r, left} -> {r, left <= low}), after: (10_000 -> :no_result))
+
+          {low, queued, returned, read == :binary.copy("f", sent) <> :binary.copy("w", 5000)}
+        end
+      end)
+    end
+
+    # inet_drv answers the send it made wait when the connection fails
+    # under the queue; passive and active mode. (In active mode the calls
+    # after it are made once the closed message is there: gen_tcp sends it
+    # before it answers the send, Islet's pump may send it just after.)
+    test "the peer closes while a send waits at high_watermark: that send says closed" do
+      assert_same(fn mod ->
+        for active <- [false, true] do
+          {s, c, _sent} = full_unix_pair(mod, high_watermark: 3000, send_timeout: 10_000)
+          if active, do: :ok = mod.setopts(s, active: true)
+          before = pending(mod, s)
+          parent = self()
+          spawn_link(fn -> Kernel.send(parent, {:sent, mod.send(s, :binary.copy("w", 5000))}) end)
+          queued = Diff.wait_until(fn -> pending(mod, s) == before + 5000 end)
+          :ok = :gen_tcp.close(c)
+          sent = receive(do: ({:sent, r} -> r), after: (10_000 -> :no_result))
+          messages = Diff.active_messages(s, if(active, do: 5_000, else: 100))
+          {active, queued, sent, messages, mod.send(s, "x"), mod.recv(s, 0, 100)}
+        end
+      end)
+    end
+
     test "close after such a shutdown still waits for the queue" do
       assert_same(fn mod ->
         {_l, s, c} = queue_pair(mod)
