@@ -21,6 +21,29 @@ defmodule Islet.Bench.OS do
     end
   end
 
+  @doc """
+  Time CPU `cpu` (a number, as a string or integer) has spent so far, from
+  `/proc/stat`, in clock ticks: `{busy, total}`, where idle and iowait are
+  not busy. `:error` where the line is missing.
+  """
+  @spec cpu_ticks(String.t() | non_neg_integer()) :: {:ok, {integer(), integer()}} | :error
+  def cpu_ticks(cpu) do
+    name = "cpu#{cpu} "
+
+    with {:ok, stat} <- File.read("/proc/stat"),
+         line when is_binary(line) <-
+           Enum.find(String.split(stat, "\n"), &String.starts_with?(&1, name)) do
+      [_ | fields] = String.split(line)
+      # user nice system idle iowait irq softirq steal (guest time is in user)
+      ticks = fields |> Enum.take(8) |> Enum.map(&String.to_integer/1)
+      idle = Enum.at(ticks, 3) + Enum.at(ticks, 4)
+      total = Enum.sum(ticks)
+      {:ok, {total - idle, total}}
+    else
+      _ -> :error
+    end
+  end
+
   @doc "`utime + stime` of this OS process from `/proc/self/stat`, in clock ticks."
   @spec stat_ticks() :: non_neg_integer()
   def stat_ticks do

@@ -370,13 +370,16 @@ defmodule Islet.Bench.Runner do
   end
 
   defp busy(%{busy: busy}) do
+    {client, server} = Map.pop(busy, :client)
+
     percents =
-      Enum.map_join(busy, " ", fn
+      Enum.map_join(server, " ", fn
         {:server, fraction} -> "#{round(fraction * 100)}%"
         {key, fraction} -> "#{key} #{round(fraction * 100)}%"
       end)
 
-    ["server busy #{percents}"]
+    ["server busy #{percents}"] ++
+      if(client, do: ["client CPU #{round(client * 100)}%"], else: [])
   end
 
   defp busy(_values), do: []

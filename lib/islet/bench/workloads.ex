@@ -44,7 +44,7 @@ defmodule Islet.Bench.Workloads do
   the rate. MB is 10^6 bytes, GB 10^9.
   """
 
-  alias Islet.Bench.{Child, Load, Nginx}
+  alias Islet.Bench.{Child, Load, Nginx, OS}
 
   @typedoc "A workload."
   @type workload :: :keepalive | :close | :handshake | :download | :upload | :idle
@@ -256,21 +256,31 @@ defmodule Islet.Bench.Workloads do
       headers: headers
     ]
 
-    case measure_server(server, fn -> Load.wrk(url(server, context, "/"), options) end) do
-      {:ok, %{requests: 0} = wrk, _cpu_s, delta} ->
+    run = fn ->
+      before = OS.cpu_ticks(context.client_cpu)
+
+      with {:ok, wrk} <- Load.wrk(url(server, context, "/"), options),
+           do: {:ok, {wrk, fraction(before, OS.cpu_ticks(context.client_cpu))}}
+    end
+
+    case measure_server(server, run) do
+      {:ok, {%{requests: 0} = wrk, _}, _cpu_s, delta} ->
         {:error, {:no_responses, wrk_errors: wrk.socket_errors, server_errors: delta.errors}}
 
-      {:ok, %{non_2xx: bad} = wrk, _cpu_s, _delta} when bad > 0 ->
+      {:ok, {%{non_2xx: bad} = wrk, _}, _cpu_s, _delta} when bad > 0 ->
         {:error, {:non_2xx_responses, bad, of: wrk.requests}}
 
-      {:ok, wrk, cpu_s, delta} ->
+      {:ok, {wrk, client}, cpu_s, delta} ->
         wrk_warnings =
           if wrk.socket_errors > 0, do: ["wrk: #{wrk.socket_errors} socket errors"], else: []
 
         busy = cpu_s / delta.seconds / context.server_cpu_count
-        values = Map.put(values.(wrk, cpu_s, delta), :busy, %{server: busy})
+        shares = if client, do: %{server: busy, client: client}, else: %{server: busy}
+        values = Map.put(values.(wrk, cpu_s, delta), :busy, shares)
 
-        {:ok, values, wrk_warnings ++ server_warnings(delta) ++ busy_warnings(busy, "rate")}
+        {:ok, values,
+         wrk_warnings ++
+           server_warnings(delta) ++ busy_warnings(busy, "rate") ++ client_warnings(client)}
 
       {:error, _} = error ->
         error
@@ -390,6 +400,27 @@ defmodule Islet.Bench.Workloads do
         "(or by other load on the machine)"
     ]
   end
+
+  # How busy the client's CPU was between two cpu_ticks readings (nil when
+  # /proc/stat could not tell).
+  defp fraction({:ok, {busy0, total0}}, {:ok, {busy1, total1}}) when total1 > total0,
+    do: (busy1 - busy0) / (total1 - total0)
+
+  defp fraction(_, _), do: nil
+
+  @client_saturated 0.95
+
+  # wrk used its whole CPU: the rate is the load generator's, and a server
+  # that waits for it pays a wake-up per request or two (CPU per request is
+  # higher than at full load).
+  defp client_warnings(client) when is_float(client) and client >= @client_saturated do
+    [
+      "client CPU #{round(client * 100)}% busy: requests/s is the load generator's limit, " <>
+        "and the server, waiting for it, pays wake-ups (compare CPU per request)"
+    ]
+  end
+
+  defp client_warnings(_client), do: []
 
   defp server_warnings(delta) do
     Enum.reject(
