@@ -368,17 +368,23 @@ bool expand_label(const EVP_MD* md, const unsigned char* secret, size_t secret_l
   return ok;
 }
 
+// Keeps a direction's key, and keys its cipher context if it has one. The
+// context itself is made by the first record that needs it (loaded): a
+// connection idle since its handshake never holds one, which keeps the
+// heap's high-water mark low while thousands of connections open (each
+// context is about 1.1 KB, and the sweep would free it only seconds later).
 bool set_key(Dir& d, const EVP_CIPHER* cipher, const unsigned char* key, bool enc) {
   if (key != d.key) std::memcpy(d.key, key, static_cast<size_t>(EVP_CIPHER_get_key_length(cipher)));
-  if (d.ctx == nullptr && (d.ctx = EVP_CIPHER_CTX_new()) == nullptr) return false;
-  return EVP_CipherInit_ex2(d.ctx, cipher, key, nullptr, enc ? 1 : 0, nullptr) == 1;
+  return d.ctx == nullptr || EVP_CipherInit_ex2(d.ctx, cipher, key, nullptr, enc ? 1 : 0, nullptr) == 1;
 }
 
-// The direction's cipher context, made again from its key if the sweep
-// freed it; notes that the connection is in use.
+// The direction's cipher context, made from its key when it has none (not
+// used yet, or freed by the sweep); notes that the connection is in use.
 bool loaded(Records* r, Dir& d, bool enc) {
   r->used = true;
-  return d.ctx != nullptr || set_key(d, r->cipher, d.key, enc);
+  if (d.ctx != nullptr) return true;
+  if ((d.ctx = EVP_CIPHER_CTX_new()) == nullptr) return false;
+  return EVP_CipherInit_ex2(d.ctx, r->cipher, d.key, nullptr, enc ? 1 : 0, nullptr) == 1;
 }
 
 // TLS 1.3: a direction's key and IV from its traffic secret; the sequence
@@ -1166,8 +1172,6 @@ uint64_t records_key_updates(const Sock* s) { return s->rec->key_updates; }
 void tls_info_of(SSL* ssl, TlsInfo* out) {
   out->version = SSL_version(ssl);
   if (const SSL_CIPHER* c = SSL_get_current_cipher(ssl)) out->cipher = SSL_CIPHER_standard_name(c);
-  int group = SSL_get_negotiated_group(ssl);
-  if (group != NID_undef) out->group = SSL_group_to_name(ssl, group);
   if (const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) out->servername = sni;
   const unsigned char* alpn;
   unsigned alpn_len = 0;

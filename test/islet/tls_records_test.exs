@@ -124,7 +124,22 @@ defmodule Islet.TLSRecordsTest do
       for i <- 1..5 do
         :ok = :ssl.send(c, "#{i}")
         {:ok, _} = Islet.TLS.recv(s, 0, 10_000)
+        :ok = Islet.TLS.send(s, "#{i}")
+        {:ok, _} = :ssl.recv(c, 0, 10_000)
         Islet.TLS.Sweeper.sweep()
+        assert contexts(s) == 2
+      end
+    end
+
+    for version <- [:"tlsv1.2", :"tlsv1.3"] do
+      test "#{version}: a connection idle since its handshake holds none; each direction makes its own" do
+        {_l, s, c} = pair!(Islet.TLS, [], versions: [unquote(version)])
+        assert contexts(s) == 0
+        :ok = :ssl.send(c, "in")
+        assert Islet.TLS.recv(s, 0, 10_000) == {:ok, "in"}
+        assert contexts(s) == 1
+        :ok = Islet.TLS.send(s, "out")
+        assert :ssl.recv(c, 0, 10_000) == {:ok, "out"}
         assert contexts(s) == 2
       end
     end
