@@ -24,7 +24,6 @@ struct Sock;
 struct TlsInfo {
   int version = 0;
   const char* cipher = nullptr;  // IANA name, static in libssl
-  const char* group = nullptr;   // the key exchange's group, static in libssl
   bool reused = false;
   bool has_session = false;
   uint8_t session_id_len = 0;

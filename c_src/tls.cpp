@@ -155,7 +155,7 @@ bool shares_a_cipher(SSL* ssl, bool ecdhe = true) {
   const unsigned char* ids;
   size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
   STACK_OF(SSL_CIPHER)* mine = SSL_get_ciphers(ssl);
-  const EVP_PKEY* key = SSL_get_privatekey(ssl);
+  const EVP_PKEY* key = ecdhe ? nullptr : SSL_get_privatekey(ssl);
   int key_type = key != nullptr ? EVP_PKEY_get_base_id(key) : EVP_PKEY_NONE;
   for (size_t i = 0; i + 1 < len; i += 2) {
     unsigned id = (static_cast<unsigned>(ids[i]) << 8) | ids[i + 1];
@@ -1276,7 +1276,6 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   };
   put("protocol", enif_make_int(env, info.version));
   if (info.cipher != nullptr) put("cipher", bin(info.cipher, std::strlen(info.cipher)));
-  if (info.group != nullptr) put("group", bin(info.group, std::strlen(info.group)));
   if (!info.servername.empty())
     put("sni_hostname", bin(info.servername.data(), info.servername.size()));
   else if (!s->sni.empty())  // a resumed TLS 1.2 session: from the ClientHello
