@@ -373,7 +373,11 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   if (deferred_of(ssl) != 0) return SSL_CLIENT_HELLO_RETRY;
   // supported_groups / eccs: this version's list, for this connection.
   const CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
-  bool tls13 = leads_to_tls13(ssl);
+  bool server_order = (SSL_get_options(ssl) & SSL_OP_CIPHER_SERVER_PREFERENCE) != 0;
+  // Only the options below need the version: a default context skips it.
+  bool by_version = c != nullptr && (c->has_groups[0] || c->has_groups[1] || c->dh ||
+                                     c->honor_ecc_order != server_order);
+  bool tls13 = by_version && leads_to_tls13(ssl);
   const std::vector<int>* allowed = nullptr;
   // supported_groups alone set the context's list: TLS 1.2 keeps OpenSSL's.
   if (!tls13 && c != nullptr && !c->has_groups[0] && c->has_groups[1])
@@ -392,7 +396,6 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
       return SSL_CLIENT_HELLO_ERROR;
     }
   }
-  bool server_order = (SSL_get_options(ssl) & SSL_OP_CIPHER_SERVER_PREFERENCE) != 0;
   bool cheap_kx;
   if (!tls13 && c != nullptr && c->honor_ecc_order != server_order) {
     int curve = curve_for_tls12(ssl, allowed != nullptr ? *allowed : default_groups(),
