@@ -742,14 +742,15 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
                               enif_make_uint(env, 0));
     if (e != 0) return write_error(env, s, me, e);
   }
-  // Up to 64 MiB per NIF call, in as few sendfile(2) calls as the socket
-  // takes: each return to Elixir is a hop off the dirty scheduler and back.
-  // With 1 MiB syscalls and a 16 MiB budget, a 256 MiB download to curl on
-  // loopback took 262 syscalls and 16 hops; now 9 and 4 (gen_tcp's driver:
-  // 5 syscalls). A non-blocking socket returns once its buffer is full, so
-  // a call still ends after what the socket took and the disk reads for it;
-  // the caller checks its send timeout between calls.
-  constexpr ErlNifUInt64 kBudget = 64u << 20;
+  // Up to 16 MiB per NIF call, in as few sendfile(2) calls as the socket
+  // takes. With 1 MiB syscalls, a 256 MiB download to curl on loopback took
+  // 262 of them (gen_tcp's driver: 5); now 25-30. The budget stays at
+  // 16 MiB: the socket's lock is held for the whole call, and anything else
+  // that takes it (a pump serving the socket's readiness, close from
+  // another process) waits on a normal scheduler meanwhile. A non-blocking
+  // socket returns once its buffer is full; the caller checks its send
+  // timeout between calls.
+  constexpr ErlNifUInt64 kBudget = 16u << 20;
   Cork cork(s);
   off_t off = static_cast<off_t>(offset);
   ErlNifUInt64 sent = 0;
