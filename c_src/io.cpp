@@ -746,7 +746,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // takes. With 1 MiB syscalls, a 256 MiB download to curl on loopback took
   // 262 of them (gen_tcp's driver: 5); now 25-30. The budget stays at
   // 16 MiB: the socket's lock is held for the whole call, and anything else
-  // that takes it (a pump serving the socket's readiness, close from
+  // that takes it (a pump serving the socket's readiness, a call from
   // another process) waits on a normal scheduler meanwhile. A non-blocking
   // socket returns once its buffer is full; the caller checks its send
   // timeout between calls.

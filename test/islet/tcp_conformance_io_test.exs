@@ -846,13 +846,16 @@ defmodule Islet.TCPConformanceIOTest do
       assert_same(&sendfile_read(&1, empty, 0, 0, ""))
     end
 
-    test "a 16 MiB file" do
+    test "a file larger than one call's 16 MiB, whole and from an odd offset" do
       path = Diff.tmp_path("islet_sendfile_big")
-      data = Diff.pattern(16 * 1024 * 1024, 8)
+      data = Diff.pattern(16 * 1024 * 1024 + 70_001, 8)
       File.write!(path, data)
+      # Crosses the NIF's 16 MiB budget at an offset that is not a page's.
+      part = binary_part(data, 4097, 16 * 1024 * 1024 + 5)
 
       try do
         assert_same(&sendfile_read(&1, path, 0, 0, data), timeout: 60_000)
+        assert_same(&sendfile_read(&1, path, 4097, byte_size(part), part), timeout: 60_000)
       after
         File.rm(path)
       end
