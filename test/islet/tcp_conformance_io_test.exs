@@ -861,6 +861,38 @@ defmodule Islet.TCPConformanceIOTest do
       end
     end
 
+    test "a peer that goes away during a large sendfile: closed, then as after any end" do
+      path = Diff.tmp_path("islet_sendfile_gone")
+      File.write!(path, Diff.pattern(20 * 1024 * 1024, 3))
+
+      try do
+        for how <- [:close, :reset] do
+          assert_same(
+            fn mod ->
+              {_l, s, c} = Diff.pair(mod)
+              parent = self()
+
+              # The client reads a little, then goes away (a FIN, or a
+              # reset with linger 0) while the file is still going out.
+              spawn_link(fn ->
+                {:ok, _} = :gen_tcp.recv(c, 65_536, 10_000)
+                if how == :reset, do: :ok = :inet.setopts(c, linger: {true, 0})
+                :ok = :gen_tcp.close(c)
+                Kernel.send(parent, :client_gone)
+              end)
+
+              result = mod.sendfile(s, path, 0, 0)
+              receive(do: (:client_gone -> :ok))
+              {how, result, mod.send(s, "x"), mod.recv(s, 0, 1_000)}
+            end,
+            timeout: 60_000
+          )
+        end
+      after
+        File.rm(path)
+      end
+    end
+
     test "corks the socket while it runs, as gen_tcp: nopush is as it was after", %{path: path} do
       # Corked (TCP_CORK), the file leaves in full segments; uncorked after,
       # what follows is not held back. A socket the caller corked stays so.
