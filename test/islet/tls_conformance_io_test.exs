@@ -758,6 +758,34 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    test "at or past the end of the file, or an empty one: {:ok, 0}, nothing sent", %{
+      path: path,
+      data: data
+    } do
+      empty = path <> "_empty"
+      File.write!(empty, "")
+
+      try do
+        assert_same(fn mod ->
+          {_l, s, c} = pair!(mod)
+          size = byte_size(data)
+
+          results =
+            for {file, offset, length} <- [
+                  {path, size, 0},
+                  {path, size + 10, 0},
+                  {path, size + 10, 50},
+                  {empty, 0, 0}
+                ],
+                do: mod.sendfile(s, file, offset, length)
+
+          {results, :ssl.recv(c, 0, 200)}
+        end)
+      after
+        File.rm(empty)
+      end
+    end
+
     test "a file that does not exist" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)

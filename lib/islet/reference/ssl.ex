@@ -96,38 +96,47 @@ defmodule Islet.Reference.SSL do
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
   def send(socket, data), do: :ssl.send(socket, data)
 
+  # Thousand Island 1.4's SSL transport reads and sends the file in pieces
+  # of this size.
+  @sendfile_piece 8 * 1024 * 1024
+
   @doc """
   Sends `length` bytes of the file at `filename` from `offset` (length 0: to
   the end of the file). `:file.sendfile` works on clear sockets only, so, as
-  Thousand Island does, the bytes are read and sent with `:ssl.send/2`.
-  Returns the number of bytes sent.
+  Thousand Island 1.4 does, the file is read in 8 MiB pieces, each sent with
+  `:ssl.send/2`. Returns the number of bytes sent; the end of the file ends
+  it early, with what was sent (`{:ok, 0}` from an offset past the end).
   """
   @spec sendfile(socket(), String.t(), non_neg_integer(), non_neg_integer()) ::
           {:ok, non_neg_integer()} | {:error, term()}
   def sendfile(socket, filename, offset, length) do
     with {:ok, fd} <- :file.open(filename, [:read, :raw, :binary]) do
       try do
-        with {:ok, want} <- sendfile_length(fd, offset, length),
-             {:ok, data} <- :file.pread(fd, offset, want),
-             :ok <- :ssl.send(socket, data) do
-          {:ok, byte_size(data)}
-        else
-          :eof -> {:error, :eof}
-          {:error, _} = error -> error
-        end
+        send_pieces(socket, fd, offset, length, 0)
       after
         :file.close(fd)
       end
     end
   end
 
-  defp sendfile_length(fd, offset, 0) do
-    with {:ok, size} <- :file.position(fd, :eof) do
-      {:ok, max(size - offset, 0)}
+  defp send_pieces(_socket, _fd, _offset, length, sent) when length > 0 and sent == length,
+    do: {:ok, sent}
+
+  defp send_pieces(socket, fd, offset, length, sent) do
+    want = if length == 0, do: @sendfile_piece, else: min(length - sent, @sendfile_piece)
+
+    case :file.pread(fd, offset + sent, want) do
+      {:ok, data} ->
+        with :ok <- :ssl.send(socket, data),
+             do: send_pieces(socket, fd, offset, length, sent + byte_size(data))
+
+      :eof ->
+        {:ok, sent}
+
+      {:error, _} = error ->
+        error
     end
   end
-
-  defp sendfile_length(_fd, _offset, length), do: {:ok, length}
 
   @doc "Gets options with `:ssl.getopts/2`."
   @spec getopts(socket(), list()) :: {:ok, list()} | {:error, term()}
