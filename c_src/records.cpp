@@ -384,7 +384,11 @@ bool loaded(Records* r, Dir& d, bool enc) {
   r->used = true;
   if (d.ctx != nullptr) return true;
   if ((d.ctx = EVP_CIPHER_CTX_new()) == nullptr) return false;
-  return EVP_CipherInit_ex2(d.ctx, r->cipher, d.key, nullptr, enc ? 1 : 0, nullptr) == 1;
+  if (set_key(d, r->cipher, d.key, enc)) return true;
+  // Not keyed: no context, so that the next record does not take this one
+  // as ready.
+  d.unload();
+  return false;
 }
 
 // TLS 1.3: a direction's key and IV from its traffic secret; the sequence
