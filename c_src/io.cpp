@@ -728,6 +728,10 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   // file:sendfile/5 answers einval for a closed socket.
   if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
+  // gen_tcp takes a file only from the socket's owner (Thousand Island's SSL
+  // transport sends it with :ssl.send, from any process).
+  if (s->tag != Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0)
+    return make_error(env, atom.not_owner);
   // TLS goes through here only with kernel TLS (Islet.TLS reads and
   // encrypts otherwise).
   if (is_tls(s) && !tls_ktls_send(s)) return make_error(env, atom.einval);

@@ -923,6 +923,19 @@ defmodule Islet.TCPConformanceIOTest do
       end)
     end
 
+    test "from a process that does not own the socket: not_owner", %{path: path} do
+      # Thousand Island's handler owns its socket; another process gets
+      # not_owner, and the file stays unsent (the owner's one still goes).
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        parent = self()
+        spawn(fn -> Kernel.send(parent, {:other, mod.sendfile(s, path, 0, 100)}) end)
+        other = receive(do: ({:other, result} -> result))
+        client_reader(c, 100)
+        {other, mod.sendfile(s, path, 0, 100), elem(client_got(), 0)}
+      end)
+    end
+
     test "between sends, in order", %{path: path, data: data} do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)
