@@ -4,6 +4,7 @@
 #include <erl_nif.h>
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -88,6 +89,13 @@ struct Sock {
   // it is closed or its owner dies, not until the last term is collected.
   bool self_ref = true;
   bool fd_closed = false;    // the stop callback closed the fd
+  // A plain TCP sendfile runs its syscalls without the lock (io.cpp): while
+  // it does, the stop callback leaves the fd open (close_deferred) and the
+  // sendfile call closes it when it returns. closing tells its loop to stop.
+  bool file_sending = false;
+  bool close_deferred = false;
+  std::atomic<bool> closing{false};
+  ErlNifPid file_sender;
   bool owner_mon_set = false;
   bool closer_waiting = false;
   bool in_poll = false;      // registered in an epoll set (a pump's or the poller's)
@@ -193,6 +201,10 @@ bool get_sock(ErlNifEnv* env, ERL_NIF_TERM t, Sock** out);
 // {'$islet_closed', Sock} message from the stop callback). Takes the lock.
 ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer);
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
+// Closes the fd once, and answers a closer waiting for it when tell_closer
+// (else it was answered ok already). Under lock: the stop callback, or a
+// sendfile call the stop callback left the fd to.
+void close_fd(ErlNifEnv* env, Sock* s, bool tell_closer);
 
 // Waiter queues (socket.cpp). All under the socket's lock.
 void waiter_push(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid);

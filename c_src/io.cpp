@@ -725,7 +725,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       !enif_get_uint64(env, argv[2], &offset) || !enif_get_uint64(env, argv[3], &count))
     return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
-  std::lock_guard<std::mutex> lk(s->mu);
+  std::unique_lock<std::mutex> lk(s->mu);
   // file:sendfile/5 answers einval for a closed socket.
   if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
   // gen_tcp takes a file only from the socket's owner (Thousand Island's SSL
@@ -747,36 +747,77 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (e != 0) return write_error(env, s, me, e);
   }
   // Up to 16 MiB per NIF call, in as few sendfile(2) calls as the socket
-  // takes. With 1 MiB syscalls, a 256 MiB download to curl on loopback took
-  // 262 of them (gen_tcp's driver: 5); now 25-30. The budget stays at
-  // 16 MiB: the socket's lock is held for the whole call, and anything else
-  // that takes it (a pump serving the socket's readiness, a call from
-  // another process) waits on a normal scheduler meanwhile. A non-blocking
-  // socket returns once its buffer is full; the caller checks its send
-  // timeout between calls.
+  // takes (with 1 MiB syscalls, a 256 MiB download to curl on loopback took
+  // 262 of them; gen_tcp's driver: 5; now 25-30). A non-blocking socket
+  // returns once its buffer is full; the caller checks its send timeout
+  // between calls.
+  //
+  // Plain TCP runs the syscalls without the socket's lock: they can take
+  // milliseconds (a cold disk, or 16 MiB at loopback speed), and whatever
+  // else takes the lock meanwhile (a pump serving the socket's readiness, a
+  // call from another process) would wait on a normal scheduler. The caller
+  // holds the write turn as the queue's head, so no other writer comes in
+  // between; the stop callback leaves the fd to this call (file_sending),
+  // which closes it below if a close came meanwhile. Kernel TLS keeps the
+  // lock: its SSL object is shared with reads.
   constexpr ErlNifUInt64 kBudget = 16u << 20;
-  Cork cork(s);
-  off_t off = static_cast<off_t>(offset);
+  const bool unlocked = !is_tls(s);
+  enum class End { Budget, Eof, Error, Closing } end = End::Budget;
+  int err = 0;
   ErlNifUInt64 sent = 0;
-  while (sent < count && sent < kBudget) {
-    size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, kBudget - sent));
-    ssize_t n = is_tls(s) ? tls_sendfile(s, f->fd, &off, chunk)
-                                  : sendfile(s->fd, f->fd, &off, chunk);
-    if (n > 0) {
-      sent += n;  // not in send_oct: gen_tcp's statistics do not see sendfile
-      continue;
+  {
+    Cork cork(s);  // uncorked at the end of this block, while the fd is ours
+    const int fd = s->fd;
+    off_t off = static_cast<off_t>(offset);
+    if (unlocked) {
+      if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);
+      s->file_sending = true;
+      s->file_sender = me;
+      lk.unlock();
     }
-    if (n == 0) {  // end of file
+    while (sent < count && sent < kBudget) {
+      if (unlocked && s->closing.load(std::memory_order_relaxed)) {
+        end = End::Closing;
+        break;
+      }
+      size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, kBudget - sent));
+      ssize_t n =
+          is_tls(s) ? tls_sendfile(s, f->fd, &off, chunk) : sendfile(fd, f->fd, &off, chunk);
+      if (n > 0) {
+        sent += n;  // not in send_oct: gen_tcp's statistics do not see sendfile
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      end = n == 0 ? End::Eof : End::Error;
+      err = errno;
+      break;
+    }
+  }
+  if (unlocked) {
+    lk.lock();
+    s->file_sending = false;
+    if (s->close_deferred) close_fd(env, s, true);
+    // Closed meanwhile (its waiters, this call among them, were let go).
+    if (!s->open) {
+      if (sent == count) return enif_make_tuple2(env, atom.ok, enif_make_uint64(env, sent));
+      return make_error(env, atom.einval);
+    }
+  }
+  switch (end) {
+    case End::Eof:
       waiter_done(env, s, s->wq, me);
       return enif_make_tuple2(env, atom.eof, enif_make_uint64(env, sent));
-    }
-    if (errno == EINTR) continue;
-    if (would_block(errno)) {
-      ERL_NIF_TERM w = wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait);
-      return enif_make_tuple2(env, w, enif_make_uint64(env, sent));
-    }
-    return write_error(env, s, me, errno);
+    case End::Error:
+      if (would_block(err)) {
+        ERL_NIF_TERM w = wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait);
+        return enif_make_tuple2(env, w, enif_make_uint64(env, sent));
+      }
+      return write_error(env, s, me, err);
+    case End::Closing:  // not reached: closing is only set with open cleared
+    case End::Budget:
+      break;
   }
+  // More to send: the caller keeps the turn for its next call.
   if (sent < count) return enif_make_tuple2(env, atom.more, enif_make_uint64(env, sent));
   waiter_done(env, s, s->wq, me);
   return enif_make_tuple2(env, atom.ok, enif_make_uint64(env, sent));
@@ -921,6 +962,19 @@ ERL_NIF_TERM nif_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   return sock_close(env, s, &me);
+}
+
+// lock_probe(Sock) -> locked | sending_file | free: whether a thread holds
+// the socket's lock at this instant, else whether a sendfile is in its
+// syscalls without it. For tests: a sendfile must leave the lock free while
+// it sends, and a close may come meanwhile.
+ERL_NIF_TERM nif_lock_probe(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  if (!s->mu.try_lock()) return enif_make_atom(env, "locked");
+  bool sending = s->file_sending;
+  s->mu.unlock();
+  return enif_make_atom(env, sending ? "sending_file" : "free");
 }
 
 // shutdown(Sock, read | write | read_write) -> ok | {error, Reason}

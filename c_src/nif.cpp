@@ -25,6 +25,7 @@ ISLET_NIF(nif_send_timeout_keep)
 ISLET_NIF(nif_flush_bg)
 ISLET_NIF(nif_drain)
 ISLET_NIF(nif_shutdown)
+ISLET_NIF(nif_lock_probe)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
 ISLET_NIF(nif_set_active)
@@ -64,6 +65,7 @@ ErlNifFunc nif_funcs[] = {
     {"flush_bg", 1, nif_flush_bg, 0},
     {"drain", 1, nif_drain, 0},
     {"shutdown", 2, nif_shutdown, 0},
+    {"lock_probe", 1, nif_lock_probe, 0},
     {"controlling_process", 2, nif_controlling_process, 0},
     {"set_owner", 3, nif_set_owner, 0},
     {"set_active", 2, nif_set_active, 0},

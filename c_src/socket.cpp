@@ -167,6 +167,9 @@ static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
     // Off the schedulers (poller thread) the monitor is left to fire; the
     // down callback then finds no waiter.
     if (env != nullptr) enif_demonitor_process(env, s, &w.mon);
+    // A sendfile running without the lock holds the turn but waits for no
+    // message: one would stay in its mailbox (a handler's handle_info).
+    if (s->file_sending && enif_compare_pids(&w.pid, &s->file_sender) == 0) continue;
     wake(env, s, w.pid);
   }
   wq.q.clear();
@@ -205,6 +208,7 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
     tls_close_notify(s);
     tls_closed(s);
     s->open = false;
+    s->closing.store(true, std::memory_order_relaxed);
     wake_all(env, s, s->rq);
     wake_all(env, s, s->wq);
     if (s->owner_mon_set) {
@@ -233,13 +237,32 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
   // The self reference goes now, or with the stop callback when it runs
   // later (the resource must outlive it). Nothing touches s after this.
   bool release = false;
+  bool deferred = false;
   if (!scheduled) {
     std::lock_guard<std::mutex> lk(s->mu);
     release = s->self_ref;
     s->self_ref = false;
+    deferred = s->close_deferred;  // a sendfile closes the fd, and says so
   }
+  if (deferred && closer != nullptr) result = atom.wait_close;
   if (release) enif_release_resource(s);
   return result;
+}
+
+void close_fd(ErlNifEnv* env, Sock* s, bool tell_closer) {
+  if (!s->fd_closed && s->fd >= 0) {
+    close(s->fd);
+    s->fd_closed = true;
+  }
+  if (s->closer_waiting) {
+    s->closer_waiting = false;
+    if (tell_closer) {
+      ErlNifEnv* menv = enif_alloc_env();
+      ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_closed, enif_make_resource(menv, s));
+      enif_send(env, &s->closer, menv, msg);
+      enif_free_env(menv);
+    }
+  }
 }
 
 static void sock_stop(ErlNifEnv* env, void* obj, ErlNifEvent event, int is_direct_call) {
@@ -247,19 +270,12 @@ static void sock_stop(ErlNifEnv* env, void* obj, ErlNifEvent event, int is_direc
   bool release = false;
   {
     std::lock_guard<std::mutex> lk(s->mu);
-    if (!s->fd_closed && s->fd >= 0) {
-      close(s->fd);
-      s->fd_closed = true;
-    }
-    if (s->closer_waiting) {
-      s->closer_waiting = false;
-      if (!is_direct_call) {
-        ErlNifEnv* menv = enif_alloc_env();
-        ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_closed, enif_make_resource(menv, s));
-        enif_send(env, &s->closer, menv, msg);
-        enif_free_env(menv);
-      }
-    }
+    // A sendfile is in a syscall on this fd without the lock: closing it now
+    // could hand its number to another open mid-call. That call closes it.
+    if (s->file_sending)
+      s->close_deferred = true;
+    else
+      close_fd(env, s, !is_direct_call);
     // A scheduled stop: sock_close left the self reference for here.
     if (!is_direct_call && s->self_ref) {
       s->self_ref = false;

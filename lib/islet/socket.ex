@@ -193,7 +193,20 @@ defmodule Islet.Socket do
     with {:ok, file} <- Nif.sendfile_open(IO.chardata_to_string(path)),
          {:ok, size} <- Nif.sendfile_size(file) do
       count = if length == 0, do: max(size - offset, 0), else: length
-      sendfile_loop(socket, file, offset, count, 0, nil)
+      result = sendfile_loop(socket, file, offset, count, 0, nil)
+      forget_wake(socket)
+      result
+    end
+  end
+
+  # The NIF keeps the write turn between its calls: a close or the peer's
+  # end that let the queue go meanwhile sent this process a wake it no
+  # longer waits for, which must not reach a handler's handle_info.
+  defp forget_wake(socket) do
+    receive do
+      {:"$islet", ^socket} -> :ok
+    after
+      0 -> :ok
     end
   end
 
