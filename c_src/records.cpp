@@ -242,6 +242,114 @@ struct Records {
   }
 };
 
+namespace {
+
+// The handshake's read BIO, for connections whose records Islet will take
+// over (without kernel TLS, which needs OpenSSL's socket BIO). After the
+// ClientHello, OpenSSL reads record by record (read_ahead off) so that it
+// holds nothing past the handshake: 5 bytes of header, then the body, per
+// record, so 4 syscalls for a TLS 1.3 client's second flight and 6 for TLS
+// 1.2's. This BIO reads the socket once into a buffer and serves those small
+// reads from it; what is left when the handshake ends goes to the record
+// layer (take_over), or, if OpenSSL keeps the records, to OpenSSL's next
+// reads (tls_pending and tls_may_have_more count it). Reads of kHsDirect or
+// more with nothing buffered go straight to the socket, as a socket BIO's.
+constexpr size_t kHsDirect = 4096;
+struct HsBio {
+  Sock* s = nullptr;
+  int fd = -1;
+  bool eof = false;
+  Buf in;
+};
+BIO_METHOD* hs_method = nullptr;
+int hs_type = 0;
+
+// As a socket BIO's read (OpenSSL tells its results apart the same way):
+// > 0 bytes, 0 at EOF, -1 on error (retry set for EAGAIN, errno kept).
+int hs_read(BIO* b, char* out, int outl) {
+  auto* h = static_cast<HsBio*>(BIO_get_data(b));
+  BIO_clear_retry_flags(b);
+  if (outl <= 0) return 0;
+  size_t want_out = static_cast<size_t>(outl);
+  if (h->in.size() == 0) {
+    bool direct = want_out >= kHsDirect;
+    unsigned char* dst = direct ? reinterpret_cast<unsigned char*>(out) : in_buf;
+    size_t want = direct ? want_out : kReadSize;
+    ssize_t n;
+    do {
+      n = recv(h->fd, dst, want, 0);
+    } while (n < 0 && errno == EINTR);
+    // As note_read (tls.cpp) for a socket BIO: whether the kernel had no more.
+    h->s->tls_short_read = n <= 0 || static_cast<size_t>(n) < want;
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);
+      return -1;
+    }
+    if (n == 0) {
+      h->eof = true;  // BIO_eof, as a socket BIO says it
+      return 0;
+    }
+    if (direct) return static_cast<int>(n);
+    if (!h->in.append(in_buf, static_cast<size_t>(n))) {
+      errno = ENOMEM;
+      return -1;
+    }
+  }
+  size_t k = std::min(want_out, h->in.size());
+  std::memcpy(out, h->in.data(), k);
+  h->in.consume(k);
+  if (h->in.size() > 0) h->s->tls_short_read = false;  // more is here already
+  return static_cast<int>(k);
+}
+
+long hs_ctrl(BIO* b, int cmd, long, void*) {
+  auto* h = static_cast<HsBio*>(BIO_get_data(b));
+  switch (cmd) {
+    case BIO_CTRL_PENDING:
+      return h != nullptr ? static_cast<long>(h->in.size()) : 0;
+    case BIO_CTRL_EOF:
+      return h != nullptr && h->eof ? 1 : 0;
+    case BIO_CTRL_FLUSH:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+int hs_create(BIO* b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+int hs_destroy(BIO* b) {
+  delete static_cast<HsBio*>(BIO_get_data(b));
+  BIO_set_data(b, nullptr);
+  return 1;
+}
+
+HsBio* hs_of(BIO* b) {
+  return b != nullptr && hs_method != nullptr && BIO_method_type(b) == hs_type
+             ? static_cast<HsBio*>(BIO_get_data(b))
+             : nullptr;
+}
+
+}  // namespace
+
+BIO* records_hs_bio(Sock* s) {
+  if (hs_method == nullptr) return nullptr;
+  auto* h = new (std::nothrow) HsBio();
+  if (h == nullptr) return nullptr;
+  h->s = s;
+  h->fd = s->fd;
+  BIO* b = BIO_new(hs_method);
+  if (b == nullptr) {
+    delete h;
+    return nullptr;
+  }
+  BIO_set_data(b, h);
+  return b;
+}
+
 void records_init() {
   if (aes128gcm != nullptr) return;
   // A cipher this OpenSSL lacks only leaves its suites with OpenSSL.
@@ -251,6 +359,20 @@ void records_init() {
   tls1_prf = EVP_KDF_fetch(nullptr, "TLS1-PRF", nullptr);
   sha256 = EVP_MD_fetch(nullptr, "SHA2-256", nullptr);
   sha384 = EVP_MD_fetch(nullptr, "SHA2-384", nullptr);
+  // Without it (no BIO index left), handshakes read through a socket BIO.
+  int index = BIO_get_new_index();
+  if (index > 0) {
+    hs_type = index | BIO_TYPE_SOURCE_SINK;
+    hs_method = BIO_meth_new(hs_type, "islet handshake reads");
+    if (hs_method != nullptr &&
+        (BIO_meth_set_read(hs_method, hs_read) != 1 ||
+         BIO_meth_set_ctrl(hs_method, hs_ctrl) != 1 ||
+         BIO_meth_set_create(hs_method, hs_create) != 1 ||
+         BIO_meth_set_destroy(hs_method, hs_destroy) != 1)) {
+      BIO_meth_free(hs_method);
+      hs_method = nullptr;
+    }
+  }
   ERR_clear_error();
 }
 
@@ -866,6 +988,17 @@ Records* take_over(Sock* s) {
     r->max_plain = 256u << mfl;
   r->wire_in = BIO_number_read(rbio);
   r->wire_out = BIO_number_written(wbio);
+  // What the client sent after its Finished, read with it: the first
+  // records, opened before the socket is read again.
+  if (HsBio* h = hs_of(rbio); h != nullptr && h->in.size() > 0) {
+    if (!r->in.append(h->in.data(), h->in.size())) {
+      delete r;
+      return nullptr;
+    }
+    r->wire_in += h->in.size();
+    r->last_read_short = s->tls_short_read;
+    h->in.clear();
+  }
   tls_info_of(ssl, &r->info);
   // A session another connection may resume (TLS 1.2, or TLS 1.3 with
   // tickets) leaves the cache if this connection ends in a fatal alert, as

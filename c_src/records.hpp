@@ -14,6 +14,7 @@
 
 struct ssl_st;
 struct ssl_ctx_st;
+struct bio_st;
 
 namespace islet {
 
@@ -41,6 +42,9 @@ void records_init();
 // key_update_at: TLS 1.3, bytes sealed under one key before a KeyUpdate of
 // ours (:ssl's option of that name), 0 for none.
 bool records_start(Sock* s, struct ssl_ctx_st* session_ctx, uint64_t key_update_at);
+// A read BIO for such a handshake (see records.cpp), or null: then a
+// socket BIO. Freed with the SSL object that it is given to.
+struct bio_st* records_hs_bio(Sock* s);
 void records_keylog(Sock* s, const char* line);
 void records_message(Sock* s, int write_p, int content_type, const void* buf, size_t len);
 // Called when the handshake of s completed, under its lock: takes the

@@ -594,6 +594,8 @@ ErlNifPid self_of(ErlNifEnv* env) {
   return p;
 }
 
+bool ktls_available = false;  // set at load (probe_ktls)
+
 // Called around every operation on the connection's socket BIO. After a
 // read, notes whether it came back short: with read-ahead OpenSSL asks for
 // all the room its buffer has, so a short read (or EAGAIN) means the kernel
@@ -612,14 +614,28 @@ bool new_ssl(Sock* s, SSL_CTX* ctx) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return false;
   CtxData* c = data_of(ctx);
-  if (SSL_set_fd(ssl, s->fd) != 1 ||
-      (c != nullptr && c->records && !records_start(s, ctx, c->key_update_at))) {
+  bool takeover = c != nullptr && c->records;
+  if (takeover && !records_start(s, ctx, c->key_update_at)) {
     SSL_free(ssl);
     return false;
   }
-  BIO* bio = SSL_get_rbio(ssl);  // one socket BIO for both directions
-  BIO_set_callback_arg(bio, reinterpret_cast<char*>(s));
-  BIO_set_callback_ex(bio, note_read);
+  // Reads of a handshake to be taken over go through records.cpp's BIO
+  // (one syscall per flight), writes through a socket BIO; otherwise one
+  // socket BIO does both. Kernel TLS needs socket BIOs.
+  BIO* rbio = takeover && !ktls_available ? records_hs_bio(s) : nullptr;
+  BIO* wbio = rbio != nullptr ? BIO_new_socket(s->fd, BIO_NOCLOSE) : nullptr;
+  if (wbio != nullptr) {
+    SSL_set_bio(ssl, rbio, wbio);
+  } else {
+    if (rbio != nullptr) BIO_free(rbio);
+    if (SSL_set_fd(ssl, s->fd) != 1) {
+      SSL_free(ssl);
+      return false;
+    }
+    BIO* bio = SSL_get_rbio(ssl);
+    BIO_set_callback_arg(bio, reinterpret_cast<char*>(s));
+    BIO_set_callback_ex(bio, note_read);
+  }
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, s);
   s->ssl = ssl;
@@ -657,8 +673,6 @@ bool probe_ktls() {
   close(fd);
   return ulp_listed();
 }
-
-bool ktls_available = false;
 
 }  // namespace
 
@@ -725,7 +739,8 @@ ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
 
 bool tls_may_have_more(Sock* s) {
   if (s->rec != nullptr) return records_may_have_more(s);
-  return !s->tls_short_read || SSL_has_pending(s->ssl) == 1;
+  return !s->tls_short_read || SSL_has_pending(s->ssl) == 1 ||
+         BIO_pending(SSL_get_rbio(s->ssl)) > 0;
 }
 
 int tls_drain(Sock* s) {
@@ -795,7 +810,9 @@ ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count) {
 // or records read ahead from the socket.
 bool tls_pending(Sock* s) {
   if (s->rec != nullptr) return records_pending(s);
-  return s->ssl != nullptr && s->tls_done && SSL_has_pending(s->ssl);
+  // A handshake's read BIO may hold what the client sent after it.
+  return s->ssl != nullptr && s->tls_done &&
+         (SSL_has_pending(s->ssl) || BIO_pending(SSL_get_rbio(s->ssl)) > 0);
 }
 
 bool tls_attach(Sock* l, Sock* c) { return new_ssl(c, l->ctx); }
