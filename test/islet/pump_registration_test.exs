@@ -63,7 +63,9 @@ defmodule Islet.PumpRegistrationTest do
     fd = fd_of(server)
     :ok = :gen_tcp.send(client, "bye")
     :ok = :gen_tcp.close(client)
-    wait_queued(server)
+    # The data and the FIN both: with only the data there, the activation
+    # would rightly register to wait for the end.
+    wait_close_wait(server)
 
     :ok = Islet.TCP.setopts(server, active: true)
     assert_receive {:tcp, ^server, "bye"}, 1_000
@@ -140,6 +142,15 @@ defmodule Islet.PumpRegistrationTest do
   end
 
   # Bytes received but not yet read by the server, as the kernel counts them.
+  # Until the peer's FIN has come (CLOSE_WAIT, "08" in /proc/net/tcp).
+  defp wait_close_wait(socket, tries \\ 200) do
+    cond do
+      tcp_row(socket).state == "08" -> :ok
+      tries == 0 -> flunk("the peer's FIN did not come")
+      true -> Process.sleep(5) && wait_close_wait(socket, tries - 1)
+    end
+  end
+
   defp wait_queued(socket, tries \\ 200) do
     row = tcp_row(socket)
 
