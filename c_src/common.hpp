@@ -272,9 +272,8 @@ ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count);
 // Bytes on the wire (records, handshake included), which :ssl's getstat
 // counts; false for a plain socket.
 bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out);
-void tls_free(Sock* s);           // destructor
+void tls_free(Sock* s);           // under lock at close, and the destructor
 void tls_close_notify(Sock* s);   // under lock, best effort
-void tls_closed(Sock* s);         // under lock, at close: no more I/O
 bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx
 
 // Options (options.cpp).

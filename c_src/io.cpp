@@ -782,7 +782,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       }
       size_t chunk = static_cast<size_t>(std::min<ErlNifUInt64>(count - sent, kBudget - sent));
       ssize_t n =
-          is_tls(s) ? tls_sendfile(s, f->fd, &off, chunk) : sendfile(fd, f->fd, &off, chunk);
+          unlocked ? sendfile(fd, f->fd, &off, chunk) : tls_sendfile(s, f->fd, &off, chunk);
       if (n > 0) {
         sent += n;  // not in send_oct: gen_tcp's statistics do not see sendfile
         continue;

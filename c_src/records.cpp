@@ -1080,13 +1080,6 @@ size_t records_sweep() {
   return freed;
 }
 
-void records_closed(Sock* s) {
-  if (s->rec == nullptr) return;
-  sweep_leave(s->rec);
-  s->rec->rd.unload();  // no record will be sealed or opened again
-  s->rec->wr.unload();
-}
-
 bool records_take_over(Sock* s) {
   if (s->ssl == nullptr || s->takeover == nullptr) return false;
   Records* r = take_over(s);

@@ -52,9 +52,7 @@ void records_message(Sock* s, int write_p, int content_type, const void* buf, si
 // suite, nothing buffered inside OpenSSL, no kernel TLS) and frees the SSL
 // object. False: the connection stays with OpenSSL.
 bool records_take_over(Sock* s);
-void records_free(Sock* s);  // the destructor's part
-// Under the socket's lock, at close: no record will be sealed or opened again.
-void records_closed(Sock* s);
+void records_free(Sock* s);  // tls_free's part
 // Frees the cipher contexts of the connections that sealed and opened no
 // record since the previous sweep (they are made again when needed);
 // returns how many connections it freed. Takes each socket's lock.

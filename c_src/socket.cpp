@@ -87,10 +87,14 @@ bool WaitQueue::contains(const ErlNifPid& p) const {
   return false;
 }
 
+// Sockets made and not yet destroyed (tests: nothing may keep a closed one).
+static std::atomic<long> live_socks{0};
+
 Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family) {
   void* mem = enif_alloc_resource(sock_type, sizeof(Sock));
   if (mem == nullptr) return nullptr;
   Sock* s = new (mem) Sock();
+  live_socks.fetch_add(1, std::memory_order_relaxed);
   enif_keep_resource(s);  // the open socket's reference to itself (Sock::self_ref)
   s->fd = fd;
   s->kind = kind;
@@ -206,7 +210,10 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->open) return atom.ok;  // gen_tcp: a second close is ok
     tls_close_notify(s);
-    tls_closed(s);
+    // The TLS state goes now, not with the destructor: a context can hold
+    // terms that refer to this socket (an sni_fun's closure), and that
+    // cycle would keep both alive. Nothing reads it after `open` is false.
+    tls_free(s);
     s->open = false;
     s->closing.store(true, std::memory_order_relaxed);
     wake_all(env, s, s->rq);
@@ -324,6 +331,13 @@ static void sock_dtor(ErlNifEnv* env, void* obj) {
   if (s->rbuf_alloc) enif_release_binary(&s->rbuf);
   tls_free(s);
   s->~Sock();
+  live_socks.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// live_sockets() -> Count: socket resources not destroyed yet. For tests:
+// once closed and unreferenced, a socket must go (no reference cycle).
+ERL_NIF_TERM nif_live_sockets(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  return enif_make_long(env, live_socks.load(std::memory_order_relaxed));
 }
 
 static void file_dtor(ErlNifEnv* env, void* obj) {

@@ -835,8 +835,6 @@ void tls_close_notify(Sock* s) {
   ERR_clear_error();
 }
 
-void tls_closed(Sock* s) { records_closed(s); }
-
 // tls_sweep() -> Count: frees the cipher contexts of TLS connections idle
 // since the previous call (Islet.TLS.Sweeper calls it every few seconds).
 ERL_NIF_TERM nif_tls_sweep(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
@@ -1070,6 +1068,9 @@ ERL_NIF_TERM nif_tls_listener(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[
   if (!get_sock(env, argv[0], &l) || !get_ctx(env, argv[1], &c)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(l->mu);
   if (l->kind != Kind::Listener || l->ctx != nullptr) return enif_make_badarg(env);
+  // Closed meanwhile (by another process): it keeps no context (see
+  // sock_close), and accept answers closed.
+  if (!l->open) return atom.ok;
   SSL_CTX_up_ref(c->ctx);
   l->ctx = c->ctx;
   l->tag = Tag::Ssl;

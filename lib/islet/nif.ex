@@ -41,6 +41,8 @@ defmodule Islet.Nif do
   def shutdown(_socket, _how), do: nif()
   # Tests only: :locked, :sending_file (without the lock) or :free, now.
   def lock_probe(_socket), do: nif()
+  # Tests only: socket resources not destroyed yet.
+  def live_sockets, do: nif()
   def controlling_process(_socket, _pid), do: nif()
   def set_owner(_socket, _pid, _active), do: nif()
   def set_active(_socket, _value), do: nif()
