@@ -336,6 +336,11 @@ defmodule Islet.TLSRecordsTest do
       {:ok, c} = await_client(tag)
       :ok = :ssl.send(c, "before")
       before = mod.recv(s, 0, 10_000)
+      # The client reads from now on: an alert the server sends is then
+      # what its recv returns. Read only after the sleeps below, :ssl's
+      # client may have ended on the alert already and say :closed
+      # (seen under ASan, where everything is slower).
+      client = client_recv(c)
 
       server =
         case mode do
@@ -354,9 +359,22 @@ defmodule Islet.TLSRecordsTest do
 
       Process.sleep(200)
       later = mod.send(s, "after")
-      Process.sleep(200)
-      client = :ssl.recv(c, 0, 10_000)
-      {before, server, later, client}
+      {before, server, later, client_result(client)}
+    end
+
+    # recv(0) on the client in a process that answers only when asked, so
+    # that nothing reaches this process's mailbox meanwhile (active mode
+    # collects all of it).
+    defp client_recv(c) do
+      spawn_link(fn ->
+        r = :ssl.recv(c, 0, 15_000)
+        receive(do: ({:give, from} -> Kernel.send(from, {:client_recv, r})))
+      end)
+    end
+
+    defp client_result(pid) do
+      Kernel.send(pid, {:give, self()})
+      receive(do: ({:client_recv, r} -> r), after: (20_000 -> :client_recv_hang))
     end
 
     # The first error of recv(0), skipping data (:ssl drops the data that
