@@ -170,6 +170,12 @@ struct Sock {
   bool sni_resolved = false;  // SNI context chosen (sni_hosts / sni_fun)
   std::string sni;            // server_name of the ClientHello
   void* sni_ctx = nullptr;    // the context whose sni_fun paused the handshake
+  // A context that leaves the client's certificate to Erlang (verify_fun,
+  // partial_chain): the chain the client sent (DER, its own first), kept
+  // from the end of the handshake until the handshake call returns it, and
+  // that context (a reference of its own) for what Erlang needs.
+  std::vector<std::string> peer_chain;
+  void* verify_ctx = nullptr;
   // A handshake step runs on the caller's scheduler unless it may be costly
   // (tls.cpp): inline is set while it does, and want_dirty when the
   // ClientHello callback found that the rest of the step is costly.

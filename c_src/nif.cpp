@@ -41,6 +41,7 @@ ISLET_NIF(nif_tls_ctx)
 ISLET_NIF(nif_tls_listener)
 ISLET_NIF(nif_tls_upgrade)
 ISLET_NIF(nif_tls_set_ctx)
+ISLET_NIF(nif_tls_verify_failed)
 ISLET_NIF(nif_tls_handshake)
 ISLET_NIF(nif_tls_info)
 ISLET_NIF(nif_tls_sweep)
@@ -83,6 +84,7 @@ ErlNifFunc nif_funcs[] = {
     {"tls_listener", 2, nif_tls_listener, 0},
     {"tls_upgrade", 2, nif_tls_upgrade, 0},
     {"tls_set_ctx", 2, nif_tls_set_ctx, 0},
+    {"tls_verify_failed", 2, nif_tls_verify_failed, 0},
     // A handshake step moves itself to a dirty CPU scheduler when costly.
     {"tls_handshake", 1, nif_tls_handshake, 0},
     {"tls_info", 1, nif_tls_info, 0},

@@ -1286,6 +1286,10 @@ void records_close_notify(Sock* s) {
   r->close_sent = true;
 }
 
+void records_fail(Sock* s, uint8_t desc) {
+  if (s->rec != nullptr) fail(s, s->rec, desc);
+}
+
 void records_wire_bytes(const Sock* s, uint64_t* in, uint64_t* out) {
   *in = s->rec->wire_in;
   *out = s->rec->wire_out;

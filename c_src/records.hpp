@@ -71,6 +71,9 @@ bool records_pending(const Sock* s);
 bool records_may_have_more(const Sock* s);
 // close_notify, once, best effort (it may not fit in the socket).
 void records_close_notify(Sock* s);
+// Our fatal alert after the handshake (a client certificate that Islet.TLS
+// rejected in Erlang): sent if the socket takes it, then the connection ends.
+void records_fail(Sock* s, uint8_t desc);
 // Bytes on the wire, handshake included.
 void records_wire_bytes(const Sock* s, uint64_t* in, uint64_t* out);
 const TlsInfo& records_info(const Sock* s);

@@ -53,6 +53,9 @@ struct CtxData {
   // with :ssl, the listener opens all the same, and each handshake fails
   // with this reason (see handshake_step).
   ERL_NIF_TERM deferred = 0;
+  // With verify_fun or partial_chain, what Islet.TLS.Verify needs to check
+  // a client's chain (OpenSSL then accepts any chain, see accept_chain).
+  ERL_NIF_TERM verify = 0;
   std::vector<unsigned char> alpn;  // wire format, server preference order
   std::vector<SniHost> sni_hosts;
   bool sni_fun = false;
@@ -610,6 +613,45 @@ long note_read(BIO* b, int oper, const char*, size_t len, int, long, int ret, si
   return ret;
 }
 
+// The chain check of a context whose client certificates are checked in
+// Erlang: OpenSSL accepts any chain (it still asks for a certificate,
+// enforces fail_if_no_peer_cert and checks the CertificateVerify signature
+// with the certificate's key), and the handshake call hands the chain to
+// Islet.TLS.Verify once OpenSSL's part is done. OpenSSL 3.0 cannot pause a
+// server's handshake here for Erlang (SSL_set_retry_verify is for clients).
+int accept_chain(X509_STORE_CTX* xs, void*) {
+  X509_STORE_CTX_set_error(xs, X509_V_OK);
+  return 1;
+}
+
+void push_der(std::vector<std::string>& out, X509* x) {
+  int n = i2d_X509(x, nullptr);
+  if (n <= 0) return;
+  std::string der(static_cast<size_t>(n), '\0');
+  auto* p = reinterpret_cast<unsigned char*>(&der[0]);
+  i2d_X509(x, &p);
+  out.push_back(std::move(der));
+}
+
+// At the end of the handshake, under the lock: the chain the client sent,
+// when its context leaves it to Erlang.
+void keep_peer_chain(Sock* s) {
+  SSL_CTX* ctx = SSL_get_SSL_CTX(s->ssl);
+  CtxData* c = data_of(ctx);
+  X509* leaf = SSL_get0_peer_certificate(s->ssl);
+  if (c == nullptr || c->verify == 0 || leaf == nullptr) return;
+  push_der(s->peer_chain, leaf);
+  // On a server, the chain OpenSSL keeps does not hold the peer's own.
+  STACK_OF(X509)* rest = SSL_get_peer_cert_chain(s->ssl);
+  for (int i = 0; rest != nullptr && i < sk_X509_num(rest); i++) {
+    X509* x = sk_X509_value(rest, i);
+    if (X509_cmp(x, leaf) != 0) push_der(s->peer_chain, x);
+  }
+  SSL_CTX_up_ref(ctx);
+  if (s->verify_ctx != nullptr) SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
+  s->verify_ctx = ctx;
+}
+
 bool new_ssl(Sock* s, SSL_CTX* ctx) {
   SSL* ssl = SSL_new(ctx);
   if (ssl == nullptr) return false;
@@ -855,6 +897,12 @@ void tls_free(Sock* s) {
     SSL_CTX_free(static_cast<SSL_CTX*>(s->sni_ctx));
     s->sni_ctx = nullptr;
   }
+  if (s->verify_ctx != nullptr) {
+    SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
+    s->verify_ctx = nullptr;
+  }
+  s->peer_chain.clear();
+  s->peer_chain.shrink_to_fit();
 }
 
 // tls_ctx([{Key, Value}]) -> {ok, Ctx} | {error, Reason}
@@ -1032,6 +1080,12 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       c->sni_fun = true;
       if (c->data_env == nullptr) c->data_env = enif_alloc_env();
       c->data = enif_make_copy(c->data_env, kv[1]);
+    } else if (k == "erl_verify") {
+      // Islet.TLS.Verify's data: kept with the context, handed back with a
+      // client's chain.
+      if (c->data_env == nullptr) c->data_env = enif_alloc_env();
+      c->verify = enif_make_copy(c->data_env, kv[1]);
+      SSL_CTX_set_cert_verify_callback(ctx, accept_chain, nullptr);
     } else if (k == "deferred_error") {
       if (!plain_term(env, kv[1], 0)) return enif_make_badarg(env);
       if (c->data_env == nullptr) c->data_env = enif_alloc_env();
@@ -1105,6 +1159,27 @@ ERL_NIF_TERM nif_tls_set_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]
   return atom.ok;
 }
 
+// tls_verify_failed(Sock, Alert) -> {error, {tls_alert, _}}: Islet.TLS.Verify
+// rejected the client's chain: our fatal alert goes out (on Islet's record
+// layer; a connection left with OpenSSL is only closed, as OpenSSL 3.0 has
+// no call that sends an alert of our choosing) and no close_notify follows.
+ERL_NIF_TERM nif_tls_verify_failed(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  int desc;
+  if (!get_sock(env, argv[0], &s) || !enif_get_int(env, argv[1], &desc) || desc < 0 || desc > 255)
+    return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.closed);
+  if (!is_tls(s) || s->kind != Kind::Conn) return make_error(env, atom.einval);
+  if (s->rec != nullptr) records_fail(s, static_cast<uint8_t>(desc));
+  // The handshake did not succeed after all: close sends no close_notify,
+  // and the session goes out of the cache (the record layer's fail, or
+  // SSL_free of an SSL object not shut down), so that it cannot be resumed.
+  s->tls_done = false;
+  s->peer_closed = true;
+  return make_error(env, tls_failure_term(env, kAlertSent | desc));
+}
+
 namespace {
 
 // What a handshake step came to. A step on a dirty scheduler only runs
@@ -1130,6 +1205,7 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   s->tls_inline = false;
   if (r == 1) {
     s->tls_done = true;
+    keep_peer_chain(s);
     // Islet's record layer takes over where it can (and frees the SSL
     // object); else the handshake's record buffers go, idle until data comes.
     if (!records_take_over(s)) SSL_free_buffers(s->ssl);
@@ -1148,10 +1224,30 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   return Step::Fail;
 }
 
+// {verify, [Der], Data}: the client's chain for Islet.TLS.Verify, once.
+ERL_NIF_TERM verify_answer(ErlNifEnv* env, Sock* s) {
+  std::vector<ERL_NIF_TERM> ders;
+  for (const std::string& d : s->peer_chain) {
+    ERL_NIF_TERM t;
+    std::memcpy(enif_make_new_binary(env, d.size(), &t), d.data(), d.size());
+    ders.push_back(t);
+  }
+  CtxData* c = data_of(static_cast<SSL_CTX*>(s->verify_ctx));
+  ERL_NIF_TERM data = c != nullptr && c->verify != 0 ? enif_make_copy(env, c->verify) : atom.undefined;
+  s->peer_chain.clear();
+  s->peer_chain.shrink_to_fit();
+  SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
+  s->verify_ctx = nullptr;
+  return enif_make_tuple3(env, enif_make_atom(env, "verify"),
+                          enif_make_list_from_array(env, ders.data(), static_cast<unsigned>(ders.size())),
+                          data);
+}
+
 ERL_NIF_TERM finish_step(ErlNifEnv* env, Sock* s, const ErlNifPid& me, Step step, int code) {
   switch (step) {
     case Step::Done:
       waiter_done(env, s, s->rq, me);
+      if (!s->peer_chain.empty()) return verify_answer(env, s);
       return atom.ok;
     case Step::Read:
     case Step::Write: {

@@ -57,6 +57,7 @@ defmodule Islet.Nif do
   def tls_listener(_listener, _ctx), do: nif()
   def tls_upgrade(_socket, _ctx), do: nif()
   def tls_set_ctx(_socket, _ctx), do: nif()
+  def tls_verify_failed(_socket, _alert), do: nif()
   def tls_handshake(_socket), do: nif()
   def tls_info(_socket), do: nif()
   def tls_sweep, do: nif()

@@ -111,6 +111,19 @@ defmodule Islet.TLS do
             {:error, :timeout}
         end
 
+      {:verify, chain, config} ->
+        # OpenSSL's part is done; the client's chain is checked as :ssl
+        # checks it (verify_fun, partial_chain).
+        case Islet.TLS.Verify.check(chain, config) do
+          :ok ->
+            {:ok, socket}
+
+          {:error, alert} ->
+            error = Nif.tls_verify_failed(socket, alert)
+            Socket.close(socket)
+            error
+        end
+
       {:sni, name, {fun, base}} ->
         case sni_context(fun, name, base) do
           {:ok, ctx} ->

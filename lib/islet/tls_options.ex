@@ -27,8 +27,10 @@ defmodule Islet.TLS.Options do
   it), `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
   :tls`, `early_data: :disabled` and `anti_replay`. `:ssl`'s dependency
   errors are kept (`supported_groups` without TLS 1.3, the TLS 1.0 options,
-  `early_data` and `anti_replay` without tickets). `verify_fun`,
-  `partial_chain`, CRL checks, `handshake: :hello`, early data and DTLS are
+  `early_data` and `anti_replay` without tickets). With `verify_fun` or
+  `partial_chain` (and `verify: :verify_peer`), client certificates are
+  checked in Erlang as `:ssl` checks them (`Islet.TLS.Verify`). CRL checks,
+  `handshake: :hello`, early data and DTLS are
   `{:error, {:unsupported_option, option}}`.
   """
 
@@ -79,7 +81,9 @@ defmodule Islet.TLS.Options do
     :padding_check,
     :beast_mitigation,
     :early_data,
-    :anti_replay
+    :anti_replay,
+    :verify_fun,
+    :partial_chain
   ]
 
   @doc "The option keys handled here rather than by the TCP layer."
@@ -303,10 +307,55 @@ defmodule Islet.TLS.Options do
 
     fail? = Keyword.get(tls, :fail_if_no_peer_cert, false) == true
     depth = Keyword.get(tls, :depth)
+    verify_fun = verify_fun(Keyword.get(tls, :verify_fun))
+    partial_chain = partial_chain(Keyword.get(tls, :partial_chain))
+
+    # With verify_fun or partial_chain, client chains are checked in Erlang
+    # (Islet.TLS.Verify); otherwise by OpenSSL.
+    in_erlang =
+      if peer? and (verify_fun != nil or partial_chain != nil) do
+        cacerts =
+          try do
+            Keyword.get(cacerts(tls), :cacerts, [])
+          catch
+            {:deferred, _} -> []
+          end
+
+        [
+          erl_verify: %{
+            cacerts: cacerts,
+            verify_fun: verify_fun,
+            partial_chain: partial_chain || fn _ -> :unknown_ca end,
+            depth: if(is_integer(depth), do: depth, else: 10)
+          }
+        ]
+      else
+        []
+      end
 
     [verify_peer: peer?, fail_if_no_peer_cert: fail?] ++
-      if(is_integer(depth), do: [depth: depth], else: [])
+      if(is_integer(depth), do: [depth: depth], else: []) ++ in_erlang
   end
+
+  # As :ssl takes them: {fun, state}, or (older form) a fun given the
+  # list of errors, which :ssl wraps.
+  defp verify_fun(nil), do: nil
+  defp verify_fun(:undefined), do: nil
+  defp verify_fun({fun, _state} = value) when is_function(fun), do: value
+
+  defp verify_fun(old) when is_function(old) do
+    {fn
+       _, {:bad_cert, _} = reason, f -> if f.([reason]), do: {:valid, f}, else: {:fail, reason}
+       _, {:extension, _}, state -> {:unknown, state}
+       _, event, state when event in [:valid, :valid_peer] -> {:valid, state}
+     end, old}
+  end
+
+  defp verify_fun(other), do: bad(:verify_fun, other)
+
+  defp partial_chain(nil), do: nil
+  defp partial_chain(fun) when is_function(fun), do: fun
+  defp partial_chain(other), do: bad(:partial_chain, other)
 
   @version_codes %{tlsv1: 0x0301, "tlsv1.1": 0x0302, "tlsv1.2": 0x0303, "tlsv1.3": 0x0304}
 

@@ -178,7 +178,7 @@ defmodule Islet.TLSConformanceTest do
 
       for opt <- [
             {:packet, :line},
-            {:verify_fun, {fn _, _, s -> {:valid, s} end, []}},
+            {:crl_check, true},
             {:bogus, 1}
           ] do
         assert {:error, {:unsupported_option, _}} = Islet.TLS.listen(0, opts ++ [opt])

@@ -10,6 +10,9 @@ defmodule Islet.Test.Certs do
     * `client`: a client certificate signed by the CA (ECDSA P-256);
     * `client_expired`: a client certificate, same key, valid only in 2020;
     * `other_ca` and `other_client`: a second CA and a client certificate it signed;
+    * `inter`: an intermediate CA signed by `ca`, and `inter_client` a client
+      certificate it signed (`file(:ca_inter, :cert)` holds `inter` then `ca`);
+    * `self_client`: a self-signed client certificate;
     * `server_rsa_enc`: `server_rsa`'s key, PKCS#8 encrypted (AES-256)
       with the password `password/0`.
 
@@ -124,6 +127,15 @@ defmodule Islet.Test.Certs do
   keyUsage = critical, digitalSignature
   extendedKeyUsage = clientAuth
   authorityKeyIdentifier = keyid
+  [ v3_inter ]
+  basicConstraints = critical, CA:TRUE
+  keyUsage = critical, keyCertSign, cRLSign
+  subjectKeyIdentifier = hash
+  authorityKeyIdentifier = keyid
+  [ client_self ]
+  basicConstraints = critical, CA:FALSE
+  keyUsage = critical, digitalSignature
+  extendedKeyUsage = clientAuth
   [ ca ]
   default_ca = ca_default
   [ ca_default ]
@@ -155,6 +167,17 @@ defmodule Islet.Test.Certs do
     leaf(dir, "sni", "sni.test", "ec", "ca", "sni")
     leaf(dir, "client", "islet-client", "ec", "ca", "client")
     leaf(dir, "other_client", "islet-other-client", "ec", "other_ca", "client")
+    leaf(dir, "inter", "Islet Test Intermediate", "ec", "ca", "v3_inter")
+    leaf(dir, "inter_client", "islet-inter-client", "ec", "inter", "client")
+    File.write!(Path.join(dir, "ca_inter.pem"), [pem!(dir, "inter"), pem!(dir, "ca")])
+    genkey(dir, "self_client", "ec")
+
+    openssl!(
+      dir,
+      ["req", "-config", "openssl.cnf", "-new", "-x509", "-key", "self_client.key"] ++
+        ["-subj", "/CN=islet-self-client", "-extensions", "client_self", "-days", "30"] ++
+        ["-sha256", "-out", "self_client.pem"]
+    )
 
     openssl!(dir, [
       "ca",
@@ -268,6 +291,8 @@ defmodule Islet.Test.Certs do
         ["-out", name <> ".key"]
     )
   end
+
+  defp pem!(dir, name), do: File.read!(Path.join(dir, name <> ".pem"))
 
   defp openssl!(dir, args) do
     case System.cmd("openssl", args, cd: dir, stderr_to_stdout: true) do

@@ -1,0 +1,273 @@
+defmodule Islet.TLSVerifyTest do
+  # verify_fun and partial_chain, against :ssl: the client certificates a
+  # server accepts or refuses, the alert it refuses them with, and the events
+  # (and their order) its verify_fun sees. Islet checks the chain in Erlang
+  # once OpenSSL's part of the handshake is done (Islet.TLS.Verify).
+  #
+  # One difference is on purpose: :ssl refuses a TLS 1.2 client's
+  # certificate before its handshake ends, Islet after (OpenSSL 3.0 cannot
+  # pause a server's handshake for Erlang there). The server's answer is the
+  # same; the TLS 1.2 client learns it from connect with :ssl, from its next
+  # read with Islet (as any TLS 1.3 client does with both). Both count here
+  # as :refused.
+  use ExUnit.Case, async: true
+
+  import Islet.Test.TLSDiff
+
+  alias Islet.Test.{Certs, Diff}
+
+  @moduletag :capture_log
+  @moduletag timeout: 120_000
+
+  setup_all do
+    Certs.dir()
+    :ok
+  end
+
+  @names [:client, :other_client, :client_expired, :inter_client, :self_client, :server_ec]
+
+  defp name_of(der) do
+    Enum.find(@names, fn n -> Certs.der(n) == der end) || {:unknown, byte_size(der)}
+  end
+
+  # The common name of a decoded certificate.
+  defp cn(otp_cert) do
+    {:rdnSequence, rdns} = otp_cert |> elem(1) |> elem(6)
+    for [{:AttributeTypeAndValue, {2, 5, 4, 3}, v}] <- rdns, do: cn_value(v)
+  end
+
+  defp cn_value({_, v}) when is_list(v), do: List.to_string(v)
+  defp cn_value({_, v}) when is_binary(v), do: v
+  defp cn_value(v), do: inspect(v)
+
+  defp event({:extension, ext}), do: {:extension, elem(ext, 1)}
+  defp event(e), do: e
+
+  # A verify_fun that reports each event to `to`, then answers with `answer`.
+  defp recording(to, answer) do
+    {fn cert, ev, state ->
+       Kernel.send(to, {:verify_fun, cn(cert), event(ev)})
+       answer.(ev, state)
+     end, :no_state}
+  end
+
+  # :ssl's default answers: unknown extensions are left to the path
+  # validation, errors fail.
+  defp default_answer({:extension, _}, s), do: {:unknown, s}
+  defp default_answer({:bad_cert, _} = reason, _s), do: {:fail, reason}
+  defp default_answer(_valid, s), do: {:valid, s}
+
+  defp accepting(accepted) do
+    fn
+      {:bad_cert, reason} = ev, s ->
+        if reason in accepted, do: {:valid, s}, else: default_answer(ev, s)
+
+      ev, s ->
+        default_answer(ev, s)
+    end
+  end
+
+  defp observe(mod, server_opts, client_opts) do
+    %{server: s, handshake: hs, connect: connect} = pair(mod, server_opts, client_opts)
+
+    client =
+      case {hs, connect} do
+        {{:ok, _}, {:ok, c}} ->
+          :ok = :ssl.send(c, "ping")
+          got = mod.recv(s, 4, 10_000)
+          {:exchanged, got, with({:ok, der} <- mod.peercert(s), do: name_of(der))}
+
+        {_, {:ok, c}} ->
+          case :ssl.recv(c, 0, 10_000) do
+            {:error, _} -> :refused
+            other -> other
+          end
+
+        {_, {:error, _}} ->
+          :refused
+      end
+
+    {hs, client, Diff.messages()}
+  end
+
+  defp server(version, extra) do
+    [
+      verify: :verify_peer,
+      fail_if_no_peer_cert: true,
+      cacertfile: Certs.file(:ca, :cert),
+      versions: [version]
+    ] ++ extra
+  end
+
+  for version <- [:"tlsv1.2", :"tlsv1.3"] do
+    @version version
+
+    describe "#{version}" do
+      test "a good client certificate: the events verify_fun sees, and success" do
+        assert_same(fn mod ->
+          opts = server(@version, verify_fun: recording(self(), &default_answer/2))
+          observe(mod, opts, Certs.client_cert_opts(:client))
+        end)
+      end
+
+      test "verify_fun failing the peer: handshake_failure" do
+        assert_same(fn mod ->
+          answer = fn
+            :valid_peer, _ -> {:fail, :not_this_one}
+            ev, s -> default_answer(ev, s)
+          end
+
+          opts = server(@version, verify_fun: recording(self(), answer))
+          observe(mod, opts, Certs.client_cert_opts(:client))
+        end)
+      end
+
+      test "a self-signed client certificate, refused then accepted by verify_fun" do
+        assert_same(fn mod ->
+          client = Certs.client_cert_opts(:self_client)
+          no = server(@version, verify_fun: recording(self(), &default_answer/2))
+          yes = server(@version, verify_fun: recording(self(), accepting([:selfsigned_peer])))
+          {observe(mod, no, client), observe(mod, yes, client)}
+        end)
+      end
+
+      test "a certificate from an unknown CA, accepted by verify_fun" do
+        assert_same(fn mod ->
+          opts = server(@version, verify_fun: recording(self(), accepting([:unknown_ca])))
+          observe(mod, opts, Certs.client_cert_opts(:other_client))
+        end)
+      end
+
+      test "an expired certificate: certificate_expired, or accepted by verify_fun" do
+        assert_same(fn mod ->
+          client = Certs.client_cert_opts(:client_expired)
+          no = server(@version, verify_fun: recording(self(), &default_answer/2))
+          yes = server(@version, verify_fun: recording(self(), accepting([:cert_expired])))
+          {observe(mod, no, client), observe(mod, yes, client)}
+        end)
+      end
+
+      test "a server certificate used as a client's: its extended key usage" do
+        assert_same(fn mod ->
+          opts = server(@version, verify_fun: recording(self(), &default_answer/2))
+          observe(mod, opts, Certs.client_cert_opts(:server_ec))
+        end)
+      end
+
+      test "a chain through an intermediate CA" do
+        assert_same(fn mod ->
+          opts = server(@version, verify_fun: recording(self(), &default_answer/2))
+
+          client =
+            Certs.client_cert_opts(:inter_client) ++ [cacertfile: Certs.file(:ca_inter, :cert)]
+
+          observe(mod, opts, client)
+        end)
+      end
+
+      test "partial_chain trusting the intermediate the client sent" do
+        assert_same(fn mod ->
+          inter = Certs.der(:inter)
+          parent = self()
+
+          partial = fn ders ->
+            Kernel.send(parent, {:partial_chain, Enum.map(ders, &(&1 == inter))})
+            if inter in ders, do: {:trusted_ca, inter}, else: :unknown_ca
+          end
+
+          client =
+            Certs.client_cert_opts(:inter_client) ++ [cacertfile: Certs.file(:ca_inter, :cert)]
+
+          # Only the intermediate is trusted; the client's chain leads to a
+          # root the server does not know. (Without certificate_authorities:
+          # false, :ssl's TLS 1.3 server names the intermediate in its
+          # CertificateRequest, and :ssl's client, whose chain's issuers do
+          # not include it, sends no certificate; Islet names no CAs.)
+          no_names = if @version == :"tlsv1.3", do: [certificate_authorities: false], else: []
+
+          base =
+            @version
+            |> server([cacerts: [inter]] ++ no_names)
+            |> Keyword.delete(:cacertfile)
+
+          trusting = observe(mod, base ++ [partial_chain: partial], client)
+          refusing = observe(mod, base ++ [partial_chain: fn _ -> :unknown_ca end], client)
+          {trusting, refusing}
+        end)
+      end
+    end
+  end
+
+  test "TLS 1.2 on a CBC suite (records left with OpenSSL): refused without an alert" do
+    # OpenSSL keeps the records of CBC suites, and has no call to send an
+    # alert of Islet's choosing: the client sees the connection close. The
+    # server's answer is :ssl's.
+    assert_same(fn mod ->
+      cbc = %{key_exchange: :ecdhe_rsa, cipher: :aes_128_cbc, mac: :sha256, prf: :sha256}
+      opts = server(:"tlsv1.2", ciphers: [cbc], verify_fun: recording(self(), &default_answer/2))
+      client = Certs.client_cert_opts(:self_client)
+
+      yes =
+        server(:"tlsv1.2",
+          ciphers: [cbc],
+          verify_fun: recording(self(), accepting([:selfsigned_peer]))
+        )
+
+      {observe(mod, opts, client), observe(mod, yes, client)}
+    end)
+  end
+
+  test "verify_fun of arity 4 gets each certificate's DER" do
+    assert_same(fn mod ->
+      parent = self()
+
+      fun = fn _cert, der, ev, s ->
+        Kernel.send(parent, {:der, name_of(der), event(ev)})
+        default_answer(ev, s)
+      end
+
+      observe(mod, server(:"tlsv1.3", verify_fun: {fun, []}), Certs.client_cert_opts(:client))
+    end)
+  end
+
+  test "the older verify_fun form: a fun given the list of errors" do
+    assert_same(fn mod ->
+      opts = server(:"tlsv1.3", verify_fun: fn [{:bad_cert, r}] -> r == :selfsigned_peer end)
+      observe(mod, opts, Certs.client_cert_opts(:self_client))
+    end)
+  end
+
+  test "verify_fun with verify_none: no client certificate is asked for" do
+    assert_same(fn mod ->
+      opts = [verify: :verify_none, verify_fun: recording(self(), &default_answer/2)]
+      observe(mod, opts, Certs.client_cert_opts(:client))
+    end)
+  end
+
+  test "verify_fun or partial_chain of the wrong form" do
+    assert_same(fn mod ->
+      for opt <- [verify_fun: :bad, verify_fun: {:bad, []}, partial_chain: :bad] do
+        Diff.catching(fn ->
+          mod.listen(0, [ip: :loopback, verify: :verify_peer] ++ Certs.server_opts() ++ [opt])
+        end)
+      end
+    end)
+  end
+
+  test "a verify_fun that raises: internal_error, and the listener goes on" do
+    assert_same(fn mod ->
+      fun = fn _, _, _ -> raise "boom" end
+      opts = server(:"tlsv1.3", verify_fun: {fun, []})
+      l = listen(mod, opts)
+      port = port(mod, l)
+
+      for _ <- 1..2 do
+        tag = connect_async(port, Certs.client_cert_opts(:client))
+        {:ok, s} = mod.accept(l)
+        hs = mod.handshake(s, 30_000)
+        _ = await_client(tag)
+        hs
+      end
+    end)
+  end
+end
