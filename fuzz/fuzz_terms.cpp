@@ -294,6 +294,7 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
     case kDrain: call(it, "drain", {s}); break;
     case kSendTimeoutClose: call(it, "send_timeout_close", {s}); break;
     case kFlushBg: call(it, "flush_bg", {s}); break;
+    case kVerifyFailed: call(it, "tls_verify_failed", {s, term(it)}); break;
     case kPeerRead: peer_read(it, (it.in.u8() + 1u) * 8192u); break;
     case kPeerTls:
       // A client on the peer, stepped in turn with the NIF's server side,
@@ -501,6 +502,13 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   make_cert_key();
   client_ctx = SSL_CTX_new(TLS_client_method());  // no verification: any server will do
   if (client_ctx == nullptr) die("SSL_CTX_new");
+  // It presents the certificate, so that a context asking for one (and
+  // leaving its check to Erlang: erl_verify) gets a chain to hand back.
+  const auto& cert = bin_dict[0];
+  const auto& key = bin_dict[1];
+  if (SSL_CTX_use_certificate_ASN1(client_ctx, static_cast<int>(cert.size()), cert.data()) != 1 ||
+      SSL_CTX_use_PrivateKey_ASN1(EVP_PKEY_EC, client_ctx, key.data(), static_cast<long>(key.size())) != 1)
+    die("client certificate");
   for (std::string_view s : kBinStrings) bin_dict.emplace_back(s.begin(), s.end());
   // Load as the VM does: the entry's load with max_fds as load info.
   ErlNifEntry* e = nif_init();

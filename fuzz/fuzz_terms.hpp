@@ -44,6 +44,7 @@ enum SockOp : uint8_t {
   // The send queue (after kSendfile, so that older inputs keep their meaning).
   kDrain,                // drain(S): what close and shutdown do first
   kSendTimeoutKeepData,  // send_timeout_keep(S, Data): a timed-out send's data joins the queue
+  kVerifyFailed,         // tls_verify_failed(S, Term): Erlang refused the client's chain
   kSockOpCount
 };
 
@@ -102,6 +103,8 @@ constexpr const char* kAtoms[] = {
     // tls_ctx again, added last so that earlier inputs keep their atoms
     "deferred_error", "groups12", "groups13", "sigalgs", "dh", "dh_auto", "honor_ecc_order",
     "max_handshake_size", "key_update_at",
+    // client chains checked in Erlang (verify_fun, partial_chain)
+    "erl_verify", "verify",
 };
 constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
 

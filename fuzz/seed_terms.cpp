@@ -288,6 +288,25 @@ int main(int argc, char** argv) {
     w.u8(kNames).u8(4);
     w.u8(kEnd).u8(0);
   }
+  // Client certificates left to Erlang (erl_verify): the client on the
+  // peer presents one, the handshake answers {verify, Chain, Data}, and
+  // Erlang refuses it (tls_verify_failed, bad_certificate).
+  {
+    W& w = add("tls_erl_verify");
+    w.u8(kSockOps).u8(2);
+    w.u8(kTlsUpgrade);
+    w.list(5);
+    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
+    w.kv("cacerts").list(1).bin(kCert);
+    w.kv("verify_peer").atom("true");
+    w.kv("fail_if_no_peer_cert").atom("true");
+    w.kv("erl_verify").u8(kRef);
+    w.u8(0);
+    w.u8(kPeerTls);
+    w.u8(kVerifyFailed).integer(42);
+    w.u8(kNames).u8(4);
+    w.u8(kEnd).u8(0);
+  }
   for (auto& s : seeds) {
     std::string path = std::string(argv[1]) + "/" + s.first;
     FILE* f = std::fopen(path.c_str(), "wb");
