@@ -25,35 +25,19 @@ defmodule Islet.TLS.Verify do
 
   require Record
 
-  Record.defrecordp(
-    :otp_cert,
-    :OTPCertificate,
-    Record.extract(:OTPCertificate, from_lib: "public_key/include/public_key.hrl")
-  )
-
-  Record.defrecordp(
-    :otp_tbs,
-    :OTPTBSCertificate,
-    Record.extract(:OTPTBSCertificate, from_lib: "public_key/include/public_key.hrl")
-  )
-
-  Record.defrecordp(
-    :spki,
-    :OTPSubjectPublicKeyInfo,
-    Record.extract(:OTPSubjectPublicKeyInfo, from_lib: "public_key/include/public_key.hrl")
-  )
-
-  Record.defrecordp(
-    :pk_alg,
-    :PublicKeyAlgorithm,
-    Record.extract(:PublicKeyAlgorithm, from_lib: "public_key/include/public_key.hrl")
-  )
-
-  Record.defrecordp(
-    :extension,
-    :Extension,
-    Record.extract(:Extension, from_lib: "public_key/include/public_key.hrl")
-  )
+  for {name, tag} <- [
+        otp_cert: :OTPCertificate,
+        otp_tbs: :OTPTBSCertificate,
+        spki: :OTPSubjectPublicKeyInfo,
+        pk_alg: :PublicKeyAlgorithm,
+        extension: :Extension
+      ] do
+    Record.defrecordp(
+      name,
+      tag,
+      Record.extract(tag, from_lib: "public_key/include/public_key.hrl")
+    )
+  end
 
   @ext_key_usage {2, 5, 29, 37}
   @client_auth {1, 3, 6, 1, 5, 5, 7, 3, 2}

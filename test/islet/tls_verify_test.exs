@@ -122,29 +122,21 @@ defmodule Islet.TLSVerifyTest do
         end)
       end
 
-      test "a self-signed client certificate, refused then accepted by verify_fun" do
-        assert_same(fn mod ->
-          client = Certs.client_cert_opts(:self_client)
-          no = server(@version, verify_fun: recording(self(), &default_answer/2))
-          yes = server(@version, verify_fun: recording(self(), accepting([:selfsigned_peer])))
-          {observe(mod, no, client), observe(mod, yes, client)}
-        end)
-      end
-
-      test "a certificate from an unknown CA, accepted by verify_fun" do
-        assert_same(fn mod ->
-          opts = server(@version, verify_fun: recording(self(), accepting([:unknown_ca])))
-          observe(mod, opts, Certs.client_cert_opts(:other_client))
-        end)
-      end
-
-      test "an expired certificate: certificate_expired, or accepted by verify_fun" do
-        assert_same(fn mod ->
-          client = Certs.client_cert_opts(:client_expired)
-          no = server(@version, verify_fun: recording(self(), &default_answer/2))
-          yes = server(@version, verify_fun: recording(self(), accepting([:cert_expired])))
-          {observe(mod, no, client), observe(mod, yes, client)}
-        end)
+      for {what, client, reason} <- [
+            {"a self-signed client certificate", :self_client, :selfsigned_peer},
+            {"a certificate from an unknown CA", :other_client, :unknown_ca},
+            {"an expired certificate", :client_expired, :cert_expired}
+          ] do
+        @client client
+        @reason reason
+        test "#{what}: refused, or accepted by verify_fun" do
+          assert_same(fn mod ->
+            client = Certs.client_cert_opts(@client)
+            no = server(@version, verify_fun: recording(self(), &default_answer/2))
+            yes = server(@version, verify_fun: recording(self(), accepting([@reason])))
+            {observe(mod, no, client), observe(mod, yes, client)}
+          end)
+        end
       end
 
       test "a server certificate used as a client's: its extended key usage" do
