@@ -67,6 +67,9 @@ struct CtxData {
   bool has_groups[2] = {false, false};
   bool dh = false;                // DHE suites can be negotiated
   bool honor_ecc_order = false;   // TLS 1.2: the server's order of groups wins
+  // certificate_authorities: false (TLS 1.3): no CA names in the
+  // CertificateRequest (TLS 1.2 always has them, as with :ssl).
+  bool no_ca_names13 = false;
   uint64_t key_update_at = 0;     // TLS 1.3, Islet's record layer: bytes per key
   ~CtxData() {
     for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
@@ -379,8 +382,9 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   bool server_order = (SSL_get_options(ssl) & SSL_OP_CIPHER_SERVER_PREFERENCE) != 0;
   // Only the options below need the version: a default context skips it.
   bool by_version = c != nullptr && (c->has_groups[0] || c->has_groups[1] || c->dh ||
-                                     c->honor_ecc_order != server_order);
+                                     c->honor_ecc_order != server_order || c->no_ca_names13);
   bool tls13 = by_version && leads_to_tls13(ssl);
+  if (tls13 && c->no_ca_names13) SSL_set_client_CA_list(ssl, sk_X509_NAME_new_null());
   const std::vector<int>* allowed = nullptr;
   // supported_groups alone set the context's list: TLS 1.2 keeps OpenSSL's.
   if (!tls13 && c != nullptr && !c->has_groups[0] && c->has_groups[1])
@@ -957,12 +961,21 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       std::vector<ErlNifBinary> cas;
       if (!bin_list(env, kv[1], &cas)) return enif_make_badarg(env);
       X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+      // Their names go in the CertificateRequest, as :ssl's server sends
+      // them (a client may pick its certificate by them).
+      STACK_OF(X509_NAME)* names = sk_X509_NAME_new_null();
       for (const ErlNifBinary& der : cas) {
         X509* x = der_cert(der);
-        if (x == nullptr) return opt_error(env, kv[0], "bad_cert");
+        if (x == nullptr) {
+          sk_X509_NAME_pop_free(names, X509_NAME_free);
+          return opt_error(env, kv[0], "bad_cert");
+        }
         X509_STORE_add_cert(store, x);
+        X509_NAME* name = names != nullptr ? X509_NAME_dup(X509_get_subject_name(x)) : nullptr;
+        if (name != nullptr && sk_X509_NAME_push(names, name) == 0) X509_NAME_free(name);
         X509_free(x);
       }
+      if (names != nullptr) SSL_CTX_set_client_CA_list(ctx, names);  // takes it
     } else if (k == "verify_peer") {
       if (get_bool(kv[1])) verify |= SSL_VERIFY_PEER;
     } else if (k == "fail_if_no_peer_cert") {
@@ -1067,6 +1080,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       SSL_CTX_set_max_cert_list(ctx, i);
     } else if (k == "honor_ecc_order") {
       c->honor_ecc_order = get_bool(kv[1]);
+    } else if (k == "certificate_authorities") {
+      c->no_ca_names13 = !get_bool(kv[1]);
     } else if (k == "key_update_at") {
       ErlNifUInt64 n;
       if (!enif_get_uint64(env, kv[1], &n)) return enif_make_badarg(env);

@@ -22,12 +22,15 @@ defmodule Islet.TLS.Options do
   renegotiates securely, and Islet refuses client renegotiation
   altogether), `hibernate_after`, `receiver_spawn_opts` and
   `sender_spawn_opts` (no process per connection), `middlebox_comp_mode`
-  (the server follows the client), `cookie`, `certificate_authorities`,
+  (the server follows the client), `cookie`,
   `keep_secrets`, `signature_algs_cert` (OpenSSL 3.0 has no setting for
   it), `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
   :tls`, `early_data: :disabled` and `anti_replay`. `:ssl`'s dependency
-  errors are kept (`supported_groups` without TLS 1.3, the TLS 1.0 options,
-  `early_data` and `anti_replay` without tickets). With `verify_fun` or
+  errors are kept (`supported_groups` and `certificate_authorities`
+  without TLS 1.3, the TLS 1.0 options, `early_data` and `anti_replay`
+  without tickets). As `:ssl`'s server, Islet names the CAs of `cacerts` /
+  `cacertfile` in its certificate requests (TLS 1.3: unless
+  `certificate_authorities: false`). With `verify_fun` or
   `partial_chain` (and `verify: :verify_peer`), client certificates are
   checked in Erlang as `:ssl` checks them (`Islet.TLS.Verify`). CRL checks,
   `handshake: :hello`, early data and DTLS are
@@ -498,6 +501,17 @@ defmodule Islet.TLS.Options do
   # The other :ssl server options, checked as :ssl checks them (same
   # errors), and what the NIF takes of them.
   defp extras(tls), do: Enum.flat_map(tls, fn {k, v} -> extra(k, v, tls) end)
+
+  # TLS 1.3 only (checked first, as :ssl does); false leaves the CA names
+  # out of TLS 1.3's CertificateRequest (TLS 1.2's always has them).
+  defp extra(:certificate_authorities, b, tls) do
+    versions = Keyword.get(tls, :versions)
+
+    if is_list(versions) and :"tlsv1.3" not in versions,
+      do: dependency(:certificate_authorities, :versions, [:"tlsv1.3"])
+
+    if is_boolean(b), do: [certificate_authorities: b], else: bad(:certificate_authorities, b)
+  end
 
   defp extra(k, v, _) when k in @booleans and not is_boolean(v), do: bad(k, v)
   defp extra(:honor_ecc_order, b, _), do: [honor_ecc_order: b]

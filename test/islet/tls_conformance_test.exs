@@ -342,6 +342,45 @@ defmodule Islet.TLSConformanceTest do
       end
     end
 
+    # The server names the CAs it trusts in its certificate request; :ssl's
+    # TLS 1.3 client sends no certificate whose chain is not under one.
+    for version <- [:"tlsv1.2", :"tlsv1.3"] do
+      @version version
+
+      test "#{version}: the CA names of the certificate request" do
+        assert_same(fn mod ->
+          opts = [
+            verify: :verify_peer,
+            fail_if_no_peer_cert: true,
+            cacertfile: Certs.file(:other_ca, :cert),
+            versions: [@version]
+          ]
+
+          named = observe(mod, opts, Certs.client_cert_opts(:client))
+
+          unnamed =
+            if @version == :"tlsv1.3",
+              do:
+                observe(
+                  mod,
+                  opts ++ [certificate_authorities: false],
+                  Certs.client_cert_opts(:client)
+                )
+
+          {named, unnamed}
+        end)
+      end
+    end
+
+    test "certificate_authorities needs TLS 1.3, as with :ssl" do
+      assert_same(fn mod ->
+        for v <- [true, false, :maybe] do
+          opts = [ip: :loopback, versions: [:"tlsv1.2"], certificate_authorities: v]
+          with {:ok, l} <- mod.listen(0, opts ++ Certs.server_opts()), do: {:ok, mod.close(l)}
+        end
+      end)
+    end
+
     test "cacerts (DER) instead of cacertfile" do
       opts = [verify: :verify_peer, cacerts: [Certs.der(:ca)], fail_if_no_peer_cert: true]
       assert_same(&observe(&1, opts, Certs.client_cert_opts(:client)))

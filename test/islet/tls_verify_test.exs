@@ -209,6 +209,17 @@ defmodule Islet.TLSVerifyTest do
     end)
   end
 
+  test "verify_fun without any trusted certificate (:ssl needs no cacerts then)" do
+    assert_same(fn mod ->
+      opts =
+        :"tlsv1.3"
+        |> server(verify_fun: recording(self(), accepting([:unknown_ca])))
+        |> Keyword.delete(:cacertfile)
+
+      observe(mod, opts, Certs.client_cert_opts(:client))
+    end)
+  end
+
   test "verify_fun of arity 4 gets each certificate's DER" do
     assert_same(fn mod ->
       parent = self()
