@@ -85,13 +85,9 @@ defmodule Islet.TLS.Verify do
 
     db = Enum.map(config.cacerts, &trusted_entry/1) |> Enum.reject(&is_nil/1)
 
-    case path_validate(
-           trusted_and_paths(certs, db, config),
-           db,
-           config,
-           [],
-           {:bad_cert, :unknown_ca}
-         ) do
+    ctx = %{db: db, config: config, invalidated: [], tried: []}
+
+    case path_validate(trusted_and_paths(certs, db, config), ctx, {:bad_cert, :unknown_ca}) do
       {:ok, _} -> :ok
       {:error, reason} -> {:error, alert(reason)}
     end
@@ -189,6 +185,9 @@ defmodule Islet.TLS.Verify do
   end
 
   # Up from `cert` through `db`: {:ok, root | :undefined, chain (own first)}.
+  # The chain ends where an issuer is already in it: certificates that
+  # name each other as issuers (which a client can make, and send as its
+  # chain) would otherwise lead round for ever.
   defp build_chain(cert, db, chain) do
     if self_signed?(cert) do
       {:ok, hd(chain), Enum.reverse(chain)}
@@ -199,7 +198,7 @@ defmodule Islet.TLS.Verify do
           {:error, :issuer_not_found} -> find_issuer(cert, db, [])
         end
 
-      with {:ok, id} <- issuer, {:ok, next} <- lookup(db, id) do
+      with {:ok, id} <- issuer, {:ok, next} <- lookup(db, id), false <- next in chain do
         build_chain(next, db, [next | chain])
       else
         _ -> {:ok, :undefined, Enum.reverse(chain)}
@@ -299,25 +298,32 @@ defmodule Islet.TLS.Verify do
 
   ## Validation.
 
-  defp path_validate([], _db, _config, _invalidated, {:bad_cert, :root_cert_expired}),
+  # Each {anchor, path} is tried once: a verify_fun that fails a good path
+  # with {:bad_cert, :unknown_ca} would otherwise have the same root found
+  # for it again and again.
+  defp path_validate([], _ctx, {:bad_cert, :root_cert_expired}),
     do: {:error, {:bad_cert, :cert_expired}}
 
-  defp path_validate([], _db, _config, _invalidated, error), do: {:error, error}
+  defp path_validate([], _ctx, error), do: {:error, error}
 
-  defp path_validate([{trusted, path} | rest], db, config, invalidated, error) do
-    case validate_path(trusted, path, config) do
+  defp path_validate([{trusted, path} = candidate | rest], ctx, error) do
+    ctx = %{ctx | tried: [candidate | ctx.tried]}
+
+    retry = fn invalidated ->
+      Enum.reject(cross_signed(path, ctx.db, invalidated), &(&1 in ctx.tried))
+    end
+
+    case validate_path(trusted, path, ctx.config) do
       {:error, {:bad_cert, :root_cert_expired} = new} ->
-        invalidated = [anchor(trusted) | invalidated]
-        alt = cross_signed(path, db, invalidated)
-        path_validate(alt ++ rest, db, config, invalidated, new)
+        invalidated = [anchor(trusted) | ctx.invalidated]
+        path_validate(retry.(invalidated) ++ rest, %{ctx | invalidated: invalidated}, new)
 
       {:error, {:bad_cert, :unknown_ca} = new} ->
-        alt = cross_signed(path, db, invalidated)
         error = if error == {:bad_cert, :root_cert_expired}, do: error, else: new
-        path_validate(alt ++ rest, db, config, invalidated, error)
+        path_validate(retry.(ctx.invalidated) ++ rest, ctx, error)
 
       {:error, _} when rest != [] ->
-        path_validate(rest, db, config, invalidated, error)
+        path_validate(rest, ctx, error)
 
       result ->
         result

@@ -220,6 +220,89 @@ defmodule Islet.TLSVerifyTest do
     end)
   end
 
+  describe "Islet.TLS.Verify.check/2 on chains a client could craft" do
+    defp der_of(dir, name) do
+      [{:Certificate, der, _}] =
+        :public_key.pem_decode(File.read!(Path.join(dir, name <> ".pem")))
+
+      der
+    end
+
+    defp sh!(dir, cmd) do
+      {out, 0} = System.cmd("sh", ["-c", cmd], cd: dir, stderr_to_stdout: true)
+      out
+    end
+
+    # Two CAs, each issued by the other (the client holds both keys), and
+    # a leaf issued by the first.
+    defp mutual_chain do
+      dir = Path.join(System.tmp_dir!(), "islet_mutual_#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf(dir) end)
+      ec = "-algorithm EC -pkeyopt ec_paramgen_curve:P-256"
+
+      for n <- ["a", "b", "leaf"] do
+        sh!(
+          dir,
+          "openssl genpkey #{ec} -out #{n}.key && openssl req -new -key #{n}.key -subj /CN=#{n} -out #{n}.csr"
+        )
+      end
+
+      sh!(dir, "openssl req -new -x509 -key a.key -subj /CN=a -days 30 -out a0.pem")
+      sh!(dir, "openssl req -new -x509 -key b.key -subj /CN=b -days 30 -out b0.pem")
+      sign = "openssl x509 -req -days 30 -CAcreateserial"
+      sh!(dir, "#{sign} -in a.csr -CA b0.pem -CAkey b.key -out a.pem")
+      sh!(dir, "#{sign} -in b.csr -CA a0.pem -CAkey a.key -out b.pem")
+      sh!(dir, "#{sign} -in leaf.csr -CA a.pem -CAkey a.key -out leaf.pem")
+      Enum.map(["leaf", "b", "a"], &der_of(dir, &1))
+    end
+
+    defp config(extra) do
+      Map.merge(
+        %{
+          cacerts: [Certs.der(:ca)],
+          verify_fun: nil,
+          partial_chain: fn _ -> :unknown_ca end,
+          depth: 10
+        },
+        extra
+      )
+    end
+
+    defp within(fun) do
+      task = Task.async(fun)
+      Task.yield(task, 10_000) || Task.shutdown(task, :brutal_kill) || :did_not_return
+    end
+
+    test "certificates issuing each other: the path building ends" do
+      chain = mutual_chain()
+
+      assert {:ok, {:error, _alert}} =
+               within(fn -> Islet.TLS.Verify.check(chain, config(%{})) end)
+    end
+
+    test "a verify_fun failing a good path with unknown_ca: tried once" do
+      parent = self()
+
+      fun = fn
+        _, {:extension, _}, s -> {:unknown, s}
+        _, :valid_peer, _ -> Kernel.send(parent, :asked) && {:fail, {:bad_cert, :unknown_ca}}
+        _, _, s -> {:valid, s}
+      end
+
+      chain = [Certs.der(:client)]
+      config = config(%{verify_fun: {fun, []}})
+      assert {:ok, {:error, 48}} = within(fn -> Islet.TLS.Verify.check(chain, config) end)
+      assert_received :asked
+      refute_received :asked
+    end
+
+    test "a good chain passes" do
+      assert {:ok, :ok} =
+               within(fn -> Islet.TLS.Verify.check([Certs.der(:client)], config(%{})) end)
+    end
+  end
+
   test "verify_fun of arity 4 gets each certificate's DER" do
     assert_same(fn mod ->
       parent = self()
