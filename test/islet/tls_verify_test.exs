@@ -220,6 +220,104 @@ defmodule Islet.TLSVerifyTest do
     end)
   end
 
+  # A relay that forwards the ClientHello at once but holds what the
+  # client sends after it until told, then passes it in one write; it
+  # reports how the server's side of the connection ended.
+  defp relay(server_port) do
+    parent = self()
+    {:ok, l} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, port} = :inet.port(l)
+
+    pid =
+      spawn_link(fn ->
+        {:ok, c} = :gen_tcp.accept(l)
+        opts = [:binary, active: true, show_econnreset: true, exit_on_close: false]
+        {:ok, up} = :gen_tcp.connect({127, 0, 0, 1}, server_port, opts)
+        {:ok, hello} = :gen_tcp.recv(c, 0)
+        :ok = :gen_tcp.send(up, hello)
+        :ok = :inet.setopts(c, active: true)
+        relay_loop(c, up, parent, [])
+      end)
+
+    {port, pid}
+  end
+
+  defp relay_loop(c, up, parent, held) do
+    receive do
+      {:tcp, ^c, data} ->
+        relay_loop(c, up, parent, [held, data])
+
+      :flush ->
+        :ok = :gen_tcp.send(up, held)
+        relay_loop(c, up, parent, [])
+
+      {:tcp, ^up, data} ->
+        _ = :gen_tcp.send(c, data)
+        relay_loop(c, up, parent, held)
+
+      {:tcp_closed, ^up} ->
+        Kernel.send(parent, {:server_end, after_fin(up)})
+
+      {:tcp_error, ^up, reason} ->
+        Kernel.send(parent, {:server_end, reason})
+
+      {:tcp_closed, ^c} ->
+        relay_loop(c, up, parent, held)
+    end
+  end
+
+  # A FIN came: whether a reset followed it (the server closed with data
+  # unread), as a client that looks at its socket a little later sees it.
+  defp after_fin(up) do
+    Process.sleep(100)
+
+    case :inet.peername(up) do
+      {:ok, _} -> :fin
+      {:error, _} -> :reset
+    end
+  end
+
+  test "a refused client whose request came with its flight: the alert, then a FIN" do
+    # The server reads the client's flight and the request that came in the
+    # same segment before it refuses: its close is a FIN after the alert,
+    # not a reset (which could keep the client from reading the alert).
+    assert_same(fn mod ->
+      opts = [
+        verify: :verify_peer,
+        fail_if_no_peer_cert: true,
+        cacertfile: Certs.file(:ca, :cert)
+      ]
+
+      l = listen(mod, opts)
+      {relay_port, relay} = relay(port(mod, l))
+
+      client =
+        Keyword.merge(Certs.client_opts(), versions: [:"tlsv1.3"])
+        |> Keyword.delete(:reuse_sessions)
+
+      me = self()
+
+      # (The client's socket is handed to this process: it would close
+      # with the task that made it.)
+      connecting =
+        Task.async(fn ->
+          with {:ok, c} <- :ssl.connect(~c"localhost", relay_port, client, 10_000),
+               :ok <- :ssl.controlling_process(c, me),
+               do: {:ok, c}
+        end)
+
+      {:ok, s} = mod.accept(l)
+      handshaking = Task.async(fn -> mod.handshake(s, 10_000) end)
+      {:ok, c} = Task.await(connecting)
+      :ok = :ssl.send(c, "GET / HTTP/1.0\r\n\r\n")
+      Process.sleep(100)
+      Kernel.send(relay, :flush)
+      handshake = Task.await(handshaking)
+      ended = receive(do: ({:server_end, how} -> how), after: (5_000 -> :open))
+      {handshake, ended}
+    end)
+  end
+
   describe "Islet.TLS.Verify.check/2 on chains a client could craft" do
     defp der_of(dir, name) do
       [{:Certificate, der, _}] =
