@@ -637,6 +637,15 @@ void push_der(std::vector<std::string>& out, X509* x) {
   out.push_back(std::move(der));
 }
 
+// The kept chain and its context's reference go (handed to Erlang, or the
+// socket closes first).
+void drop_peer_chain(Sock* s) {
+  s->peer_chain.clear();
+  s->peer_chain.shrink_to_fit();
+  if (s->verify_ctx != nullptr) SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
+  s->verify_ctx = nullptr;
+}
+
 // At the end of the handshake, under the lock: the chain the client sent,
 // when its context leaves it to Erlang.
 void keep_peer_chain(Sock* s) {
@@ -644,6 +653,7 @@ void keep_peer_chain(Sock* s) {
   CtxData* c = data_of(ctx);
   X509* leaf = SSL_get0_peer_certificate(s->ssl);
   if (c == nullptr || c->verify == 0 || leaf == nullptr) return;
+  drop_peer_chain(s);  // (a handshake ends once; this only keeps it exact)
   push_der(s->peer_chain, leaf);
   // On a server, the chain OpenSSL keeps does not hold the peer's own.
   STACK_OF(X509)* rest = SSL_get_peer_cert_chain(s->ssl);
@@ -652,7 +662,6 @@ void keep_peer_chain(Sock* s) {
     if (X509_cmp(x, leaf) != 0) push_der(s->peer_chain, x);
   }
   SSL_CTX_up_ref(ctx);
-  if (s->verify_ctx != nullptr) SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
   s->verify_ctx = ctx;
 }
 
@@ -901,12 +910,7 @@ void tls_free(Sock* s) {
     SSL_CTX_free(static_cast<SSL_CTX*>(s->sni_ctx));
     s->sni_ctx = nullptr;
   }
-  if (s->verify_ctx != nullptr) {
-    SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
-    s->verify_ctx = nullptr;
-  }
-  s->peer_chain.clear();
-  s->peer_chain.shrink_to_fit();
+  drop_peer_chain(s);
 }
 
 // tls_ctx([{Key, Value}]) -> {ok, Ctx} | {error, Reason}
@@ -1249,10 +1253,7 @@ ERL_NIF_TERM verify_answer(ErlNifEnv* env, Sock* s) {
   }
   CtxData* c = data_of(static_cast<SSL_CTX*>(s->verify_ctx));
   ERL_NIF_TERM data = c != nullptr && c->verify != 0 ? enif_make_copy(env, c->verify) : atom.undefined;
-  s->peer_chain.clear();
-  s->peer_chain.shrink_to_fit();
-  SSL_CTX_free(static_cast<SSL_CTX*>(s->verify_ctx));
-  s->verify_ctx = nullptr;
+  drop_peer_chain(s);
   return enif_make_tuple3(env, enif_make_atom(env, "verify"),
                           enif_make_list_from_array(env, ders.data(), static_cast<unsigned>(ders.size())),
                           data);
