@@ -324,14 +324,9 @@ defmodule Islet.TLS.Options do
             {:deferred, _} -> []
           end
 
-        [
-          erl_verify: %{
-            cacerts: cacerts,
-            verify_fun: verify_fun,
-            partial_chain: partial_chain || fn _ -> :unknown_ca end,
-            depth: if(is_integer(depth), do: depth, else: 10)
-          }
-        ]
+        partial_chain = partial_chain || fn _ -> :unknown_ca end
+        depth = if is_integer(depth), do: depth, else: 10
+        [erl_verify: Islet.TLS.Verify.config(cacerts, verify_fun, partial_chain, depth)]
       else
         []
       end

@@ -58,13 +58,24 @@ defmodule Islet.TLS.Verify do
   @handshake_failure 40
   @internal_error 80
 
-  @typedoc "What the listener's context keeps for the check (built by `Islet.TLS.Options`)."
+  @typedoc "What the listener's context keeps for the check (made by `config/4`)."
   @type config :: %{
-          cacerts: [binary()],
+          trusted: list(),
           verify_fun: {function(), term()} | nil,
           partial_chain: (list() -> term()),
           depth: non_neg_integer()
         }
+
+  @doc """
+  The check's configuration, made once per listener: the trusted
+  certificates (DER) are decoded here, not at every handshake.
+  """
+  @spec config([binary()], {function(), term()} | nil, (list() -> term()), non_neg_integer()) ::
+          config()
+  def config(cacerts, verify_fun, partial_chain, depth) do
+    trusted = cacerts |> Enum.map(&trusted_entry/1) |> Enum.reject(&is_nil/1)
+    %{trusted: trusted, verify_fun: verify_fun, partial_chain: partial_chain, depth: depth}
+  end
 
   # A certificate: its DER and its decoded form.
   defp cert(der), do: {der, :public_key.pkix_decode_cert(der, :otp)}
@@ -83,8 +94,7 @@ defmodule Islet.TLS.Verify do
         _ -> throw({:alert, @certificate_unknown})
       end
 
-    db = Enum.map(config.cacerts, &trusted_entry/1) |> Enum.reject(&is_nil/1)
-
+    db = config.trusted
     ctx = %{db: db, config: config, invalidated: [], tried: []}
 
     case path_validate(trusted_and_paths(certs, db, config), ctx, {:bad_cert, :unknown_ca}) do

@@ -356,15 +356,8 @@ defmodule Islet.TLSVerifyTest do
     end
 
     defp config(extra) do
-      Map.merge(
-        %{
-          cacerts: [Certs.der(:ca)],
-          verify_fun: nil,
-          partial_chain: fn _ -> :unknown_ca end,
-          depth: 10
-        },
-        extra
-      )
+      fun = Map.get(extra, :verify_fun)
+      Islet.TLS.Verify.config([Certs.der(:ca)], fun, fn _ -> :unknown_ca end, 10)
     end
 
     defp within(fun) do
