@@ -43,6 +43,7 @@ ISLET_NIF(nif_tls_upgrade)
 ISLET_NIF(nif_tls_set_ctx)
 ISLET_NIF(nif_tls_verify_failed)
 ISLET_NIF(nif_tls_handshake)
+ISLET_NIF(nif_tls_linger)
 ISLET_NIF(nif_tls_info)
 ISLET_NIF(nif_tls_sweep)
 #undef ISLET_NIF
@@ -87,6 +88,7 @@ ErlNifFunc nif_funcs[] = {
     {"tls_verify_failed", 2, nif_tls_verify_failed, 0},
     // A handshake step moves itself to a dirty CPU scheduler when costly.
     {"tls_handshake", 1, nif_tls_handshake, 0},
+    {"tls_linger", 1, nif_tls_linger, 0},
     {"tls_info", 1, nif_tls_info, 0},
     // Visits every TLS connection: dirty CPU.
     {"tls_sweep", 0, nif_tls_sweep, ERL_NIF_DIRTY_JOB_CPU_BOUND},

@@ -1199,6 +1199,60 @@ ERL_NIF_TERM nif_tls_verify_failed(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
   return make_error(env, tls_failure_term(env, kAlertSent | desc));
 }
 
+// tls_linger(Sock) -> closed | {wait, Bytes} | {more, Bytes}
+// After a handshake that ended in our alert: the FIN follows the alert, and
+// what the client still sends is read and dropped. A TLS 1.3 client sends
+// its first request right after its last flight, before it can have read
+// an alert about that flight; closing with such bytes unread, or having
+// them arrive once closed, makes the kernel answer with a reset, which can
+// reach the client before it reads the alert (curl then reports a reset or
+// a failed getpeername instead of certificate_required). Islet.TLS calls
+// this until the client closes, within a time and byte bound, then closes.
+ERL_NIF_TERM nif_tls_linger(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  ErlNifPid me = self_of(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open || s->kind != Kind::Conn) return atom.closed;
+  auto answer = [env](ERL_NIF_TERM tag, uint64_t n) {
+    return enif_make_tuple2(env, tag, enif_make_uint64(env, n));
+  };
+  if (!s->rq.q.empty() && !s->rq.is_head(me)) {
+    waiter_push(env, s, s->rq, me);
+    return answer(atom.wait, 0);
+  }
+  if (s->rq.is_head(me)) s->rq.selected = 0;
+  // A client refused at its ClientHello got nothing but the alert (at most
+  // an encrypted alert record, 24 bytes, went through OpenSSL): it waits
+  // for the server, and has nothing on the way to wait for.
+  uint64_t in = 0, out = 0;
+  if (!tls_wire_bytes(s, &in, &out) || out <= 24) {
+    waiter_done(env, s, s->rq, me);
+    return atom.closed;
+  }
+  // Every call (a few per connection): a second shutdown is harmless.
+  ::shutdown(s->fd, SHUT_WR);
+  static thread_local unsigned char sink[16384];
+  uint64_t n = 0;
+  for (;;) {
+    ssize_t r = ::recv(s->fd, sink, sizeof sink, 0);
+    if (r > 0) {
+      n += static_cast<uint64_t>(r);
+      if (n >= (256u << 10)) return answer(atom.more, n);  // a slice's worth
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (s->rq.q.empty()) waiter_push(env, s, s->rq, me);
+      if (select_for(env, s, s->rq, me, ERL_NIF_SELECT_READ) < 0) break;
+      return answer(atom.wait, n);
+    }
+    break;  // the client closed (or reset): done
+  }
+  waiter_done(env, s, s->rq, me);
+  return atom.closed;
+}
+
 namespace {
 
 // What a handshake step came to. A step on a dirty scheduler only runs

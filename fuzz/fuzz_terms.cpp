@@ -295,6 +295,7 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
     case kSendTimeoutClose: call(it, "send_timeout_close", {s}); break;
     case kFlushBg: call(it, "flush_bg", {s}); break;
     case kVerifyFailed: call(it, "tls_verify_failed", {s, term(it)}); break;
+    case kLinger: call(it, "tls_linger", {s}); break;
     case kPeerRead: peer_read(it, (it.in.u8() + 1u) * 8192u); break;
     case kPeerTls:
       // A client on the peer, stepped in turn with the NIF's server side,

@@ -45,6 +45,7 @@ enum SockOp : uint8_t {
   kDrain,                // drain(S): what close and shutdown do first
   kSendTimeoutKeepData,  // send_timeout_keep(S, Data): a timed-out send's data joins the queue
   kVerifyFailed,         // tls_verify_failed(S, Term): Erlang refused the client's chain
+  kLinger,               // tls_linger(S): read and drop what comes after a refusal
   kSockOpCount
 };
 

@@ -304,6 +304,7 @@ int main(int argc, char** argv) {
     w.u8(0);
     w.u8(kPeerTls);
     w.u8(kVerifyFailed).integer(42);
+    w.u8(kLinger);
     w.u8(kNames).u8(4);
     w.u8(kEnd).u8(0);
   }

@@ -59,6 +59,7 @@ defmodule Islet.Nif do
   def tls_set_ctx(_socket, _ctx), do: nif()
   def tls_verify_failed(_socket, _alert), do: nif()
   def tls_handshake(_socket), do: nif()
+  def tls_linger(_socket), do: nif()
   def tls_info(_socket), do: nif()
   def tls_sweep, do: nif()
 end

@@ -87,6 +87,11 @@ defmodule Islet.TLS do
   @doc """
   Completes the TLS handshake within `timeout` ms; past it the connection is
   closed and `{:error, :timeout}` returned.
+
+  A handshake refused after the server's flight (with an alert) returns once
+  the client has closed, or after at most a second: the client's data still
+  on its way is read and dropped first, so that it meets no reset that could
+  keep the client from reading the alert.
   """
   @spec handshake(socket(), timeout()) :: {:ok, socket()} | {:error, term()}
   def handshake(socket, timeout) do
@@ -120,7 +125,7 @@ defmodule Islet.TLS do
 
           {:error, alert} ->
             error = Nif.tls_verify_failed(socket, alert)
-            Socket.close(socket)
+            close_after_alert(socket, deadline)
             error
         end
 
@@ -135,11 +140,51 @@ defmodule Islet.TLS do
             error
         end
 
+      {:error, {:tls_alert, _}} = error ->
+        close_after_alert(socket, deadline)
+        error
+
       {:error, _} = error ->
         Socket.close(socket)
         error
     end
   end
+
+  # A handshake ended in an alert: before closing, the FIN goes out and what
+  # the client still sends is read and dropped until it closes, for at most
+  # @linger_ms (and the handshake's own deadline) and @linger_bytes. A
+  # TLS 1.3 client sends its first request before it can have read an alert
+  # about its last flight; closing with that request unread, or before it
+  # arrives, makes the kernel answer with a reset that can keep the client
+  # from reading the alert (see Nif.tls_linger). The client that reads the
+  # alert closes at once, so this usually lasts a round trip.
+  @linger_ms 1_000
+  @linger_bytes 1_048_576
+
+  defp close_after_alert(socket, deadline) do
+    limit = now() + @linger_ms
+    linger(socket, if(deadline == :infinity, do: limit, else: min(deadline, limit)), 0)
+    Socket.close(socket)
+  end
+
+  defp linger(socket, until, read) when read < @linger_bytes do
+    case Nif.tls_linger(socket) do
+      {:more, n} ->
+        linger(socket, until, read + n)
+
+      {:wait, n} ->
+        receive do
+          {:"$islet", ^socket} -> linger(socket, until, read + n)
+        after
+          max(until - now(), 0) -> Nif.cancel(socket, :read)
+        end
+
+      :closed ->
+        :ok
+    end
+  end
+
+  defp linger(_socket, _until, _read), do: :ok
 
   defp sni_context(fun, name, base) do
     case fun.(String.to_charlist(name)) do

@@ -12,6 +12,7 @@ defmodule Islet.TLSVerifyTest do
   # as :refused.
   use ExUnit.Case, async: true
 
+  import Bitwise
   import Islet.Test.TLSDiff
 
   alias Islet.Test.{Certs, Diff}
@@ -316,6 +317,143 @@ defmodule Islet.TLSVerifyTest do
       ended = receive(do: ({:server_end, how} -> how), after: (5_000 -> :open))
       {handshake, ended}
     end)
+  end
+
+  # A relay for a request that comes after the refusal: it passes the
+  # ClientHello and the server's flight, holds the client's last flight
+  # until told (:flush), then keeps what the server sends from the client
+  # (which must not learn of the refusal before it sends). Once the
+  # server's FIN came it says so (:server_fin), passes the next bytes the
+  # client sends, and reports how the server's side ended.
+  defp late_relay(server_port) do
+    parent = self()
+    {:ok, l} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, port} = :inet.port(l)
+
+    pid =
+      spawn_link(fn ->
+        {:ok, c} = :gen_tcp.accept(l)
+        opts = [:binary, active: true, show_econnreset: true, exit_on_close: false]
+        {:ok, up} = :gen_tcp.connect({127, 0, 0, 1}, server_port, opts)
+        {:ok, hello} = :gen_tcp.recv(c, 0)
+        :ok = :gen_tcp.send(up, hello)
+        :ok = :inet.setopts(c, active: true)
+        late_loop(c, up, parent, :handshake, [])
+      end)
+
+    {port, pid}
+  end
+
+  defp late_loop(c, up, parent, phase, held) do
+    receive do
+      {:tcp, ^c, data} when phase == :fin ->
+        :ok = :gen_tcp.send(up, data)
+        Kernel.send(parent, {:server_end, after_fin(up)})
+
+      {:tcp, ^c, data} when phase == :flushed ->
+        # The rest of the flight, come after the :flush.
+        :ok = :gen_tcp.send(up, data)
+        late_loop(c, up, parent, phase, held)
+
+      {:tcp, ^c, data} ->
+        late_loop(c, up, parent, phase, [held, data])
+
+      :flush ->
+        :ok = :gen_tcp.send(up, held)
+        late_loop(c, up, parent, :flushed, [])
+
+      {:send_up, data} ->
+        Kernel.send(parent, {:sent_up, :gen_tcp.send(up, data)})
+        late_loop(c, up, parent, phase, held)
+
+      {:tcp, ^up, data} when phase == :handshake ->
+        :ok = :gen_tcp.send(c, data)
+        late_loop(c, up, parent, phase, held)
+
+      {:tcp, ^up, _alert} ->
+        late_loop(c, up, parent, phase, held)
+
+      {:tcp_closed, ^up} ->
+        Kernel.send(parent, :server_fin)
+        late_loop(c, up, parent, :fin, held)
+
+      {:tcp_error, ^up, reason} ->
+        Kernel.send(parent, {:server_end, reason})
+    end
+  end
+
+  # A TLS 1.3 client refused by Islet.TLS (no certificate, or a verify_fun
+  # that says no) through late_relay: returns once the server's FIN came,
+  # with the relay, the client and the task doing the server's handshake.
+  defp refused_late(refusal) do
+    opts =
+      [verify: :verify_peer, fail_if_no_peer_cert: true, cacertfile: Certs.file(:ca, :cert)] ++
+        if refusal == :verify_fun,
+          do: [verify_fun: {fn _, _, _ -> {:fail, :refused} end, nil}],
+          else: []
+
+    l = listen(Islet.TLS, opts)
+    {relay_port, relay} = late_relay(port(Islet.TLS, l))
+
+    client =
+      Certs.client_opts()
+      |> Keyword.merge(versions: [:"tlsv1.3"])
+      |> Keyword.merge(if refusal == :verify_fun, do: Certs.client_cert_opts(:client), else: [])
+      |> Keyword.delete(:reuse_sessions)
+
+    me = self()
+
+    connecting =
+      Task.async(fn ->
+        with {:ok, c} <- :ssl.connect(~c"localhost", relay_port, client, 10_000),
+             :ok <- :ssl.controlling_process(c, me),
+             do: {:ok, c}
+      end)
+
+    {:ok, s} = Islet.TLS.accept(l)
+    handshaking = Task.async(fn -> Islet.TLS.handshake(s, 10_000) end)
+    {:ok, c} = Task.await(connecting)
+    Kernel.send(relay, :flush)
+    assert_receive :server_fin, 5_000
+    {relay, c, handshaking}
+  end
+
+  for {refusal, alert} <- [no_certificate: :certificate_required, verify_fun: :handshake_failure] do
+    test "a refused client's request sent after the refusal is not met by a reset (#{refusal})" do
+      # A TLS 1.3 client sends its request before it can have read the
+      # alert about its last flight. Had the server closed, the kernel would
+      # answer the request with a reset, which can reach the client before
+      # it reads the alert: curl then reported a reset or a failed
+      # getpeername instead of certificate_required. Islet.TLS reads and
+      # drops what comes until the client closes (:ssl, which closes at
+      # once, resets here unless it happened to read the request first).
+      {_relay, c, handshaking} = refused_late(unquote(refusal))
+      :ok = :ssl.send(c, "GET / HTTP/1.0\r\n\r\n")
+      assert_receive {:server_end, :fin}, 5_000
+      # The relay ended, closing its side: the server's wait ends with it.
+      assert {:error, {:tls_alert, {unquote(alert), _}}} = Task.await(handshaking, 2_000)
+      :ssl.close(c)
+    end
+  end
+
+  test "the wait after a refusal is bounded in time and in bytes" do
+    # A client that neither closes nor stops sending does not hold the
+    # handshake's caller: about a second (not the 10 s handshake timeout),
+    # or 1 MiB read and dropped, whichever comes first.
+    {_relay, c, handshaking} = refused_late(:no_certificate)
+    started = System.monotonic_time(:millisecond)
+    assert {:error, {:tls_alert, {:certificate_required, _}}} = Task.await(handshaking, 5_000)
+    assert (System.monotonic_time(:millisecond) - started) in 500..3_000
+    :ssl.close(c)
+
+    {relay, c, handshaking} = refused_late(:no_certificate)
+    started = System.monotonic_time(:millisecond)
+    Kernel.send(relay, {:send_up, :binary.copy(<<0>>, 4 <<< 20)})
+    assert {:error, {:tls_alert, {:certificate_required, _}}} = Task.await(handshaking, 5_000)
+    assert System.monotonic_time(:millisecond) - started < 800
+    # The server closed with bytes unread: the rest met a reset.
+    assert_receive {:server_end, :econnreset}, 5_000
+    :ssl.close(c)
   end
 
   describe "Islet.TLS.Verify.check/2 on chains a client could craft" do
