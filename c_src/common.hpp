@@ -176,6 +176,11 @@ struct Sock {
   // that context (a reference of its own) for what Erlang needs.
   std::vector<std::string> peer_chain;
   void* verify_ctx = nullptr;
+  // TLS 1.2: the server's last flight waits (its writes are held) while
+  // Erlang checks the chain, so that a refusal comes before the handshake
+  // ends, as with :ssl; chain_checked once Erlang accepted it.
+  bool verify_hold = false;
+  bool chain_checked = false;
   // A handshake step runs on the caller's scheduler unless it may be costly
   // (tls.cpp): inline is set while it does, and want_dirty when the
   // ClientHello callback found that the rest of the step is costly.

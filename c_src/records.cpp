@@ -279,7 +279,7 @@ int hs_read(BIO* b, char* out, int outl) {
     do {
       n = recv(h->fd, dst, want, 0);
     } while (n < 0 && errno == EINTR);
-    // As note_read (tls.cpp) for a socket BIO: whether the kernel had no more.
+    // As sock_bio_cb (tls.cpp) for a socket BIO: whether the kernel had no more.
     h->s->tls_short_read = n <= 0 || static_cast<size_t>(n) < want;
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);

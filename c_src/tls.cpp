@@ -609,10 +609,22 @@ bool ktls_available = false;  // set at load (probe_ktls)
 // had nothing more, and in a pump's edge-triggered set a new edge will
 // announce whatever comes next. That saves the read that would only find
 // EAGAIN after each request (and the buffer OpenSSL allocates for it).
-long note_read(BIO* b, int oper, const char*, size_t len, int, long, int ret, size_t* processed) {
+//
+// Before a write, holds it while Erlang checks a TLS 1.2 client's chain
+// (verify_hold): the write fails as a socket that is full would, OpenSSL
+// keeps what it had to send and answers WANT_WRITE, and the next
+// SSL_do_handshake sends it. Only the server's last flight can meet it.
+long sock_bio_cb(BIO* b, int oper, const char*, size_t len, int, long, int ret, size_t* processed) {
   if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
     auto* s = reinterpret_cast<Sock*>(BIO_get_callback_arg(b));
     s->tls_short_read = ret <= 0 || (processed != nullptr && *processed < len);
+  } else if (oper == BIO_CB_WRITE) {
+    auto* s = reinterpret_cast<Sock*>(BIO_get_callback_arg(b));
+    if (s->verify_hold) {
+      BIO_clear_retry_flags(b);
+      BIO_set_retry_write(b);
+      return -1;
+    }
   }
   return ret;
 }
@@ -622,9 +634,17 @@ long note_read(BIO* b, int oper, const char*, size_t len, int, long, int ret, si
 // enforces fail_if_no_peer_cert and checks the CertificateVerify signature
 // with the certificate's key), and the handshake call hands the chain to
 // Islet.TLS.Verify once OpenSSL's part is done. OpenSSL 3.0 cannot pause a
-// server's handshake here for Erlang (SSL_set_retry_verify is for clients).
+// server's handshake here for Erlang (SSL_set_retry_verify is for clients),
+// so a TLS 1.2 handshake is paused a little later instead: its server holds
+// its last flight (sock_bio_cb) until Erlang has answered. A TLS 1.3 client
+// sends its certificate after the server's last flight: that chain is
+// checked when the handshake is over for OpenSSL.
 int accept_chain(X509_STORE_CTX* xs, void*) {
   X509_STORE_CTX_set_error(xs, X509_V_OK);
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* s = ssl != nullptr ? static_cast<Sock*>(SSL_get_app_data(ssl)) : nullptr;
+  if (s != nullptr && SSL_version(ssl) < TLS1_3_VERSION && !SSL_session_reused(ssl))
+    s->verify_hold = true;
   return 1;
 }
 
@@ -687,10 +707,10 @@ bool new_ssl(Sock* s, SSL_CTX* ctx) {
       SSL_free(ssl);
       return false;
     }
-    BIO* bio = SSL_get_rbio(ssl);
-    BIO_set_callback_arg(bio, reinterpret_cast<char*>(s));
-    BIO_set_callback_ex(bio, note_read);
+    wbio = SSL_get_wbio(ssl);  // the same socket BIO reads
   }
+  BIO_set_callback_arg(wbio, reinterpret_cast<char*>(s));
+  BIO_set_callback_ex(wbio, sock_bio_cb);
   SSL_set_accept_state(ssl);
   SSL_set_app_data(ssl, s);
   s->ssl = ssl;
@@ -763,7 +783,7 @@ inline void clear_errors() {
 ssize_t tls_read(Sock* s, void* buf, size_t n, int* err) {
   if (s->rec != nullptr) return records_read(s, buf, n, err);
   clear_errors();
-  s->tls_short_read = false;  // set by note_read if this call reads the socket
+  s->tls_short_read = false;  // set by sock_bio_cb if this call reads the socket
   int r = SSL_read(s->ssl, buf, static_cast<int>(n > INT32_MAX ? INT32_MAX : n));
   if (r > 0) return r;
   switch (SSL_get_error(s->ssl, r)) {
@@ -1190,7 +1210,15 @@ ERL_NIF_TERM nif_tls_verify_failed(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open) return make_error(env, atom.closed);
   if (!is_tls(s) || s->kind != Kind::Conn) return make_error(env, atom.einval);
-  if (s->rec != nullptr) records_fail(s, static_cast<uint8_t>(desc));
+  if (s->verify_hold) {
+    // A TLS 1.2 handshake held before the server's last flight: the
+    // server's records are still plaintext, and the alert comes before the
+    // client's handshake can end, as :ssl sends it.
+    s->verify_hold = false;
+    send_plain_alert(s->fd, desc);
+  } else if (s->rec != nullptr) {
+    records_fail(s, static_cast<uint8_t>(desc));
+  }
   // The handshake did not succeed after all: close sends no close_notify,
   // and the session goes out of the cache (the record layer's fail, or
   // SSL_free of an SSL object not shut down), so that it cannot be resumed.
@@ -1260,7 +1288,7 @@ namespace {
 // are done back on a normal scheduler (finish_step), so that nothing the
 // BEAM allocates (monitors, select state, terms) is made on a dirty
 // scheduler and freed on a normal one, which costs wake-ups of other threads.
-enum class Step : uint8_t { Done, Read, Write, HelloCb, Dirty, Fail, Deferred };
+enum class Step : uint8_t { Done, Read, Write, HelloCb, Dirty, Fail, Deferred, Verify };
 
 int64_t now_ns() {
   timespec ts;
@@ -1278,7 +1306,7 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   s->tls_inline = false;
   if (r == 1) {
     s->tls_done = true;
-    keep_peer_chain(s);
+    if (!s->chain_checked) keep_peer_chain(s);
     // Islet's record layer takes over where it can (and frees the SSL
     // object); else the handshake's record buffers go, idle until data comes.
     if (!records_take_over(s)) SSL_free_buffers(s->ssl);
@@ -1287,7 +1315,7 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   int e = SSL_get_error(s->ssl, r);
   if (e == SSL_ERROR_WANT_READ || (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK)))
     return Step::Read;
-  if (e == SSL_ERROR_WANT_WRITE) return Step::Write;
+  if (e == SSL_ERROR_WANT_WRITE) return s->verify_hold ? Step::Verify : Step::Write;
   if (e == SSL_ERROR_WANT_CLIENT_HELLO_CB) {
     if (deferred_of(s->ssl) != 0) return Step::Deferred;
     return s->tls_want_dirty ? Step::Dirty : Step::HelloCb;
@@ -1326,6 +1354,15 @@ ERL_NIF_TERM finish_step(ErlNifEnv* env, Sock* s, const ErlNifPid& me, Step step
       if (select_for(env, s, s->rq, me, dir) < 0) return make_error(env, atom.closed);
       return atom.wait;
     }
+    case Step::Verify:
+      // A TLS 1.2 server's last flight waits for Erlang's answer.
+      waiter_done(env, s, s->rq, me);
+      keep_peer_chain(s);
+      if (!s->peer_chain.empty()) return verify_answer(env, s);
+      s->verify_hold = false;  // (no chain after all: nothing to ask)
+      if (s->rq.q.empty()) waiter_push(env, s, s->rq, me);
+      if (select_for(env, s, s->rq, me, ERL_NIF_SELECT_WRITE) < 0) return make_error(env, atom.closed);
+      return atom.wait;
     case Step::HelloCb: {
       ERL_NIF_TERM name;
       std::memcpy(enif_make_new_binary(env, s->sni.size(), &name), s->sni.data(), s->sni.size());
@@ -1407,6 +1444,12 @@ ERL_NIF_TERM handshake_step(ErlNifEnv* env, const ERL_NIF_TERM argv[]) {
     return atom.wait;
   }
   if (s->rq.is_head(me)) s->rq.selected = 0;
+  if (s->verify_hold) {
+    // Called again after {verify, ...}: Erlang accepted the chain (a
+    // refusal calls tls_verify_failed instead), the last flight goes.
+    s->verify_hold = false;
+    s->chain_checked = true;
+  }
   // The context's certificates or keys could not be loaded: fail before
   // OpenSSL reads anything, as :ssl does.
   if (deferred_of(s->ssl) != 0) return finish_step(env, s, me, Step::Deferred, 0);

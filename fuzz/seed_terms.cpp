@@ -308,6 +308,32 @@ int main(int argc, char** argv) {
     w.u8(kNames).u8(4);
     w.u8(kEnd).u8(0);
   }
+  // The same in TLS 1.2, where the server's last flight waits for Erlang
+  // (verify_hold): refused (a plaintext alert), or accepted (the handshake
+  // goes on at the next tls_handshake) and then used.
+  for (bool accept : {false, true}) {
+    W& w = add(accept ? "tls_erl_verify12_accepted" : "tls_erl_verify12_refused");
+    w.u8(kSockOps).u8(2);
+    w.u8(kTlsUpgrade);
+    w.list(5);  // (at most 5: kList)
+    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
+    w.kv("cacerts").list(1).bin(kCert);
+    w.kv("verify_peer").atom("true");
+    w.kv("max_version").integer(0x0303);
+    w.kv("erl_verify").u8(kRef);
+    w.u8(0);
+    w.u8(kPeerTls);
+    if (accept) {
+      w.u8(kPeerTls);
+      w.u8(kSend).u8(kSendList).u8(1).u8(1 * 4 + kBinKb);  // 64 bytes
+      w.u8(kPeerRead).u8(0);
+    } else {
+      w.u8(kVerifyFailed).integer(42);
+      w.u8(kLinger);
+    }
+    w.u8(kNames).u8(4);
+    w.u8(kEnd).u8(0);
+  }
   for (auto& s : seeds) {
     std::string path = std::string(argv[1]) + "/" + s.first;
     FILE* f = std::fopen(path.c_str(), "wb");
