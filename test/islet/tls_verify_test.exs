@@ -221,10 +221,34 @@ defmodule Islet.TLSVerifyTest do
     end)
   end
 
+  # A client connected through a relay to `mod`'s listener `l`, and the
+  # task doing the server's handshake. (The client's socket is handed to
+  # this process: it would close with the task that made it.)
+  defp connect_through(mod, l, relay_port, client) do
+    me = self()
+
+    connecting =
+      Task.async(fn ->
+        with {:ok, c} <- :ssl.connect(~c"localhost", relay_port, client, 10_000),
+             :ok <- :ssl.controlling_process(c, me),
+             do: {:ok, c}
+      end)
+
+    {:ok, s} = mod.accept(l)
+    handshaking = Task.async(fn -> mod.handshake(s, 10_000) end)
+    {:ok, c} = Task.await(connecting)
+    {c, handshaking}
+  end
+
   # A relay that forwards the ClientHello at once but holds what the
   # client sends after it until told, then passes it in one write; it
   # reports how the server's side of the connection ended.
-  defp relay(server_port) do
+  defp relay(server_port), do: start_relay(server_port, &relay_loop(&1, &2, &3, []))
+
+  # A relay between a client (on the port returned) and the server: it
+  # passes the ClientHello, then `loop` takes over (client socket, server
+  # socket, the test's pid).
+  defp start_relay(server_port, loop) do
     parent = self()
     {:ok, l} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
     {:ok, port} = :inet.port(l)
@@ -237,7 +261,7 @@ defmodule Islet.TLSVerifyTest do
         {:ok, hello} = :gen_tcp.recv(c, 0)
         :ok = :gen_tcp.send(up, hello)
         :ok = :inet.setopts(c, active: true)
-        relay_loop(c, up, parent, [])
+        loop.(c, up, parent)
       end)
 
     {port, pid}
@@ -296,20 +320,7 @@ defmodule Islet.TLSVerifyTest do
         Keyword.merge(Certs.client_opts(), versions: [:"tlsv1.3"])
         |> Keyword.delete(:reuse_sessions)
 
-      me = self()
-
-      # (The client's socket is handed to this process: it would close
-      # with the task that made it.)
-      connecting =
-        Task.async(fn ->
-          with {:ok, c} <- :ssl.connect(~c"localhost", relay_port, client, 10_000),
-               :ok <- :ssl.controlling_process(c, me),
-               do: {:ok, c}
-        end)
-
-      {:ok, s} = mod.accept(l)
-      handshaking = Task.async(fn -> mod.handshake(s, 10_000) end)
-      {:ok, c} = Task.await(connecting)
+      {c, handshaking} = connect_through(mod, l, relay_port, client)
       :ok = :ssl.send(c, "GET / HTTP/1.0\r\n\r\n")
       Process.sleep(100)
       Kernel.send(relay, :flush)
@@ -325,24 +336,8 @@ defmodule Islet.TLSVerifyTest do
   # (which must not learn of the refusal before it sends). Once the
   # server's FIN came it says so (:server_fin), passes the next bytes the
   # client sends, and reports how the server's side ended.
-  defp late_relay(server_port) do
-    parent = self()
-    {:ok, l} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
-    {:ok, port} = :inet.port(l)
-
-    pid =
-      spawn_link(fn ->
-        {:ok, c} = :gen_tcp.accept(l)
-        opts = [:binary, active: true, show_econnreset: true, exit_on_close: false]
-        {:ok, up} = :gen_tcp.connect({127, 0, 0, 1}, server_port, opts)
-        {:ok, hello} = :gen_tcp.recv(c, 0)
-        :ok = :gen_tcp.send(up, hello)
-        :ok = :inet.setopts(c, active: true)
-        late_loop(c, up, parent, :handshake, [])
-      end)
-
-    {port, pid}
-  end
+  defp late_relay(server_port),
+    do: start_relay(server_port, &late_loop(&1, &2, &3, :handshake, []))
 
   defp late_loop(c, up, parent, phase, held) do
     receive do
@@ -401,18 +396,7 @@ defmodule Islet.TLSVerifyTest do
       |> Keyword.merge(if refusal == :verify_fun, do: Certs.client_cert_opts(:client), else: [])
       |> Keyword.delete(:reuse_sessions)
 
-    me = self()
-
-    connecting =
-      Task.async(fn ->
-        with {:ok, c} <- :ssl.connect(~c"localhost", relay_port, client, 10_000),
-             :ok <- :ssl.controlling_process(c, me),
-             do: {:ok, c}
-      end)
-
-    {:ok, s} = Islet.TLS.accept(l)
-    handshaking = Task.async(fn -> Islet.TLS.handshake(s, 10_000) end)
-    {:ok, c} = Task.await(connecting)
+    {c, handshaking} = connect_through(Islet.TLS, l, relay_port, client)
     Kernel.send(relay, :flush)
     assert_receive :server_fin, 5_000
     {relay, c, handshaking}
