@@ -111,6 +111,26 @@ defmodule Islet.TLSVerifyTest do
         end)
       end
 
+      test "verify_fun in an sni_fun's answer: that host's clients are checked with it" do
+        assert_same(fn mod ->
+          me = self()
+
+          refusing = fn
+            :valid_peer, _ -> {:fail, :not_this_one}
+            ev, s -> default_answer(ev, s)
+          end
+
+          for answer <- [&default_answer/2, refusing] do
+            opts = [
+              versions: [@version],
+              sni_fun: fn _host -> server(@version, verify_fun: recording(me, answer)) end
+            ]
+
+            observe(mod, opts, Certs.client_cert_opts(:client))
+          end
+        end)
+      end
+
       test "verify_fun failing the peer: handshake_failure" do
         assert_same(fn mod ->
           answer = fn
