@@ -362,7 +362,8 @@ defmodule Islet.TLSVerifyTest do
   defp late_loop(c, up, parent, phase, held) do
     receive do
       {:tcp, ^c, data} when phase == :fin ->
-        :ok = :gen_tcp.send(up, data)
+        # (A server already gone answers with a reset, which this reports.)
+        _ = :gen_tcp.send(up, data)
         Kernel.send(parent, {:server_end, after_fin(up)})
 
       {:tcp, ^c, data} when phase == :flushed ->
