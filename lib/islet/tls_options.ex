@@ -7,7 +7,8 @@ defmodule Islet.TLS.Options do
   or a list of DER, leaf first), `key` (`{type, der}`), `certs_keys`,
   `cacertfile`, `cacerts`, `password` (encrypted PEM keys), `verify`,
   `fail_if_no_peer_cert`, `depth`, `versions` (`:"tlsv1.2"`, `:"tlsv1.3"`),
-  `ciphers` (suite maps, tuples, or an OpenSSL string), `honor_cipher_order`,
+  `ciphers` (suite maps, tuples, or an OpenSSL string; without it, `:ssl`'s
+  default suites, less the fixed ECDH ones OpenSSL lacks), `honor_cipher_order`,
   `alpn_preferred_protocols`, `sni_hosts`, `sni_fun`, `reuse_sessions`,
   `session_tickets`, `eccs` (TLS 1.2's curves) and `supported_groups` (TLS
   1.3's groups: OpenSSL has one list, so each connection gets its
@@ -177,7 +178,11 @@ defmodule Islet.TLS.Options do
         {:deferred, reason} -> [deferred_error: {:options, reason}]
       end
 
-    ciphers = ciphers(Keyword.get(tls, :ciphers))
+    ciphers =
+      case Keyword.fetch(tls, :ciphers) do
+        {:ok, spec} -> ciphers(spec)
+        :error -> default_ciphers(Keyword.get(tls, :versions))
+      end
 
     others =
       verify(tls) ++
@@ -386,6 +391,31 @@ defmodule Islet.TLS.Options do
   defp versions(other), do: throw({:option, {:error, {:options, {:versions, other}}}})
 
   defp name(code), do: Enum.find_value(@version_codes, fn {n, c} -> c == code && n end)
+
+  # Without `ciphers`, :ssl's default suites for the highest version
+  # offered, not OpenSSL's defaults (those add the static RSA key exchange
+  # and leave out the CCM suites and, without DH parameters, DHE), so that
+  # a client offering only some suites is accepted or refused as by :ssl.
+  # OpenSSL skips the names it lacks (the fixed ECDH suites). Built once
+  # per version.
+  defp default_ciphers(versions) do
+    high =
+      if is_list(versions) and versions != [] and :"tlsv1.3" not in versions,
+        do: :"tlsv1.2",
+        else: :"tlsv1.3"
+
+    key = {__MODULE__, :default_ciphers, high}
+
+    case :persistent_term.get(key, nil) do
+      nil ->
+        list = ciphers(:ssl.cipher_suites(:default, high))
+        :persistent_term.put(key, list)
+        list
+
+      list ->
+        list
+    end
+  end
 
   defp ciphers(nil), do: []
 

@@ -605,6 +605,33 @@ defmodule Islet.TLSConformanceTest do
       )
     end
 
+    for version <- [:"tlsv1.2", :"tlsv1.3"], cert <- [:server_rsa, :server_ec] do
+      test "without ciphers: the suites a client may use alone (#{version}, #{cert})" do
+        # Each suite :ssl knows, offered alone by the client, to servers
+        # with their default suites: both accept or both refuse it. (With
+        # OpenSSL's own defaults, Islet took the static RSA key exchange
+        # and refused the CCM suites and DHE.) Left out: the fixed ECDH
+        # suites, which :ssl's default has and OpenSSL does not.
+        suites =
+          (:ssl.cipher_suites(:all, unquote(version)) ++
+             :ssl.cipher_suites(:anonymous, unquote(version)))
+          |> Enum.uniq()
+          |> Enum.reject(&(&1.key_exchange in [:ecdh_ecdsa, :ecdh_rsa]))
+
+        assert_same(fn mod ->
+          for suite <- suites do
+            %{handshake: hs, connect: c} =
+              pair(mod, Certs.server_opts(unquote(cert)),
+                versions: [unquote(version)],
+                ciphers: [suite]
+              )
+
+            {:ssl.suite_to_str(suite), elem(hs, 0), elem(c, 0)}
+          end
+        end)
+      end
+    end
+
     test "no suite in common (TLS 1.2)" do
       server = %{key_exchange: :ecdhe_rsa, cipher: :chacha20_poly1305, mac: :aead, prf: :sha256}
       client = %{key_exchange: :ecdhe_rsa, cipher: :aes_128_gcm, mac: :aead, prf: :sha256}
