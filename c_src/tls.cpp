@@ -955,6 +955,15 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   if (ktls_available) SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // :ssl has no security levels: the listener's options are its policy,
+  // and it takes the certificates and keys it is given (RSA-1024, SHA-1
+  // signatures), its own and its clients'. OpenSSL's level from the system
+  // configuration (Debian's is 2) refused them: a listener whose RSA-1024
+  // certificate :ssl serves failed every handshake. Suites and versions
+  // come from :ssl's defaults or the options, groups and signature
+  // algorithms from the options or OpenSSL's defaults (which :ssl's cover),
+  // so level 0 adds nothing weaker than :ssl offers.
+  SSL_CTX_set_security_level(ctx, 0);
   SSL_CTX_set_info_callback(ctx, info_cb);
   SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, nullptr);
   SSL_CTX_set_num_tickets(ctx, 0);  // :ssl's default: session_tickets disabled

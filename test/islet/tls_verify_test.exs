@@ -23,7 +23,8 @@ defmodule Islet.TLSVerifyTest do
     :ok
   end
 
-  @names [:client, :other_client, :client_expired, :inter_client, :self_client, :server_ec]
+  @names [:client, :other_client, :client_expired, :inter_client, :self_client, :server_ec] ++
+           [:client_sha1]
 
   defp name_of(der) do
     Enum.find(@names, fn n -> Certs.der(n) == der end) || {:unknown, byte_size(der)}
@@ -128,6 +129,24 @@ defmodule Islet.TLSVerifyTest do
 
             observe(mod, opts, Certs.client_cert_opts(:client))
           end
+        end)
+      end
+
+      test "a client certificate signed with SHA-1: accepted, as :ssl does" do
+        # (OpenSSL's security level from the system configuration refused
+        # it, with verify_fun or without.)
+        assert_same(fn mod ->
+          client = Certs.client_cert_opts(:client_sha1)
+          plain = observe(mod, server(@version, []), client)
+
+          with_fun =
+            observe(
+              mod,
+              server(@version, verify_fun: recording(self(), &default_answer/2)),
+              client
+            )
+
+          {plain, with_fun}
         end)
       end
 

@@ -13,6 +13,10 @@ defmodule Islet.Test.Certs do
     * `inter`: an intermediate CA signed by `ca`, and `inter_client` a client
       certificate it signed (`file(:ca_inter, :cert)` holds `inter` then `ca`);
     * `self_client`: a self-signed client certificate;
+    * `client_sha1`: a client certificate the CA signed with SHA-1, and
+      `server_rsa1024` a server certificate with an RSA-1024 key (both
+      weaker than OpenSSL's usual security level allows, as `:ssl` takes
+      them);
     * `server_rsa_enc`: `server_rsa`'s key, PKCS#8 encrypted (AES-256)
       with the password `password/0`.
 
@@ -169,6 +173,8 @@ defmodule Islet.Test.Certs do
     leaf(dir, "other_client", "islet-other-client", "ec", "other_ca", "client")
     leaf(dir, "inter", "Islet Test Intermediate", "ec", "ca", "v3_inter")
     leaf(dir, "inter_client", "islet-inter-client", "ec", "inter", "client")
+    leaf(dir, "client_sha1", "islet-client-sha1", "ec", "ca", "client", "sha1")
+    leaf(dir, "server_rsa1024", "localhost", "rsa1024", "ca", "server")
     File.write!(Path.join(dir, "ca_inter.pem"), [pem!(dir, "inter"), pem!(dir, "ca")])
     genkey(dir, "self_client", "ec")
 
@@ -238,7 +244,7 @@ defmodule Islet.Test.Certs do
     ])
   end
 
-  defp leaf(dir, name, cn, kind, ca, extensions) do
+  defp leaf(dir, name, cn, kind, ca, extensions, digest \\ "sha256") do
     genkey(dir, name, kind)
 
     openssl!(dir, [
@@ -270,16 +276,19 @@ defmodule Islet.Test.Certs do
       extensions,
       "-days",
       "30",
-      "-sha256",
+      "-" <> digest,
       "-out",
       name <> ".pem"
     ])
   end
 
-  defp genkey(dir, name, "rsa") do
+  defp genkey(dir, name, "rsa"), do: rsa_key(dir, name, 2048)
+  defp genkey(dir, name, "rsa1024"), do: rsa_key(dir, name, 1024)
+
+  defp rsa_key(dir, name, bits) do
     openssl!(
       dir,
-      ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"] ++
+      ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:#{bits}"] ++
         ["-out", name <> ".key"]
     )
   end
