@@ -7,15 +7,16 @@ defmodule Islet.TLS.Options do
   or a list of DER, leaf first), `key` (`{type, der}`), `certs_keys`,
   `cacertfile`, `cacerts`, `password` (encrypted PEM keys), `verify`,
   `fail_if_no_peer_cert`, `depth`, `versions` (`:"tlsv1.2"`, `:"tlsv1.3"`),
-  `ciphers` (suite maps, tuples, or an OpenSSL string; without it, `:ssl`'s
-  default suites, less the fixed ECDH ones OpenSSL lacks), `honor_cipher_order`,
-  `alpn_preferred_protocols`, `sni_hosts`, `sni_fun`, `reuse_sessions`,
-  `session_tickets`, `eccs` (TLS 1.2's curves) and `supported_groups` (TLS
-  1.3's groups: OpenSSL has one list, so each connection gets its
-  version's), `honor_ecc_order`, `signature_algs`, `dh` and `dhfile` (DHE
-  suites in `ciphers` without either use OpenSSL's RFC 7919 groups, as
-  `:ssl` has default parameters), `key_update_at` (on Islet's record layer)
-  and `max_handshake_size`.
+  `ciphers` (suite maps, tuples, or an OpenSSL string; without it,
+  `:ssl`'s default suites, less the fixed ECDH ones OpenSSL lacks),
+  `honor_cipher_order`, `alpn_preferred_protocols`, `sni_hosts`, `sni_fun`,
+  `reuse_sessions`, `session_tickets`, `eccs` (TLS 1.2's curves) and
+  `supported_groups` (TLS 1.3's groups: OpenSSL has one list, so each
+  connection gets its version's; without it, `:ssl`'s default groups),
+  `honor_ecc_order`, `signature_algs`, `dh` and `dhfile` (DHE suites
+  without either use OpenSSL's RFC 7919 groups, as `:ssl` has default
+  parameters), `key_update_at` (on Islet's record layer) and
+  `max_handshake_size`.
 
   Accepted and ignored on purpose, with their values checked as `:ssl`
   checks them: `log_level` and `log_alert` (OpenSSL does not log through
@@ -187,7 +188,12 @@ defmodule Islet.TLS.Options do
     others =
       verify(tls) ++
         versions(Keyword.get(tls, :versions)) ++
-        ciphers ++ dh_auto(tls, ciphers) ++ simple(tls) ++ extras(tls) ++ sni(tls)
+        ciphers ++
+        dh_auto(tls, ciphers) ++
+        simple(tls) ++
+        extras(tls) ++
+        groups13(tls) ++
+        sni(tls)
 
     {:ok, keys, others}
   end
@@ -629,6 +635,20 @@ defmodule Islet.TLS.Options do
 
   defp dependency(k, on, values),
     do: throw({:option, {:error, {:options, :dependency, {k, {on, values}}}}})
+
+  # Without supported_groups, TLS 1.3 gets :ssl's default groups, not
+  # OpenSSL's (which add P-521 and the ffdhe groups): a client offering only
+  # those is refused, as by :ssl. (TLS 1.2 keeps OpenSSL's curves without
+  # eccs, see Islet.TLS's README.)
+  defp groups13(tls) do
+    versions = Keyword.get(tls, :versions)
+
+    cond do
+      Keyword.has_key?(tls, :supported_groups) -> []
+      is_list(versions) and :"tlsv1.3" not in versions -> []
+      true -> [groups13: group_names(:ssl.groups(:default))]
+    end
+  end
 
   defp group_names(list),
     do: for(g <- list, is_atom(g), do: Map.get(@group_names, g, Atom.to_string(g)))

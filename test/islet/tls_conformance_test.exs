@@ -594,6 +594,25 @@ defmodule Islet.TLSConformanceTest do
     assert der == Certs.der(:server_rsa1024)
   end
 
+  test "without supported_groups: the TLS 1.3 groups a client may use alone" do
+    # :ssl's default groups, not OpenSSL's (which added P-521 and ffdhe):
+    # each group :ssl knows, offered alone, is accepted or refused alike.
+    assert_same(fn mod ->
+      for group <- :ssl.groups() do
+        %{handshake: hs, connect: c} =
+          pair(mod, [versions: [:"tlsv1.3"]], versions: [:"tlsv1.3"], supported_groups: [group])
+
+        client =
+          case c do
+            {:ok, _} -> :ok
+            error -> tidy(error)
+          end
+
+        {group, elem(hs, 0), client}
+      end
+    end)
+  end
+
   describe "ciphers" do
     test "a TLS 1.2 suite (map form)" do
       suite = %{key_exchange: :ecdhe_rsa, cipher: :chacha20_poly1305, mac: :aead, prf: :sha256}
