@@ -645,6 +645,8 @@ defmodule Islet.TLSConformanceTest do
     end
 
     for version <- [:"tlsv1.2", :"tlsv1.3"], cert <- [:server_rsa, :server_ec] do
+      # About 90 handshakes a side: under ASan, more than the usual 30 s.
+      @tag timeout: 600_000
       test "without ciphers: the suites a client may use alone (#{version}, #{cert})" do
         # Each suite :ssl knows, offered alone by the client, to servers
         # with their default suites: both accept or both refuse it. (With
@@ -657,17 +659,20 @@ defmodule Islet.TLSConformanceTest do
           |> Enum.uniq()
           |> Enum.reject(&(&1.key_exchange in [:ecdh_ecdsa, :ecdh_rsa]))
 
-        assert_same(fn mod ->
-          for suite <- suites do
-            %{handshake: hs, connect: c} =
-              pair(mod, Certs.server_opts(unquote(cert)),
-                versions: [unquote(version)],
-                ciphers: [suite]
-              )
+        assert_same(
+          fn mod ->
+            for suite <- suites do
+              %{handshake: hs, connect: c} =
+                pair(mod, Certs.server_opts(unquote(cert)),
+                  versions: [unquote(version)],
+                  ciphers: [suite]
+                )
 
-            {:ssl.suite_to_str(suite), elem(hs, 0), elem(c, 0)}
-          end
-        end)
+              {:ssl.suite_to_str(suite), elem(hs, 0), elem(c, 0)}
+            end
+          end,
+          timeout: 240_000
+        )
       end
     end
 
