@@ -405,10 +405,7 @@ defmodule Islet.TLS.Options do
   # OpenSSL skips the names it lacks (the fixed ECDH suites). Built once
   # per version.
   defp default_ciphers(versions) do
-    high =
-      if is_list(versions) and versions != [] and :"tlsv1.3" not in versions,
-        do: :"tlsv1.2",
-        else: :"tlsv1.3"
+    high = if tls13?(versions), do: :"tlsv1.3", else: :"tlsv1.2"
 
     key = {__MODULE__, :default_ciphers, high}
 
@@ -536,9 +533,7 @@ defmodule Islet.TLS.Options do
   # TLS 1.3 only (checked first, as :ssl does); false leaves the CA names
   # out of TLS 1.3's CertificateRequest (TLS 1.2's always has them).
   defp extra(:certificate_authorities, b, tls) do
-    versions = Keyword.get(tls, :versions)
-
-    if is_list(versions) and :"tlsv1.3" not in versions,
+    unless tls13?(Keyword.get(tls, :versions)),
       do: dependency(:certificate_authorities, :versions, [:"tlsv1.3"])
 
     if is_boolean(b), do: [certificate_authorities: b], else: bad(:certificate_authorities, b)
@@ -550,13 +545,8 @@ defmodule Islet.TLS.Options do
   defp extra(:eccs, v, _), do: bad(:eccs, v)
 
   defp extra(:supported_groups, list, tls) when is_list(list) do
-    case Keyword.get(tls, :versions) do
-      versions when is_list(versions) ->
-        unless :"tlsv1.3" in versions, do: dependency(:supported_groups, :versions, [:"tlsv1.3"])
-
-      _ ->
-        :ok
-    end
+    unless tls13?(Keyword.get(tls, :versions)),
+      do: dependency(:supported_groups, :versions, [:"tlsv1.3"])
 
     [groups13: group_names(list)]
   end
@@ -641,14 +631,15 @@ defmodule Islet.TLS.Options do
   # those is refused, as by :ssl. (TLS 1.2 keeps OpenSSL's curves without
   # eccs, see Islet.TLS's README.)
   defp groups13(tls) do
-    versions = Keyword.get(tls, :versions)
-
-    cond do
-      Keyword.has_key?(tls, :supported_groups) -> []
-      is_list(versions) and :"tlsv1.3" not in versions -> []
-      true -> [groups13: group_names(:ssl.groups(:default))]
-    end
+    if Keyword.has_key?(tls, :supported_groups) or not tls13?(Keyword.get(tls, :versions)),
+      do: [],
+      else: [groups13: group_names(:ssl.groups(:default))]
   end
+
+  # Whether `versions` offers TLS 1.3 (as :ssl's default does when it is
+  # not given; a list that is not a valid one is refused by versions/1).
+  defp tls13?(versions) when is_list(versions) and versions != [], do: :"tlsv1.3" in versions
+  defp tls13?(_versions), do: true
 
   defp group_names(list),
     do: for(g <- list, is_atom(g), do: Map.get(@group_names, g, Atom.to_string(g)))
