@@ -16,26 +16,8 @@ defmodule Mix.Tasks.Compile.IsletNif do
   @impl true
   def run(_args) do
     root = File.cwd!()
-    build_type = System.get_env("ISLET_CMAKE_BUILD_TYPE", "Release")
     sanitize = System.get_env("ISLET_SANITIZE", "0")
-    build_dir = Path.join([Mix.Project.build_path(), "cmake", "#{build_type}-san#{sanitize}"])
-    File.mkdir_p!(build_dir)
-
-    erts_include =
-      Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "include"])
-
-    unless File.exists?(Path.join(build_dir, "CMakeCache.txt")) do
-      cmd!("cmake", [
-        "-S",
-        root,
-        "-B",
-        build_dir,
-        "-DCMAKE_BUILD_TYPE=#{build_type}",
-        "-DERTS_INCLUDE_DIR=#{erts_include}",
-        "-DISLET_SANITIZE=#{sanitize}"
-      ])
-    end
-
+    build_dir = configure!(root, sanitize)
     jobs = System.schedulers_online() |> Integer.to_string()
     cmd!("cmake", ["--build", build_dir, "--parallel", jobs])
 
@@ -54,6 +36,42 @@ defmodule Mix.Tasks.Compile.IsletNif do
     end
 
     {:ok, []}
+  end
+
+  @doc """
+  Builds one of the CMake project's other targets (the benchmark's
+  `islet_hsload`) in the same build directory, and returns its path.
+  """
+  @spec build_target!(String.t()) :: Path.t()
+  def build_target!(target) do
+    build_dir = configure!(File.cwd!(), System.get_env("ISLET_SANITIZE", "0"))
+    cmd!("cmake", ["--build", build_dir, "--target", target])
+    Path.join(build_dir, target)
+  end
+
+  # Configures the CMake build directory of this build path, build type and
+  # sanitizer setting once; returns it.
+  defp configure!(root, sanitize) do
+    build_type = System.get_env("ISLET_CMAKE_BUILD_TYPE", "Release")
+    build_dir = Path.join([Mix.Project.build_path(), "cmake", "#{build_type}-san#{sanitize}"])
+    File.mkdir_p!(build_dir)
+
+    erts_include =
+      Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "include"])
+
+    unless File.exists?(Path.join(build_dir, "CMakeCache.txt")) do
+      cmd!("cmake", [
+        "-S",
+        root,
+        "-B",
+        build_dir,
+        "-DCMAKE_BUILD_TYPE=#{build_type}",
+        "-DERTS_INCLUDE_DIR=#{erts_include}",
+        "-DISLET_SANITIZE=#{sanitize}"
+      ])
+    end
+
+    build_dir
   end
 
   defp stale?(built, target) do

@@ -37,6 +37,7 @@ defmodule Islet.BenchSmokeTest do
              JSON.decode(json)
 
     assert meta["quick"] == true
+    assert meta["handshake_client"] == "islet_hsload" and meta["handshake_clients"] == 16
 
     pairs = Transports.select(nil)
     assert Enum.map(pairs, & &1.id) == [:tcp, :tls], "both pairs run by default"
@@ -85,6 +86,57 @@ defmodule Islet.BenchSmokeTest do
     end
 
     assert <<0x89, "PNG", _::binary>> = File.read!(Path.join(out, "latest.png"))
+  end
+
+  # The handshake client: full handshakes (each one the server's, none
+  # resumed), in both versions, and it stops by itself, also when every
+  # handshake fails.
+  test "islet_hsload makes full handshakes for its time, then stops" do
+    hsload = Mix.Tasks.Compile.IsletNif.build_target!("islet_hsload")
+
+    {:ok, server} =
+      Islet.Bench.Server.start_link(
+        transport: Islet.TLS,
+        listen_options: Islet.Test.Certs.server_opts(:server_ec),
+        check_resumption: true
+      )
+
+    port = Islet.Bench.Server.port(server)
+    counters = Islet.Bench.Server.counters(server)
+
+    for version <- ["tls1_3", "tls1_2"] do
+      before = Islet.Bench.Counters.read(counters)
+      {out, 0} = System.cmd(hsload, ["127.0.0.1", "#{port}", version, "4", "0.3"])
+
+      assert [_, made, "0", seconds] =
+               Regex.run(~r/^handshakes (\d+) failures (\d+) seconds ([\d.]+)/, out)
+
+      assert String.to_integer(made) > 0
+      assert_in_delta String.to_float(seconds), 0.3, 0.2
+
+      # The handshakes the client ended mid-way at its stop may still be
+      # counted as connections; none was resumed.
+      Process.sleep(100)
+      later = Islet.Bench.Counters.read(counters)
+      accepted = later.accepted - before.accepted
+      assert accepted >= String.to_integer(made) and accepted <= String.to_integer(made) + 4
+      assert later.resumed == before.resumed
+    end
+
+    # A listener that refuses every handshake (TLS 1.2 only, asked for 1.3).
+    {:ok, tls12} =
+      Islet.Bench.Server.start_link(
+        transport: Islet.TLS,
+        listen_options: Islet.Test.Certs.server_opts(:server_ec) ++ [versions: [:"tlsv1.2"]]
+      )
+
+    {out, 1} =
+      System.cmd(hsload, ["127.0.0.1", "#{Islet.Bench.Server.port(tls12)}", "tls1_3", "2", "5"],
+        stderr_to_stdout: true
+      )
+
+    assert out =~ "every handshake fails"
+    assert out =~ ~r/handshakes 0 failures \d+/
   end
 
   test "wrk's --latency report is parsed" do

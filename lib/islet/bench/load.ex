@@ -3,7 +3,8 @@ defmodule Islet.Bench.Load do
   The external load generators, each a separate OS process pinned with
   `taskset` to the client core and bounded with `timeout`: `wrk` for
   request/response workloads, `curl` for the download and the upload,
-  `openssl s_time` for full TLS handshakes. URLs may be `https://` (wrk and
+  the benchmark's own `islet_hsload` (or `openssl s_time`) for full TLS
+  handshakes. URLs may be `https://` (wrk and
   curl speak TLS; curl is given `-k`).
   """
 
@@ -16,6 +17,9 @@ defmodule Islet.Bench.Load do
           socket_errors: non_neg_integer(),
           non_2xx: non_neg_integer()
         }
+
+  @typedoc "A full-handshake client: the benchmark's own (its path) or `openssl s_time`."
+  @type handshake_client :: {:hsload, Path.t()} | :s_time
 
   @typedoc "What a curl transfer measured."
   @type transfer_result :: %{
@@ -143,40 +147,58 @@ defmodule Islet.Bench.Load do
   end
 
   @doc """
-  Runs `:clients` `openssl s_time -new` processes (full handshakes, a new
-  session each, no request) against `host:port` with `version` (`"-tls1_3"`
-  or `"-tls1_2"`), pinned to `:cpu`, for `:limit_ms`; calls `during` while
-  they run and returns its result once they have all been stopped. Fails if
-  a client ended before its time (its output tells why).
+  Makes full TLS handshakes (a new session each, never resumed; no request)
+  against `host:port` with `version` (`"tls1_3"` or `"tls1_2"`), pinned to
+  `:cpu`, for `:limit_ms`; calls `during` while they run and returns its
+  result once the clients have ended. Fails if a client failed.
+
+  `:client` says which: `{:hsload, path}`, the benchmark's own client
+  (`bench/hsload.cpp`, CMake target `islet_hsload`), one process keeping
+  `:clients` handshakes in flight; or `:s_time`, `:clients` `openssl s_time -new`
+  processes, one handshake at a time each (about 1 ms of client CPU per
+  handshake with OpenSSL 3.0, twice hsload's: a few of them on one CPU
+  leave a fast server idle between handshakes).
   """
   @spec handshakes(String.t(), :inet.port_number(), String.t(), keyword(), (() -> result)) ::
           {:ok, result} | {:error, term()}
         when result: term()
   def handshakes(host, port, version, options, during) do
     limit_ms = Keyword.fetch!(options, :limit_ms)
-    openssl = executable!("openssl")
+    cpu = Keyword.fetch!(options, :cpu)
+    clients = Keyword.fetch!(options, :clients)
 
-    args =
-      ["-k", "2", "#{limit_ms / 1000}", "taskset", "-c", Keyword.fetch!(options, :cpu)] ++
-        [openssl, "s_time", "-connect", "#{host}:#{port}", "-new", version, "-time", "3600"] ++
-        no_ca_flags(openssl)
+    {programs, ok_status} =
+      case Keyword.fetch!(options, :client) do
+        {:hsload, hsload} ->
+          args = [host, "#{port}", version, "#{clients}", "#{limit_ms / 1000}"]
+          {[[hsload | args]], 0}
 
-    clients =
-      for _ <- 1..Keyword.fetch!(options, :clients) do
+        :s_time ->
+          openssl = executable!("openssl")
+          args = ["-connect", "#{host}:#{port}", "-new", "-" <> version, "-time", "3600"]
+          # s_time runs until stopped: `timeout` ends it (status 124).
+          {List.duplicate([openssl, "s_time" | args] ++ no_ca_flags(openssl), clients), 124}
+      end
+
+    # hsload stops by itself at the limit; `timeout` bounds it anyway.
+    seconds = if ok_status == 124, do: limit_ms / 1000, else: limit_ms / 1000 + 5
+
+    ports =
+      for program <- programs do
         Port.open({:spawn_executable, executable!("timeout")}, [
           :binary,
           :exit_status,
           :stderr_to_stdout,
-          args: args
+          args: ["-k", "2", "#{seconds}", "taskset", "-c", cpu | program]
         ])
       end
 
     result = during.()
-    statuses = Enum.map(clients, &await_exit(&1, "", limit_ms + 5_000))
+    statuses = Enum.map(ports, &await_exit(&1, "", limit_ms + 10_000))
 
-    case Enum.find(statuses, &(elem(&1, 0) != 124)) do
+    case Enum.find(statuses, &(elem(&1, 0) != ok_status)) do
       nil -> {:ok, result}
-      {status, output} -> {:error, {:s_time, status, String.slice(output, -300, 300)}}
+      {status, output} -> {:error, {:handshake_client, status, String.slice(output, -300, 300)}}
     end
   end
 

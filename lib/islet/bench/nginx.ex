@@ -3,8 +3,8 @@ defmodule Islet.Bench.Nginx do
   nginx as an outside reference for the TLS handshake rows: the issue's
   handshake goal (2.5x `:ssl`) is "about what nginx reaches on the same
   machine", so when an `nginx` binary is installed (Debian's `nginx-light`
-  is enough) the benchmark measures it with the same `openssl s_time`
-  clients, in the same minutes, and reports nginx against `:ssl` and
+  is enough) the benchmark measures it with the same handshake client, in
+  the same minutes, and reports nginx against `:ssl` and
   Islet.TLS against nginx next to the goal's ratio.
 
   nginx runs in the foreground as one process (`master_process off`: no
@@ -16,8 +16,8 @@ defmodule Islet.Bench.Nginx do
 
   A sample gives what a benchmark server's `:sample` gives: the time, the
   process's CPU time and counters, `:accepted` being the connections
-  nginx handled less its status requests (`openssl s_time -new` makes one
-  full handshake per connection and sends no request).
+  nginx handled less its status requests (the handshake clients make one
+  full handshake per connection and send no request).
   """
 
   alias Islet.Bench.OS

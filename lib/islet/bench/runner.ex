@@ -31,7 +31,8 @@ defmodule Islet.Bench.Runner do
           idle_connections: pos_integer(),
           file_mb: pos_integer(),
           downloads: pos_integer() | nil,
-          handshake_clients: pos_integer(),
+          handshake_client: Islet.Bench.Load.handshake_client(),
+          handshake_clients: pos_integer() | nil,
           handshake_ms: pos_integer(),
           warmup: non_neg_integer(),
           workloads: [Workloads.workload()],
@@ -57,7 +58,9 @@ defmodule Islet.Bench.Runner do
     idle_connections: 10_000,
     file_mb: 256,
     downloads: nil,
-    handshake_clients: 4,
+    # `mix islet.bench` gives {:hsload, path} (it builds the client).
+    handshake_client: :s_time,
+    handshake_clients: nil,
     handshake_ms: 500,
     warmup: 1,
     workloads: nil,
@@ -166,7 +169,8 @@ defmodule Islet.Bench.Runner do
       downloads: config.downloads || pair.downloads,
       idle_connections: config.idle_connections,
       idle_listener: pair.idle_listener,
-      handshake_clients: config.handshake_clients,
+      handshake_client: config.handshake_client,
+      handshake_clients: handshake_clients(config),
       handshake_ms: config.handshake_ms,
       server_cpu_count: server_cpus |> String.split(",") |> length(),
       scheme: pair.scheme,
@@ -196,6 +200,16 @@ defmodule Islet.Bench.Runner do
   # The pair's workloads among those asked for, in the order of `Workloads.all/0`.
   defp workloads(pair, config),
     do: Enum.filter(Workloads.for_pair(pair), &(&1 in config.workloads))
+
+  # Handshakes in flight: hsload keeps 16 from its one process (enough to
+  # keep a server that is twice as fast as the client busy); each s_time
+  # process has one.
+  defp handshake_clients(%{handshake_clients: n}) when is_integer(n), do: n
+  defp handshake_clients(%{handshake_client: {:hsload, _}}), do: 16
+  defp handshake_clients(%{handshake_client: :s_time}), do: 4
+
+  defp handshake_client_name({:hsload, _path}), do: "islet_hsload"
+  defp handshake_client_name(:s_time), do: "openssl s_time"
 
   defp runs(:idle, config), do: config.idle_runs
   defp runs(_workload, config), do: config.runs
@@ -707,7 +721,8 @@ defmodule Islet.Bench.Runner do
       idle_connections: config.idle_connections,
       file_bytes: config.file_mb * 1_048_576,
       downloads_per_sample: Map.new(pairs, &{&1.id, config.downloads || &1.downloads}),
-      handshake_clients: config.handshake_clients,
+      handshake_client: handshake_client_name(config.handshake_client),
+      handshake_clients: handshake_clients(config),
       handshake_window_ms: config.handshake_ms,
       warmup_s: config.warmup,
       workloads: config.workloads,

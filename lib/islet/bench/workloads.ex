@@ -14,13 +14,16 @@ defmodule Islet.Bench.Workloads do
       per sample): handshakes per second (`hs/s`) and per second of server
       CPU (`hs/CPU-s`, what the server would sustain on a CPU of its own;
       each handshake is a whole connection: accept, handler, close).
-      The clients are `openssl s_time -new` (a new session per connection,
-      never resumed; handshake only, no request), several at once on the
-      client CPU. Rates are the server's completed handshakes over a window
+      The client is the benchmark's own `islet_hsload` (`bench/hsload.cpp`:
+      one process, 16 handshakes in flight, a new session per connection,
+      never resumed, handshake only, no request; `openssl s_time -new`
+      processes with `--handshake-client s_time`) on the client CPU.
+      Rates are the server's completed handshakes over a window
       timed inside the server BEAM, after a ramp-up. The server counts
       resumed sessions and failed handshakes (warnings when any), and a
       warning says when the server was less than 85% busy: the client
-      (OpenSSL 3, about 1 ms of CPU per handshake) then limits `hs/s`,
+      (OpenSSL 3.0: about 0.5 ms of CPU per handshake, 1 ms for s_time)
+      then limits `hs/s`,
       and `hs/CPU-s` is the figure that compares the servers.
     * `:download` - curl fetches a file the server sends with `sendfile/4`,
       several times per sample on one connection (4 by default over TCP,
@@ -81,6 +84,7 @@ defmodule Islet.Bench.Workloads do
           downloads: pos_integer(),
           idle_connections: pos_integer(),
           idle_listener: atom(),
+          handshake_client: Load.handshake_client(),
           handshake_clients: pos_integer(),
           handshake_ms: pos_integer(),
           server_cpu_count: pos_integer(),
@@ -107,10 +111,10 @@ defmodule Islet.Bench.Workloads do
 
   # The handshake windows: metric key prefix, label, listener, s_time version flag.
   @handshakes [
-    {:ecdsa13, "ECDSA TLS1.3", :ecdsa, "-tls1_3"},
-    {:rsa13, "RSA TLS1.3", :main, "-tls1_3"},
-    {:ecdsa12, "ECDSA TLS1.2", :ecdsa, "-tls1_2"},
-    {:rsa12, "RSA TLS1.2", :main, "-tls1_2"}
+    {:ecdsa13, "ECDSA TLS1.3", :ecdsa, "tls1_3"},
+    {:rsa13, "RSA TLS1.3", :main, "tls1_3"},
+    {:ecdsa12, "ECDSA TLS1.2", :ecdsa, "tls1_2"},
+    {:rsa12, "RSA TLS1.2", :main, "tls1_2"}
   ]
   @handshake_labels for {key, label, _, _} <- @handshakes, do: {key, label}
   @handshake_ramp_ms 150
@@ -294,6 +298,7 @@ defmodule Islet.Bench.Workloads do
 
     options = [
       cpu: context.client_cpu,
+      client: context.handshake_client,
       clients: context.handshake_clients,
       limit_ms: @handshake_ramp_ms + window + 150
     ]

@@ -15,8 +15,8 @@ defmodule Mix.Tasks.Islet.Bench do
   keep-alive connections: requests/s, p50/p99 latency, server CPU per 100k
   requests), `close` (a connection per request: connections/s),
   `handshake` (TLS only: full handshakes/s and server CPU per handshake with
-  ECDSA P-256 and RSA-2048 certificates in TLS 1.3 and 1.2, clients
-  `openssl s_time -new`), `download` (a 256 MiB file by `sendfile/4`, 4
+  ECDSA P-256 and RSA-2048 certificates in TLS 1.3 and 1.2, from the
+  benchmark's own client), `download` (a 256 MiB file by `sendfile/4`, 4
   times per sample over TCP, once over TLS: MB/s, server CPU per GB),
   `upload` (256 MiB read with passive `recv/3`: MB/s) and `idle` (10,000
   idle keep-alive connections, TLS ones with the handshake done: BEAM and
@@ -31,7 +31,7 @@ defmodule Mix.Tasks.Islet.Bench do
   The server is a miniature of Thousand Island's runtime
   (`Islet.Bench.Server`: acceptor pool, a handler process per connection,
   active-once loop) in a child BEAM pinned with taskset to the first CPU with
-  one scheduler; wrk, curl and openssl s_time run pinned to the last CPU
+  one scheduler; wrk, curl and the handshake client run pinned to the last CPU
   (the idle client, whose CPU time does not matter, may use every CPU).
   Progress lines say how busy the server was; a note follows the table when
   it was less than 85% busy (the client, or other load, limited the rate).
@@ -59,8 +59,13 @@ defmodule Mix.Tasks.Islet.Bench do
     * `--file-mb N` - size of the download/upload file in MiB (default 256)
     * `--downloads N` - downloads of the file per sample (default 4 over
       TCP, 1 over TLS)
-    * `--handshake-clients N` - concurrent `openssl s_time` clients
-      (default 4)
+    * `--handshake-client hsload|s_time` - the full-handshake client:
+      the benchmark's own (`bench/hsload.cpp`, built here with CMake; one
+      process, handshakes in flight on an epoll set) or `openssl s_time
+      -new` processes (about twice hsload's CPU per handshake: on the one
+      client CPU they cannot keep Islet.TLS busy). Default hsload
+    * `--handshake-clients N` - handshakes in flight: hsload's connections
+      (default 16) or s_time processes (default 4)
     * `--handshake-ms N` - measured window per handshake figure (default
       500, 300 with `--quick`)
     * `--warmup SECONDS` - unmeasured wrk run per server (default 1)
@@ -91,6 +96,7 @@ defmodule Mix.Tasks.Islet.Bench do
     idle_connections: :integer,
     file_mb: :integer,
     downloads: :integer,
+    handshake_client: :string,
     handshake_clients: :integer,
     handshake_ms: :integer,
     warmup: :integer,
@@ -158,6 +164,7 @@ defmodule Mix.Tasks.Islet.Bench do
       idle_connections: positive(options, :idle_connections),
       file_mb: positive(options, :file_mb),
       downloads: positive(options, :downloads),
+      handshake_client: handshake_client(options[:handshake_client]),
       handshake_clients: positive(options, :handshake_clients),
       handshake_ms: positive(options, :handshake_ms),
       warmup: options[:warmup],
@@ -180,6 +187,14 @@ defmodule Mix.Tasks.Islet.Bench do
         Mix.raise("--#{String.replace(to_string(key), "_", "-")} must be positive, got #{value}")
     end
   end
+
+  defp handshake_client(name) when name in [nil, "hsload"],
+    do: {:hsload, Mix.Tasks.Compile.IsletNif.build_target!("islet_hsload")}
+
+  defp handshake_client("s_time"), do: :s_time
+
+  defp handshake_client(name),
+    do: Mix.raise("--handshake-client must be hsload or s_time, got #{inspect(name)}")
 
   defp workloads(nil), do: nil
 
