@@ -176,6 +176,7 @@ struct Sock {
   // that context (a reference of its own) for what Erlang needs.
   std::vector<std::string> peer_chain;
   void* verify_ctx = nullptr;
+  bool peer_chain_tls13 = false;  // the version the chain is checked for
   // TLS 1.2: the server's last flight waits (its writes are held) while
   // Erlang checks the chain, so that a refusal comes before the handshake
   // ends, as with :ssl; chain_checked once Erlang accepted it.

@@ -71,6 +71,17 @@ struct CtxData {
   // CertificateRequest (TLS 1.2 always has them, as with :ssl).
   bool no_ca_names13 = false;
   uint64_t key_update_at = 0;     // TLS 1.3, Islet's record layer: bytes per key
+  // :ssl's check of the signature algorithm of each certificate of a
+  // client's path (Islet.TLS.CertSigs makes the table): per version, the
+  // alert for each algorithm it knows (0: accepted); internal_error for
+  // the others, where :ssl's own check fails.
+  struct SigRule {
+    int nid;     // the signature algorithm
+    int md_nid;  // RSASSA-PSS: its hash; else NID_undef
+    int alert;
+  };
+  std::vector<SigRule> cert_sigs[2];  // [0] TLS 1.2, [1] TLS 1.3
+  bool cert_sig_check = false;
   ~CtxData() {
     for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
     if (data_env != nullptr) enif_free_env(data_env);
@@ -146,7 +157,7 @@ std::string client_hello_sni(SSL* ssl) {
 
 void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
   SSL_set_SSL_CTX(ssl, ctx);
-  SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), nullptr);
+  SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), SSL_CTX_get_verify_callback(ctx));
   SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
   SSL_set_options(ssl, SSL_CTX_get_options(ctx));
 }
@@ -454,6 +465,17 @@ bool bin_list(ErlNifEnv* env, ERL_NIF_TERM list, std::vector<ErlNifBinary>* out)
   return enif_is_empty_list(env, t);
 }
 
+// The NID of a dotted OID ("1.2.840.113549.1.1.11"), or NID_undef.
+int oid_nid(const ErlNifBinary& b) {
+  std::string text(reinterpret_cast<const char*>(b.data), b.size);
+  if (text.empty() || text.size() > 64 || text.find('\0') != std::string::npos) return NID_undef;
+  ASN1_OBJECT* o = OBJ_txt2obj(text.c_str(), 1);  // numeric form only
+  int nid = o != nullptr ? OBJ_obj2nid(o) : NID_undef;
+  ASN1_OBJECT_free(o);
+  ERR_clear_error();
+  return nid;
+}
+
 X509* der_cert(const ErlNifBinary& b) {
   const unsigned char* p = b.data;
   return d2i_X509(nullptr, &p, static_cast<long>(b.size));
@@ -648,6 +670,38 @@ int accept_chain(X509_STORE_CTX* xs, void*) {
   return 1;
 }
 
+// The alert :ssl refuses a certificate signed as `x` is with, in a
+// client's path checked for TLS 1.3 (`v13`) or 1.2; 0 when it takes it.
+int cert_sig_alert(const CtxData& c, bool v13, X509* x) {
+  int nid = X509_get_signature_nid(x);
+  int md = NID_undef;
+  if (nid == NID_rsassaPss && X509_get_signature_info(x, &md, nullptr, nullptr, nullptr) != 1)
+    md = NID_undef;
+  for (const CtxData::SigRule& r : c.cert_sigs[v13])
+    if (r.nid == nid && r.md_nid == md) return r.alert;
+  return SSL_AD_INTERNAL_ERROR;
+}
+
+// The per-certificate check of a context whose client chains OpenSSL
+// verifies: after OpenSSL's own checks of a certificate, :ssl's check of
+// its signature algorithm, for each certificate of the path but the trust
+// anchor (as :ssl, whose path validation starts below it). A refusal sends
+// the alert :ssl sends (OpenSSL maps these two errors to bad_certificate
+// and internal_error).
+int check_cert_sig(int ok, X509_STORE_CTX* xs) {
+  if (ok != 1) return ok;
+  auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  const CtxData* c = ssl != nullptr ? data_of(SSL_get_SSL_CTX(ssl)) : nullptr;
+  if (c == nullptr || !c->cert_sig_check) return 1;
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(xs);
+  if (chain == nullptr || X509_STORE_CTX_get_error_depth(xs) >= sk_X509_num(chain) - 1) return 1;
+  int alert = cert_sig_alert(*c, SSL_version(ssl) >= TLS1_3_VERSION, X509_STORE_CTX_get_current_cert(xs));
+  if (alert == 0) return 1;
+  X509_STORE_CTX_set_error(xs, alert == SSL_AD_BAD_CERTIFICATE ? X509_V_ERR_CERT_REJECTED
+                                                               : X509_V_ERR_UNSPECIFIED);
+  return 0;
+}
+
 void push_der(std::vector<std::string>& out, X509* x) {
   int n = i2d_X509(x, nullptr);
   if (n <= 0) return;
@@ -674,6 +728,7 @@ void keep_peer_chain(Sock* s) {
   X509* leaf = SSL_get0_peer_certificate(s->ssl);
   if (c == nullptr || c->verify == 0 || leaf == nullptr) return;
   drop_peer_chain(s);  // (a handshake ends once; this only keeps it exact)
+  s->peer_chain_tls13 = SSL_version(s->ssl) >= TLS1_3_VERSION;
   push_der(s->peer_chain, leaf);
   // On a server, the chain OpenSSL keeps does not hold the peer's own.
   STACK_OF(X509)* rest = SSL_get_peer_cert_chain(s->ssl);
@@ -1092,6 +1147,31 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       ERR_clear_error();
       if (list.empty() || SSL_CTX_set1_sigalgs_list(ctx, list.c_str()) != 1)
         return opt_error(env, enif_make_atom(env, "signature_algs"), "no_supported_signature_schemes");
+    } else if (k == "cert_sigs") {
+      // {Rules12, Rules13}, each [{SigOid, HashOid, Alert}] (dotted OIDs;
+      // the hash for RSASSA-PSS only, else ""). OIDs OpenSSL does not
+      // know cannot name a certificate's algorithm here: dropped.
+      const ERL_NIF_TERM* per;
+      if (!enif_get_tuple(env, kv[1], &arity, &per) || arity != 2) return enif_make_badarg(env);
+      for (int v = 0; v < 2; v++) {
+        c->cert_sigs[v].clear();
+        ERL_NIF_TERM rh, rt = per[v];
+        while (enif_get_list_cell(env, rt, &rh, &rt)) {
+          const ERL_NIF_TERM* r;
+          ErlNifBinary oid, hash;
+          int alert;
+          if (!enif_get_tuple(env, rh, &arity, &r) || arity != 3 || !enif_inspect_binary(env, r[0], &oid) ||
+              !enif_inspect_binary(env, r[1], &hash) || !enif_get_int(env, r[2], &alert) || alert < 0 ||
+              alert > 255)
+            return enif_make_badarg(env);
+          int nid = oid_nid(oid);
+          int md = hash.size == 0 ? NID_undef : oid_nid(hash);
+          if (nid != NID_undef && (hash.size == 0 || md != NID_undef))
+            c->cert_sigs[v].push_back({nid, md, alert});
+        }
+        if (!enif_is_empty_list(env, rt)) return enif_make_badarg(env);
+      }
+      c->cert_sig_check = true;
     } else if (k == "dh") {
       // PKCS #3 DH parameters (dh, or dhfile's PEM), for the DHE suites.
       if (!enif_inspect_binary(env, kv[1], &b)) return enif_make_badarg(env);
@@ -1146,7 +1226,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // sni_hosts / sni_fun can complete a handshake (as with :ssl).
   if (!have_cert && !c->sni_fun && c->sni_hosts.empty() && c->deferred == 0)
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
-  SSL_CTX_set_verify(ctx, verify, nullptr);
+  SSL_CTX_set_verify(ctx, verify, c->cert_sig_check ? check_cert_sig : nullptr);
   if (c->has_groups[1] && !c->groups[1].empty())
     SSL_CTX_set1_groups(ctx, c->groups[1].data(), c->groups[1].size());
   build_chains(ctx);
@@ -1334,7 +1414,8 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   return Step::Fail;
 }
 
-// {verify, [Der], Data}: the client's chain for Islet.TLS.Verify, once.
+// {verify, [Der], Data, Version}: the client's chain for Islet.TLS.Verify,
+// once.
 ERL_NIF_TERM verify_answer(ErlNifEnv* env, Sock* s) {
   std::vector<ERL_NIF_TERM> ders;
   for (const std::string& d : s->peer_chain) {
@@ -1345,9 +1426,10 @@ ERL_NIF_TERM verify_answer(ErlNifEnv* env, Sock* s) {
   CtxData* c = data_of(static_cast<SSL_CTX*>(s->verify_ctx));
   ERL_NIF_TERM data = c != nullptr && c->verify != 0 ? enif_make_copy(env, c->verify) : atom.undefined;
   drop_peer_chain(s);
-  return enif_make_tuple3(env, enif_make_atom(env, "verify"),
+  ERL_NIF_TERM version = enif_make_atom(env, s->peer_chain_tls13 ? "tlsv1.3" : "tlsv1.2");
+  return enif_make_tuple4(env, enif_make_atom(env, "verify"),
                           enif_make_list_from_array(env, ders.data(), static_cast<unsigned>(ders.size())),
-                          data);
+                          data, version);
 }
 
 ERL_NIF_TERM finish_step(ErlNifEnv* env, Sock* s, const ErlNifPid& me, Step step, int code) {

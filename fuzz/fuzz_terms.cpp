@@ -310,11 +310,11 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
         SSL_do_handshake(it.client);
         ERR_clear_error();
         ERL_NIF_TERM r = call(it, "tls_handshake", {s});
-        // {verify, Chain, Data}: Erlang's turn, as in Islet.TLS (a
+        // {verify, Chain, Data, Version}: Erlang's turn, as in Islet.TLS (a
         // kVerifyFailed refuses the chain, the next kPeerTls accepts it).
         int arity;
         const ERL_NIF_TERM* el;
-        if (enif_get_tuple(it.env, r, &arity, &el) && arity == 3 &&
+        if (enif_get_tuple(it.env, r, &arity, &el) && arity == 4 &&
             enif_is_identical(el[0], enif_make_atom(it.env, "verify")))
           break;
       }

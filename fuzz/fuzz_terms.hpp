@@ -106,6 +106,8 @@ constexpr const char* kAtoms[] = {
     "max_handshake_size", "key_update_at",
     // client chains checked in Erlang (verify_fun, partial_chain)
     "erl_verify", "verify",
+    // the signature algorithms of client chains (Islet.TLS.CertSigs)
+    "cert_sigs",
 };
 constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
 
@@ -119,6 +121,9 @@ constexpr std::string_view kBinStrings[] = {
     // added last: group and signature names (and near misses)
     "X25519", "prime256v1", "secp384r1", "ffdhe2048", "no_such_group", "ECDSA+SHA256",
     "rsa_pss_rsae_sha256", "ed25519",
+    // added last: OIDs (cert_sigs) and near misses
+    "1.2.840.10045.4.3.2", "1.2.840.113549.1.1.10", "2.16.840.1.101.3.4.2.1", "1.2.3.x",
+    "sha256WithRSAEncryption",
 };
 constexpr unsigned kBinCount = kGeneratedBins + sizeof kBinStrings / sizeof kBinStrings[0];
 

@@ -180,6 +180,25 @@ int main(int argc, char** argv) {
     w.kv("max_handshake_size").integer(100000);
     w.kv("key_update_at").integer(4096);
   }
+  // The signature algorithms a client chain may use (cert_sigs): the client
+  // presents a certificate its context checks natively.
+  {
+    W& w = add("tls_cert_sigs");
+    w.u8(kSockOps).u8(2);
+    w.u8(kTlsUpgrade);
+    w.list(4);
+    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
+    w.kv("cacerts").list(1).bin(kCert);
+    w.kv("verify_peer").atom("true");
+    w.kv("cert_sigs").tuple(2);
+    w.list(2).tuple(3).str("1.2.840.10045.4.3.2").str("").integer(42);
+    w.tuple(3).str("1.2.840.113549.1.1.10").str("2.16.840.1.101.3.4.2.1").integer(0);
+    w.list(1).tuple(3).str("1.2.3.x").str("sha256WithRSAEncryption").integer(80);
+    w.u8(0);
+    w.u8(kPeerTls);
+    w.u8(kNames).u8(4);
+    w.u8(kEnd).u8(0);
+  }
   // A second context naming the first as an SNI host, with an sni_fun.
   {
     W& w = add("tls_ctx_sni");

@@ -116,12 +116,12 @@ defmodule Islet.TLS do
             {:error, :timeout}
         end
 
-      {:verify, chain, config} ->
+      {:verify, chain, config, version} ->
         # The client's chain, checked as :ssl checks it (verify_fun,
         # partial_chain): a TLS 1.2 handshake waits for the answer before
         # the server's last flight, a TLS 1.3 one is over for OpenSSL (the
         # next call answers :ok at once).
-        case Islet.TLS.Verify.check(chain, config) do
+        case Islet.TLS.Verify.check(chain, config, version) do
           :ok ->
             do_handshake(socket, deadline)
 

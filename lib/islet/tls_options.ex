@@ -25,8 +25,9 @@ defmodule Islet.TLS.Options do
   altogether), `hibernate_after`, `receiver_spawn_opts` and
   `sender_spawn_opts` (no process per connection), `middlebox_comp_mode`
   (the server follows the client), `cookie`,
-  `keep_secrets`, `signature_algs_cert` (OpenSSL 3.0 has no setting for
-  it), `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
+  `keep_secrets`, `signature_algs_cert` (client chains are checked
+  against it, see `Islet.TLS.CertSigs`, but OpenSSL 3.0 cannot send it),
+  `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
   :tls`, `early_data: :disabled` and `anti_replay`. `:ssl`'s dependency
   errors are kept (`supported_groups` and `certificate_authorities`
   without TLS 1.3, the TLS 1.0 options, `early_data` and `anti_replay`
@@ -337,13 +338,23 @@ defmodule Islet.TLS.Options do
 
         partial_chain = partial_chain || fn _ -> :unknown_ca end
         depth = if is_integer(depth), do: depth, else: 10
-        [erl_verify: Islet.TLS.Verify.config(cacerts, verify_fun, partial_chain, depth)]
+        sigs = Islet.TLS.CertSigs.list(tls)
+        [erl_verify: Islet.TLS.Verify.config(cacerts, verify_fun, partial_chain, depth, sigs)]
       else
         []
       end
 
+    # The signature algorithms :ssl takes in a client's chain: checked by
+    # the NIF when OpenSSL checks the chain, else by Islet.TLS.Verify.
+    cert_sigs =
+      case peer? and in_erlang == [] and
+             Islet.TLS.CertSigs.nif_rules(Islet.TLS.CertSigs.list(tls)) do
+        {_, _} = rules -> [cert_sigs: rules]
+        _ -> []
+      end
+
     [verify_peer: peer?, fail_if_no_peer_cert: fail?] ++
-      if(is_integer(depth), do: [depth: depth], else: []) ++ in_erlang
+      if(is_integer(depth), do: [depth: depth], else: []) ++ in_erlang ++ cert_sigs
   end
 
   # As :ssl takes them: {fun, state}, or (older form) a fun given the
@@ -559,8 +570,9 @@ defmodule Islet.TLS.Options do
   defp extra(:signature_algs, list, _) when is_list(list),
     do: [sigalgs: Enum.map(list, &sigalg(&1, :signature_algs, list))]
 
-  # Checked, not applied: OpenSSL 3.0 has no setting for the
-  # signature_algorithms_cert a server sends.
+  # Checked here; client chains are checked against it (verify/1), but
+  # OpenSSL 3.0 has no setting for the signature_algorithms_cert a server
+  # sends.
   defp extra(:signature_algs_cert, list, _) when is_list(list) do
     Enum.each(list, &sigalg(&1, :signature_algs_cert, list))
     []

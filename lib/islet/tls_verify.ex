@@ -17,13 +17,14 @@ defmodule Islet.TLS.Verify do
   certificate's extended key usage must allow client authentication). A
   failure is answered with the alert `:ssl` sends for it.
 
-  Not done, as with Islet's other options: CRL and OCSP checks, and the
-  check of each certificate's signature algorithm against
-  `signature_algs` (`:ssl` refuses certificates signed with an algorithm
-  the list lacks; its default lists take the common ones).
+  Each certificate's signature algorithm is checked as `:ssl` checks it
+  (`Islet.TLS.CertSigs`). Not done, as with Islet's other options: CRL and
+  OCSP checks.
   """
 
   require Record
+
+  alias Islet.TLS.CertSigs
 
   for {name, tag} <- [
         otp_cert: :OTPCertificate,
@@ -58,35 +59,48 @@ defmodule Islet.TLS.Verify do
   @handshake_failure 40
   @internal_error 80
 
-  @typedoc "What the listener's context keeps for the check (made by `config/4`)."
+  @typedoc "What the listener's context keeps for the check (made by `config/5`)."
   @type config :: %{
           trusted: list(),
           verify_fun: {function(), term()} | nil,
           partial_chain: (list() -> term()),
-          depth: non_neg_integer()
+          depth: non_neg_integer(),
+          sigs: list() | nil
         }
 
   @doc """
   The check's configuration, made once per listener: the trusted
   certificates (DER) are decoded here, not at every handshake.
   """
-  @spec config([binary()], {function(), term()} | nil, (list() -> term()), non_neg_integer()) ::
-          config()
-  def config(cacerts, verify_fun, partial_chain, depth) do
+  @spec config(
+          [binary()],
+          {function(), term()} | nil,
+          (list() -> term()),
+          non_neg_integer(),
+          list() | nil
+        ) :: config()
+  def config(cacerts, verify_fun, partial_chain, depth, sigs) do
     trusted = cacerts |> Enum.map(&trusted_entry/1) |> Enum.reject(&is_nil/1)
-    %{trusted: trusted, verify_fun: verify_fun, partial_chain: partial_chain, depth: depth}
+
+    %{
+      trusted: trusted,
+      verify_fun: verify_fun,
+      partial_chain: partial_chain,
+      depth: depth,
+      sigs: sigs
+    }
   end
 
   # A certificate: its DER and its decoded form.
   defp cert(der), do: {der, :public_key.pkix_decode_cert(der, :otp)}
 
   @doc """
-  Checks `chain` (DER, the client's own certificate first, as it was sent).
-  Returns `:ok`, or `{:error, alert}` with the TLS alert description `:ssl`
-  would send.
+  Checks `chain` (DER, the client's own certificate first, as it was sent)
+  for a connection of TLS `version`. Returns `:ok`, or `{:error, alert}`
+  with the TLS alert description `:ssl` would send.
   """
-  @spec check([binary()], config()) :: :ok | {:error, 0..255}
-  def check(chain, config) do
+  @spec check([binary()], config(), :"tlsv1.2" | :"tlsv1.3") :: :ok | {:error, 0..255}
+  def check(chain, config, version) do
     certs =
       try do
         Enum.map(chain, &cert/1)
@@ -95,7 +109,7 @@ defmodule Islet.TLS.Verify do
       end
 
     db = config.trusted
-    ctx = %{db: db, config: config, invalidated: [], tried: []}
+    ctx = %{db: db, config: Map.put(config, :version, version), invalidated: [], tried: []}
 
     case path_validate(trusted_and_paths(certs, db, config), ctx, {:bad_cert, :unknown_ca}) do
       {:ok, _} -> :ok
@@ -359,7 +373,7 @@ defmodule Islet.TLS.Verify do
 
   defp validate_path(trusted, path, config) do
     ders = for {der, _} <- path, do: der
-    state = %{issuer: anchor(trusted), path: path}
+    state = %{issuer: anchor(trusted), path: path, sigs: config.sigs, version: config.version}
 
     :public_key.pkix_path_validation(anchor(trusted), ders,
       max_path_length: config.depth,
@@ -385,9 +399,30 @@ defmodule Islet.TLS.Verify do
            {:unknown, _} -> user(fun, cert, ext, st, us)
          end
 
+       cert, :valid_peer, {st, us} ->
+         # As :ssl: the user's function sees the peer's signature algorithm
+         # refused as {bad_cert, invalid_signature} (its intermediates'
+         # algorithms are not checked when there is a verify_fun).
+         event = if sign_ok?(cert, st), do: :valid_peer, else: {:bad_cert, :invalid_signature}
+         user(fun, cert, event, st, us)
+
        cert, event, {st, us} ->
          user(fun, cert, event, st, us)
      end, {state, user_state}}
+  end
+
+  # ssl_certificate's verify_sign/2. Where :ssl's own check fails (an
+  # algorithm it has no TLS name for), it raises, and the handshake ends in
+  # internal_error: so does this (check/3 catches it; a throw would be
+  # taken by the path validation for a verdict).
+  defp sign_ok?(cert, st) do
+    alg = CertSigs.alg_of(cert)
+
+    case CertSigs.verdict(alg, st.version, st.sigs) do
+      :ok -> true
+      42 -> false
+      _ -> :erlang.error({:no_tls_name_for_signature, alg})
+    end
   end
 
   defp user(fun, cert, event, st, us) do
@@ -419,8 +454,11 @@ defmodule Islet.TLS.Verify do
 
   defp ssl_validate(_cert, {:bad_cert, _} = reason, _st), do: {:fail, reason}
 
-  defp ssl_validate(cert, event, st) when event in [:valid, :valid_peer],
-    do: {:valid, %{st | issuer: cert}}
+  defp ssl_validate(cert, event, st) when event in [:valid, :valid_peer] do
+    if sign_ok?(cert, st),
+      do: {:valid, %{st | issuer: cert}},
+      else: {:fail, {:bad_cert, :invalid_signature}}
+  end
 
   # ssl_handshake's path_validation_alert.
   defp alert({:bad_cert, :cert_expired}), do: @certificate_expired

@@ -24,7 +24,7 @@ defmodule Islet.TLSVerifyTest do
   end
 
   @names [:client, :other_client, :client_expired, :inter_client, :self_client, :server_ec] ++
-           [:client_sha1]
+           [:client_sha1, :client_md5, :client_sha224, :client_pss]
 
   defp name_of(der) do
     Enum.find(@names, fn n -> Certs.der(n) == der end) || {:unknown, byte_size(der)}
@@ -480,7 +480,134 @@ defmodule Islet.TLSVerifyTest do
     :ssl.close(c)
   end
 
-  describe "Islet.TLS.Verify.check/2 on chains a client could craft" do
+  # The signature algorithm of each certificate of a client's path, checked
+  # as :ssl checks it against signature_algs_cert, else signature_algs, else
+  # its default for the listener's versions: refused with bad_certificate,
+  # or, for algorithms :ssl has no TLS name for (MD5, SHA-224), its check
+  # fails with internal_error. OpenSSL (at security level 0) took them all.
+  # Each case runs with the chain checked by OpenSSL (no verify_fun) and in
+  # Erlang (a verify_fun, which sees a refused peer as {bad_cert,
+  # invalid_signature}).
+  describe "the signature algorithms of a client's chain" do
+    # client: ECDSA key, the RSA CA's SHA-256 signature; inter_client: an
+    # ECDSA signature by the intermediate, which the CA signed with SHA-256.
+    # (client_pss is tested apart: OTP 25's :ssl finds no issuer for it.)
+    @sig_clients [:client, :client_sha1, :client_md5, :client_sha224, :inter_client]
+
+    defp sig_client(:inter_client),
+      do: Certs.client_cert_opts(:inter_client) ++ [cacertfile: Certs.file(:ca_inter, :cert)]
+
+    defp sig_client(name), do: Certs.client_cert_opts(name)
+
+    # Every client of @sig_clients, against a listener with `extra`, the
+    # chain checked natively and in Erlang.
+    defp sig_matrix(mod, version, extra) do
+      for name <- @sig_clients, erlang? <- [false, true] do
+        fun = if erlang?, do: [verify_fun: recording(self(), &default_answer/2)], else: []
+        opts = Keyword.delete(server(version, fun), :versions) ++ extra
+        client = sig_client(name) ++ [versions: [version]]
+        {name, erlang?, observe(mod, opts, client)}
+      end
+    end
+
+    for version <- [:"tlsv1.2", :"tlsv1.3"] do
+      @version version
+
+      test "#{version}: the listener's default versions (:ssl's default list for both)" do
+        assert_same(fn mod -> sig_matrix(mod, @version, []) end)
+      end
+
+      test "#{version}: this version only (:ssl's default list for it)" do
+        assert_same(fn mod -> sig_matrix(mod, @version, versions: [@version]) end)
+      end
+
+      test "#{version}: signature_algs_cert without SHA-1" do
+        algs = [:ecdsa_secp256r1_sha256, :rsa_pss_rsae_sha256, :rsa_pss_pss_sha256]
+        scenario = &sig_matrix(&1, @version, versions: [@version], signature_algs_cert: algs)
+
+        if @version == :"tlsv1.2" do
+          assert_same(scenario)
+        else
+          # :ssl's TLS 1.3 server names the list in its CertificateRequest
+          # (OpenSSL 3.0 cannot), and :ssl's client then sends no
+          # certificate the list refuses (certificate_required); to Islet
+          # it sends it, and Islet refuses it as :ssl's server refuses one
+          # that comes all the same. The same clients get through.
+          {ssl, islet} = run(scenario)
+          accepted = fn results -> for {n, e, {{:ok, _}, _, _}} <- results, do: {n, e} end
+          assert accepted.(ssl) == accepted.(islet)
+
+          assert accepted.(islet) |> Enum.map(&elem(&1, 0)) |> Enum.uniq() == [
+                   :client,
+                   :inter_client
+                 ]
+
+          # (:ssl's client does not send the MD5 and SHA-224 certificates to
+          # either server: OpenSSL's signature_algorithms lack them too.)
+          for {name, _erlang?, {hs, _, _}} <- islet, name == :client_sha1 do
+            assert hs == {:error, {:tls_alert, :bad_certificate}}, "#{name}: #{inspect(hs)}"
+          end
+        end
+      end
+
+      test "#{version}: signature_algs without RSA with SHA-256, which refuses the CA's signatures" do
+        # (RSA with SHA-384 for the server's own signature, ECDSA for the
+        # clients'.)
+        algs =
+          if @version == :"tlsv1.3",
+            do: [:ecdsa_secp256r1_sha256, :rsa_pss_rsae_sha384],
+            else: [{:sha256, :ecdsa}, {:sha384, :rsa}]
+
+        assert_same(fn mod ->
+          sig_matrix(mod, @version, versions: [@version], signature_algs: algs)
+        end)
+      end
+    end
+
+    # The check follows a connection to the context of its SNI host. (:ssl
+    # 10.8 refuses signature_algs in sni_hosts: the host inherits them.)
+    test "a host of sni_hosts that asks for client certificates checks them" do
+      host = Keyword.take(server(:"tlsv1.2", []), [:verify, :fail_if_no_peer_cert, :cacertfile])
+
+      assert_same(fn mod ->
+        opts = [
+          versions: [:"tlsv1.2"],
+          signature_algs_cert: [:ecdsa_secp256r1_sha256, :rsa_pss_rsae_sha256],
+          sni_hosts: [{~c"localhost", host}]
+        ]
+
+        for name <- [:client, :client_sha1], do: observe(mod, opts, sig_client(name))
+      end)
+    end
+
+    # OTP 25's :ssl looks a certificate's issuer up by checking the
+    # signature with each candidate's key, which fails for RSASSA-PSS
+    # signatures: it refuses such a client certificate with unknown_ca.
+    # Islet.TLS.Verify builds paths as :ssl does (verify_fun, partial_chain)
+    # and refuses it the same way; OpenSSL validates the chain, and Islet
+    # then applies :ssl's rule for the algorithm (rsa_pss_pss_sha256 in the
+    # list).
+    test "an RSASSA-PSS-signed client certificate" do
+      for version <- [:"tlsv1.2", :"tlsv1.3"] do
+        client = Certs.client_cert_opts(:client_pss) ++ [versions: [version]]
+
+        assert {{:ok, _}, {:exchanged, {:ok, "ping"}, :client_pss}, _} =
+                 observe(Islet.TLS, server(version, []), client)
+
+        narrow = server(version, signature_algs_cert: [:rsa_pss_rsae_sha256])
+
+        assert {{:error, {:tls_alert, {:bad_certificate, _}}}, _, _} =
+                 observe(Islet.TLS, narrow, client)
+
+        assert_same(fn mod ->
+          fun = {fn _, e, s -> default_answer(e, s) end, nil}
+          observe(mod, server(version, verify_fun: fun), client)
+        end)
+      end
+    end
+  end
+
+  describe "Islet.TLS.Verify.check/3 on chains a client could craft" do
     defp der_of(dir, name) do
       [{:Certificate, der, _}] =
         :public_key.pem_decode(File.read!(Path.join(dir, name <> ".pem")))
@@ -519,7 +646,7 @@ defmodule Islet.TLSVerifyTest do
 
     defp config(extra) do
       fun = Map.get(extra, :verify_fun)
-      Islet.TLS.Verify.config([Certs.der(:ca)], fun, fn _ -> :unknown_ca end, 10)
+      Islet.TLS.Verify.config([Certs.der(:ca)], fun, fn _ -> :unknown_ca end, 10, nil)
     end
 
     defp within(fun) do
@@ -531,7 +658,7 @@ defmodule Islet.TLSVerifyTest do
       chain = mutual_chain()
 
       assert {:ok, {:error, _alert}} =
-               within(fn -> Islet.TLS.Verify.check(chain, config(%{})) end)
+               within(fn -> Islet.TLS.Verify.check(chain, config(%{}), :"tlsv1.3") end)
     end
 
     test "a verify_fun failing a good path with unknown_ca: tried once" do
@@ -545,14 +672,19 @@ defmodule Islet.TLSVerifyTest do
 
       chain = [Certs.der(:client)]
       config = config(%{verify_fun: {fun, []}})
-      assert {:ok, {:error, 48}} = within(fn -> Islet.TLS.Verify.check(chain, config) end)
+
+      assert {:ok, {:error, 48}} =
+               within(fn -> Islet.TLS.Verify.check(chain, config, :"tlsv1.3") end)
+
       assert_received :asked
       refute_received :asked
     end
 
     test "a good chain passes" do
       assert {:ok, :ok} =
-               within(fn -> Islet.TLS.Verify.check([Certs.der(:client)], config(%{})) end)
+               within(fn ->
+                 Islet.TLS.Verify.check([Certs.der(:client)], config(%{}), :"tlsv1.3")
+               end)
     end
   end
 

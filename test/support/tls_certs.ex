@@ -17,6 +17,8 @@ defmodule Islet.Test.Certs do
       `server_rsa1024` a server certificate with an RSA-1024 key (both
       weaker than OpenSSL's usual security level allows, as `:ssl` takes
       them);
+    * `client_md5`, `client_sha224`, `client_pss`: client certificates the
+      CA signed with MD5, SHA-224 and RSASSA-PSS (SHA-256);
     * `server_rsa_enc`: `server_rsa`'s key, PKCS#8 encrypted (AES-256)
       with the password `password/0`.
 
@@ -174,6 +176,9 @@ defmodule Islet.Test.Certs do
     leaf(dir, "inter", "Islet Test Intermediate", "ec", "ca", "v3_inter")
     leaf(dir, "inter_client", "islet-inter-client", "ec", "inter", "client")
     leaf(dir, "client_sha1", "islet-client-sha1", "ec", "ca", "client", "sha1")
+    leaf(dir, "client_md5", "islet-client-md5", "ec", "ca", "client", "md5")
+    leaf(dir, "client_sha224", "islet-client-sha224", "ec", "ca", "client", "sha224")
+    leaf(dir, "client_pss", "islet-client-pss", "ec", "ca", "client", "pss")
     leaf(dir, "server_rsa1024", "localhost", "rsa1024", "ca", "server")
     File.write!(Path.join(dir, "ca_inter.pem"), [pem!(dir, "inter"), pem!(dir, "ca")])
     genkey(dir, "self_client", "ec")
@@ -260,27 +265,33 @@ defmodule Islet.Test.Certs do
       name <> ".csr"
     ])
 
-    openssl!(dir, [
-      "x509",
-      "-req",
-      "-in",
-      name <> ".csr",
-      "-CA",
-      ca <> ".pem",
-      "-CAkey",
-      ca <> ".key",
-      "-CAcreateserial",
-      "-extfile",
-      "openssl.cnf",
-      "-extensions",
-      extensions,
-      "-days",
-      "30",
-      "-" <> digest,
-      "-out",
-      name <> ".pem"
-    ])
+    openssl!(
+      dir,
+      [
+        "x509",
+        "-req",
+        "-in",
+        name <> ".csr",
+        "-CA",
+        ca <> ".pem",
+        "-CAkey",
+        ca <> ".key",
+        "-CAcreateserial",
+        "-extfile",
+        "openssl.cnf",
+        "-extensions",
+        extensions,
+        "-days",
+        "30"
+      ] ++ sign_args(digest) ++ ["-out", name <> ".pem"]
+    )
   end
+
+  # How the CA signs: with a digest, or RSASSA-PSS with SHA-256.
+  defp sign_args("pss"),
+    do: ["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]
+
+  defp sign_args(digest), do: ["-" <> digest]
 
   defp genkey(dir, name, "rsa"), do: rsa_key(dir, name, 2048)
   defp genkey(dir, name, "rsa1024"), do: rsa_key(dir, name, 1024)
