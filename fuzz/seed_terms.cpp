@@ -67,6 +67,19 @@ W& tls_opts(W& w) {
   return w;
 }
 
+// A TLS upgrade whose context (`n` options) asks for client certificates
+// and trusts kCert, which the peer's client presents: its first three
+// options; the caller adds the rest.
+W& client_cert_upgrade(W& w, unsigned n) {
+  w.u8(kSockOps).u8(2);
+  w.u8(kTlsUpgrade);
+  w.list(n);
+  w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
+  w.kv("cacerts").list(1).bin(kCert);
+  w.kv("verify_peer").atom("true");
+  return w;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -183,13 +196,7 @@ int main(int argc, char** argv) {
   // The signature algorithms a client chain may use (cert_sigs): the client
   // presents a certificate its context checks natively.
   {
-    W& w = add("tls_cert_sigs");
-    w.u8(kSockOps).u8(2);
-    w.u8(kTlsUpgrade);
-    w.list(4);
-    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
-    w.kv("cacerts").list(1).bin(kCert);
-    w.kv("verify_peer").atom("true");
+    W& w = client_cert_upgrade(add("tls_cert_sigs"), 4);
     w.kv("cert_sigs").tuple(2);
     w.list(2).tuple(3).str("1.2.840.10045.4.3.2").str("").integer(42);
     w.tuple(3).str("1.2.840.113549.1.1.10").str("2.16.840.1.101.3.4.2.1").integer(0);
@@ -311,13 +318,7 @@ int main(int argc, char** argv) {
   // peer presents one, the handshake answers {verify, Chain, Data}, and
   // Erlang refuses it (tls_verify_failed, bad_certificate).
   {
-    W& w = add("tls_erl_verify");
-    w.u8(kSockOps).u8(2);
-    w.u8(kTlsUpgrade);
-    w.list(5);
-    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
-    w.kv("cacerts").list(1).bin(kCert);
-    w.kv("verify_peer").atom("true");
+    W& w = client_cert_upgrade(add("tls_erl_verify"), 5);
     w.kv("fail_if_no_peer_cert").atom("true");
     w.kv("erl_verify").u8(kRef);
     w.u8(0);
@@ -331,13 +332,9 @@ int main(int argc, char** argv) {
   // (verify_hold): refused (a plaintext alert), or accepted (the handshake
   // goes on at the next tls_handshake) and then used.
   for (bool accept : {false, true}) {
-    W& w = add(accept ? "tls_erl_verify12_accepted" : "tls_erl_verify12_refused");
-    w.u8(kSockOps).u8(2);
-    w.u8(kTlsUpgrade);
-    w.list(5);  // (at most 5: kList)
-    w.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
-    w.kv("cacerts").list(1).bin(kCert);
-    w.kv("verify_peer").atom("true");
+    // (at most 5 options: kList)
+    const char* name = accept ? "tls_erl_verify12_accepted" : "tls_erl_verify12_refused";
+    W& w = client_cert_upgrade(add(name), 5);
     w.kv("max_version").integer(0x0303);
     w.kv("erl_verify").u8(kRef);
     w.u8(0);
