@@ -66,8 +66,12 @@ defmodule Islet.TLS.CertSigs do
   """
   @spec list(keyword()) :: list() | nil
   def list(tls) do
-    Keyword.get(tls, :signature_algs_cert) || Keyword.get(tls, :signature_algs) ||
-      default_list(Keyword.get(tls, :versions, [:"tlsv1.3", :"tlsv1.2"]))
+    case Keyword.get(tls, :signature_algs_cert) || Keyword.get(tls, :signature_algs) ||
+           default_list(Keyword.get(tls, :versions, [:"tlsv1.3", :"tlsv1.2"])) do
+      list when is_list(list) -> list
+      # (A value of the wrong form: Islet.TLS.Options answers :ssl's error.)
+      _ -> nil
+    end
   end
 
   defp default_list(versions) do

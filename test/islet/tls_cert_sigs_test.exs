@@ -16,6 +16,13 @@ defmodule Islet.TLSCertSigsTest do
              [:eddsa_ed25519]
   end
 
+  test "options of the wrong form leave it to the option checks (no check, no crash)" do
+    assert CertSigs.list(signature_algs: :bad) == nil
+    assert CertSigs.list(signature_algs_cert: "bad") == nil
+    assert CertSigs.list(versions: :bad) == nil
+    assert CertSigs.verdict({:rsa_pkcs1, :sha256}, :"tlsv1.2", [7, "x", {:a, :b, :c}]) == 42
+  end
+
   test "verdicts: TLS 1.3 reads the list's pairs as schemes, TLS 1.2 its PSS schemes as pairs" do
     both = CertSigs.list([])
     # ({sha, rsa} is in the default list for both versions: rsa_pkcs1_sha1.)
