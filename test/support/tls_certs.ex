@@ -296,18 +296,18 @@ defmodule Islet.Test.Certs do
   defp genkey(dir, name, "rsa"), do: rsa_key(dir, name, 2048)
   defp genkey(dir, name, "rsa1024"), do: rsa_key(dir, name, 1024)
 
-  defp rsa_key(dir, name, bits) do
-    openssl!(
-      dir,
-      ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:#{bits}"] ++
-        ["-out", name <> ".key"]
-    )
-  end
-
   defp genkey(dir, name, "ec") do
     openssl!(
       dir,
       ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"] ++
+        ["-out", name <> ".key"]
+    )
+  end
+
+  defp rsa_key(dir, name, bits) do
+    openssl!(
+      dir,
+      ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:#{bits}"] ++
         ["-out", name <> ".key"]
     )
   end
