@@ -250,4 +250,30 @@ defmodule Islet.TLS.CertSigs do
   end
 
   defp dotted(oid), do: oid |> Tuple.to_list() |> Enum.map_join(".", &Integer.to_string/1)
+
+  @typedoc "The verdicts for a list, made once per listener by `table/1`."
+  @type table :: %{(:"tlsv1.2" | :"tlsv1.3") => %{alg() => verdict()}} | nil
+
+  @doc """
+  The verdicts on every algorithm this module tells apart, per version, for
+  a listener's list (`nil` for a `nil` list: no check): what
+  `Islet.TLS.Verify` looks up at each handshake (`lookup/3`) instead of
+  walking the list.
+  """
+  @spec table(list() | nil) :: table()
+  def table(nil), do: nil
+
+  def table(list) do
+    algs = Map.values(@by_oid) ++ for {name, _} <- @hashes, do: {:rsa_pss, name}
+
+    Map.new(
+      [:"tlsv1.2", :"tlsv1.3"],
+      &{&1, Map.new(algs, fn alg -> {alg, verdict(alg, &1, list)} end)}
+    )
+  end
+
+  @doc "The verdict of `table/1`'s table on `alg` (`internal_error` for the algorithms it lacks)."
+  @spec lookup(table(), :"tlsv1.2" | :"tlsv1.3", alg()) :: verdict()
+  def lookup(nil, _version, _alg), do: :ok
+  def lookup(table, version, alg), do: Map.get(Map.fetch!(table, version), alg, @internal_error)
 end

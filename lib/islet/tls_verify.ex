@@ -65,12 +65,14 @@ defmodule Islet.TLS.Verify do
           verify_fun: {function(), term()} | nil,
           partial_chain: (list() -> term()),
           depth: non_neg_integer(),
-          sigs: list() | nil
+          sigs: CertSigs.table()
         }
 
   @doc """
   The check's configuration, made once per listener: the trusted
-  certificates (DER) are decoded here, not at every handshake.
+  certificates (DER) are decoded here, not at every handshake, and the
+  signature algorithm list (`Islet.TLS.CertSigs.list/1`) becomes its table
+  of verdicts.
   """
   @spec config(
           [binary()],
@@ -87,7 +89,7 @@ defmodule Islet.TLS.Verify do
       verify_fun: verify_fun,
       partial_chain: partial_chain,
       depth: depth,
-      sigs: sigs
+      sigs: CertSigs.table(sigs)
     }
   end
 
@@ -418,7 +420,7 @@ defmodule Islet.TLS.Verify do
   defp sign_ok?(cert, st) do
     alg = CertSigs.alg_of(cert)
 
-    case CertSigs.verdict(alg, st.version, st.sigs) do
+    case CertSigs.lookup(st.sigs, st.version, alg) do
       :ok -> true
       42 -> false
       _ -> :erlang.error({:no_tls_name_for_signature, alg})

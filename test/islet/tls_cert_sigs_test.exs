@@ -55,6 +55,19 @@ defmodule Islet.TLSCertSigsTest do
     assert CertSigs.nif_rules(nil) == nil
   end
 
+  test "the table agrees with verdict/3 and answers internal_error for the others" do
+    list = CertSigs.list([])
+    table = CertSigs.table(list)
+
+    for version <- [:"tlsv1.2", :"tlsv1.3"],
+        alg <- [{:rsa_pkcs1, :sha256}, {:rsa_pkcs1, :md5}, {:rsa_pss, :sha256}, :ed25519] do
+      assert CertSigs.lookup(table, version, alg) == CertSigs.verdict(alg, version, list)
+    end
+
+    assert CertSigs.lookup(table, :"tlsv1.3", :other) == 80
+    assert CertSigs.lookup(CertSigs.table(nil), :"tlsv1.3", :other) == :ok
+  end
+
   test "the algorithm of a decoded certificate" do
     alg = fn name ->
       Islet.Test.Certs.der(name) |> :public_key.pkix_decode_cert(:otp) |> CertSigs.alg_of()
