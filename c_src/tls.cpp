@@ -625,6 +625,29 @@ ErlNifPid self_of(ErlNifEnv* env) {
 
 bool ktls_available = false;  // set at load (probe_ktls)
 
+// What to add to a session cache's bound for it to hold that many sessions.
+// OpenSSL 3.0's SSL_CTX_add_session counts the new session before it makes
+// room, so a cache of size n keeps n - 1; later versions may not. Probed at
+// load: two sessions into a cache of size 2.
+long cache_size_bias = 0;
+
+long probe_cache_bias() {
+  SSLCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (!ctx) return 0;
+  SSL_CTX_sess_set_cache_size(ctx.get(), 2);
+  for (unsigned char id = 1; id <= 2; id++) {
+    SSL_SESSION* sess = SSL_SESSION_new();
+    if (sess == nullptr) break;
+    SSL_SESSION_set1_id(sess, &id, 1);
+    SSL_SESSION_set_time(sess, static_cast<long>(time(nullptr)));
+    SSL_CTX_add_session(ctx.get(), sess);
+    SSL_SESSION_free(sess);  // the cache holds its own reference
+  }
+  long kept = SSL_CTX_sess_number(ctx.get());
+  ERR_clear_error();
+  return kept == 1 ? 1 : 0;
+}
+
 // Called around every operation on the connection's socket BIO. After a
 // read, notes whether it came back short: with read-ahead OpenSSL asks for
 // all the room its buffer has, so a short read (or EAGAIN) means the kernel
@@ -820,6 +843,7 @@ ERL_NIF_TERM nif_kernel_tls(ErlNifEnv*, int, const ERL_NIF_TERM*) {
 
 bool open_tls_types(ErlNifEnv* env) {
   ktls_available = probe_ktls();
+  cache_size_bias = probe_cache_bias();
   records_init();
   auto flags = static_cast<ErlNifResourceFlags>(ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
   ctx_type = enif_open_resource_type(env, nullptr, "islet_tls_ctx", ctx_dtor, flags, nullptr);
@@ -1104,6 +1128,17 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       } else if (std::strcmp(v, "stateful") == 0) {
         SSL_CTX_set_num_tickets(ctx, 1);  // NO_TICKET + TLS 1.3: stateful
       }
+    } else if (k == "session_cache_size") {
+      // As :ssl bounds its session stores (Islet.TLS.Options); OpenSSL's
+      // default is 20480, and 0 would mean no bound.
+      long n;
+      if (!enif_get_long(env, kv[1], &n) || n <= 0) return enif_make_badarg(env);
+      SSL_CTX_sess_set_cache_size(ctx, n + cache_size_bias);
+    } else if (k == "tickets_amount") {
+      // TLS 1.3 tickets per handshake, once session_tickets enabled them.
+      unsigned long n;
+      if (!enif_get_ulong(env, kv[1], &n) || n == 0) return enif_make_badarg(env);
+      SSL_CTX_set_num_tickets(ctx, n);
     } else if (k == "reuse_sessions") {
       SSL_CTX_set_session_cache_mode(ctx, get_bool(kv[1]) ? SSL_SESS_CACHE_SERVER
                                                           : SSL_SESS_CACHE_OFF);

@@ -173,12 +173,13 @@ int main(int argc, char** argv) {
     w.kv("ciphersuites").str("TLS_AES_128_GCM_SHA256");
     w.kv("session_tickets").atom("stateless");
     W& v = add("tls_ctx_versions");
-    v.u8(kTlsCtx).u8(0).list(5);
+    v.u8(kTlsCtx).u8(0).list(6);
     v.kv("cert_key").tuple(2).list(1).bin(kCert).bin(kKey);
     v.kv("max_version").integer(0x0304);
     v.kv("depth").integer(2);
     v.kv("honor_cipher_order").atom("true");
     v.kv("reuse_sessions").atom("false");
+    v.kv("session_cache_size").integer(3);
   }
   // Groups by version, signature algorithms, DH, key updates.
   {

@@ -16,7 +16,9 @@ defmodule Islet.TLS.Options do
   `honor_ecc_order`, `signature_algs`, `dh` and `dhfile` (DHE suites
   without either use OpenSSL's RFC 7919 groups, as `:ssl` has default
   parameters), `key_update_at` (on Islet's record layer) and
-  `max_handshake_size`.
+  `max_handshake_size`. The session cache and the TLS 1.3 tickets follow
+  the ssl application's settings as `:ssl` does: `session_cache_server_max`,
+  `server_session_ticket_store_size` and `server_session_tickets_amount`.
 
   Accepted and ignored on purpose, with their values checked as `:ssl`
   checks them: `log_level` and `log_alert` (OpenSSL does not log through
@@ -194,6 +196,7 @@ defmodule Islet.TLS.Options do
         simple(tls) ++
         extras(tls) ++
         groups13(tls) ++
+        session_cache(tls) ++
         sni(tls)
 
     {:ok, keys, others}
@@ -642,6 +645,39 @@ defmodule Islet.TLS.Options do
   # OpenSSL's (which add P-521 and the ffdhe groups): a client offering only
   # those is refused, as by :ssl. (TLS 1.2 keeps OpenSSL's curves without
   # eccs, see Islet.TLS's README.)
+  # The server's session cache, bounded per listener as :ssl bounds its
+  # stores (dropping the oldest session first): session_cache_server_max
+  # TLS 1.2 sessions and, with stateful tickets, server_session_ticket_store_size
+  # TLS 1.3 ones (the ssl application's settings, 1000 each by default).
+  # OpenSSL keeps both in one cache, of 20480 sessions by default. With
+  # tickets, as many per handshake as :ssl sends (server_session_tickets_amount,
+  # 3 by default; OpenSSL's default is 2).
+  defp session_cache(tls) do
+    versions = Keyword.get(tls, :versions)
+    tls12? = not is_list(versions) or versions == [] or Enum.any?(versions, &(&1 != :"tlsv1.3"))
+    mode = tickets(Keyword.get(tls, :session_tickets))
+    stateful13? = tls13?(versions) and mode == :stateful
+
+    sessions = if tls12?, do: ssl_env(:session_cache_server_max, 1000), else: 0
+    tickets = if stateful13?, do: ssl_env(:server_session_ticket_store_size, 1000), else: 0
+
+    amount =
+      if mode == :disabled,
+        do: [],
+        else: [tickets_amount: ssl_env(:server_session_tickets_amount, 3)]
+
+    # (With neither store, nothing is cached; the bound must still be positive.)
+    [session_cache_size: max(sessions + tickets, 1)] ++ amount
+  end
+
+  # An integer setting of the ssl application, as :ssl reads it.
+  defp ssl_env(key, default) do
+    case Application.get_env(:ssl, key) do
+      n when is_integer(n) and n > 0 -> n
+      _ -> default
+    end
+  end
+
   defp groups13(tls) do
     if Keyword.has_key?(tls, :supported_groups) or not tls13?(Keyword.get(tls, :versions)),
       do: [],

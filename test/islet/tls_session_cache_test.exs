@@ -1,0 +1,186 @@
+defmodule Islet.TLSSessionCacheTest do
+  # The server's session cache holds as many sessions as :ssl's does
+  # (session_cache_server_max, 1000 by default, per listener) and drops the
+  # oldest first. OpenSSL's own bound is 20480. Differential: both servers
+  # run the same scenario with the bound set to 2.
+  #
+  # Not async: it changes the ssl application's environment, which every
+  # listener made meanwhile would read (sync modules run after the async ones).
+  use ExUnit.Case, async: false
+
+  import Islet.Test.TLSDiff
+
+  alias Islet.Test.Certs
+
+  @moduletag :capture_log
+  @moduletag timeout: 120_000
+
+  setup_all do
+    Certs.dir()
+    :ok
+  end
+
+  setup do
+    before = Application.fetch_env(:ssl, :session_cache_server_max)
+
+    on_exit(fn ->
+      case before do
+        {:ok, value} -> Application.put_env(:ssl, :session_cache_server_max, value)
+        :error -> Application.delete_env(:ssl, :session_cache_server_max)
+      end
+    end)
+  end
+
+  @tls12 [versions: [:"tlsv1.2"], reuse_sessions: true]
+
+  # A full handshake (reuse_sessions: :save, so that the :ssl client does
+  # not resume the last session on its own), then the client's session.
+  defp new_session(mod, l, port) do
+    tag = connect_async(port, Keyword.put(@tls12, :reuse_sessions, :save))
+    {:ok, s} = mod.accept(l)
+    {:ok, s} = mod.handshake(s, 30_000)
+    {:ok, c} = await_client(tag)
+    # A round trip: the session is in the server's cache by the time the
+    # data comes back (:ssl registers it asynchronously).
+    :ok = :ssl.send(c, "x")
+    {:ok, "x"} = mod.recv(s, 1, 10_000)
+    :ok = mod.send(s, "y")
+    {:ok, "y"} = :ssl.recv(c, 1, 10_000)
+
+    {:ok, [session_id: id, session_data: data]} =
+      :ssl.connection_information(c, [:session_id, :session_data])
+
+    :ok = :ssl.close(c)
+    mod.close(s)
+    {id, data}
+  end
+
+  # Whether the server resumed `session` (the client got its id back).
+  defp resumes?(mod, l, port, {id, _} = session) do
+    tag = connect_async(port, @tls12 ++ [reuse_session: session])
+    {:ok, s} = mod.accept(l)
+    {:ok, s} = mod.handshake(s, 30_000)
+    {:ok, c} = await_client(tag)
+    {:ok, [session_id: got]} = :ssl.connection_information(c, [:session_id])
+    :ok = :ssl.close(c)
+    mod.close(s)
+    got == id
+  end
+
+  test "TLS 1.2: the cache keeps session_cache_server_max sessions, dropping the oldest" do
+    Application.put_env(:ssl, :session_cache_server_max, 2)
+
+    result =
+      assert_same(fn mod ->
+        l = listen(mod, @tls12)
+        port = port(mod, l)
+        sessions = for _ <- 1..3, do: new_session(mod, l, port)
+        # The newest first: resuming the oldest must not make room for it.
+        Enum.reverse(for session <- Enum.reverse(sessions), do: resumes?(mod, l, port, session))
+      end)
+
+    assert result == [false, true, true]
+  end
+
+  # TLS 1.3 tickets: a handshake's tickets (all that come before the data
+  # that follows them).
+  defp new_tickets(mod, l, port) do
+    tag = connect_async(port, versions: [:"tlsv1.3"], session_tickets: :manual)
+    {:ok, s} = mod.accept(l)
+    {:ok, s} = mod.handshake(s, 30_000)
+    {:ok, c} = await_client(tag)
+    :ok = mod.send(s, "x")
+    {:ok, "x"} = :ssl.recv(c, 1, 10_000)
+    :ok = :ssl.close(c)
+    mod.close(s)
+    collect_tickets([])
+  end
+
+  defp collect_tickets(acc) do
+    receive do
+      {:ssl, :session_ticket, t} -> collect_tickets([t | acc])
+    after
+      100 -> Enum.reverse(acc)
+    end
+  end
+
+  defp ticket_resumes?(mod, l, port, ticket) do
+    opts = [versions: [:"tlsv1.3"], session_tickets: :manual, use_ticket: [ticket]]
+    tag = connect_async(port, opts)
+    {:ok, s} = mod.accept(l)
+    {:ok, s} = mod.handshake(s, 30_000)
+    {:ok, c} = await_client(tag)
+    {:ok, [session_resumption: resumed]} = :ssl.connection_information(c, [:session_resumption])
+    :ok = :ssl.close(c)
+    mod.close(s)
+    # (The tickets this handshake made, if they came, are not needed.)
+    _ = collect_tickets([])
+    resumed
+  end
+
+  defp with_ssl_env(key, value, fun) do
+    before = Application.fetch_env(:ssl, key)
+
+    if value == nil,
+      do: Application.delete_env(:ssl, key),
+      else: Application.put_env(:ssl, key, value)
+
+    try do
+      fun.()
+    after
+      case before do
+        {:ok, old} -> Application.put_env(:ssl, key, old)
+        :error -> Application.delete_env(:ssl, key)
+      end
+    end
+  end
+
+  test "TLS 1.3: as many tickets per handshake as :ssl sends" do
+    for amount <- [nil, 1, 5] do
+      counts =
+        with_ssl_env(:server_session_tickets_amount, amount, fn ->
+          assert_same(fn mod ->
+            for mode <- [:stateless, :stateful] do
+              l = listen(mod, versions: [:"tlsv1.3"], session_tickets: mode)
+              length(new_tickets(mod, l, port(mod, l)))
+            end
+          end)
+        end)
+
+      assert counts == List.duplicate(amount || 3, 2)
+    end
+  end
+
+  # Stateful tickets are kept on the server, server_session_ticket_store_size
+  # of them. Each listener checks one ticket: a resumption makes tickets too
+  # (and :ssl's are single-use, OpenSSL's not: see the README).
+  test "TLS 1.3 stateful tickets: server_session_ticket_store_size of them, the oldest dropped" do
+    result =
+      with_ssl_env(:server_session_ticket_store_size, 4, fn ->
+        assert_same(fn mod ->
+          for pick <- [0, 2] do
+            l = listen(mod, versions: [:"tlsv1.3"], session_tickets: :stateful)
+            port = port(mod, l)
+            # Six tickets into a store of four: the first two are dropped.
+            [first | _] = tickets = new_tickets(mod, l, port)
+            3 = length(tickets)
+            3 = length(new_tickets(mod, l, port))
+            ticket_resumes?(mod, l, port, Enum.at(tickets, pick, first))
+          end
+        end)
+      end)
+
+    assert result == [false, true]
+  end
+
+  test "TLS 1.2: by default a listener keeps more than a few sessions" do
+    Application.delete_env(:ssl, :session_cache_server_max)
+
+    assert_same(fn mod ->
+      l = listen(mod, @tls12)
+      port = port(mod, l)
+      sessions = for _ <- 1..4, do: new_session(mod, l, port)
+      for session <- sessions, do: resumes?(mod, l, port, session)
+    end)
+  end
+end
