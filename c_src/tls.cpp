@@ -372,6 +372,65 @@ int resolve_sni(SSL* ssl, Sock* st) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
+// TLS 1.3 stateful tickets are single-use with :ssl. OpenSSL keeps a used
+// one in its cache (it removes it only for early data's anti-replay), so the
+// ClientHello's PSK identities short enough to be session ids are noted
+// (SSL ex_data, freed with the SSL), and a handshake that resumed removes
+// the first of them its listener's cache holds: the one OpenSSL resumed
+// (it takes the first it finds). Stateless tickets are longer: never noted.
+int psk_index = -1;
+
+struct OfferedPsks {
+  SSL_CTX* session_ctx;  // the listener's context, whose cache OpenSSL used
+  std::vector<std::string> ids;
+};
+
+void free_offered_psks(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<OfferedPsks*>(ptr);
+}
+
+void note_offered_psks(SSL* ssl) {
+  const unsigned char* p;
+  size_t len;
+  if (psk_index < 0 || SSL_get_ex_data(ssl, psk_index) != nullptr ||
+      SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_psk, &p, &len) != 1 || len < 2)
+    return;
+  // identities<7..2^16-1>: {opaque identity<1..2^16-1>; uint32 age;}
+  size_t end = 2 + (static_cast<size_t>(p[0]) << 8 | p[1]);
+  if (end > len) return;
+  std::vector<std::string> ids;
+  for (size_t i = 2; i + 2 <= end;) {
+    size_t n = static_cast<size_t>(p[i]) << 8 | p[i + 1];
+    i += 2;
+    if (n > end - i || end - i - n < 4) break;
+    if (n <= SSL_MAX_SSL_SESSION_ID_LENGTH)
+      ids.emplace_back(reinterpret_cast<const char*>(p + i), n);
+    i += n + 4;
+  }
+  if (ids.empty()) return;
+  auto* o = new (std::nothrow) OfferedPsks{SSL_get_SSL_CTX(ssl), std::move(ids)};
+  if (o != nullptr && SSL_set_ex_data(ssl, psk_index, o) != 1) delete o;
+}
+
+// At the end of a handshake (the SSL holds its listener's context).
+void use_up_ticket(SSL* ssl) {
+  auto* o = psk_index < 0 ? nullptr : static_cast<OfferedPsks*>(SSL_get_ex_data(ssl, psk_index));
+  if (o == nullptr || SSL_version(ssl) != TLS1_3_VERSION || !SSL_session_reused(ssl)) return;
+  for (const std::string& id : o->ids) {
+    // The cache finds a session by version and id: a stand-in will do.
+    SSL_SESSION* key = SSL_SESSION_new();
+    if (key == nullptr) break;
+    bool removed =
+        SSL_SESSION_set_protocol_version(key, TLS1_3_VERSION) == 1 &&
+        SSL_SESSION_set1_id(key, reinterpret_cast<const unsigned char*>(id.data()),
+                            static_cast<unsigned>(id.size())) == 1 &&
+        SSL_CTX_remove_session(o->session_ctx, key) == 1;
+    SSL_SESSION_free(key);
+    if (removed) break;
+  }
+  ERR_clear_error();
+}
+
 int client_hello_cb(SSL* ssl, int* alert, void*) {
   // No suite in common: :ssl answers insufficient_security, where OpenSSL
   // would send handshake_failure; callers match the alert's name.
@@ -384,6 +443,7 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   // that when the handshake ends it holds nothing the client sent after it
   // (which the record layer taking over could not get back).
   if (st != nullptr && st->takeover != nullptr) SSL_set_read_ahead(ssl, 0);
+  note_offered_psks(ssl);  // before an SNI host's context replaces the listener's
   if (resolve_sni(ssl, st) == SSL_CLIENT_HELLO_RETRY) return SSL_CLIENT_HELLO_RETRY;
   // A host whose certificate could not be loaded: the step stops here, and
   // the handshake fails with the load error (no alert, as with :ssl).
@@ -849,6 +909,7 @@ bool open_tls_types(ErlNifEnv* env) {
   ctx_type = enif_open_resource_type(env, nullptr, "islet_tls_ctx", ctx_dtor, flags, nullptr);
   if (ctx_data_index < 0)
     ctx_data_index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, ctx_data_free);
+  if (psk_index < 0) psk_index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, free_offered_psks);
   return ctx_type != nullptr && ctx_data_index >= 0;
 }
 
@@ -1431,6 +1492,7 @@ Step run_step(Sock* s, bool inline_step, int* code) {
   if (r == 1) {
     s->tls_done = true;
     if (!s->chain_checked) keep_peer_chain(s);
+    use_up_ticket(s->ssl);
     // Islet's record layer takes over where it can (and frees the SSL
     // object); else the handshake's record buffers go, idle until data comes.
     if (!records_take_over(s)) SSL_free_buffers(s->ssl);
