@@ -431,6 +431,15 @@ void use_up_ticket(SSL* ssl) {
   ERR_clear_error();
 }
 
+// Before each ticket is made (the listener's context): a TLS 1.3 ticket
+// gets :ssl's ticket lifetime (`arg`, seconds).
+int ticket_lifetime_cb(SSL* ssl, void* arg) {
+  SSL_SESSION* sess = SSL_get_session(ssl);
+  if (sess != nullptr && SSL_version(ssl) == TLS1_3_VERSION)
+    SSL_SESSION_set_timeout(sess, static_cast<long>(reinterpret_cast<intptr_t>(arg)));
+  return 1;
+}
+
 int client_hello_cb(SSL* ssl, int* alert, void*) {
   // No suite in common: :ssl answers insufficient_security, where OpenSSL
   // would send handshake_failure; callers match the alert's name.
@@ -455,6 +464,11 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   bool by_version = c != nullptr && (c->has_groups[0] || c->has_groups[1] || c->dh ||
                                      c->honor_ecc_order != server_order || c->no_ca_names13);
   bool tls13 = by_version && leads_to_tls13(ssl);
+  // session_tickets is TLS 1.3's (:ssl has no TLS 1.2 tickets): a TLS 1.2
+  // handshake on a listener with stateless tickets gets a session id only.
+  if ((SSL_get_options(ssl) & SSL_OP_NO_TICKET) == 0 &&
+      !(by_version ? tls13 : leads_to_tls13(ssl)))
+    SSL_set_options(ssl, SSL_OP_NO_TICKET);
   if (tls13 && c->no_ca_names13) SSL_set_client_CA_list(ssl, sk_X509_NAME_new_null());
   const std::vector<int>* allowed = nullptr;
   // supported_groups alone set the context's list: TLS 1.2 keeps OpenSSL's.
@@ -1195,6 +1209,18 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       long n;
       if (!enif_get_long(env, kv[1], &n) || n <= 0) return enif_make_badarg(env);
       SSL_CTX_sess_set_cache_size(ctx, n + cache_size_bias);
+    } else if (k == "session_lifetime") {
+      // Seconds a session stays resumable (TLS 1.2; TLS 1.3 tickets below).
+      long n;
+      if (!enif_get_long(env, kv[1], &n) || n <= 0) return enif_make_badarg(env);
+      SSL_CTX_set_timeout(ctx, n);
+    } else if (k == "ticket_lifetime") {
+      // A TLS 1.3 ticket's lifetime (and its session's), set as each ticket
+      // is made: OpenSSL has one timeout per context, :ssl two settings.
+      long n;
+      if (!enif_get_long(env, kv[1], &n) || n <= 0) return enif_make_badarg(env);
+      SSL_CTX_set_session_ticket_cb(ctx, ticket_lifetime_cb, nullptr,
+                                    reinterpret_cast<void*>(static_cast<intptr_t>(n)));
     } else if (k == "tickets_amount") {
       // TLS 1.3 tickets per handshake, once session_tickets enabled them.
       unsigned long n;

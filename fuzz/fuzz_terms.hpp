@@ -97,7 +97,8 @@ constexpr const char* kAtoms[] = {
     // tls_ctx
     "cert_key", "cacerts", "verify_peer", "fail_if_no_peer_cert", "depth", "min_version",
     "max_version", "cipher_list", "ciphersuites", "honor_cipher_order", "alpn",
-    "session_tickets", "stateless", "stateful", "reuse_sessions", "session_cache_size", "tickets_amount", "sni_hosts", "sni_fun",
+    "session_tickets", "stateless", "stateful", "reuse_sessions", "session_cache_size", "tickets_amount",
+    "session_lifetime", "ticket_lifetime", "sni_hosts", "sni_fun",
     // near misses and Elixir's
     "nil", "list", "ip", "ifaddr", "cert_key_", "certfile", "active_n", "stateless\xe9",
     "a_very_long_atom_name_of_more_than_31_bytes",

@@ -18,7 +18,8 @@ defmodule Islet.TLS.Options do
   parameters), `key_update_at` (on Islet's record layer) and
   `max_handshake_size`. The session cache and the TLS 1.3 tickets follow
   the ssl application's settings as `:ssl` does: `session_cache_server_max`,
-  `server_session_ticket_store_size` and `server_session_tickets_amount`.
+  `server_session_ticket_store_size`, `server_session_tickets_amount`,
+  `session_lifetime` and `server_session_ticket_lifetime`.
 
   Accepted and ignored on purpose, with their values checked as `:ssl`
   checks them: `log_level` and `log_alert` (OpenSSL does not log through
@@ -651,7 +652,9 @@ defmodule Islet.TLS.Options do
   # TLS 1.3 ones (the ssl application's settings, 1000 each by default).
   # OpenSSL keeps both in one cache, of 20480 sessions by default. With
   # tickets, as many per handshake as :ssl sends (server_session_tickets_amount,
-  # 3 by default; OpenSSL's default is 2).
+  # 3 by default; OpenSSL's default is 2), and lifetimes as :ssl's
+  # (session_lifetime, 24 hours, and server_session_ticket_lifetime, 2 hours;
+  # OpenSSL's default is 2 hours for both).
   defp session_cache(tls) do
     versions = Keyword.get(tls, :versions)
     tls12? = not is_list(versions) or versions == [] or Enum.any?(versions, &(&1 != :"tlsv1.3"))
@@ -661,13 +664,27 @@ defmodule Islet.TLS.Options do
     sessions = if tls12?, do: ssl_env(:session_cache_server_max, 1000), else: 0
     tickets = if stateful13?, do: ssl_env(:server_session_ticket_store_size, 1000), else: 0
 
-    amount =
+    ticket_opts =
       if mode == :disabled,
         do: [],
-        else: [tickets_amount: ssl_env(:server_session_tickets_amount, 3)]
+        else: [
+          tickets_amount: ssl_env(:server_session_tickets_amount, 3),
+          ticket_lifetime: ticket_lifetime()
+        ]
 
     # (With neither store, nothing is cached; the bound must still be positive.)
-    [session_cache_size: max(sessions + tickets, 1)] ++ amount
+    [
+      session_cache_size: max(sessions + tickets, 1),
+      session_lifetime: ssl_env(:session_lifetime, 24 * 3600)
+    ] ++ ticket_opts
+  end
+
+  # server_session_ticket_lifetime, as :ssl takes it: at most 7 days.
+  defp ticket_lifetime do
+    case ssl_env(:server_session_ticket_lifetime, 7200) do
+      seconds when seconds <= 604_800 -> seconds
+      _ -> 7200
+    end
   end
 
   # An integer setting of the ssl application, as :ssl reads it.

@@ -204,14 +204,7 @@ defmodule Islet.TLSConformanceInteropTest do
         port = port(mod, l)
         acceptor = spawn_link(fn -> serve_until_closed(mod, l) end)
 
-        {out, _status} =
-          System.cmd(
-            "openssl",
-            ["s_client", "-connect", "127.0.0.1:#{port}", "-tls1_2", "-reconnect", "-no_ticket"],
-            stderr_to_stdout: true,
-            into: ""
-          )
-          |> then(fn {o, st} -> {o, st} end)
+        {out, _status} = reconnect(port, "-no_ticket")
 
         Process.unlink(acceptor)
         Process.exit(acceptor, :kill)
@@ -219,6 +212,33 @@ defmodule Islet.TLSConformanceInteropTest do
         reused = out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "Reused"))
         assert reused >= 4, "#{inspect(mod)}: #{reused} of 5 reconnections resumed"
       end
+    end
+
+    # :ssl has no TLS 1.2 session tickets (RFC 5077): session_tickets is
+    # for TLS 1.3. Islet's OpenSSL sent them to TLS 1.2 clients that asked.
+    test "TLS 1.2 clients get no session ticket, whatever session_tickets says" do
+      for mod <- [Islet.Reference.SSL, Islet.TLS], mode <- [:stateless, :stateful] do
+        l = listen(mod, session_tickets: mode, reuse_sessions: true)
+        port = port(mod, l)
+        acceptor = spawn_link(fn -> serve_until_closed(mod, l) end)
+
+        {out, _status} = reconnect(port, "")
+
+        Process.unlink(acceptor)
+        Process.exit(acceptor, :kill)
+        mod.close(l)
+        assert out =~ "Session-ID: ", "#{inspect(mod)} #{mode}: #{out}"
+        refute out =~ "TLS session ticket", "#{inspect(mod)} #{mode}: a TLS 1.2 ticket"
+        reused = out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "Reused"))
+        assert reused >= 4, "#{inspect(mod)} #{mode}: #{reused} of 5 reconnections resumed"
+      end
+    end
+
+    # s_client -reconnect, TLS 1.2: a connection and five reconnections; its
+    # input at an end at once, so that the last connection closes then.
+    defp reconnect(port, extra) do
+      cmd = "openssl s_client -connect 127.0.0.1:#{port} -tls1_2 -reconnect #{extra} < /dev/null"
+      System.cmd("timeout", ["20", "sh", "-c", cmd], stderr_to_stdout: true)
     end
 
     # One connection at a time: handshake, read until the client closes,

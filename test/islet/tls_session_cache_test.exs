@@ -186,6 +186,37 @@ defmodule Islet.TLSSessionCacheTest do
     assert result == [false, true]
   end
 
+  # session_lifetime (TLS 1.2 sessions) and server_session_ticket_lifetime
+  # (TLS 1.3 tickets), in seconds: a session older than that is not resumed.
+  test "sessions and tickets resume for their lifetime only" do
+    result =
+      with_ssl_env(:session_lifetime, 1, fn ->
+        with_ssl_env(:server_session_ticket_lifetime, 1, fn ->
+          assert_same(fn mod ->
+            l12 = listen(mod, @tls12)
+            p12 = port(mod, l12)
+            l13 = listen(mod, versions: [:"tlsv1.3"], session_tickets: :stateless)
+            p13 = port(mod, l13)
+            sessions = for _ <- 1..2, do: new_session(mod, l12, p12)
+            tickets = for _ <- 1..2, do: hd(new_tickets(mod, l13, p13))
+
+            fresh =
+              {resumes?(mod, l12, p12, hd(sessions)), ticket_resumes?(mod, l13, p13, hd(tickets))}
+
+            Process.sleep(2200)
+
+            old =
+              {resumes?(mod, l12, p12, List.last(sessions)),
+               ticket_resumes?(mod, l13, p13, List.last(tickets))}
+
+            {fresh, old}
+          end)
+        end)
+      end)
+
+    assert result == {{true, true}, {false, false}}
+  end
+
   test "TLS 1.2: by default a listener keeps more than a few sessions" do
     Application.delete_env(:ssl, :session_cache_server_max)
 
