@@ -399,7 +399,10 @@ void note_offered_psks(SSL* ssl) {
   size_t end = 2 + (static_cast<size_t>(p[0]) << 8 | p[1]);
   if (end > len) return;
   std::vector<std::string> ids;
-  for (size_t i = 2; i + 2 <= end;) {
+  // A few are enough (clients offer one or two): a hostile ClientHello's
+  // thousands cost nothing here.
+  constexpr size_t kMaxNoted = 16;
+  for (size_t i = 2; i + 2 <= end && ids.size() < kMaxNoted;) {
     size_t n = static_cast<size_t>(p[i]) << 8 | p[i + 1];
     i += 2;
     if (n > end - i || end - i - n < 4) break;
@@ -415,7 +418,12 @@ void note_offered_psks(SSL* ssl) {
 // At the end of a handshake (the SSL holds its listener's context).
 void use_up_ticket(SSL* ssl) {
   auto* o = psk_index < 0 ? nullptr : static_cast<OfferedPsks*>(SSL_get_ex_data(ssl, psk_index));
-  if (o == nullptr || SSL_version(ssl) != TLS1_3_VERSION || !SSL_session_reused(ssl)) return;
+  if (o == nullptr) return;
+  // Not needed past the handshake: freed now, since a connection left with
+  // OpenSSL's record layer keeps its SSL.
+  std::unique_ptr<OfferedPsks> owned(o);
+  SSL_set_ex_data(ssl, psk_index, nullptr);
+  if (SSL_version(ssl) != TLS1_3_VERSION || !SSL_session_reused(ssl)) return;
   for (const std::string& id : o->ids) {
     // The cache finds a session by version and id: a stand-in will do.
     SSL_SESSION* key = SSL_SESSION_new();
