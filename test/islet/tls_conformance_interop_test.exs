@@ -200,17 +200,8 @@ defmodule Islet.TLSConformanceInteropTest do
     # cache, so TLS 1.2 clients never resumed (they do with :ssl).
     test "TLS 1.2 sessions resume when the client closes first" do
       for mod <- [Islet.Reference.SSL, Islet.TLS] do
-        l = listen(mod, versions: [:"tlsv1.2"], reuse_sessions: true)
-        port = port(mod, l)
-        acceptor = spawn_link(fn -> serve_until_closed(mod, l) end)
-
-        {out, _status} = reconnect(port, "-no_ticket")
-
-        Process.unlink(acceptor)
-        Process.exit(acceptor, :kill)
-        mod.close(l)
-        reused = out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "Reused"))
-        assert reused >= 4, "#{inspect(mod)}: #{reused} of 5 reconnections resumed"
+        out = reconnect(mod, [versions: [:"tlsv1.2"], reuse_sessions: true], "-no_ticket")
+        assert resumed(out) >= 4, "#{inspect(mod)}: #{resumed(out)} of 5 reconnections resumed"
       end
     end
 
@@ -218,28 +209,30 @@ defmodule Islet.TLSConformanceInteropTest do
     # for TLS 1.3. Islet's OpenSSL sent them to TLS 1.2 clients that asked.
     test "TLS 1.2 clients get no session ticket, whatever session_tickets says" do
       for mod <- [Islet.Reference.SSL, Islet.TLS], mode <- [:stateless, :stateful] do
-        l = listen(mod, session_tickets: mode, reuse_sessions: true)
-        port = port(mod, l)
-        acceptor = spawn_link(fn -> serve_until_closed(mod, l) end)
-
-        {out, _status} = reconnect(port, "")
-
-        Process.unlink(acceptor)
-        Process.exit(acceptor, :kill)
-        mod.close(l)
+        out = reconnect(mod, [session_tickets: mode, reuse_sessions: true], "")
         assert out =~ "Session-ID: ", "#{inspect(mod)} #{mode}: #{out}"
         refute out =~ "TLS session ticket", "#{inspect(mod)} #{mode}: a TLS 1.2 ticket"
-        reused = out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "Reused"))
-        assert reused >= 4, "#{inspect(mod)} #{mode}: #{reused} of 5 reconnections resumed"
+        assert resumed(out) >= 4, "#{inspect(mod)} #{mode}: #{resumed(out)} of 5 resumed"
       end
     end
 
-    # s_client -reconnect, TLS 1.2: a connection and five reconnections; its
-    # input at an end at once, so that the last connection closes then.
-    defp reconnect(port, extra) do
+    # s_client -reconnect, TLS 1.2, against a `mod` listener: a connection
+    # and five reconnections; its input at an end at once, so that the last
+    # connection closes then. Returns s_client's output.
+    defp reconnect(mod, listen_opts, extra) do
+      l = listen(mod, listen_opts)
+      port = port(mod, l)
+      acceptor = spawn_link(fn -> serve_until_closed(mod, l) end)
       cmd = "openssl s_client -connect 127.0.0.1:#{port} -tls1_2 -reconnect #{extra} < /dev/null"
-      System.cmd("timeout", ["20", "sh", "-c", cmd], stderr_to_stdout: true)
+      {out, _status} = System.cmd("timeout", ["20", "sh", "-c", cmd], stderr_to_stdout: true)
+      Process.unlink(acceptor)
+      Process.exit(acceptor, :kill)
+      mod.close(l)
+      out
     end
+
+    defp resumed(out),
+      do: out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "Reused"))
 
     # One connection at a time: handshake, read until the client closes,
     # close, and collect the socket at once so that the SSL object is freed

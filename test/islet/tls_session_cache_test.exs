@@ -20,63 +20,56 @@ defmodule Islet.TLSSessionCacheTest do
     :ok
   end
 
-  setup do
-    before = Application.fetch_env(:ssl, :session_cache_server_max)
-
-    on_exit(fn ->
-      case before do
-        {:ok, value} -> Application.put_env(:ssl, :session_cache_server_max, value)
-        :error -> Application.delete_env(:ssl, :session_cache_server_max)
-      end
-    end)
-  end
-
   @tls12 [versions: [:"tlsv1.2"], reuse_sessions: true]
+
+  # One connection to listener `l` (an :ssl client with `client_opts`):
+  # `use` gets the server and client sockets; both close after it.
+  defp with_connection(mod, l, port, client_opts, use) do
+    tag = connect_async(port, client_opts)
+    {:ok, s} = mod.accept(l)
+    {:ok, s} = mod.handshake(s, 30_000)
+    {:ok, c} = await_client(tag)
+    result = use.(s, c)
+    :ok = :ssl.close(c)
+    mod.close(s)
+    result
+  end
 
   # A full handshake (reuse_sessions: :save, so that the :ssl client does
   # not resume the last session on its own), then the client's session.
   defp new_session(mod, l, port) do
-    tag = connect_async(port, Keyword.put(@tls12, :reuse_sessions, :save))
-    {:ok, s} = mod.accept(l)
-    {:ok, s} = mod.handshake(s, 30_000)
-    {:ok, c} = await_client(tag)
-    # A round trip: the session is in the server's cache by the time the
-    # data comes back (:ssl registers it asynchronously).
-    :ok = :ssl.send(c, "x")
-    {:ok, "x"} = mod.recv(s, 1, 10_000)
-    :ok = mod.send(s, "y")
-    {:ok, "y"} = :ssl.recv(c, 1, 10_000)
+    with_connection(mod, l, port, Keyword.put(@tls12, :reuse_sessions, :save), fn s, c ->
+      # A round trip: the session is in the server's cache by the time the
+      # data comes back (:ssl registers it asynchronously).
+      :ok = :ssl.send(c, "x")
+      {:ok, "x"} = mod.recv(s, 1, 10_000)
+      :ok = mod.send(s, "y")
+      {:ok, "y"} = :ssl.recv(c, 1, 10_000)
 
-    {:ok, [session_id: id, session_data: data]} =
-      :ssl.connection_information(c, [:session_id, :session_data])
+      {:ok, [session_id: id, session_data: data]} =
+        :ssl.connection_information(c, [:session_id, :session_data])
 
-    :ok = :ssl.close(c)
-    mod.close(s)
-    {id, data}
+      {id, data}
+    end)
   end
 
   # Whether the server resumed `session` (the client got its id back).
   defp resumes?(mod, l, port, {id, _} = session) do
-    tag = connect_async(port, @tls12 ++ [reuse_session: session])
-    {:ok, s} = mod.accept(l)
-    {:ok, s} = mod.handshake(s, 30_000)
-    {:ok, c} = await_client(tag)
-    {:ok, [session_id: got]} = :ssl.connection_information(c, [:session_id])
-    :ok = :ssl.close(c)
-    mod.close(s)
-    got == id
+    with_connection(mod, l, port, @tls12 ++ [reuse_session: session], fn _s, c ->
+      :ssl.connection_information(c, [:session_id]) == {:ok, [session_id: id]}
+    end)
   end
 
   test "TLS 1.2: the cache keeps session_cache_server_max sessions, dropping the oldest" do
-    Application.put_env(:ssl, :session_cache_server_max, 2)
-
     result =
-      assert_same(fn mod ->
-        l = listen(mod, @tls12)
-        port = port(mod, l)
-        sessions = for _ <- 1..3, do: new_session(mod, l, port)
-        # The newest first: resuming the oldest must not make room for it.
-        Enum.reverse(for session <- Enum.reverse(sessions), do: resumes?(mod, l, port, session))
+      with_ssl_env(:session_cache_server_max, 2, fn ->
+        assert_same(fn mod ->
+          l = listen(mod, @tls12)
+          port = port(mod, l)
+          sessions = for _ <- 1..3, do: new_session(mod, l, port)
+          # The newest first: resuming the oldest must not make room for it.
+          Enum.reverse(for s <- Enum.reverse(sessions), do: resumes?(mod, l, port, s))
+        end)
       end)
 
     assert result == [false, true, true]
@@ -85,14 +78,11 @@ defmodule Islet.TLSSessionCacheTest do
   # TLS 1.3 tickets: a handshake's tickets (all that come before the data
   # that follows them).
   defp new_tickets(mod, l, port) do
-    tag = connect_async(port, versions: [:"tlsv1.3"], session_tickets: :manual)
-    {:ok, s} = mod.accept(l)
-    {:ok, s} = mod.handshake(s, 30_000)
-    {:ok, c} = await_client(tag)
-    :ok = mod.send(s, "x")
-    {:ok, "x"} = :ssl.recv(c, 1, 10_000)
-    :ok = :ssl.close(c)
-    mod.close(s)
+    with_connection(mod, l, port, [versions: [:"tlsv1.3"], session_tickets: :manual], fn s, c ->
+      :ok = mod.send(s, "x")
+      {:ok, "x"} = :ssl.recv(c, 1, 10_000)
+    end)
+
     collect_tickets([])
   end
 
@@ -106,13 +96,13 @@ defmodule Islet.TLSSessionCacheTest do
 
   defp ticket_resumes?(mod, l, port, ticket) do
     opts = [versions: [:"tlsv1.3"], session_tickets: :manual, use_ticket: [ticket]]
-    tag = connect_async(port, opts)
-    {:ok, s} = mod.accept(l)
-    {:ok, s} = mod.handshake(s, 30_000)
-    {:ok, c} = await_client(tag)
-    {:ok, [session_resumption: resumed]} = :ssl.connection_information(c, [:session_resumption])
-    :ok = :ssl.close(c)
-    mod.close(s)
+
+    resumed =
+      with_connection(mod, l, port, opts, fn _s, c ->
+        :ssl.connection_information(c, [:session_resumption]) ==
+          {:ok, [session_resumption: true]}
+      end)
+
     # (The tickets this handshake made, if they came, are not needed.)
     _ = collect_tickets([])
     resumed
@@ -218,13 +208,13 @@ defmodule Islet.TLSSessionCacheTest do
   end
 
   test "TLS 1.2: by default a listener keeps more than a few sessions" do
-    Application.delete_env(:ssl, :session_cache_server_max)
-
-    assert_same(fn mod ->
-      l = listen(mod, @tls12)
-      port = port(mod, l)
-      sessions = for _ <- 1..4, do: new_session(mod, l, port)
-      for session <- sessions, do: resumes?(mod, l, port, session)
+    with_ssl_env(:session_cache_server_max, nil, fn ->
+      assert_same(fn mod ->
+        l = listen(mod, @tls12)
+        port = port(mod, l)
+        sessions = for _ <- 1..4, do: new_session(mod, l, port)
+        for session <- sessions, do: resumes?(mod, l, port, session)
+      end)
     end)
   end
 end
