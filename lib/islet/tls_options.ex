@@ -185,8 +185,9 @@ defmodule Islet.TLS.Options do
 
     ciphers =
       case Keyword.fetch(tls, :ciphers) do
-        {:ok, spec} -> ciphers(spec)
-        :error -> default_ciphers(Keyword.get(tls, :versions))
+        # (an empty list is the default, as with :ssl)
+        {:ok, spec} when spec != [] -> ciphers(spec)
+        _ -> default_ciphers(Keyword.get(tls, :versions))
       end
 
     others =
@@ -324,10 +325,35 @@ defmodule Islet.TLS.Options do
         other -> throw({:option, {:error, {:options, {:verify, other}}}})
       end
 
-    fail? = Keyword.get(tls, :fail_if_no_peer_cert, false) == true
-    depth = Keyword.get(tls, :depth)
+    fail? =
+      case Keyword.get(tls, :fail_if_no_peer_cert, false) do
+        true when not peer? ->
+          throw(
+            {:option,
+             {:error,
+              {:options, :incompatible, {:verify, :verify_none}, {:fail_if_no_peer_cert, true}}}}
+          )
+
+        b when is_boolean(b) ->
+          b
+
+        other ->
+          bad(:fail_if_no_peer_cert, other)
+      end
+
+    depth =
+      case Keyword.get(tls, :depth) do
+        d when is_nil(d) or (is_integer(d) and d >= 0 and d <= 255) -> d
+        other -> bad(:depth, other)
+      end
+
     verify_fun = verify_fun(Keyword.get(tls, :verify_fun))
     partial_chain = partial_chain(Keyword.get(tls, :partial_chain))
+    # :ssl's server that verifies clients without a verify_fun must be
+    # given trusted certificates (cacerts, else a cacertfile).
+    if peer? and verify_fun == nil and not match?([_ | _], Keyword.get(tls, :cacerts)) and
+         Keyword.get(tls, :cacertfile, []) == [],
+       do: bad(:cacertfile, [])
 
     # With verify_fun or partial_chain, client chains are checked in Erlang
     # (Islet.TLS.Verify); otherwise by OpenSSL.
@@ -478,6 +504,8 @@ defmodule Islet.TLS.Options do
     Enum.flat_map(tls, fn
       {:honor_cipher_order, b} when is_boolean(b) -> [honor_cipher_order: b]
       {:reuse_sessions, b} when is_boolean(b) -> [reuse_sessions: b]
+      # (save is a client's value; :ssl's server takes it as true)
+      {:reuse_sessions, :save} -> [reuse_sessions: true]
       {:alpn_preferred_protocols, list} when is_list(list) -> [alpn: list]
       {:session_tickets, t} -> [session_tickets: tickets(t)]
       {key, _} when key in [:secure_renegotiate, :log_level] -> []
@@ -524,9 +552,12 @@ defmodule Islet.TLS.Options do
   defp dhe?("EDH-" <> _), do: true
   defp dhe?(_), do: false
 
-  @booleans [:honor_cipher_order, :reuse_sessions, :secure_renegotiate, :honor_ecc_order] ++
+  @booleans [:honor_cipher_order, :secure_renegotiate, :honor_ecc_order] ++
               [:client_renegotiation, :middlebox_comp_mode, :log_alert, :keep_secrets] ++
               [:cookie, :certificate_authorities]
+
+  @log_levels [:none, :all, :emergency, :alert, :critical, :error, :warning, :notice] ++
+                [:info, :debug]
 
   # OpenSSL's names of :ssl's groups (its short names, where they differ).
   @group_names %{x25519: "X25519", x448: "X448", secp256r1: "prime256v1", secp192r1: "prime192v1"}
@@ -634,7 +665,82 @@ defmodule Islet.TLS.Options do
     []
   end
 
+  defp extra(:log_level, v, _) when v in @log_levels, do: []
+  defp extra(:log_level, v, _), do: bad(:log_level, v)
+
+  # A TLS 1.2 option for :ssl (it needs a version below 1.3); `save` is
+  # a client's value, which its server takes.
+  defp extra(:reuse_sessions, v, tls) do
+    versions = Keyword.get(tls, :versions)
+
+    if is_list(versions) and versions != [] and
+         not Enum.any?(versions, &(&1 in [:tlsv1, :"tlsv1.1", :"tlsv1.2"])),
+       do: dependency(:reuse_sessions, :versions, [:tlsv1, :"tlsv1.1", :"tlsv1.2"])
+
+    if is_boolean(v) or v == :save, do: [], else: bad(:reuse_sessions, v)
+  end
+
+  # session_tickets as this OTP's :ssl checks it: ssl 10 (OTP 25) wants TLS
+  # 1.3 for any value and names its values in a role error; ssl 11 (OTP 26)
+  # added the _with_cert modes and asks TLS 1.3 of the enabled ones only.
+  defp extra(:session_tickets, v, tls) do
+    modern? = ssl_major() >= 11
+
+    if (v != :disabled or not modern?) and not tls13?(Keyword.get(tls, :versions)),
+      do: dependency(:session_tickets, :versions, [:"tlsv1.3"])
+
+    allowed =
+      [:disabled, :stateful, :stateless] ++
+        if modern?, do: [:stateful_with_cert, :stateless_with_cert], else: []
+
+    cond do
+      v in allowed ->
+        []
+
+      modern? ->
+        bad(:session_tickets, v)
+
+      true ->
+        throw({:option, {:error, {:options, :role, {:session_tickets, {v, {:server, allowed}}}}}})
+    end
+  end
+
+  defp extra(:alpn_preferred_protocols, list, _) when is_list(list) do
+    for p <- list, not (is_binary(p) and byte_size(p) in 1..255) do
+      bad(:alpn_preferred_protocols, {:invalid_protocol, p})
+    end
+
+    []
+  end
+
+  defp extra(:alpn_preferred_protocols, v, _), do: bad(:alpn_preferred_protocols, v)
+  defp extra(:cacertfile, [], _), do: bad(:cacertfile, [])
+  defp extra(:sni_hosts, hosts, _), do: sni_hosts_check(hosts)
+
   defp extra(_, _, _), do: []
+
+  # As :ssl's check: a list of {charlist, options}, without sni_hosts of
+  # their own; the error names the list from the first wrong entry on (or
+  # the nested sni_hosts).
+  defp sni_hosts_check([]), do: []
+
+  defp sni_hosts_check([{name, opts} | rest] = hosts) when is_list(name) do
+    unless is_list(opts), do: bad(:sni_hosts, hosts)
+
+    case List.keyfind(opts, :sni_hosts, 0) do
+      {:sni_hosts, nested} -> bad(:sni_hosts, nested)
+      nil -> sni_hosts_check(rest)
+    end
+  end
+
+  defp sni_hosts_check(hosts), do: bad(:sni_hosts, hosts)
+
+  defp ssl_major do
+    case Application.spec(:ssl, :vsn) do
+      nil -> 0
+      vsn -> vsn |> to_string() |> String.split(".") |> hd() |> String.to_integer()
+    end
+  end
 
   defp bad(k, v), do: throw({:option, {:error, {:options, {k, v}}}})
   defp unsupported(k, v), do: throw({:option, {:error, {:unsupported_option, {k, v}}}})

@@ -77,6 +77,11 @@ defmodule Islet.TLSOptionsTest do
     end
   end
 
+  @doc false
+  def unknown_ca(_chain), do: :unknown_ca
+  @doc false
+  def accept_all(_cert, _event, state), do: {:valid, state}
+
   describe "listen: the options, valid and not, as :ssl answers them" do
     @cases [
       [eccs: [:x25519]],
@@ -142,7 +147,42 @@ defmodule Islet.TLSOptionsTest do
       [early_data: :disabled, session_tickets: :stateless],
       [reuse_sessions: 1],
       [secure_renegotiate: 1],
-      [honor_cipher_order: 1]
+      [honor_cipher_order: 1],
+      # Found comparing option by option (2026-12-06): each was taken, or
+      # refused with another error, or raised, where :ssl answers so.
+      [reuse_sessions: :save],
+      [reuse_sessions: true, versions: [:"tlsv1.3"]],
+      [session_tickets: :bogus],
+      [session_tickets: :stateful_with_cert],
+      [session_tickets: :disabled, versions: [:"tlsv1.2"]],
+      [session_tickets: :stateless, versions: [:"tlsv1.2"]],
+      [ciphers: []],
+      [depth: -1],
+      [depth: 256],
+      [depth: :x],
+      [depth: 0],
+      [verify: :verify_peer],
+      [verify: :verify_peer, cacerts: []],
+      [verify: :verify_peer, partial_chain: &__MODULE__.unknown_ca/1],
+      [verify: :verify_peer, verify_fun: {&__MODULE__.accept_all/3, []}],
+      [verify: :verify_peer, verify_fun: :undefined],
+      [cacertfile: []],
+      [fail_if_no_peer_cert: true],
+      [fail_if_no_peer_cert: :x],
+      [verify: :verify_none, fail_if_no_peer_cert: true],
+      [log_level: :bogus],
+      [log_level: true],
+      [log_level: :info],
+      [log_level: :none],
+      [alpn_preferred_protocols: ["h2", ""]],
+      [alpn_preferred_protocols: [:h2]],
+      [alpn_preferred_protocols: [String.duplicate("a", 256)]],
+      [alpn_preferred_protocols: :x],
+      [sni_hosts: :x],
+      [sni_hosts: [:x]],
+      [sni_hosts: [{"localhost", []}]],
+      [sni_hosts: [{~c"a", []}, {"b", []}]],
+      [sni_hosts: [{~c"a", [sni_hosts: []]}]]
     ]
 
     test "each option list gives the same answer" do
