@@ -118,6 +118,9 @@ defmodule Islet.TLS.Options do
     :ok
   end
 
+  @undefinable [:cert, :key, :certfile, :keyfile, :cacerts, :cacertfile, :dhfile, :sni_fun]
+  @key_types [:rsa, :dsa, :RSAPrivateKey, :DSAPrivateKey, :ECPrivateKey, :PrivateKeyInfo]
+
   @doc """
   Builds the native context for `opts` (TCP options are ignored).
 
@@ -132,7 +135,17 @@ defmodule Islet.TLS.Options do
   """
   @spec context(list()) :: {:ok, reference()} | {:error, term()}
   def context(opts) do
-    tls = for {k, _} = kv <- opts, is_atom(k), k in @tls_keys, do: kv
+    # (`undefined` is :ssl's "not given" for these, and so is an empty
+    # certs_keys.)
+    tls =
+      for {k, v} = kv <- opts,
+          is_atom(k),
+          k in @tls_keys,
+          not (v == :undefined and k in @undefinable),
+          kv != {:certs_keys, []},
+          do: kv
+
+    Enum.each(tls, fn {k, v} -> unless form_ok?(k, v), do: bad(k, v) end)
 
     with {:ok, keys, others} <- nif_opts(tls) do
       case build(keys ++ others) do
@@ -152,6 +165,21 @@ defmodule Islet.TLS.Options do
   catch
     {:option, error} -> error
   end
+
+  # The forms :ssl takes for the certificate, key and file options (its
+  # validate_option/3); what is wrong inside them is found later.
+  defp form_ok?(:cert, v), do: is_binary(v) or is_list(v)
+  defp form_ok?(:key, {type, der}) when is_binary(der), do: type in @key_types
+  defp form_ok?(:key, v), do: is_map(v) and is_map_key(v, :algorithm)
+  defp form_ok?(:certfile, v), do: is_binary(v) or is_list(v)
+
+  defp form_ok?(k, v) when k in [:keyfile, :cacertfile, :dhfile],
+    do: is_binary(v) or (is_list(v) and v != [])
+
+  defp form_ok?(k, v) when k in [:cacerts, :certs_keys], do: is_list(v)
+  defp form_ok?(:password, v), do: is_list(v) or is_binary(v) or is_function(v, 0)
+  defp form_ok?(:sni_fun, v), do: is_function(v)
+  defp form_ok?(_, _), do: true
 
   defp build(nif_opts), do: Islet.Nif.tls_ctx(nif_opts ++ [records: record_layer() == :islet])
 
@@ -518,8 +546,10 @@ defmodule Islet.TLS.Options do
   # :ssl.
   defp dh(tls) do
     case {Keyword.fetch(tls, :dh), Keyword.fetch(tls, :dhfile)} do
+      # Parameters that do not decode: :ssl takes them, and each handshake
+      # fails (its connection process crashes decoding them).
       {{:ok, der}, _} when is_binary(der) ->
-        [dh: der]
+        if dh_params?(der), do: [dh: der], else: throw({:deferred, {:dh, der}})
 
       {{:ok, other}, _} ->
         throw({:option, {:error, {:options, {:dh, other}}}})
@@ -536,6 +566,13 @@ defmodule Islet.TLS.Options do
       {:error, :error} ->
         []
     end
+  end
+
+  defp dh_params?(der) do
+    _ = :public_key.der_decode(:DHParameter, der)
+    true
+  rescue
+    _ -> false
   end
 
   # Ciphers that name DHE suites without parameters: OpenSSL's built-in
@@ -714,7 +751,6 @@ defmodule Islet.TLS.Options do
   end
 
   defp extra(:alpn_preferred_protocols, v, _), do: bad(:alpn_preferred_protocols, v)
-  defp extra(:cacertfile, [], _), do: bad(:cacertfile, [])
   defp extra(:sni_hosts, hosts, _), do: sni_hosts_check(hosts)
 
   defp extra(_, _, _), do: []

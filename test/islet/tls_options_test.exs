@@ -182,7 +182,23 @@ defmodule Islet.TLSOptionsTest do
       [sni_hosts: [:x]],
       [sni_hosts: [{"localhost", []}]],
       [sni_hosts: [{~c"a", []}, {"b", []}]],
-      [sni_hosts: [{~c"a", [sni_hosts: []]}]]
+      [sni_hosts: [{~c"a", [sni_hosts: []]}]],
+      # The forms of the certificate, key and file options (:x and the like
+      # were taken, or raised).
+      [cert: :x],
+      [key: :x],
+      [key: {:NoSuchKey, <<1>>}],
+      [certfile: :x],
+      [keyfile: []],
+      [cacertfile: :x],
+      [cacerts: :x],
+      [password: :x],
+      [sni_fun: :x],
+      [dhfile: []],
+      [certs_keys: []],
+      [certs_keys: :x],
+      [cacerts: :undefined],
+      [sni_fun: :undefined]
     ]
 
     test "each option list gives the same answer" do
@@ -326,6 +342,19 @@ defmodule Islet.TLSOptionsTest do
         assert {:ok, :ok, %{selected_cipher_suite: %{key_exchange: :dhe_rsa}}} =
                  assert_same(&handshake(&1, given ++ dhe, tls12()))
       end
+    end
+
+    # :ssl takes any binary at listen, and each handshake fails (its
+    # connection process crashes decoding it: the caller gets an exit where
+    # Islet answers an error). Islet refused the listener.
+    test "dh that does not decode: the listener opens, every handshake fails" do
+      for mod <- [Islet.Reference.SSL, Islet.TLS] do
+        result = Diff.run_one(mod, &handshake(&1, [dh: <<1, 2, 3>>], tls12()), 30_000)
+        assert match?({:exit, _}, result) or match?({{:error, _}, _, _}, result), inspect(result)
+      end
+
+      assert {{:error, {:options, {:dh, <<1, 2, 3>>}}}, _, _} =
+               handshake(Islet.TLS, [dh: <<1, 2, 3>>], tls13())
     end
 
     test "a dhfile that cannot be read fails each handshake, as with :ssl" do
