@@ -121,7 +121,9 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       break;
     }
     if (enif_is_identical(kv[0], atom.backlog)) {
-      if (!enif_get_int(env, kv[1], &backlog) || backlog < 0) err = EINVAL;
+      // Any int, as inet takes it: the kernel reads a negative one as its
+      // maximum (somaxconn).
+      if (!enif_get_int(env, kv[1], &backlog)) err = EINVAL;
       continue;
     }
     bool bad = false;

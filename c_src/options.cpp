@@ -77,7 +77,8 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     // inet's user-level buffer follows the receive buffer unless set itself.
     if (o->name == SO_RCVBUF && !s->buffer_set && v > s->buffer) s->buffer = v;
     if (o->tcp_only && !is_inet(s)) return 0;  // gen_tcp ignores them on local sockets
-    if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return 0;
+    // On an IPv4 socket inet answers einval (and the kernel has no such option).
+    if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return EINVAL;
     if (o->name == IP_TOS && o->level == IPPROTO_IP && s->family != AF_INET) return 0;
     return setsockopt(s->fd, o->level, o->name, &v, sizeof v) == 0 ? 0 : errno;
   }

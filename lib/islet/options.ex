@@ -171,7 +171,9 @@ defmodule Islet.Options do
   defp classify(:inet6, _), do: {:family, :inet6}
   defp classify(:binary, _), do: {:nif, {:mode, :binary}}
   defp classify(:list, _), do: unsupported(:list)
-  defp classify({key, _}, _) when key in @ignored, do: :skip
+
+  defp classify({key, v}, _) when key in @ignored,
+    do: if(ignored_ok?(key, v), do: :skip, else: {:error, :einval})
 
   defp classify({key, _} = opt, extra) when is_atom(key),
     do: if(key in extra, do: :skip, else: value(opt))
@@ -182,7 +184,7 @@ defmodule Islet.Options do
   defp value({:mode, :binary}), do: {:nif, {:mode, :binary}}
   defp value({:packet, p}) when p in [:raw, 0], do: {:nif, {:packet, :raw}}
   defp value({:exit_on_close, true}), do: {:nif, {:exit_on_close, true}}
-  defp value({:backlog, n}) when is_integer(n) and n >= 0, do: {:nif, {:backlog, n}}
+  defp value({:backlog, n}) when is_integer(n), do: {:nif, {:backlog, n}}
   defp value({:active, a} = kv) when is_boolean(a) or a == :once, do: {:nif, kv}
   defp value({:active, n} = kv) when is_integer(n) and n in -32768..32767, do: {:nif, kv}
 
@@ -217,6 +219,15 @@ defmodule Islet.Options do
   defp value(opt), do: unsupported(opt)
 
   defp unsupported(opt), do: {:error, {:unsupported_option, opt}}
+
+  # The ignored options still take only the values inet takes.
+  defp ignored_ok?(:delay_send, v), do: is_boolean(v)
+  defp ignored_ok?(:packet_size, v), do: is_integer(v) and v >= 0
+
+  defp ignored_ok?(key, v) when key in [:high_msgq_watermark, :low_msgq_watermark],
+    do: is_integer(v) and v > 0
+
+  defp ignored_ok?(_key, _v), do: true
 
   defp ip_value(:loopback), do: {:ip, :loopback}
   defp ip_value(:any), do: {:ip, :any}
