@@ -182,7 +182,8 @@ defmodule Islet.Options do
 
   defp value({key, ip}) when key in [:ip, :ifaddr], do: ip_value(ip)
   defp value({:mode, :binary}), do: {:nif, {:mode, :binary}}
-  defp value({:packet, p}) when p in [:raw, 0], do: {:nif, {:packet, :raw}}
+  # (as given: :ssl echoes :raw or 0 back in getopts)
+  defp value({:packet, p}) when p in [:raw, 0], do: {:nif, {:packet, p}}
   defp value({:exit_on_close, true}), do: {:nif, {:exit_on_close, true}}
   defp value({:backlog, n}) when is_integer(n), do: {:nif, {:backlog, n}}
   defp value({:active, a} = kv) when is_boolean(a) or a == :once, do: {:nif, kv}

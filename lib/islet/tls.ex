@@ -294,16 +294,84 @@ defmodule Islet.TLS do
     end
   end
 
-  @doc "Gets options, as `:ssl.getopts/2`."
+  @doc """
+  Gets options, as `:ssl.getopts/2`: in the reverse order of `options`, as
+  `:ssl` gives them, and its errors (`{:options, {:socket_options, tag,
+  reason}}` for the first tag that fails).
+  """
   @spec getopts(socket(), [atom()]) :: {:ok, list()} | {:error, term()}
-  defdelegate getopts(socket, options), to: Islet.TCP
+  def getopts(socket, options) when is_list(options) do
+    Enum.reduce_while(options, {:ok, []}, fn tag, {:ok, acc} ->
+      case Islet.TCP.getopts(socket, [tag]) do
+        {:ok, got} -> {:cont, {:ok, Enum.reverse(got, acc)}}
+        {:error, :closed} -> {:halt, {:error, :closed}}
+        {:error, reason} -> {:halt, {:error, {:options, {:socket_options, tag, reason}}}}
+      end
+    end)
+  end
+
+  def getopts(_socket, options), do: {:error, {:options, {:socket_options, options}}}
+
+  # The options :ssl handles itself (its "emulated" ones), and their values.
+  @packet_values [:raw, 0, 1, 2, 4, :asn1, :cdr, :sunrm, :fcgi, :tpkt, :line, :http] ++
+                   [:httph, :http_bin, :httph_bin]
 
   @doc """
   Sets options, as `:ssl.setopts/2`; `active: :once` is one native call.
-  Options apply first to last, as with `:ssl` (see `Islet.Options`).
+
+  As `:ssl` does: `mode`, `packet`, `header` and `active` are checked and
+  set one after the other (a bad one is `{:options, {:socket_options, {key,
+  value}}}`, those before it set), then the others together (a failure is
+  `{:options, {:socket_options, others_reversed, reason}}`). Options Islet
+  does not implement answer `{:unsupported_option, option}`.
   """
   @spec setopts(socket(), list()) :: :ok | {:error, term()}
-  def setopts(socket, options), do: Socket.setopts(socket, options, :ssl)
+  def setopts(socket, [active: value] = options) do
+    case Socket.setopts(socket, options, :ssl) do
+      {:error, :einval} -> {:error, {:options, {:socket_options, {:active, value}}}}
+      result -> result
+    end
+  end
+
+  def setopts(socket, options) when is_list(options) do
+    expanded = Enum.map(options, &expand_option/1)
+    {emulated, rest} = Enum.split_while(expanded, &(not bad_emulated?(&1)))
+    {own, others} = Enum.split_with(emulated, &emulated?/1)
+
+    with :ok <- Socket.setopts(socket, own, :ssl) do
+      case rest do
+        [bad | _] -> {:error, {:options, {:socket_options, bad}}}
+        [] -> set_others(socket, others)
+      end
+    end
+  end
+
+  def setopts(_socket, options), do: {:error, {:options, {:not_a_proplist, options}}}
+
+  defp set_others(_socket, []), do: :ok
+
+  defp set_others(socket, others) do
+    case Socket.setopts(socket, others, :ssl) do
+      {:error, :closed} = error -> error
+      {:error, {:unsupported_option, _}} = error -> error
+      {:error, reason} -> {:error, {:options, {:socket_options, Enum.reverse(others), reason}}}
+      result -> result
+    end
+  end
+
+  defp expand_option(:binary), do: {:mode, :binary}
+  defp expand_option(:list), do: {:mode, :list}
+  defp expand_option(option), do: option
+
+  defp emulated?({key, _}), do: key in [:mode, :packet, :header, :active]
+  defp emulated?(_), do: false
+
+  defp bad_emulated?({:mode, m}), do: m not in [:list, :binary]
+  defp bad_emulated?({:packet, p}), do: p not in @packet_values
+  defp bad_emulated?({:header, h}), do: not is_integer(h)
+  defp bad_emulated?({:active, a}) when a in [:once, true, false], do: false
+  defp bad_emulated?({:active, n}), do: not (is_integer(n) and n in -32_768..32_767)
+  defp bad_emulated?(_), do: false
 
   @doc "Shuts down; the write side sends close_notify first."
   @spec shutdown(socket(), :read | :write | :read_write) :: :ok | {:error, term()}

@@ -482,6 +482,54 @@ defmodule Islet.TLSConformanceIOTest do
     end
   end
 
+  # :ssl's own answers (found comparing call by call, 2026-12-06: Islet
+  # answered gen_tcp's {:error, :einval}, kept getopts' order, and gave
+  # packet: :raw back for 0).
+  describe "setopts and getopts: :ssl's answers" do
+    test "errors, order, and what the emulated options give back" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+
+        calls = [
+          fn -> mod.getopts(s, [:nodelay, :keepalive, :active, :mode]) end,
+          fn -> mod.getopts(s, [:nodelay, :no_such_option]) end,
+          fn -> mod.getopts(s, :nodelay) end,
+          fn -> mod.setopts(s, packet: 0) end,
+          fn -> mod.getopts(s, [:packet]) end,
+          fn -> mod.setopts(s, packet: :raw) end,
+          fn -> mod.getopts(s, [:packet]) end,
+          fn -> mod.setopts(s, nodelay: :x, keepalive: :y) end,
+          fn -> mod.setopts(s, nodelay: false, no_such_option: 1, keepalive: true) end,
+          fn -> mod.getopts(s, [:nodelay, :keepalive]) end,
+          # The emulated options before a bad one are set.
+          fn -> mod.setopts(s, active: :once, mode: :x) end,
+          fn -> mod.getopts(s, [:active]) end,
+          fn -> mod.setopts(s, active: false) end,
+          fn -> mod.setopts(s, active: :x) end,
+          fn -> mod.setopts(s, active: 40_000) end,
+          fn -> mod.setopts(s, packet: :x) end,
+          fn -> mod.setopts(s, header: :x) end,
+          fn -> mod.setopts(s, :x) end,
+          fn -> mod.setopts(s, [:x]) end,
+          fn -> mod.setopts(s, [:binary]) end,
+          fn -> mod.setopts(s, send_timeout: -1) end
+        ]
+
+        open = for call <- calls, do: Diff.catching(call)
+        :ok = mod.close(s)
+
+        closed =
+          for call <- [
+                fn -> mod.getopts(s, [:nodelay]) end,
+                fn -> mod.setopts(s, nodelay: :x) end
+              ],
+              do: Diff.catching(call)
+
+        {open, closed}
+      end)
+    end
+  end
+
   describe "ownership" do
     test "controlling_process hands active messages to the new owner" do
       assert_same(fn mod ->
