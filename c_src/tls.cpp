@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -1216,7 +1217,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       // default is 20480, and 0 would mean no bound.
       long n;
       if (!enif_get_long(env, kv[1], &n) || n <= 0) return enif_make_badarg(env);
-      SSL_CTX_sess_set_cache_size(ctx, n + cache_size_bias);
+      SSL_CTX_sess_set_cache_size(ctx, n < LONG_MAX ? n + cache_size_bias : n);
     } else if (k == "session_lifetime") {
       // Seconds a session stays resumable (TLS 1.2; TLS 1.3 tickets below).
       long n;

@@ -521,6 +521,23 @@ defmodule Islet.BadArgsTest do
     end
   end
 
+  describe "tls_ctx's session options" do
+    # Found reading the session-cache change: the bound plus OpenSSL 3.0's
+    # correction overflowed a long (undefined behaviour; UBSan reports it).
+    test "tls_ctx's session options take the largest integers, and refuse 0 and negatives" do
+      max = 9_223_372_036_854_775_807
+
+      for key <- [:session_cache_size, :session_lifetime, :ticket_lifetime, :tickets_amount] do
+        value = if key == :tickets_amount, do: 3, else: max
+        assert {:ok, _} = Islet.Nif.tls_ctx([{:sni_fun, :f}, {key, value}])
+
+        for bad <- [0, -1, :x] do
+          assert_raise ArgumentError, fn -> Islet.Nif.tls_ctx([{:sni_fun, :f}, {key, bad}]) end
+        end
+      end
+    end
+  end
+
   describe "found by fuzz/fuzz_terms (each also a regression input there)" do
     test "tls_ctx with sni_fun twice: the last one wins (the first one's copy was leaked)" do
       # The leak itself shows under ASan (scripts/sanitize.sh runs this).
