@@ -708,11 +708,8 @@ defmodule Islet.TLS.Options do
   # A TLS 1.2 option for :ssl (it needs a version below 1.3); `save` is
   # a client's value, which its server takes.
   defp extra(:reuse_sessions, v, tls) do
-    versions = Keyword.get(tls, :versions)
-
-    if is_list(versions) and versions != [] and
-         not Enum.any?(versions, &(&1 in [:tlsv1, :"tlsv1.1", :"tlsv1.2"])),
-       do: dependency(:reuse_sessions, :versions, [:tlsv1, :"tlsv1.1", :"tlsv1.2"])
+    unless tls12?(Keyword.get(tls, :versions)),
+      do: dependency(:reuse_sessions, :versions, [:tlsv1, :"tlsv1.1", :"tlsv1.2"])
 
     if is_boolean(v) or v == :save, do: [], else: bad(:reuse_sessions, v)
   end
@@ -784,10 +781,6 @@ defmodule Islet.TLS.Options do
   defp dependency(k, on, values),
     do: throw({:option, {:error, {:options, :dependency, {k, {on, values}}}}})
 
-  # Without supported_groups, TLS 1.3 gets :ssl's default groups, not
-  # OpenSSL's (which add P-521 and the ffdhe groups): a client offering only
-  # those is refused, as by :ssl. (TLS 1.2 keeps OpenSSL's curves without
-  # eccs, see Islet.TLS's README.)
   # The server's session cache, bounded per listener as :ssl bounds its
   # stores (dropping the oldest session first): session_cache_server_max
   # TLS 1.2 sessions and, with stateful tickets, server_session_ticket_store_size
@@ -799,11 +792,10 @@ defmodule Islet.TLS.Options do
   # OpenSSL's default is 2 hours for both).
   defp session_cache(tls) do
     versions = Keyword.get(tls, :versions)
-    tls12? = not is_list(versions) or versions == [] or Enum.any?(versions, &(&1 != :"tlsv1.3"))
     mode = tickets(Keyword.get(tls, :session_tickets))
     stateful13? = tls13?(versions) and mode == :stateful
 
-    sessions = if tls12?, do: ssl_env(:session_cache_server_max, 1000), else: 0
+    sessions = if tls12?(versions), do: ssl_env(:session_cache_server_max, 1000), else: 0
     tickets = if stateful13?, do: ssl_env(:server_session_ticket_store_size, 1000), else: 0
 
     ticket_opts =
@@ -837,6 +829,10 @@ defmodule Islet.TLS.Options do
     end
   end
 
+  # Without supported_groups, TLS 1.3 gets :ssl's default groups, not
+  # OpenSSL's (which add P-521 and the ffdhe groups): a client offering only
+  # those is refused, as by :ssl. (TLS 1.2 keeps OpenSSL's curves without
+  # eccs, see Islet.TLS's README.)
   defp groups13(tls) do
     if Keyword.has_key?(tls, :supported_groups) or not tls13?(Keyword.get(tls, :versions)),
       do: [],
@@ -847,6 +843,12 @@ defmodule Islet.TLS.Options do
   # not given; a list that is not a valid one is refused by versions/1).
   defp tls13?(versions) when is_list(versions) and versions != [], do: :"tlsv1.3" in versions
   defp tls13?(_versions), do: true
+
+  # Whether `versions` offers TLS 1.2 or below (:ssl's default does).
+  defp tls12?(versions) when is_list(versions) and versions != [],
+    do: Enum.any?(versions, &(&1 in [:tlsv1, :"tlsv1.1", :"tlsv1.2"]))
+
+  defp tls12?(_versions), do: true
 
   defp group_names(list),
     do: for(g <- list, is_atom(g), do: Map.get(@group_names, g, Atom.to_string(g)))
