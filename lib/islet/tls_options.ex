@@ -762,11 +762,35 @@ defmodule Islet.TLS.Options do
 
     case List.keyfind(opts, :sni_hosts, 0) do
       {:sni_hosts, nested} -> bad(:sni_hosts, nested)
-      nil -> sni_hosts_check(rest)
+      nil -> :ok
     end
+
+    if ssl_major() < 11, do: sni_host_keys_check(opts)
+    sni_hosts_check(rest)
   end
 
   defp sni_hosts_check(hosts), do: bad(:sni_hosts, hosts)
+
+  # ssl 10 (OTP 25) checks a host's options at listen with its per-option
+  # validation, which has no clause for the options it handles apart
+  # (ciphers, groups, signature schemes, tickets) nor for socket options
+  # or unknown keys: each is {:options, {key, value}}. ssl 11 postpones
+  # the check to the handshake (and Islet applies what it knows).
+  @sni_host_refused_ssl10 [
+    :ciphers,
+    :eccs,
+    :supported_groups,
+    :signature_algs,
+    :signature_algs_cert,
+    :session_tickets,
+    :log_alert,
+    :early_data
+  ]
+
+  defp sni_host_keys_check(opts) do
+    for {k, v} <- opts, k in @sni_host_refused_ssl10 or k not in @tls_keys, do: bad(k, v)
+    :ok
+  end
 
   defp ssl_major do
     case Application.spec(:ssl, :vsn) do

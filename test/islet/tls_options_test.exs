@@ -183,6 +183,19 @@ defmodule Islet.TLSOptionsTest do
       [sni_hosts: [{"localhost", []}]],
       [sni_hosts: [{~c"a", []}, {"b", []}]],
       [sni_hosts: [{~c"a", [sni_hosts: []]}]],
+      # A host's options that OTP 25's :ssl refuses at listen (it has no
+      # per-host check for them) and OTP 26's takes.
+      [sni_hosts: [{~c"a", [eccs: [:secp256r1]]}]],
+      [sni_hosts: [{~c"a", [versions: [:"tlsv1.2"]]}, {~c"b", [supported_groups: [:x25519]]}]],
+      [sni_hosts: [{~c"a", [ciphers: [~c"TLS_AES_128_GCM_SHA256"]]}]],
+      [sni_hosts: [{~c"a", [signature_algs: [:rsa_pss_rsae_sha256]]}]],
+      [sni_hosts: [{~c"a", [signature_algs_cert: [:rsa_pss_rsae_sha256]]}]],
+      [sni_hosts: [{~c"a", [session_tickets: :stateless]}]],
+      [sni_hosts: [{~c"a", [log_alert: false]}]],
+      [sni_hosts: [{~c"a", [early_data: :disabled]}]],
+      [sni_hosts: [{~c"a", [active: true]}]],
+      [sni_hosts: [{~c"a", [no_such_option: 1]}]],
+      [sni_hosts: [{~c"a", [verify: :verify_none, honor_cipher_order: true, log_level: :error]}]],
       # The forms of the certificate, key and file options (:x and the like
       # were taken, or raised).
       [cert: :x],
