@@ -23,7 +23,9 @@ struct Atoms {
       tcp_closed, tcp_error, tcp_passive, ssl, ssl_closed, ssl_error, ssl_passive, recv_oct,
       recv_cnt, recv_max, recv_avg, recv_dvi, send_oct, send_cnt, send_max, send_avg, send_pend,
       unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, high_watermark,
-      low_watermark;
+      low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
+      delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
+      show_econnreset, debug;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -77,6 +79,9 @@ constexpr size_t kReadChunk = 64u << 10;
 // gen_tcp's default high_watermark and low_watermark (bytes queued).
 constexpr size_t kDefaultHighWatermark = 8192;
 constexpr size_t kDefaultLowWatermark = 4096;
+// ... and of its port's message queue (high_msgq_watermark, low_msgq_watermark).
+constexpr int kDefaultMsgqHigh = 8192;
+constexpr int kDefaultMsgqLow = 4096;
 
 struct Sock {
   std::mutex mu;
@@ -142,6 +147,13 @@ struct Sock {
   // options keep low <= high (options.cpp).
   size_t high_watermark = kDefaultHighWatermark;
   size_t low_watermark = kDefaultLowWatermark;
+  // Tuning of gen_tcp's port that Islet has no use for (no port message
+  // queue, no packet parser, sends are never delayed): checked, kept and
+  // read back by getopts as gen_tcp does, and passed to accepted sockets.
+  bool delay_send = false;
+  int64_t packet_size = 0;  // inet keeps 32 bits, :ssl any integer
+  int msgq_high = kDefaultMsgqHigh;
+  int msgq_low = kDefaultMsgqLow;
   ErlNifPid owner;
   ErlNifMonitor owner_mon;
   ErlNifPid closer;

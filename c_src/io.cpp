@@ -188,6 +188,10 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     c->send_timeout_close = l->send_timeout_close;
     c->exit_on_close = l->exit_on_close;
     c->buffer_set = l->buffer_set;
+    c->delay_send = l->delay_send;
+    c->packet_size = l->packet_size;
+    c->msgq_high = l->msgq_high;
+    c->msgq_low = l->msgq_low;
     if (l->family == AF_UNIX) {
       // TCP sockets inherit these from the listener in the kernel; Unix
       // sockets do not, and gen_tcp copies them.

@@ -2,6 +2,7 @@
 //
 // Option values arrive already checked by Islet.Options; this decoder still
 // rejects anything malformed (badarg/einval), since any term can reach a NIF.
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -30,27 +31,42 @@ bool get_bool(ERL_NIF_TERM t, bool* out) {
 
 ERL_NIF_TERM make_bool(bool b) { return b ? atom.true_ : atom.false_; }
 
+// Which sockets an option applies to, as gen_tcp sees it: on the others
+// getopts leaves it out, and setopts ignores it (Tcp) or answers einval.
+enum class Scope : uint8_t {
+  Any,   // SOL_SOCKET: every family
+  Tcp,   // TCP's own (IPv4 and IPv6); ignored on Unix sockets
+  Ip,    // IPPROTO_IP: IPv4 and IPv6 sockets
+  Ip6,   // IPPROTO_IPV6: IPv6 sockets only
+};
+
 struct IntOpt {
   const ERL_NIF_TERM* key;
   int level;
   int name;
   bool boolean;
-  bool tcp_only;
+  Scope scope;
 };
 
 // Options that are a plain setsockopt.
 const IntOpt kIntOpts[] = {
-    {&atom.nodelay, IPPROTO_TCP, TCP_NODELAY, true, true},
-    {&atom.reuseaddr, SOL_SOCKET, SO_REUSEADDR, true, false},
-    {&atom.reuseport, SOL_SOCKET, SO_REUSEPORT, true, false},
-    {&atom.reuseport_lb, SOL_SOCKET, SO_REUSEPORT, true, false},
-    {&atom.keepalive, SOL_SOCKET, SO_KEEPALIVE, true, false},
-    {&atom.recbuf, SOL_SOCKET, SO_RCVBUF, false, false},
-    {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, false},
-    {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, true},
-    {&atom.tos, IPPROTO_IP, IP_TOS, false, true},
-    {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, false},
-    {&atom.nopush, IPPROTO_TCP, TCP_CORK, true, true},  // gen_tcp's name for TCP_CORK on Linux
+    {&atom.nodelay, IPPROTO_TCP, TCP_NODELAY, true, Scope::Tcp},
+    {&atom.reuseaddr, SOL_SOCKET, SO_REUSEADDR, true, Scope::Any},
+    {&atom.reuseport, SOL_SOCKET, SO_REUSEPORT, true, Scope::Any},
+    {&atom.reuseport_lb, SOL_SOCKET, SO_REUSEPORT, true, Scope::Any},
+    {&atom.keepalive, SOL_SOCKET, SO_KEEPALIVE, true, Scope::Any},
+    {&atom.recbuf, SOL_SOCKET, SO_RCVBUF, false, Scope::Any},
+    {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, Scope::Any},
+    {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, Scope::Any},
+    {&atom.dontroute, SOL_SOCKET, SO_DONTROUTE, true, Scope::Any},
+    {&atom.nopush, IPPROTO_TCP, TCP_CORK, true, Scope::Tcp},  // gen_tcp's name for TCP_CORK
+    {&atom.tos, IPPROTO_IP, IP_TOS, false, Scope::Ip},
+    {&atom.ttl, IPPROTO_IP, IP_TTL, false, Scope::Ip},
+    {&atom.recvtos, IPPROTO_IP, IP_RECVTOS, true, Scope::Ip},
+    {&atom.recvttl, IPPROTO_IP, IP_RECVTTL, true, Scope::Ip},
+    {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, Scope::Ip6},
+    {&atom.tclass, IPPROTO_IPV6, IPV6_TCLASS, false, Scope::Ip6},
+    {&atom.recvtclass, IPPROTO_IPV6, IPV6_RECVTCLASS, true, Scope::Ip6},
 };
 
 const IntOpt* find_int_opt(ERL_NIF_TERM key) {
@@ -59,7 +75,18 @@ const IntOpt* find_int_opt(ERL_NIF_TERM key) {
   return nullptr;
 }
 
-bool is_inet(const Sock* s) { return s->family == AF_INET || s->family == AF_INET6; }
+bool in_scope(const Sock* s, Scope scope) {
+  switch (scope) {
+    case Scope::Any:
+      return true;
+    case Scope::Tcp:
+    case Scope::Ip:
+      return s->family == AF_INET || s->family == AF_INET6;
+    case Scope::Ip6:
+      return s->family == AF_INET6;
+  }
+  return false;
+}
 
 }  // namespace
 
@@ -76,11 +103,55 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     }
     // inet's user-level buffer follows the receive buffer unless set itself.
     if (o->name == SO_RCVBUF && !s->buffer_set && v > s->buffer) s->buffer = v;
-    if (o->tcp_only && !is_inet(s)) return 0;  // gen_tcp ignores them on local sockets
-    // On an IPv4 socket inet answers einval (and the kernel has no such option).
-    if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return EINVAL;
-    if (o->name == IP_TOS && o->level == IPPROTO_IP && s->family != AF_INET) return 0;
+    if (!in_scope(s, o->scope)) return o->scope == Scope::Tcp ? 0 : EINVAL;
+    if (o->name == IP_TOS && o->level == IPPROTO_IP) {
+      // Linux derives the socket's priority from the TOS; inet_drv puts
+      // the priority back, so tos never changes priority with gen_tcp.
+      int prio = 0;
+      socklen_t plen = sizeof prio;
+      bool had = getsockopt(s->fd, SOL_SOCKET, SO_PRIORITY, &prio, &plen) == 0;
+      if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return errno;
+      if (had) setsockopt(s->fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
+      return 0;
+    }
     return setsockopt(s->fd, o->level, o->name, &v, sizeof v) == 0 ? 0 : errno;
+  }
+  if (enif_is_identical(key, atom.bind_to_device)) {
+    ErlNifBinary dev;
+    if (!enif_inspect_binary(env, value, &dev) || dev.size >= IFNAMSIZ ||
+        std::memchr(dev.data, 0, dev.size) != nullptr)
+      return EINVAL;
+    char name[IFNAMSIZ] = {};
+    std::memcpy(name, dev.data, dev.size);
+    return setsockopt(s->fd, SOL_SOCKET, SO_BINDTODEVICE, name,
+                      static_cast<socklen_t>(dev.size)) == 0
+               ? 0
+               : errno;
+  }
+  if (enif_is_identical(key, atom.delay_send)) {
+    if (!get_bool(value, &b)) return EINVAL;
+    s->delay_send = b;
+    return 0;
+  }
+  if (enif_is_identical(key, atom.packet_size)) {
+    ErlNifSInt64 n;
+    if (!enif_get_int64(env, value, &n)) return EINVAL;
+    s->packet_size = n;
+    return 0;
+  }
+  if (enif_is_identical(key, atom.high_msgq_watermark) ||
+      enif_is_identical(key, atom.low_msgq_watermark)) {
+    // As the send queue's watermarks: the other one follows. Islet.Options
+    // has brought the value to what the port would hold (1..INT_MAX).
+    if (!enif_get_int(env, value, &i) || i <= 0) return EINVAL;
+    if (enif_is_identical(key, atom.high_msgq_watermark)) {
+      s->msgq_high = i;
+      if (s->msgq_low > i) s->msgq_low = i;
+    } else {
+      s->msgq_low = i;
+      if (s->msgq_high < i) s->msgq_high = i;
+    }
+    return 0;
   }
   if (enif_is_identical(key, atom.linger)) {
     int arity;
@@ -157,9 +228,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
 bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int* err) {
   ERL_NIF_TERM v;
   if (const IntOpt* o = find_int_opt(key)) {
-    if (o->tcp_only && !is_inet(s)) return false;
-    if (o->name == IPV6_V6ONLY && s->family != AF_INET6) return false;
-    if (o->name == IP_TOS && o->level == IPPROTO_IP && s->family != AF_INET) return false;
+    if (!in_scope(s, o->scope)) return false;
     int iv = 0;
     socklen_t len = sizeof iv;
     if (getsockopt(s->fd, o->level, o->name, &iv, &len) != 0) {
@@ -196,6 +265,29 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
     v = make_bool(s->send_timeout_close);
   } else if (enif_is_identical(key, atom.exit_on_close)) {
     v = make_bool(s->exit_on_close);
+  } else if (enif_is_identical(key, atom.bind_to_device)) {
+    char name[IFNAMSIZ] = {};
+    socklen_t len = sizeof name;
+    if (getsockopt(s->fd, SOL_SOCKET, SO_BINDTODEVICE, name, &len) != 0) {
+      *err = errno;
+      return false;
+    }
+    size_t n = strnlen(name, len);
+    std::memcpy(enif_make_new_binary(env, n, &v), name, n);
+  } else if (enif_is_identical(key, atom.delay_send)) {
+    v = make_bool(s->delay_send);
+  } else if (enif_is_identical(key, atom.packet_size)) {
+    v = enif_make_int64(env, s->packet_size);
+  } else if (enif_is_identical(key, atom.high_msgq_watermark)) {
+    v = enif_make_int(env, s->msgq_high);
+  } else if (enif_is_identical(key, atom.low_msgq_watermark)) {
+    v = enif_make_int(env, s->msgq_low);
+  } else if (enif_is_identical(key, atom.header)) {
+    v = enif_make_int(env, 0);  // binary mode, raw packets: no header
+  } else if (enif_is_identical(key, atom.deliver)) {
+    v = atom.term;
+  } else if (enif_is_identical(key, atom.show_econnreset) || enif_is_identical(key, atom.debug)) {
+    v = atom.false_;
   } else {
     *err = EINVAL;
     return false;

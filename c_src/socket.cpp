@@ -38,7 +38,10 @@ void init_atoms(ErlNifEnv* env) {
                a("send_max"), a("send_avg"), a("send_pend"), a("unspec"), a("eof"),
                a("tos"), a("priority"), a("nopush"),
                a("$islet_flush"), a("idle"), a("wait_busy"), a("high_watermark"),
-               a("low_watermark")};
+               a("low_watermark"), a("ttl"), a("recvtos"), a("recvttl"), a("dontroute"),
+               a("tclass"), a("recvtclass"), a("bind_to_device"), a("delay_send"),
+               a("packet_size"), a("high_msgq_watermark"), a("low_msgq_watermark"),
+               a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {

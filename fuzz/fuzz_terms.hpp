@@ -109,6 +109,10 @@ constexpr const char* kAtoms[] = {
     "erl_verify", "verify",
     // the signature algorithms of client chains (Islet.TLS.CertSigs)
     "cert_sigs",
+    // IP options, and gen_tcp's port settings kept for getopts
+    "high_watermark", "low_watermark", "ttl", "recvtos", "recvttl", "dontroute", "tclass",
+    "recvtclass", "bind_to_device", "delay_send", "packet_size", "high_msgq_watermark",
+    "low_msgq_watermark", "header", "deliver", "term", "show_econnreset", "debug",
 };
 constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
 

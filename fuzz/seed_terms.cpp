@@ -108,6 +108,21 @@ int main(int argc, char** argv) {
     w.u8(kSetActive).integer(3);
     w.u8(kEnd).u8(0);
   }
+  // IP options per family and the port settings Islet keeps, on IPv6.
+  {
+    W& w = add("tcp6_ip_opts");
+    w.u8(kSockOps).u8(1);  // AF_INET6, connection
+    w.u8(kSetopts).list(6);
+    w.kv("ttl").integer(7);
+    w.kv("tclass").integer(8);
+    w.kv("bind_to_device").integer(1);  // wrong type: einval
+    w.kv("packet_size").integer(-1);
+    w.kv("high_msgq_watermark").integer(100);
+    w.kv("low_msgq_watermark").integer(200);
+    w.u8(kGetopts).list(6).atom("ttl").atom("tclass").atom("packet_size").atom("header")
+        .atom("high_msgq_watermark").atom("bind_to_device");
+    w.u8(kEnd).u8(0);
+  }
   // A connected AF_UNIX pair: data, active delivery through the pump, recv.
   {
     W& w = add("unix_recv_deliver");

@@ -10,7 +10,9 @@ defmodule Islet.Options do
   `buffer`, `recbuf`, `sndbuf`, `send_timeout`, `send_timeout_close`,
   `high_watermark`, `low_watermark` (the send queue's, see below),
   `packet: :raw | 0`, `mode: :binary` (or `:binary`), `active`,
-  `exit_on_close: true`.
+  `exit_on_close: true`; the IP options `tos`, `ttl`, `recvtos`, `recvttl`,
+  `tclass`, `recvtclass`, `dontroute` (setopts only) and `bind_to_device`,
+  each on the address families gen_tcp has it for.
 
   `high_watermark` and `low_watermark` follow inet_drv: a send that finds
   data queued and brings the queue to `high_watermark` waits (up to
@@ -24,7 +26,11 @@ defmodule Islet.Options do
   `:ssl`). Listeners pass them on to the sockets they accept.
 
   Accepted and ignored on purpose: `inet_backend` (Islet is its own
-  backend).
+  backend). Checked and kept for `getopts/2`, with no effect: gen_tcp's
+  tuning of its port (`delay_send`, `packet_size`, `high_msgq_watermark`
+  and `low_msgq_watermark`, which move each other as the send watermarks
+  do). Taken at the one value Islet has: `header: 0`, `deliver: :term`,
+  `show_econnreset: false`, `debug: false` (another value is unsupported).
 
   Anything else returns `{:error, {:unsupported_option, option}}`; a
   supported option with a value of the wrong type returns `{:error, :einval}`
@@ -35,16 +41,19 @@ defmodule Islet.Options do
   @type listen_spec :: {:inet | :inet6 | :local, tuple() | binary(), :inet.port_number(), list()}
 
   @bool_opts [:nodelay, :reuseaddr, :reuseport, :reuseport_lb, :keepalive, :send_timeout_close] ++
-               [:ipv6_v6only, :nopush]
-  @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority]
+               [:ipv6_v6only, :nopush, :dontroute, :recvtos, :recvttl, :recvtclass, :delay_send]
+  @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority, :ttl, :tclass]
   # Socket options gen_tcp takes in setopts but not in listen (where it
   # exits with badarg): Islet refuses them there by name.
-  @setopts_only [:nopush]
-  # Accepted and ignored: the backend (Islet is its own), and tuning of
-  # gen_tcp's message queue and packet parser, which Islet does not have
-  # (packets are raw).
-  @ignored [:inet_backend, :delay_send, :high_msgq_watermark, :low_msgq_watermark, :packet_size]
+  @setopts_only [:nopush, :dontroute]
+  # Accepted and ignored: the backend (Islet is its own).
+  @ignored [:inet_backend]
+  # gen_tcp's settings that have one value in Islet (binary mode, raw
+  # packets, messages as terms, resets reported as closed): that value is
+  # taken (and getopts answers it), another is unsupported.
+  @fixed %{header: 0, deliver: :term, show_econnreset: false, debug: false}
   @watermarks [:high_watermark, :low_watermark]
+  @msgq_marks [:high_msgq_watermark, :low_msgq_watermark]
   # Options :inet knows that Islet does not implement: setopts names them in
   # {:unsupported_option, _}; options :inet does not know at all are einval
   # there, as with gen_tcp.
@@ -96,7 +105,7 @@ defmodule Islet.Options do
 
   def listen_spec(port, opts, extra, stack) when is_list(opts) do
     Enum.reduce_while(opts, {:ok, %{family: nil, ip: nil, nif: []}}, fn opt, {:ok, acc} ->
-      case listen_classify(opt, extra) do
+      case listen_classify(opt, extra, stack) do
         {:family, f} -> {:cont, {:ok, %{acc | family: f}}}
         {:ip, ip} -> {:cont, {:ok, %{acc | ip: ip}}}
         {:nif, kv} -> {:cont, {:ok, %{acc | nif: [kv | acc.nif]}}}
@@ -112,8 +121,11 @@ defmodule Islet.Options do
 
   def listen_spec(_port, _opts, _extra, _stack), do: {:error, :einval}
 
-  defp listen_classify({key, _} = opt, _extra) when key in @setopts_only, do: unsupported(opt)
-  defp listen_classify(opt, extra), do: classify(opt, extra)
+  defp listen_classify({key, _} = opt, _extra, _stack) when key in @setopts_only,
+    do: unsupported(opt)
+
+  defp listen_classify({:packet_size, _} = opt, _extra, stack), do: classify_for(opt, stack)
+  defp listen_classify(opt, extra, _stack), do: classify(opt, extra)
 
   @doc """
   Validates options for `setopts/2` and returns them in the NIF's form, in
@@ -125,7 +137,7 @@ defmodule Islet.Options do
 
   def socket_opts(opts, stack) when is_list(opts) do
     Enum.reduce_while(opts, {:ok, []}, fn opt, {:ok, acc} ->
-      case classify(opt, []) do
+      case classify_for(opt, stack) do
         {:nif, {:backlog, _}} -> {:halt, {:error, :einval}}
         {:nif, kv} -> {:cont, {:ok, [kv | acc]}}
         :skip -> {:cont, {:ok, acc}}
@@ -147,21 +159,25 @@ defmodule Islet.Options do
   # listen's or setopts', from the last option to the first, and :ssl from
   # the first to the last: [high_watermark: 1000, low_watermark: 2000]
   # gives 1000/1000 with gen_tcp, 2000/2000 with :ssl. Only the watermarks
-  # tell, each of them moving the other: for inet they are reversed among
-  # themselves.
+  # (of the send queue and of the message queue) tell, each of them moving
+  # its pair: for inet they are reversed among themselves.
   defp in_order(opts, :ssl), do: opts
 
   defp in_order(opts, :inet) do
-    marks = for {key, _} = kv <- opts, key in @watermarks, do: kv
+    marks = for {key, _} = kv <- opts, key in @watermarks or key in @msgq_marks, do: kv
 
     {ordered, []} =
       Enum.map_reduce(opts, Enum.reverse(marks), fn
-        {key, _}, [mark | rest] when key in @watermarks -> {mark, rest}
+        {key, _}, [mark | rest] when key in @watermarks or key in @msgq_marks -> {mark, rest}
         kv, rest -> {kv, rest}
       end)
 
     ordered
   end
+
+  # :ssl keeps packet_size itself, as any integer (inet: 32 bits, >= 0).
+  defp classify_for({:packet_size, n} = kv, :ssl) when is_integer(n), do: {:nif, kv}
+  defp classify_for(opt, _stack), do: classify(opt, [])
 
   defp unknown_to_inet(:list, error), do: error
   defp unknown_to_inet({key, _}, error) when key in @inet_known, do: error
@@ -201,6 +217,30 @@ defmodule Islet.Options do
     {:nif, {key, int32}}
   end
 
+  # The message queue's: cut to 32 bits as inet encodes them; 0 and -1 are
+  # einval, another negative one is the largest the port holds.
+  defp value({key, n}) when key in @msgq_marks and is_integer(n) do
+    case <<n::32>> do
+      <<int32::signed-32>> when int32 in [0, -1] -> {:error, :einval}
+      <<int32::signed-32>> when int32 < 0 -> {:nif, {key, 2_147_483_647}}
+      <<int32::signed-32>> -> {:nif, {key, int32}}
+    end
+  end
+
+  # Any non-negative integer, kept as its low 32 bits (as inet does).
+  defp value({:packet_size, n}) when is_integer(n) and n >= 0,
+    do: {:nif, {:packet_size, Bitwise.band(n, 0xFFFFFFFF)}}
+
+  defp value({:bind_to_device, dev} = kv) when is_binary(dev), do: {:nif, kv}
+
+  defp value({key, v} = opt) when is_map_key(@fixed, key) do
+    cond do
+      v == @fixed[key] -> :skip
+      fixed_other?(key, v) -> unsupported(opt)
+      true -> {:error, :einval}
+    end
+  end
+
   defp value({key, b} = kv) when key in @bool_opts and is_boolean(b), do: {:nif, kv}
   defp value({key, n} = kv) when key in @int_opts and is_integer(n), do: {:nif, kv}
 
@@ -217,18 +257,20 @@ defmodule Islet.Options do
   defp value({key, _}) when key in @watermarks, do: {:error, :einval}
 
   defp value({key, _}) when key in @bool_opts or key in @int_opts, do: {:error, :einval}
+
+  defp value({key, _}) when key in [:packet_size, :bind_to_device | @msgq_marks],
+    do: {:error, :einval}
+
   defp value(opt), do: unsupported(opt)
 
   defp unsupported(opt), do: {:error, {:unsupported_option, opt}}
 
-  # The ignored options still take only the values inet takes.
-  defp ignored_ok?(:delay_send, v), do: is_boolean(v)
-  defp ignored_ok?(:packet_size, v), do: is_integer(v) and v >= 0
-
-  defp ignored_ok?(key, v) when key in [:high_msgq_watermark, :low_msgq_watermark],
-    do: is_integer(v) and v > 0
-
   defp ignored_ok?(_key, _v), do: true
+
+  # The other values inet takes for the fixed options.
+  defp fixed_other?(:header, v), do: is_integer(v) and v > 0
+  defp fixed_other?(:deliver, v), do: v == :port
+  defp fixed_other?(key, v) when key in [:show_econnreset, :debug], do: is_boolean(v)
 
   defp ip_value(:loopback), do: {:ip, :loopback}
   defp ip_value(:any), do: {:ip, :any}

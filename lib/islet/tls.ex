@@ -69,10 +69,22 @@ defmodule Islet.TLS do
     options = Islet.Options.merge(@hardcoded_options, user_options, @default_options)
     TLSOptions.check_cert_key!(options)
 
-    with {:ok, ctx} <- TLSOptions.context(options),
+    with :ok <- check_emulated(options),
+         {:ok, ctx} <- TLSOptions.context(options),
          {:ok, listener} <- Socket.listen(port, options, TLSOptions.tls_keys(), :ssl) do
       :ok = Nif.tls_listener(listener, ctx)
       {:ok, listener}
+    end
+  end
+
+  # :ssl checks the integers it keeps for its sockets itself, naming them.
+  defp check_emulated(options) do
+    case Enum.find(
+           options,
+           &match?({key, v} when key in [:header, :packet_size] and not is_integer(v), &1)
+         ) do
+      nil -> :ok
+      bad -> {:error, {:options, bad}}
     end
   end
 
@@ -319,7 +331,7 @@ defmodule Islet.TLS do
   @doc """
   Sets options, as `:ssl.setopts/2`; `active: :once` is one native call.
 
-  As `:ssl` does: `mode`, `packet`, `header` and `active` are checked and
+  As `:ssl` does: `mode`, `packet`, `packet_size`, `header` and `active` are checked and
   set one after the other (a bad one is `{:options, {:socket_options, {key,
   value}}}`, those before it set), then the others together (a failure is
   `{:options, {:socket_options, others_reversed, reason}}`). Options Islet
@@ -363,12 +375,12 @@ defmodule Islet.TLS do
   defp expand_option(:list), do: {:mode, :list}
   defp expand_option(option), do: option
 
-  defp emulated?({key, _}), do: key in [:mode, :packet, :header, :active]
+  defp emulated?({key, _}), do: key in [:mode, :packet, :packet_size, :header, :active]
   defp emulated?(_), do: false
 
   defp bad_emulated?({:mode, m}), do: m not in [:list, :binary]
   defp bad_emulated?({:packet, p}), do: p not in @packet_values
-  defp bad_emulated?({:header, h}), do: not is_integer(h)
+  defp bad_emulated?({key, n}) when key in [:header, :packet_size], do: not is_integer(n)
   defp bad_emulated?({:active, a}) when a in [:once, true, false], do: false
   defp bad_emulated?({:active, n}), do: not (is_integer(n) and n in -32_768..32_767)
   defp bad_emulated?(_), do: false

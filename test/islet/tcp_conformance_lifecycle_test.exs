@@ -101,6 +101,93 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
+    test "gen_tcp's port tuning, fixed settings and IP options, read back" do
+      # Found comparing every getopts key (2026-12-06): these were einval
+      # in getopts, or unsupported in setopts, where gen_tcp answers.
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+
+        for opt <- [
+              delay_send: true,
+              delay_send: 1,
+              packet_size: 70_000,
+              packet_size: 0x1_0000_0005,
+              packet_size: -1,
+              high_msgq_watermark: 100,
+              low_msgq_watermark: 200,
+              high_msgq_watermark: 0x8000_0000,
+              high_msgq_watermark: 0x1_0000_0007,
+              high_msgq_watermark: -5,
+              high_msgq_watermark: -1,
+              low_msgq_watermark: 0,
+              low_msgq_watermark: :x,
+              ttl: 7,
+              ttl: 0,
+              ttl: :x,
+              tos: 8,
+              recvtos: true,
+              recvttl: true,
+              recvtos: 2,
+              tclass: 8,
+              recvtclass: true,
+              dontroute: true,
+              dontroute: 1,
+              bind_to_device: "lo",
+              bind_to_device: "",
+              bind_to_device: :x,
+              header: 0,
+              header: -1,
+              deliver: :term,
+              deliver: :x,
+              show_econnreset: false,
+              show_econnreset: 1,
+              debug: false
+            ] do
+          {key, _} = opt
+          {opt, mod.setopts(s, [opt]), mod.getopts(s, [key])}
+        end
+      end)
+    end
+
+    test "the message queue's watermarks move each other, in gen_tcp's order" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        keys = [:high_msgq_watermark, :low_msgq_watermark, :priority]
+
+        for opts <- [
+              [high_msgq_watermark: 10, low_msgq_watermark: 2000],
+              [low_msgq_watermark: 2000, high_msgq_watermark: 10],
+              [low_msgq_watermark: 50, high_watermark: 100, high_msgq_watermark: 60],
+              [priority: 3, tos: 16],
+              [tos: 32, priority: 1]
+            ] do
+          {opts, mod.setopts(s, opts), mod.getopts(s, keys)}
+        end
+      end)
+    end
+
+    test "IP and IPv6 options by family" do
+      opts =
+        [ttl: 7, tos: 8, recvtos: true, tclass: 8, recvtclass: true, ipv6_v6only: true] ++
+          [dontroute: true, priority: 3, nodelay: false, nopush: true, bind_to_device: "lo"]
+
+      for family <- [[ip: :loopback], [:inet6, ip: :loopback], :local] do
+        assert_same(fn mod ->
+          path = Diff.name(Diff.tmp_path("islet_fam"), :path)
+          listen = if family == :local, do: [ip: {:local, path}], else: family
+          {_l, s, _c} = Diff.pair(mod, listen)
+
+          result =
+            for {key, _} = opt <- opts do
+              {opt, mod.getopts(s, [key]), mod.setopts(s, [opt]), mod.getopts(s, [key])}
+            end
+
+          File.rm(path)
+          result
+        end)
+      end
+    end
+
     test "several at once, and the bare :binary" do
       assert_same(fn mod ->
         {_l, s, _c} = Diff.pair(mod)

@@ -23,7 +23,19 @@ defmodule Islet.TCPConformanceTest do
     :send_timeout_close,
     :exit_on_close,
     :high_watermark,
-    :low_watermark
+    :low_watermark,
+    :delay_send,
+    :packet_size,
+    :high_msgq_watermark,
+    :low_msgq_watermark,
+    :header,
+    :deliver,
+    :show_econnreset,
+    :tos,
+    :ttl,
+    :recvtos,
+    :dontroute,
+    :bind_to_device
   ]
 
   # Each option read on its own, so that one unsupported key cannot hide the others.
@@ -285,6 +297,25 @@ defmodule Islet.TCPConformanceTest do
       assert_same(&listen_probe(&1, ip: :loopback, inet_backend: :inet))
     end
 
+    test "gen_tcp's port tuning and IP options: kept, read back and passed on" do
+      # Islet has no port message queue nor packet parser; it keeps these
+      # values for getopts as gen_tcp does (getopts answered einval).
+      assert_same(
+        &listen_probe(&1,
+          ip: :loopback,
+          delay_send: true,
+          packet_size: 100,
+          high_msgq_watermark: 100,
+          low_msgq_watermark: 50,
+          ttl: 9,
+          recvtos: true,
+          header: 0,
+          deliver: :term,
+          show_econnreset: false
+        )
+      )
+    end
+
     test "options on a unix socket" do
       assert_same(fn mod ->
         path = Diff.name(Diff.tmp_path("islet_sock"), :path)
@@ -423,12 +454,12 @@ defmodule Islet.TCPConformanceTest do
       packet: :line,
       exit_on_close: false,
       header: 2,
-      deliver: :term,
+      deliver: :port,
       show_econnreset: true
     ]
 
     # Tuning of gen_tcp's message queue and packet parser, which Islet does
-    # not have, is accepted and ignored; tos and priority are set.
+    # not have, is accepted and kept for getopts; tos and priority are set.
     @accepted [
       delay_send: true,
       high_msgq_watermark: 65536,

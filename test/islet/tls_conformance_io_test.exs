@@ -528,6 +528,48 @@ defmodule Islet.TLSConformanceIOTest do
         {open, closed}
       end)
     end
+
+    test "the TCP port's tuning, :ssl's emulated options and IP options, read back" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+
+        for opt <- [
+              delay_send: true,
+              packet_size: 70_000,
+              packet_size: -1,
+              high_msgq_watermark: 100,
+              low_msgq_watermark: 200,
+              high_msgq_watermark: 0,
+              ttl: 7,
+              ttl: 0,
+              recvtos: true,
+              dontroute: true,
+              bind_to_device: "lo",
+              packet_size: 0x100_0000_0000,
+              packet_size: :x,
+              header: 0,
+              deliver: :term,
+              show_econnreset: false
+            ] do
+          {key, _} = opt
+          {opt, Diff.catching(fn -> mod.setopts(s, [opt]) end), mod.getopts(s, [key])}
+        end
+      end)
+    end
+
+    test "the message queue's watermarks move each other, in :ssl's order" do
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+
+        for opts <- [
+              [high_msgq_watermark: 10, low_msgq_watermark: 2000],
+              [low_msgq_watermark: 2000, high_msgq_watermark: 10]
+            ] do
+          {opts, mod.setopts(s, opts),
+           mod.getopts(s, [:high_msgq_watermark, :low_msgq_watermark])}
+        end
+      end)
+    end
   end
 
   describe "ownership" do

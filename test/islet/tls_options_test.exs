@@ -196,6 +196,10 @@ defmodule Islet.TLSOptionsTest do
       [sni_hosts: [{~c"a", [active: true]}]],
       [sni_hosts: [{~c"a", [no_such_option: 1]}]],
       [sni_hosts: [{~c"a", [verify: :verify_none, honor_cipher_order: true, log_level: :error]}]],
+      # :ssl keeps these integers itself: any integer, anything else named.
+      [packet_size: -1],
+      [packet_size: :x],
+      [header: :x],
       # The forms of the certificate, key and file options (:x and the like
       # were taken, or raised).
       [cert: :x],
