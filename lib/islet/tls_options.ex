@@ -31,7 +31,10 @@ defmodule Islet.TLS.Options do
   `keep_secrets`, `signature_algs_cert` (client chains are checked
   against it, see `Islet.TLS.CertSigs`, but OpenSSL 3.0 cannot send it),
   `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
-  :tls`, `early_data: :disabled` and `anti_replay`. `:ssl`'s dependency
+  :tls`, `early_data: :disabled` and `anti_replay`; a client's options
+  (`server_name_indication`, `alpn_advertised_protocols`, ...), which ssl
+  10 checks and ignores on a server and ssl 11 refuses (`client_only`).
+  `:ssl`'s dependency
   errors are kept (`supported_groups` and `certificate_authorities`
   without TLS 1.3, the TLS 1.0 options, `early_data` and `anti_replay`
   without tickets). As `:ssl`'s server, Islet names the CAs of `cacerts` /
@@ -95,9 +98,23 @@ defmodule Islet.TLS.Options do
     :partial_chain
   ]
 
+  # A client's options, which :ssl's server does not use: ssl 10 (OTP 25)
+  # checks their form and ignores them (fallback excepted), ssl 11 refuses
+  # each as {:option, :client_only, key}. A list of options shared by
+  # clients and servers listens as it does with :ssl.
+  @client_only [
+    :server_name_indication,
+    :alpn_advertised_protocols,
+    :client_preferred_next_protocols,
+    :use_ticket,
+    :customize_hostname_check,
+    :max_fragment_length,
+    :fallback
+  ]
+
   @doc "The option keys handled here rather than by the TCP layer."
   @spec tls_keys() :: [atom()]
-  def tls_keys, do: @tls_keys
+  def tls_keys, do: @tls_keys ++ @client_only
 
   @doc """
   Raises as Thousand Island's SSL transport does when no key or no
@@ -140,7 +157,7 @@ defmodule Islet.TLS.Options do
     tls =
       for {k, v} = kv <- opts,
           is_atom(k),
-          k in @tls_keys,
+          k in @tls_keys or k in @client_only,
           not (v == :undefined and k in @undefinable),
           kv != {:certs_keys, []},
           do: kv
@@ -739,18 +756,49 @@ defmodule Islet.TLS.Options do
     end
   end
 
-  defp extra(:alpn_preferred_protocols, list, _) when is_list(list) do
+  defp extra(:alpn_preferred_protocols, v, _), do: protocols_check(:alpn_preferred_protocols, v)
+
+  defp extra(k, v, _) when k in @client_only do
+    cond do
+      k == :fallback or ssl_major() >= 11 ->
+        throw({:option, {:error, {:option, :client_only, k}}})
+
+      k == :alpn_advertised_protocols ->
+        protocols_check(k, v)
+
+      client_form_ok?(k, v) ->
+        []
+
+      true ->
+        bad(k, v)
+    end
+  end
+
+  defp extra(:sni_hosts, hosts, _), do: sni_hosts_check(hosts)
+
+  defp extra(_, _, _), do: []
+
+  defp protocols_check(key, list) when is_list(list) do
     for p <- list, not (is_binary(p) and byte_size(p) in 1..255) do
-      bad(:alpn_preferred_protocols, {:invalid_protocol, p})
+      bad(key, {:invalid_protocol, p})
     end
 
     []
   end
 
-  defp extra(:alpn_preferred_protocols, v, _), do: bad(:alpn_preferred_protocols, v)
-  defp extra(:sni_hosts, hosts, _), do: sni_hosts_check(hosts)
+  defp protocols_check(key, v), do: bad(key, v)
 
-  defp extra(_, _, _), do: []
+  defp client_form_ok?(:server_name_indication, v), do: v == :disable or is_list(v)
+
+  defp client_form_ok?(:client_preferred_next_protocols, {p, list}),
+    do: p in [:client, :server] and is_list(list)
+
+  defp client_form_ok?(:client_preferred_next_protocols, {p, list, default}),
+    do: p in [:client, :server] and is_list(list) and is_binary(default)
+
+  defp client_form_ok?(k, v) when k in [:use_ticket, :customize_hostname_check], do: is_list(v)
+  defp client_form_ok?(:max_fragment_length, v), do: v in [512, 1024, 2048, 4096, :undefined]
+  defp client_form_ok?(_, _), do: false
 
   # As :ssl's check: a list of {charlist, options}, without sni_hosts of
   # their own; the error names the list from the first wrong entry on (or
@@ -788,7 +836,10 @@ defmodule Islet.TLS.Options do
   ]
 
   defp sni_host_keys_check(opts) do
-    for {k, v} <- opts, k in @sni_host_refused_ssl10 or k not in @tls_keys, do: bad(k, v)
+    for {k, v} <- opts,
+        k in @sni_host_refused_ssl10 or not (k in @tls_keys or k in @client_only),
+        do: bad(k, v)
+
     :ok
   end
 
@@ -894,7 +945,9 @@ defmodule Islet.TLS.Options do
   defp sni(tls) do
     hosts =
       for {name, host_opts} <- Keyword.get(tls, :sni_hosts, []) do
+        # (a client's options mean nothing to a host: :ssl takes them there)
         merged = Keyword.merge(Keyword.drop(tls, [:sni_hosts, :sni_fun]), host_opts)
+        merged = Keyword.drop(merged, @client_only)
 
         case context(merged) do
           {:ok, ctx} -> {to_string(name), ctx}
