@@ -150,6 +150,7 @@ struct Sock {
   // Tuning of gen_tcp's port that Islet has no use for (no port message
   // queue, no packet parser, sends are never delayed): checked, kept and
   // read back by getopts as gen_tcp does, and passed to accepted sockets.
+  int priority = -1;  // SO_PRIORITY as last set by an option (-1: never)
   bool delay_send = false;
   int64_t packet_size = 0;  // inet keeps 32 bits, :ssl any integer
   int msgq_high = kDefaultMsgqHigh;

@@ -203,6 +203,12 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       if (getsockopt(l->fd, SOL_SOCKET, SO_LINGER, &lg, &n2) == 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
+    // Linux does not pass SO_PRIORITY to an accepted socket; inet_drv
+    // copies it from the listener (only where it was set, as the default
+    // is the kernel's own).
+    if (l->priority >= 0 && setsockopt(fd, SOL_SOCKET, SO_PRIORITY, &l->priority,
+                                       sizeof l->priority) == 0)
+      c->priority = l->priority;
     if (l->ctx != nullptr && !tls_attach(l, c)) {
       sock_close(env, c, nullptr);
       enif_release_resource(c);

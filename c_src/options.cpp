@@ -114,7 +114,9 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
       if (had) setsockopt(s->fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
       return 0;
     }
-    return setsockopt(s->fd, o->level, o->name, &v, sizeof v) == 0 ? 0 : errno;
+    if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return errno;
+    if (o->name == SO_PRIORITY && o->level == SOL_SOCKET) s->priority = v;
+    return 0;
   }
   if (enif_is_identical(key, atom.bind_to_device)) {
     ErlNifBinary dev;

@@ -32,6 +32,7 @@ defmodule Islet.TCPConformanceTest do
     :deliver,
     :show_econnreset,
     :tos,
+    :priority,
     :ttl,
     :recvtos,
     :dontroute,
@@ -308,6 +309,7 @@ defmodule Islet.TCPConformanceTest do
           high_msgq_watermark: 100,
           low_msgq_watermark: 50,
           ttl: 9,
+          priority: 5,
           recvtos: true,
           header: 0,
           deliver: :term,
@@ -319,7 +321,7 @@ defmodule Islet.TCPConformanceTest do
     test "options on a unix socket" do
       assert_same(fn mod ->
         path = Diff.name(Diff.tmp_path("islet_sock"), :path)
-        opts = [ip: {:local, path}, keepalive: true, linger: {true, 1}, buffer: 2048]
+        opts = [ip: {:local, path}, keepalive: true, linger: {true, 1}, buffer: 2048, priority: 3]
         result = listen_probe(mod, opts)
         File.rm(path)
         result
