@@ -75,6 +75,20 @@ const IntOpt* find_int_opt(ERL_NIF_TERM key) {
   return nullptr;
 }
 
+// Sets the high or the low one of a pair of watermarks; the other follows
+// so that low <= high (a high below the low lowers the low, a low above the
+// high raises the high).
+template <typename T>
+void set_watermark(bool high, T v, T* hi, T* lo) {
+  if (high) {
+    *hi = v;
+    if (*lo > v) *lo = v;
+  } else {
+    *lo = v;
+    if (*hi < v) *hi = v;
+  }
+}
+
 bool in_scope(const Sock* s, Scope scope) {
   switch (scope) {
     case Scope::Any:
@@ -146,13 +160,8 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     // As the send queue's watermarks: the other one follows. Islet.Options
     // has brought the value to what the port would hold (1..INT_MAX).
     if (!enif_get_int(env, value, &i) || i <= 0) return EINVAL;
-    if (enif_is_identical(key, atom.high_msgq_watermark)) {
-      s->msgq_high = i;
-      if (s->msgq_low > i) s->msgq_low = i;
-    } else {
-      s->msgq_low = i;
-      if (s->msgq_high < i) s->msgq_high = i;
-    }
+    set_watermark(enif_is_identical(key, atom.high_msgq_watermark), i, &s->msgq_high,
+                  &s->msgq_low);
     return 0;
   }
   if (enif_is_identical(key, atom.linger)) {
@@ -181,18 +190,12 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
   }
   if (enif_is_identical(key, atom.high_watermark) || enif_is_identical(key, atom.low_watermark)) {
     // inet_drv's rules: a negative value is 0, and the other watermark
-    // follows so that low <= high always holds (a high below the low lowers
-    // the low; a low above the high raises the high). Islet.Options has
-    // already cut the value to 32 bits and ordered the two as the stack does.
+    // follows. Islet.Options has already cut the value to 32 bits and
+    // ordered the two as the stack does.
     if (!enif_get_int(env, value, &i)) return EINVAL;
     size_t v = i < 0 ? 0 : static_cast<size_t>(i);
-    if (enif_is_identical(key, atom.high_watermark)) {
-      s->high_watermark = v;
-      if (s->low_watermark > v) s->low_watermark = v;
-    } else {
-      s->low_watermark = v;
-      if (s->high_watermark < v) s->high_watermark = v;
-    }
+    set_watermark(enif_is_identical(key, atom.high_watermark), v, &s->high_watermark,
+                  &s->low_watermark);
     return 0;
   }
   if (enif_is_identical(key, atom.send_timeout_close)) {

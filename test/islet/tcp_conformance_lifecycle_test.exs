@@ -25,6 +25,11 @@ defmodule Islet.TCPConformanceLifecycleTest do
     :low_watermark
   ]
 
+  # Each option set on its own, then read back.
+  defp set_and_read(mod, s, opts) do
+    for {key, _} = opt <- opts, do: {opt, mod.setopts(s, [opt]), mod.getopts(s, [key])}
+  end
+
   @stat_keys [:recv_oct, :recv_cnt, :recv_max, :recv_avg, :send_oct, :send_cnt, :send_max]
 
   describe "getopts" do
@@ -74,30 +79,27 @@ defmodule Islet.TCPConformanceLifecycleTest do
       assert_same(fn mod ->
         {_l, s, _c} = Diff.pair(mod)
 
-        for opt <- [
-              nodelay: false,
-              nodelay: true,
-              nopush: true,
-              nopush: false,
-              keepalive: true,
-              linger: {true, 3},
-              linger: {false, 0},
-              buffer: 8192,
-              recbuf: 32768,
-              sndbuf: 32768,
-              send_timeout: 1000,
-              send_timeout: :infinity,
-              send_timeout_close: false,
-              reuseaddr: false,
-              packet: :raw,
-              packet: 0,
-              mode: :binary,
-              exit_on_close: true,
-              active: false
-            ] do
-          {key, _} = opt
-          {opt, mod.setopts(s, [opt]), mod.getopts(s, [key])}
-        end
+        set_and_read(mod, s,
+          nodelay: false,
+          nodelay: true,
+          nopush: true,
+          nopush: false,
+          keepalive: true,
+          linger: {true, 3},
+          linger: {false, 0},
+          buffer: 8192,
+          recbuf: 32768,
+          sndbuf: 32768,
+          send_timeout: 1000,
+          send_timeout: :infinity,
+          send_timeout_close: false,
+          reuseaddr: false,
+          packet: :raw,
+          packet: 0,
+          mode: :binary,
+          exit_on_close: true,
+          active: false
+        )
       end)
     end
 
@@ -107,45 +109,42 @@ defmodule Islet.TCPConformanceLifecycleTest do
       assert_same(fn mod ->
         {_l, s, _c} = Diff.pair(mod)
 
-        for opt <- [
-              delay_send: true,
-              delay_send: 1,
-              packet_size: 70_000,
-              packet_size: 0x1_0000_0005,
-              packet_size: -1,
-              high_msgq_watermark: 100,
-              low_msgq_watermark: 200,
-              high_msgq_watermark: 0x8000_0000,
-              high_msgq_watermark: 0x1_0000_0007,
-              high_msgq_watermark: -5,
-              high_msgq_watermark: -1,
-              low_msgq_watermark: 0,
-              low_msgq_watermark: :x,
-              ttl: 7,
-              ttl: 0,
-              ttl: :x,
-              tos: 8,
-              recvtos: true,
-              recvttl: true,
-              recvtos: 2,
-              tclass: 8,
-              recvtclass: true,
-              dontroute: true,
-              dontroute: 1,
-              bind_to_device: "lo",
-              bind_to_device: "",
-              bind_to_device: :x,
-              header: 0,
-              header: -1,
-              deliver: :term,
-              deliver: :x,
-              show_econnreset: false,
-              show_econnreset: 1,
-              debug: false
-            ] do
-          {key, _} = opt
-          {opt, mod.setopts(s, [opt]), mod.getopts(s, [key])}
-        end
+        set_and_read(mod, s,
+          delay_send: true,
+          delay_send: 1,
+          packet_size: 70_000,
+          packet_size: 0x1_0000_0005,
+          packet_size: -1,
+          high_msgq_watermark: 100,
+          low_msgq_watermark: 200,
+          high_msgq_watermark: 0x8000_0000,
+          high_msgq_watermark: 0x1_0000_0007,
+          high_msgq_watermark: -5,
+          high_msgq_watermark: -1,
+          low_msgq_watermark: 0,
+          low_msgq_watermark: :x,
+          ttl: 7,
+          ttl: 0,
+          ttl: :x,
+          tos: 8,
+          recvtos: true,
+          recvttl: true,
+          recvtos: 2,
+          tclass: 8,
+          recvtclass: true,
+          dontroute: true,
+          dontroute: 1,
+          bind_to_device: "lo",
+          bind_to_device: "",
+          bind_to_device: :x,
+          header: 0,
+          header: -1,
+          deliver: :term,
+          deliver: :x,
+          show_econnreset: false,
+          show_econnreset: 1,
+          debug: false
+        )
       end)
     end
 
