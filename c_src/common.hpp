@@ -147,10 +147,10 @@ struct Sock {
   // options keep low <= high (options.cpp).
   size_t high_watermark = kDefaultHighWatermark;
   size_t low_watermark = kDefaultLowWatermark;
+  int priority = -1;  // SO_PRIORITY as last set by an option (-1: never)
   // Tuning of gen_tcp's port that Islet has no use for (no port message
   // queue, no packet parser, sends are never delayed): checked, kept and
   // read back by getopts as gen_tcp does, and passed to accepted sockets.
-  int priority = -1;  // SO_PRIORITY as last set by an option (-1: never)
   bool delay_send = false;
   int64_t packet_size = 0;  // inet keeps 32 bits, :ssl any integer
   int msgq_high = kDefaultMsgqHigh;

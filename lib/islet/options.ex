@@ -188,8 +188,7 @@ defmodule Islet.Options do
   defp classify(:binary, _), do: {:nif, {:mode, :binary}}
   defp classify(:list, _), do: unsupported(:list)
 
-  defp classify({key, v}, _) when key in @ignored,
-    do: if(ignored_ok?(key, v), do: :skip, else: {:error, :einval})
+  defp classify({key, _}, _) when key in @ignored, do: :skip
 
   defp classify({key, _} = opt, extra) when is_atom(key),
     do: if(key in extra, do: :skip, else: value(opt))
@@ -264,8 +263,6 @@ defmodule Islet.Options do
   defp value(opt), do: unsupported(opt)
 
   defp unsupported(opt), do: {:error, {:unsupported_option, opt}}
-
-  defp ignored_ok?(_key, _v), do: true
 
   # The other values inet takes for the fixed options.
   defp fixed_other?(:header, v), do: is_integer(v) and v > 0
