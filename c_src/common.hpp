@@ -25,7 +25,7 @@ struct Atoms {
       unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, high_watermark,
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
-      show_econnreset, debug;
+      show_econnreset, debug, broadcast, netns, read_packets;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails

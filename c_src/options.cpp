@@ -59,6 +59,7 @@ const IntOpt kIntOpts[] = {
     {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, Scope::Any},
     {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, Scope::Any},
     {&atom.dontroute, SOL_SOCKET, SO_DONTROUTE, true, Scope::Any},
+    {&atom.broadcast, SOL_SOCKET, SO_BROADCAST, true, Scope::Any},
     {&atom.nopush, IPPROTO_TCP, TCP_CORK, true, Scope::Tcp},  // gen_tcp's name for TCP_CORK
     {&atom.tos, IPPROTO_IP, IP_TOS, false, Scope::Ip},
     {&atom.ttl, IPPROTO_IP, IP_TTL, false, Scope::Ip},
@@ -293,6 +294,8 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
     v = atom.term;
   } else if (enif_is_identical(key, atom.show_econnreset) || enif_is_identical(key, atom.debug)) {
     v = atom.false_;
+  } else if (enif_is_identical(key, atom.netns) || enif_is_identical(key, atom.read_packets)) {
+    return false;  // gen_tcp leaves them out (no namespace given; a UDP option)
   } else {
     *err = EINVAL;
     return false;

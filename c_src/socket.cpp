@@ -41,7 +41,8 @@ void init_atoms(ErlNifEnv* env) {
                a("low_watermark"), a("ttl"), a("recvtos"), a("recvttl"), a("dontroute"),
                a("tclass"), a("recvtclass"), a("bind_to_device"), a("delay_send"),
                a("packet_size"), a("high_msgq_watermark"), a("low_msgq_watermark"),
-               a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug")};
+               a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug"),
+               a("broadcast"), a("netns"), a("read_packets")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {

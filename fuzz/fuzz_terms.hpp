@@ -112,7 +112,8 @@ constexpr const char* kAtoms[] = {
     // IP options, and gen_tcp's port settings kept for getopts
     "high_watermark", "low_watermark", "ttl", "recvtos", "recvttl", "dontroute", "tclass",
     "recvtclass", "bind_to_device", "delay_send", "packet_size", "high_msgq_watermark",
-    "low_msgq_watermark", "header", "deliver", "term", "show_econnreset", "debug",
+    "low_msgq_watermark", "header", "deliver", "term", "show_econnreset", "debug", "broadcast",
+    "netns", "read_packets",
 };
 constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
 

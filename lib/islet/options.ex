@@ -11,8 +11,9 @@ defmodule Islet.Options do
   `high_watermark`, `low_watermark` (the send queue's, see below),
   `packet: :raw | 0`, `mode: :binary` (or `:binary`), `active`,
   `exit_on_close: true`; the IP options `tos`, `ttl`, `recvtos`, `recvttl`,
-  `tclass`, `recvtclass`, `dontroute` (setopts only) and `bind_to_device`,
-  each on the address families gen_tcp has it for.
+  `tclass`, `recvtclass`, `dontroute` and `broadcast` (these two in
+  setopts only) and `bind_to_device`, each on the address families gen_tcp
+  has it for.
 
   `high_watermark` and `low_watermark` follow inet_drv: a send that finds
   data queued and brings the queue to `high_watermark` waits (up to
@@ -41,11 +42,12 @@ defmodule Islet.Options do
   @type listen_spec :: {:inet | :inet6 | :local, tuple() | binary(), :inet.port_number(), list()}
 
   @bool_opts [:nodelay, :reuseaddr, :reuseport, :reuseport_lb, :keepalive, :send_timeout_close] ++
-               [:ipv6_v6only, :nopush, :dontroute, :recvtos, :recvttl, :recvtclass, :delay_send]
+               [:ipv6_v6only, :nopush, :dontroute, :recvtos, :recvttl, :recvtclass, :delay_send] ++
+               [:broadcast]
   @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority, :ttl, :tclass]
   # Socket options gen_tcp takes in setopts but not in listen (where it
   # exits with badarg): Islet refuses them there by name.
-  @setopts_only [:nopush, :dontroute]
+  @setopts_only [:nopush, :dontroute, :broadcast, :read_packets]
   # Accepted and ignored: the backend (Islet is its own).
   @ignored [:inet_backend]
   # gen_tcp's settings that have one value in Islet (binary mode, raw
@@ -231,6 +233,8 @@ defmodule Islet.Options do
     do: {:nif, {:packet_size, Bitwise.band(n, 0xFFFFFFFF)}}
 
   defp value({:bind_to_device, dev} = kv) when is_binary(dev), do: {:nif, kv}
+  # A UDP option inet takes on any socket, to no effect on TCP.
+  defp value({:read_packets, n}) when is_integer(n) and n >= 0, do: :skip
 
   defp value({key, v} = opt) when is_map_key(@fixed, key) do
     cond do
@@ -257,7 +261,7 @@ defmodule Islet.Options do
 
   defp value({key, _}) when key in @bool_opts or key in @int_opts, do: {:error, :einval}
 
-  defp value({key, _}) when key in [:packet_size, :bind_to_device | @msgq_marks],
+  defp value({key, _}) when key in [:packet_size, :bind_to_device, :read_packets | @msgq_marks],
     do: {:error, :einval}
 
   defp value(opt), do: unsupported(opt)

@@ -143,7 +143,11 @@ defmodule Islet.TCPConformanceLifecycleTest do
           deliver: :x,
           show_econnreset: false,
           show_econnreset: 1,
-          debug: false
+          debug: false,
+          broadcast: true,
+          read_packets: 3,
+          read_packets: 0,
+          read_packets: -1
         )
       end)
     end
@@ -168,7 +172,8 @@ defmodule Islet.TCPConformanceLifecycleTest do
     test "IP and IPv6 options by family" do
       opts =
         [ttl: 7, tos: 8, recvtos: true, tclass: 8, recvtclass: true, ipv6_v6only: true] ++
-          [dontroute: true, priority: 3, nodelay: false, nopush: true, bind_to_device: "lo"]
+          [dontroute: true, priority: 3, nodelay: false, nopush: true, bind_to_device: "lo"] ++
+          [broadcast: true]
 
       for family <- [[ip: :loopback], [:inet6, ip: :loopback], :local] do
         assert_same(fn mod ->

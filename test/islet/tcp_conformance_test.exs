@@ -479,8 +479,11 @@ defmodule Islet.TCPConformanceTest do
     end
 
     test "Islet returns {:error, {:unsupported_option, opt}}" do
-      # nopush: gen_tcp takes it in setopts only, and exits with badarg here.
-      for opt <- @unsupported ++ [{:raw, 1, 15, <<1::32-native>>}, :list, {:nopush, true}] do
+      # nopush and the rest: gen_tcp takes them in setopts only, and exits
+      # with badarg here.
+      setopts_only = [nopush: true, dontroute: true, broadcast: true, read_packets: 3]
+
+      for opt <- @unsupported ++ [{:raw, 1, 15, <<1::32-native>>}, :list] ++ setopts_only do
         assert Islet.TCP.listen(0, [{:ip, :loopback}, opt]) ==
                  {:error, {:unsupported_option, opt}}
       end
