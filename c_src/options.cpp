@@ -8,8 +8,10 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "common.hpp"
 
@@ -133,6 +135,18 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     if (o->name == SO_PRIORITY && o->level == SOL_SOCKET) s->priority = v;
     return 0;
   }
+  if (enif_is_identical(key, atom.raw)) {
+    // {raw, {Level, Name, Binary}}: inet makes the setsockopt and ignores
+    // the kernel's answer.
+    int arity, level, name;
+    const ERL_NIF_TERM* t;
+    ErlNifBinary val;
+    if (!enif_get_tuple(env, value, &arity, &t) || arity != 3 || !enif_get_int(env, t[0], &level) ||
+        !enif_get_int(env, t[1], &name) || !enif_inspect_binary(env, t[2], &val))
+      return EINVAL;
+    setsockopt(s->fd, level, name, val.data, static_cast<socklen_t>(val.size));
+    return 0;
+  }
   if (enif_is_identical(key, atom.bind_to_device)) {
     ErlNifBinary dev;
     if (!enif_inspect_binary(env, value, &dev) || dev.size >= IFNAMSIZ ||
@@ -231,8 +245,38 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
   return EINVAL;
 }
 
+namespace {
+
+// {raw, Level, Name, Len}: getsockopt into Len bytes; {raw, Level, Name,
+// Bytes} with what the kernel gave, or nothing when it refused (as inet).
+bool read_raw(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int* err) {
+  int arity, level, name;
+  unsigned len;
+  const ERL_NIF_TERM* t;
+  if (!enif_get_tuple(env, key, &arity, &t) || arity != 4 || !enif_is_identical(t[0], atom.raw) ||
+      !enif_get_int(env, t[1], &level) || !enif_get_int(env, t[2], &name) ||
+      !enif_get_uint(env, t[3], &len) || len > 65522) {
+    *err = EINVAL;
+    return false;
+  }
+  std::vector<unsigned char> buf(len);
+  socklen_t got = len;
+  if (getsockopt(s->fd, level, name, buf.data(), &got) != 0) return false;
+  ERL_NIF_TERM bin;
+  size_t n = std::min<size_t>(got, len);
+  if (n > 0) std::memcpy(enif_make_new_binary(env, n, &bin), buf.data(), n);
+  else enif_make_new_binary(env, 0, &bin);
+  *out = enif_make_tuple4(env, atom.raw, t[1], t[2], bin);
+  return true;
+}
+
+}  // namespace
+
 bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int* err) {
   ERL_NIF_TERM v;
+  int arity;
+  const ERL_NIF_TERM* tuple;
+  if (enif_get_tuple(env, key, &arity, &tuple)) return read_raw(env, s, key, out, err);
   if (const IntOpt* o = find_int_opt(key)) {
     if (!in_scope(s, o->scope)) return false;
     int iv = 0;

@@ -13,7 +13,8 @@ defmodule Islet.Options do
   `exit_on_close: true`; the IP options `tos`, `ttl`, `recvtos`, `recvttl`,
   `tclass`, `recvtclass`, `dontroute` and `broadcast` (these two in
   setopts only) and `bind_to_device`, each on the address families gen_tcp
-  has it for.
+  has it for; `{:raw, level, option, value}` (a setsockopt whose refusal is
+  ignored, as inet ignores it).
 
   `high_watermark` and `low_watermark` follow inet_drv: a send that finds
   data queued and brings the queue to `high_watermark` waits (up to
@@ -195,7 +196,45 @@ defmodule Islet.Options do
   defp classify({key, _} = opt, extra) when is_atom(key),
     do: if(key in extra, do: :skip, else: value(opt))
 
+  # {:raw, Level, Option, Value}: a plain setsockopt, as inet makes it
+  # (level and option cut to 32 bits; the kernel's refusal is ignored).
+  defp classify({:raw, level, name, value}, _)
+       when is_integer(level) and is_integer(name) and is_binary(value),
+       do: {:nif, {:raw, {int32(level), int32(name), value}}}
+
+  defp classify({:raw, _, _, _}, _), do: {:error, :einval}
   defp classify(opt, _), do: unsupported(opt)
+
+  @doc """
+  Checks the keys of `getopts/2`: atoms, and `{:raw, level, option,
+  length}` (level and option cut to 32 bits). inet's request holds 64 KiB:
+  each raw key takes 13 bytes and its length. Returns the keys as the NIF
+  takes them, or `:error` (einval).
+  """
+  @spec getopts_keys(list()) :: {:ok, list()} | :error
+  def getopts_keys(keys) do
+    Enum.reduce_while(keys, {:ok, [], 0}, fn
+      key, {:ok, acc, raw} when is_atom(key) ->
+        {:cont, {:ok, [key | acc], raw}}
+
+      {:raw, level, name, len}, {:ok, acc, raw}
+      when is_integer(level) and is_integer(name) and is_integer(len) and len >= 0 and
+             raw + 13 + len <= 65_535 ->
+        {:cont, {:ok, [{:raw, int32(level), int32(name), len} | acc], raw + 13 + len}}
+
+      _, _ ->
+        {:halt, :error}
+    end)
+    |> case do
+      {:ok, acc, _} -> {:ok, Enum.reverse(acc)}
+      :error -> :error
+    end
+  end
+
+  defp int32(n) do
+    <<int32::signed-32>> = <<n::32>>
+    int32
+  end
 
   defp value({key, ip}) when key in [:ip, :ifaddr], do: ip_value(ip)
   defp value({:mode, :binary}), do: {:nif, {:mode, :binary}}
@@ -233,6 +272,7 @@ defmodule Islet.Options do
     do: {:nif, {:packet_size, Bitwise.band(n, 0xFFFFFFFF)}}
 
   defp value({:bind_to_device, dev} = kv) when is_binary(dev), do: {:nif, kv}
+  defp value({:raw, _}), do: {:error, :einval}
   # A UDP option inet takes on any socket, to no effect on TCP.
   defp value({:read_packets, n}) when is_integer(n) and n >= 0, do: :skip
 

@@ -98,10 +98,17 @@ defmodule Islet.TCP do
           {:ok, non_neg_integer()} | {:error, term()}
   defdelegate sendfile(socket, filename, offset, length), to: Socket
 
-  @doc "Gets options, as `:inet.getopts/2`."
-  @spec getopts(socket(), [atom()]) :: {:ok, list()} | {:error, term()}
+  @doc """
+  Gets options, as `:inet.getopts/2` (with `{:raw, level, option, length}`
+  among them).
+  """
+  @spec getopts(socket(), [atom() | {:raw, integer(), integer(), non_neg_integer()}]) ::
+          {:ok, list()} | {:error, term()}
   def getopts(socket, options) when is_list(options) do
-    if Enum.all?(options, &is_atom/1), do: Nif.getopts(socket, options), else: {:error, :einval}
+    case Islet.Options.getopts_keys(options) do
+      {:ok, keys} -> Nif.getopts(socket, keys)
+      :error -> {:error, :einval}
+    end
   end
 
   @doc """

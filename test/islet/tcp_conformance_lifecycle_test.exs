@@ -152,6 +152,53 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
+    test "raw options: set, read back, refused by the kernel, malformed" do
+      # {:raw, level, option, value} was unsupported (2026-12-06).
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        idle = {:raw, 6, 4, <<61::32-native>>}
+        inherited = {mod.setopts(l, [idle]), mod.getopts(l, [{:raw, 6, 4, 4}])}
+
+        for call <- [
+              fn -> mod.setopts(s, [{:raw, 6, 4, <<60::32-native>>}]) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4, 4}, {:raw, 6, 4, 8}, {:raw, 6, 4, 2}]) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4, 0}, {:raw, 6, 4, 65_522}]) end,
+              fn -> mod.getopts(s, [:nodelay, {:raw, 6, 1, 4}, :keepalive]) end,
+              fn -> mod.setopts(s, [{:raw, 999, 4, <<1::32>>}, {:raw, 6, 9999, <<1>>}]) end,
+              fn -> mod.setopts(s, [{:raw, 0x1_0000_0006, 4, <<62::32-native>>}]) end,
+              fn -> mod.getopts(s, [{:raw, 999, 4, 4}, {:raw, 0x1_0000_0000, 4, 4}]) end,
+              fn -> mod.setopts(s, [{:raw, :x, 4, <<1>>}]) end,
+              fn -> mod.setopts(s, [{:raw, 6, 4, :x}]) end,
+              fn -> mod.setopts(s, [{:raw, 6, 4}]) end,
+              fn -> mod.setopts(s, raw: 1) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4, -1}]) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4, 65_523}]) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4}]) end
+            ] do
+          Diff.catching(call)
+        end
+        |> then(&{inherited, &1})
+      end)
+    end
+
+    test "raw options at listen reach the listener and the accepted socket" do
+      # (Thousand Island's option merge, and so the reference module, cannot
+      # take a 4-tuple: gen_tcp is called directly here.)
+      idle = {:raw, 6, 4, <<61::32-native>>}
+      {:ok, gl} = :gen_tcp.listen(0, [:binary, idle, active: false, ip: {127, 0, 0, 1}])
+      {:ok, il} = Islet.TCP.listen(0, [idle, ip: :loopback])
+      {:ok, gport} = :inet.port(gl)
+      {:ok, {_, iport}} = Islet.TCP.sockname(il)
+      {:ok, _} = :gen_tcp.connect(~c"127.0.0.1", gport, [])
+      {:ok, _} = :gen_tcp.connect(~c"127.0.0.1", iport, [])
+      {:ok, gs} = :gen_tcp.accept(gl)
+      {:ok, is} = Islet.TCP.accept(il)
+      key = [{:raw, 6, 4, 4}]
+      assert {:ok, [{:raw, 6, 4, <<61::32-native>>}]} = :inet.getopts(gs, key)
+      assert Islet.TCP.getopts(il, key) == :inet.getopts(gl, key)
+      assert Islet.TCP.getopts(is, key) == :inet.getopts(gs, key)
+    end
+
     test "the message queue's watermarks move each other, in gen_tcp's order" do
       assert_same(fn mod ->
         {_l, s, _c} = Diff.pair(mod)

@@ -557,6 +557,25 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    test "raw options, as :ssl passes them to the TCP socket" do
+      # (:ssl crashes its connection on a raw getopts the kernel refuses;
+      # Islet leaves it out of the answer, as gen_tcp does.)
+      assert_same(fn mod ->
+        {_l, s, _c} = pair!(mod)
+
+        for call <- [
+              fn -> mod.setopts(s, [{:raw, 6, 4, <<60::32-native>>}]) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4, 4}, {:raw, 6, 4, 2}]) end,
+              fn -> mod.getopts(s, [:nodelay, {:raw, 6, 1, 4}, :keepalive]) end,
+              fn -> mod.setopts(s, [{:raw, 999, 4, <<1::32>>}]) end,
+              fn -> mod.setopts(s, [{:raw, :x, 4, <<1>>}]) end,
+              fn -> mod.setopts(s, [{:raw, 6, 4}]) end,
+              fn -> mod.getopts(s, [{:raw, 6, 4, -1}]) end
+            ],
+            do: Diff.catching(call)
+      end)
+    end
+
     test "the message queue's watermarks move each other, in :ssl's order" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)
