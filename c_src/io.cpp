@@ -738,8 +738,9 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   std::unique_lock<std::mutex> lk(s->mu);
-  // file:sendfile/5 answers einval for a closed socket.
-  if (!s->open || s->dead || s->kind != Kind::Conn) return make_error(env, atom.einval);
+  // file:sendfile/5 answers einval for a closed socket, enotconn for a listener.
+  if (!s->open || s->dead) return make_error(env, atom.einval);
+  if (s->kind != Kind::Conn) return make_error(env, atom.enotconn);
   // gen_tcp takes a file only from the socket's owner (Thousand Island's SSL
   // transport sends it with :ssl.send, from any process).
   if (s->tag != Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0)

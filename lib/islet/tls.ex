@@ -158,6 +158,10 @@ defmodule Islet.TLS do
         close_after_alert(socket, deadline)
         error
 
+      # Not a TLS connection (a listener, a plain socket): left as it is.
+      {:error, :einval} = error ->
+        error
+
       {:error, _} = error ->
         Socket.close(socket)
         error

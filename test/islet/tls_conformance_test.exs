@@ -181,6 +181,35 @@ defmodule Islet.TLSConformanceTest do
       end)
     end
 
+    test "connection calls on a listener" do
+      # Found in a sweep (2026-12-06): peercert and connection_information
+      # answered not_secure, sendfile closed, where :ssl answers enotconn.
+      assert_same(fn mod ->
+        l = listen(mod)
+
+        for call <- [
+              fn -> mod.recv(l, 0, 100) end,
+              fn -> mod.send(l, "x") end,
+              fn -> mod.shutdown(l, :write) end,
+              fn -> mod.peername(l) end,
+              fn -> mod.peercert(l) end,
+              fn -> mod.connection_information(l) end,
+              fn -> mod.sendfile(l, "/etc/hostname", 0, 0) end,
+              fn -> mod.controlling_process(l, self()) end,
+              fn -> elem(mod.sockname(l), 0) end
+            ],
+            do: Diff.catching(call)
+      end)
+    end
+
+    test "Islet: handshake on a listener is einval and leaves it open" do
+      # (:ssl raises there; Islet closed the listener.)
+      l = listen(Islet.TLS)
+      assert Islet.TLS.handshake(l) == {:error, :einval}
+      assert {:ok, _} = Islet.TLS.sockname(l)
+      Islet.TLS.close(l)
+    end
+
     test "Islet: an option it does not implement gives {:error, {:unsupported_option, _}}" do
       opts = [ip: :loopback] ++ Certs.server_opts()
 
