@@ -25,7 +25,7 @@ struct Atoms {
       unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, high_watermark,
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
-      show_econnreset, debug, broadcast, netns, read_packets;
+      show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -211,6 +211,11 @@ struct Sock {
 
 // A TLS connection, whether OpenSSL or Islet's record layer protects it.
 inline bool is_tls(const Sock* s) { return s->ssl != nullptr || s->rec != nullptr; }
+// A TLS connection whose handshake has not completed: :ssl's
+// transport_accept socket, on which it answers the connection's calls
+// (recv, send, options, shutdown, connection information) with
+// {error, notsup_on_transport_accept_socket}.
+inline bool tls_before_handshake(const Sock* s) { return s->ssl != nullptr && !s->tls_done; }
 
 extern ErlNifResourceType* sock_type;
 extern ErlNifResourceType* file_type;

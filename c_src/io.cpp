@@ -279,7 +279,8 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
   if (s->eof_reported) return make_error(env, s->tag == Tag::Ssl ? atom.closed : atom.enotconn);
-  if (s->active != 0 || (s->ssl != nullptr && !s->tls_done)) return make_error(env, atom.einval);
+  if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
+  if (s->active != 0) return make_error(env, atom.einval);
   if (len > kMaxRecv) return make_error(env, atom.enomem);
   // gen_tcp serves one passive reader at a time.
   if (!s->rq.q.empty() && !s->rq.is_head(me)) return make_error(env, enif_make_atom(env, "ealready"));
@@ -566,7 +567,7 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
   if (s->eof_reported || s->send_eof_reported || s->write_failed) return send_after_end(env, s);
-  if (s->ssl != nullptr && !s->tls_done) return make_error(env, atom.einval);
+  if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   // gen_tcp: a send after a shutdown that waits for the queue ends the
   // connection (the queue goes with it).
   if (s->shut_pending >= 0) return write_error(env, s, me, EPIPE);
@@ -918,7 +919,7 @@ ERL_NIF_TERM nif_drain(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead || s->kind != Kind::Conn || s->peer_closed || s->send_eof_reported ||
-      (s->ssl != nullptr && !s->tls_done))
+      tls_before_handshake(s))
     return atom.ok;
   linger lg{};
   socklen_t len = sizeof lg;
@@ -1006,6 +1007,7 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn || s->eof_reported) return make_error(env, atom.enotconn);
+  if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   if (how != SHUT_RD && queued(s) > 0 && !s->peer_closed && !s->send_eof_reported) {
     // Data is queued: as gen_tcp, shut down once it is out (conn_drain).
     if (s->shut_pending >= 0) return atom.ok;

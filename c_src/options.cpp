@@ -484,6 +484,7 @@ ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead) return closed_answer(env, s);
+  if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   if (s->kind != Kind::Conn) {
     bool bad = false;
     return apply_opt(s, env, atom.active, argv[1], &bad) == 0 ? atom.ok
@@ -498,6 +499,7 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s) || !enif_is_list(env, argv[1])) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead) return closed_answer(env, s);
+  if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   ERL_NIF_TERM head, tail = argv[1];
   ERL_NIF_TERM active = 0;
   while (enif_get_list_cell(env, tail, &head, &tail)) {
@@ -524,6 +526,7 @@ ERL_NIF_TERM nif_getopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead) return closed_answer(env, s);
+  if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   ERL_NIF_TERM out = enif_make_list(env, 0);
   ERL_NIF_TERM head, tail = argv[1];
   // Build in reverse, then flip, to keep the caller's order.

@@ -42,7 +42,8 @@ void init_atoms(ErlNifEnv* env) {
                a("tclass"), a("recvtclass"), a("bind_to_device"), a("delay_send"),
                a("packet_size"), a("high_msgq_watermark"), a("low_msgq_watermark"),
                a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug"),
-               a("broadcast"), a("netns"), a("read_packets")};
+               a("broadcast"), a("netns"), a("read_packets"),
+               a("notsup_on_transport_accept_socket")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {

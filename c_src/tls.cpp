@@ -1715,7 +1715,7 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!s->open) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn) return make_error(env, atom.enotconn);  // a listener, as :ssl's
   if (!is_tls(s)) return make_error(env, enif_make_atom(env, "not_secure"));
-  if (!s->tls_done) return make_error(env, atom.closed);
+  if (!s->tls_done) return make_error(env, atom.notsup_before_handshake);
   TlsInfo from_ssl;
   if (s->rec == nullptr) tls_info_of(s->ssl, &from_ssl);
   const TlsInfo& info = s->rec != nullptr ? records_info(s) : from_ssl;

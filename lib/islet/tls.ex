@@ -310,6 +310,11 @@ defmodule Islet.TLS do
     end
   end
 
+  # Errors :ssl gives as they are, not wrapped in {:options, ...}: a closed
+  # socket, and a connection before its handshake (its transport_accept
+  # socket).
+  @bare_errors [:closed, :notsup_on_transport_accept_socket]
+
   @doc """
   Gets options, as `:ssl.getopts/2`: in the reverse order of `options`, as
   `:ssl` gives them, and its errors (`{:options, {:socket_options, tag,
@@ -320,7 +325,7 @@ defmodule Islet.TLS do
     Enum.reduce_while(options, {:ok, []}, fn tag, {:ok, acc} ->
       case Islet.TCP.getopts(socket, [tag]) do
         {:ok, got} -> {:cont, {:ok, Enum.reverse(got, acc)}}
-        {:error, :closed} -> {:halt, {:error, :closed}}
+        {:error, reason} when reason in @bare_errors -> {:halt, {:error, reason}}
         {:error, reason} -> {:halt, {:error, {:options, {:socket_options, tag, reason}}}}
       end
     end)
@@ -368,7 +373,7 @@ defmodule Islet.TLS do
 
   defp set_others(socket, others) do
     case Socket.setopts(socket, others, :ssl) do
-      {:error, :closed} = error -> error
+      {:error, reason} = error when reason in @bare_errors -> error
       {:error, {:unsupported_option, _}} = error -> error
       {:error, reason} -> {:error, {:options, {:socket_options, Enum.reverse(others), reason}}}
       result -> result

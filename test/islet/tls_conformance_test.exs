@@ -202,6 +202,50 @@ defmodule Islet.TLSConformanceTest do
       end)
     end
 
+    test "calls on an accepted connection before its handshake" do
+      # :ssl's transport_accept socket answers them with
+      # notsup_on_transport_accept_socket; Islet served options and
+      # shutdown, refused recv with einval, and said closed for the
+      # connection's information (2026-12-06). A handshake after them works.
+      assert_same(fn mod ->
+        l = listen(mod)
+        tag = connect_async(port(mod, l))
+        {:ok, s} = mod.accept(l)
+
+        before =
+          for call <- [
+                fn -> mod.recv(s, 0, 100) end,
+                fn -> mod.getopts(s, [:nodelay]) end,
+                fn -> mod.setopts(s, nodelay: true) end,
+                fn -> mod.setopts(s, active: :once) end,
+                fn -> mod.shutdown(s, :write) end,
+                fn -> mod.negotiated_protocol(s) end,
+                fn -> mod.peercert(s) end,
+                fn -> mod.connection_information(s) end,
+                fn -> elem(mod.peername(s), 0) end,
+                fn -> mod.controlling_process(s, self()) end
+              ],
+              do: Diff.catching(call)
+
+        handshake = mod.handshake(s, 30_000)
+        {:ok, c} = await_client(tag)
+        :ok = :ssl.send(c, "ping")
+        {before, elem(handshake, 0), mod.recv(s, 4, 10_000)}
+      end)
+    end
+
+    test "Islet: send and sendfile before the handshake (where :ssl hangs)" do
+      l = listen(Islet.TLS)
+      tag = connect_async(port(Islet.TLS, l))
+      {:ok, s} = Islet.TLS.accept(l)
+      notsup = {:error, :notsup_on_transport_accept_socket}
+      assert Islet.TLS.send(s, "x") == notsup
+      assert Islet.TLS.sendfile(s, "/etc/hostname", 0, 0) == notsup
+      assert {:ok, _} = Islet.TLS.handshake(s, 30_000)
+      assert {:ok, _} = await_client(tag)
+      assert Islet.TLS.send(s, "x") == :ok
+    end
+
     test "Islet: handshake on a listener is einval and leaves it open" do
       # (:ssl raises there; Islet closed the listener.)
       l = listen(Islet.TLS)
