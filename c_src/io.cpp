@@ -249,15 +249,19 @@ ERL_NIF_TERM take_rbuf(ErlNifEnv* env, Sock* s, size_t len) {
 ERL_NIF_TERM passive_tls_failure(ErlNifEnv* env, Sock* s, int code) {
   s->peer_closed = true;
   s->eof_reported = true;
+  s->dead = true;  // :ssl's connection process is gone: every call says closed
   conn_ended(env, s);
   return make_error(env, tls_failure_term(env, code));
 }
 
 // EOF or a reset under a passive recv: gen_tcp says closed once, closes its
-// fd (the peer sees the end) and later answers enotconn.
+// fd (the peer sees the end) and later answers enotconn. Over TLS, :ssl's
+// connection process ends there, as with an end in active mode: closed
+// (einval for addresses and statistics) from then on.
 ERL_NIF_TERM passive_end(ErlNifEnv* env, Sock* s, bool reset) {
   s->peer_closed = true;
   s->eof_reported = true;
+  if (s->tag == Tag::Ssl) s->dead = true;
   s->reset_reported = reset;
   // The end came from a write the background found failing: gen_tcp's port
   // then answers sends enotconn at once.

@@ -754,6 +754,32 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    test "client close: once recv said closed, every call answers as :ssl's ended connection" do
+      # Islet kept the TCP socket's options and the connection's information
+      # available there (2026-12-06); :ssl's connection process is gone.
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        :ok = :ssl.close(c)
+        {"", {:error, :closed}} = read_to_end(&mod.recv/3, s, 10_000)
+        Process.sleep(50)
+
+        %{
+          getopts: mod.getopts(s, [:nodelay]),
+          setopts: mod.setopts(s, nodelay: true),
+          active: mod.setopts(s, active: :once),
+          peername: mod.peername(s),
+          sockname: mod.sockname(s),
+          getstat: mod.getstat(s),
+          shutdown: mod.shutdown(s, :write),
+          peercert: mod.peercert(s),
+          negotiated_protocol: mod.negotiated_protocol(s),
+          connection_information: mod.connection_information(s),
+          controlling_process: mod.controlling_process(s, self()),
+          close: mod.close(s)
+        }
+      end)
+    end
+
     test "calls on a socket closed locally" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)
