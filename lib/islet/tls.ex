@@ -77,11 +77,12 @@ defmodule Islet.TLS do
     end
   end
 
-  # :ssl checks the integers it keeps for its sockets itself, naming them.
+  # :ssl checks the integers it keeps for its sockets itself, naming them
+  # (mode, packet and active are Thousand Island's or checked later).
   defp check_emulated(options) do
     case Enum.find(
            options,
-           &match?({key, v} when key in [:header, :packet_size] and not is_integer(v), &1)
+           &(match?({k, _} when k in [:header, :packet_size], &1) and bad_emulated?(&1))
          ) do
       nil -> :ok
       bad -> {:error, {:options, bad}}
@@ -340,11 +341,13 @@ defmodule Islet.TLS do
   @doc """
   Sets options, as `:ssl.setopts/2`; `active: :once` is one native call.
 
-  As `:ssl` does: `mode`, `packet`, `packet_size`, `header` and `active` are checked and
-  set one after the other (a bad one is `{:options, {:socket_options, {key,
-  value}}}`, those before it set), then the others together (a failure is
-  `{:options, {:socket_options, others_reversed, reason}}`). Options Islet
-  does not implement answer `{:unsupported_option, option}`.
+  As `:ssl` does: `mode`, `packet`, `packet_size`, `header` and `active`
+  are checked and set one after the other (a bad one is `{:options,
+  {:socket_options, {key, value}}}`, those before it set), then the others
+  together (a failure is `{:options, {:socket_options, others_reversed,
+  reason}}`). Options Islet does not implement answer
+  `{:unsupported_option, option}`; before the handshake, the connection
+  answers `{:error, :notsup_on_transport_accept_socket}`.
   """
   @spec setopts(socket(), list()) :: :ok | {:error, term()}
   def setopts(socket, [active: value] = options) do
