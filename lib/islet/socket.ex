@@ -220,8 +220,11 @@ defmodule Islet.Socket do
       {:more, n} ->
         sendfile_loop(socket, file, offset + n, count - n, sent + n, nil)
 
+      # send_timeout bounds each wait without progress (gen_tcp's sendfile
+      # has no bound at all): a call that sent something starts a new one,
+      # so a slow reader that keeps reading gets the whole file.
       {wait, n} when wait in [:wait, :wait_turn] ->
-        {dl, close?} = deadline || send_deadline(socket)
+        {dl, close?} = if deadline == nil or n > 0, do: send_deadline(socket), else: deadline
 
         case await(socket, remaining(dl), :write) do
           :ok ->

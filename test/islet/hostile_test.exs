@@ -157,6 +157,34 @@ defmodule Islet.HostileTest do
       end
     end
 
+    test "sendfile: {:error, :timeout} once send_timeout passes without progress" do
+      # gen_tcp's sendfile has no bound here: it waits for as long as the
+      # peer does not read (README, "Differences from gen_tcp"). Islet's
+      # send_timeout bounds each wait without progress, as for send, and
+      # send_timeout_close closes the connection.
+      path =
+        Path.join(
+          System.tmp_dir!(),
+          "islet_hostile_sendfile_#{System.unique_integer([:positive])}"
+        )
+
+      # More than loopback's socket buffers can hold.
+      File.write!(path, :binary.copy(@chunk, 512))
+
+      try do
+        {s, c} = pair(Subject, send_timeout: 300, send_timeout_close: true)
+        {t, result} = :timer.tc(fn -> TCP.sendfile(s, path, 0, 0) end)
+        assert result == {:error, :timeout}
+        assert t < 10_000_000
+        assert {bytes, {:error, :closed}} = drain(c)
+        assert bytes > 0 and bytes < 512 * byte_size(@chunk)
+        TCP.close(s)
+        :gen_tcp.close(c)
+      after
+        File.rm(path)
+      end
+    end
+
     test "send_timeout_close false: the timed-out data is still delivered, as gen_tcp" do
       # gen_tcp keeps the data of a timed-out send queued and writes it out
       # once the peer reads, without any further call on the socket.

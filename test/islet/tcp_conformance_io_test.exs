@@ -36,6 +36,18 @@ defmodule Islet.TCPConformanceIOTest do
     pid
   end
 
+  # Reads n bytes in 24 KiB steps, 40 ms apart (about 600 KB/s).
+  defp slow_read(_client, n, acc) when n <= 0, do: IO.iodata_to_binary(Enum.reverse(acc))
+
+  defp slow_read(client, n, acc) do
+    Process.sleep(40)
+
+    case :gen_tcp.recv(client, min(n, 24_576), 10_000) do
+      {:ok, bytes} -> slow_read(client, n - byte_size(bytes), [bytes | acc])
+      error -> error
+    end
+  end
+
   defp client_got do
     receive do
       {:client_got, result} -> result
@@ -856,6 +868,50 @@ defmodule Islet.TCPConformanceIOTest do
       try do
         assert_same(&sendfile_read(&1, path, 0, 0, data), timeout: 60_000)
         assert_same(&sendfile_read(&1, path, 4097, byte_size(part), part), timeout: 60_000)
+      after
+        File.rm(path)
+      end
+    end
+
+    # send_timeout bounds a wait without progress, not the whole transfer:
+    # a client that keeps reading, slower than the file goes out, gets all
+    # of it however long that takes (found with Bandit: a 64 MiB download
+    # to a steady 2 MB/s reader was cut at Thousand Island's 30 s).
+    test "a slow reader that keeps reading gets the whole file, past send_timeout" do
+      path = Diff.tmp_path("islet_sendfile_slow")
+      data = Diff.pattern(1_536 * 1024, 5)
+      File.write!(path, data)
+
+      try do
+        assert_same(
+          fn mod ->
+            {_l, s, c} = Diff.pair(mod, [send_timeout: 500, sndbuf: 16_384], recbuf: 16_384)
+            parent = self()
+
+            pid =
+              spawn_link(fn ->
+                receive(do: (:go -> :ok))
+                Kernel.send(parent, {:slow_read, slow_read(c, byte_size(data), [])})
+                receive(do: (:never -> :ok))
+              end)
+
+            :ok = :gen_tcp.controlling_process(c, pid)
+            Kernel.send(pid, :go)
+            {result, elapsed} = Diff.timed(fn -> mod.sendfile(s, path, 0, 0) end)
+
+            got =
+              receive do
+                {:slow_read, got} -> got
+              after
+                30_000 -> :client_timeout
+              end
+
+            # The reader's pace made the transfer outlast send_timeout
+            # several times over.
+            {result, got == data, elapsed > 1_500}
+          end,
+          timeout: 60_000
+        )
       after
         File.rm(path)
       end
