@@ -570,6 +570,40 @@ defmodule Islet.TLSRecordsTest do
     end
   end
 
+  describe "a TLS 1.2 client that renegotiates (openssl s_client's R)" do
+    # On purpose (README, differences from :ssl): :ssl renegotiates, its
+    # client_renegotiation being true by default; Islet refuses with a
+    # no_renegotiation warning, as SSL_OP_NO_RENEGOTIATION does, and
+    # OpenSSL's client then ends the connection with a fatal alert.
+    test "is refused by Islet.TLS, renegotiated by :ssl" do
+      script =
+        "(sleep 0.5; echo hello; sleep 0.5; echo R; sleep 1; echo after; sleep 1) | " <>
+          "openssl s_client -connect 127.0.0.1:PORT -tls1_2 -no_ticket"
+
+      run = fn mod ->
+        l = listen(mod, versions: [:"tlsv1.2"])
+        cmd = String.replace(script, "PORT", Integer.to_string(port(mod, l)))
+        client = Task.async(fn -> System.cmd("sh", ["-c", cmd], stderr_to_stdout: true) end)
+        {:ok, s} = mod.accept(l)
+        {:ok, s} = mod.handshake(s, 30_000)
+        reads = for _ <- 1..3, do: mod.recv(s, 0, 10_000)
+        {out, _status} = Task.await(client, 15_000)
+        mod.close(s)
+        mod.close(l)
+        {reads, out =~ "RENEGOTIATING", out =~ "no renegotiation"}
+      end
+
+      assert {[{:ok, "hello\n"}, {:ok, "after\n"}, {:error, :closed}], true, false} =
+               run.(Islet.Reference.SSL)
+
+      assert {[
+                {:ok, "hello\n"},
+                {:error, {:tls_alert, {:handshake_failure, _}}},
+                {:error, :closed}
+              ], true, true} = run.(Islet.TLS)
+    end
+  end
+
   ## The proxy: the client's bytes go to the server as they come, unless
   ## told to corrupt or replay the next chunk, or to inject bytes of its own.
 
