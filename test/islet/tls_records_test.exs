@@ -254,6 +254,27 @@ defmodule Islet.TLSRecordsTest do
       end)
     end
 
+    # On purpose (README, differences from :ssl): Islet's record layer ends
+    # a connection after 32 records in a row that carry no data (key
+    # updates, empty records, warnings), OpenSSL's guard against empty
+    # records and BoringSSL's against key updates, which also bounds the
+    # work of one read; :ssl takes any number.
+    test "32 key updates in a row are taken; past that, Islet ends the connection and :ssl does not" do
+      run = fn mod, n ->
+        {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.3"])
+        for _ <- 1..n, do: :ok = :ssl.update_keys(c, :write)
+        :ok = :ssl.send(c, "after")
+        result = mod.recv(s, 0, 10_000)
+        :ssl.close(c)
+        result
+      end
+
+      assert run.(Islet.Reference.SSL, 32) == {:ok, "after"}
+      assert run.(Islet.TLS, 32) == {:ok, "after"}
+      assert run.(Islet.Reference.SSL, 40) == {:ok, "after"}
+      assert {:error, {:tls_alert, {:unexpected_message, _}}} = run.(Islet.TLS, 40)
+    end
+
     test "key updates while the server sends, in active mode" do
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.3"])
