@@ -355,7 +355,7 @@ defmodule Islet.TCPConformanceIOTest do
     end
 
     test "a charlist" do
-      assert_same(&send_and_read(&1, 'plain charlist'))
+      assert_same(&send_and_read(&1, ~c"plain charlist"))
     end
 
     test "an improper list with a binary tail" do
