@@ -47,7 +47,10 @@ struct Poller {
   std::vector<Sock*> release;
 };
 
-Poller poller;
+// Never destroyed (nor psets below): at exit the BEAM's threads, the poller
+// thread among them, may still use them while static destructors run
+// (ThreadSanitizer saw the poller's release list freed under it).
+Poller& poller = *new Poller;
 
 // Pump processes, registered by Islet.Pump; none means the poller thread.
 constexpr int kMaxPumps = 64;
@@ -66,7 +69,7 @@ struct PumpSet {
   std::vector<Sock*> backlog;
   std::atomic<bool> wake_sent{false};  // a $islet_poll message is on its way
 };
-PumpSet psets[kMaxPumps];
+PumpSet* const psets = new PumpSet[kMaxPumps];
 ErlNifResourceType* pset_type = nullptr;
 
 // In poller mode one Islet.Pump runs as a flusher only: it writes out what a

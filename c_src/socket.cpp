@@ -331,10 +331,17 @@ static void sock_dtor(ErlNifEnv* env, void* obj) {
   Sock* s = static_cast<Sock*>(obj);
   // Only reached when nothing refers to the socket any more: either the stop
   // callback already closed the fd, or the fd was never handed to a select.
-  if (!s->fd_closed && s->fd >= 0) close(s->fd);
-  if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
-  if (s->rbuf_alloc) enif_release_binary(&s->rbuf);
-  tls_free(s);
+  {
+    // Nobody else can hold the lock now. Taking it anyway shows
+    // ThreadSanitizer (scripts/tsan.sh), which does not see the BEAM's
+    // reference count, that this comes after the last locked section on
+    // another thread (a stop callback's close, on another scheduler).
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->fd_closed && s->fd >= 0) close(s->fd);
+    if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
+    if (s->rbuf_alloc) enif_release_binary(&s->rbuf);
+    tls_free(s);
+  }
   s->~Sock();
   live_socks.fetch_sub(1, std::memory_order_relaxed);
 }
