@@ -9,7 +9,8 @@ defmodule Mix.Tasks.Compile.IsletNif do
 
   Environment:
     * `ISLET_CMAKE_BUILD_TYPE` - CMake build type (default `Release`).
-    * `ISLET_SANITIZE` - `1` builds with AddressSanitizer and UBSan.
+    * `ISLET_SANITIZE` - `1` builds with AddressSanitizer and UBSan,
+      `thread` with ThreadSanitizer.
   """
   use Mix.Task.Compiler
 
@@ -24,9 +25,15 @@ defmodule Mix.Tasks.Compile.IsletNif do
     built = Path.join(build_dir, "libislet_nif.so")
     priv = Path.join(root, "priv")
     File.mkdir_p!(priv)
-    # The sanitizer build gets its own name, so that it never replaces the
+    # A sanitizer build gets its own name, so that it never replaces the
     # library a normal BEAM loads (Islet.Nif picks it by ISLET_SANITIZE).
-    name = if sanitize == "1", do: "islet_nif_asan.so", else: "islet_nif.so"
+    name =
+      case sanitize do
+        "1" -> "islet_nif_asan.so"
+        "thread" -> "islet_nif_tsan.so"
+        _ -> "islet_nif.so"
+      end
+
     target = Path.join(priv, name)
 
     if stale?(built, target) do

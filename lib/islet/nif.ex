@@ -7,8 +7,15 @@ defmodule Islet.Nif do
 
   @doc false
   def load do
-    # ISLET_SANITIZE=1 loads the AddressSanitizer build (scripts/sanitize.sh).
-    name = if System.get_env("ISLET_SANITIZE") == "1", do: ~c"islet_nif_asan", else: ~c"islet_nif"
+    # ISLET_SANITIZE=1 loads the AddressSanitizer build (scripts/sanitize.sh),
+    # ISLET_SANITIZE=thread the ThreadSanitizer one (scripts/tsan.sh).
+    name =
+      case System.get_env("ISLET_SANITIZE") do
+        "1" -> ~c"islet_nif_asan"
+        "thread" -> ~c"islet_nif_tsan"
+        _ -> ~c"islet_nif"
+      end
+
     :erlang.load_nif(:filename.join(:code.priv_dir(:islet), name), max_fds())
   end
 
