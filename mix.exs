@@ -66,7 +66,18 @@ defmodule Mix.Tasks.Compile.IsletNif do
     erts_include =
       Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "include"])
 
-    unless File.exists?(Path.join(build_dir, "CMakeCache.txt")) do
+    # A build directory configured for another source tree (a copy, a moved
+    # checkout, another clone sharing a sanitizer's work directory) would
+    # go on building that tree: configure it again.
+    cache = Path.join(build_dir, "CMakeCache.txt")
+
+    with {:ok, text} <- File.read(cache),
+         false <- String.contains?(text, "\nCMAKE_HOME_DIRECTORY:INTERNAL=#{root}\n") do
+      File.rm_rf!(build_dir)
+      File.mkdir_p!(build_dir)
+    end
+
+    unless File.exists?(cache) do
       cmd!("cmake", [
         "-S",
         root,

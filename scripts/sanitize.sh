@@ -123,14 +123,6 @@ WRAPPER
   chmod +x "$work/bin/$tool"
 done
 
-# A CMake build directory configured for another source tree (a copy, a
-# moved checkout) would go on building that tree: start it again.
-for cache in "$build"/cmake/*/CMakeCache.txt; do
-  if [ -f "$cache" ] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$root" "$cache"; then
-    rm -rf "$(dirname "$cache")"
-  fi
-done
-
 # Build. Compiling the Elixir code loads the NIF (on_load), so the runtime
 # must be preloaded here too; leaks of the compiler VM are not of interest.
 LD_PRELOAD="$runtime" ASAN_OPTIONS=detect_leaks=0 ELIXIR_ERL_OPTIONS="$beam_flags" \
