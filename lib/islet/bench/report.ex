@@ -65,7 +65,7 @@ defmodule Islet.Bench.Report do
           row.label,
           figure(row.candidate),
           figure(row.reference),
-          ratio(row.ratio) <> if(row.warnings == [], do: "", else: " !"),
+          ratio(row.ratio, row.goal) <> if(row.warnings == [], do: "", else: " !"),
           interpretation(row)
         ]
       end)
@@ -100,8 +100,21 @@ defmodule Islet.Bench.Report do
     "#{format_number(side.median)} [#{format_number(side.min)}..#{format_number(side.max)}]"
   end
 
-  defp ratio(nil), do: "n/a"
-  defp ratio(value), do: :erlang.float_to_binary(value, decimals: 2) <> "x"
+  @doc """
+  Formats a ratio: two decimals, or three where two would print the goal's
+  own figure for a ratio that is not exactly it (0.998 against a goal of
+  1.0 reads `0.998x`, not a `1.00x` beside "MISSED").
+  """
+  @spec ratio(number() | nil, %{value: number()} | nil) :: String.t()
+  def ratio(value, goal \\ nil)
+  def ratio(nil, _goal), do: "n/a"
+
+  def ratio(value, %{value: goal}) when value != goal do
+    decimals = if Float.round(value * 1.0, 2) == Float.round(goal * 1.0, 2), do: 3, else: 2
+    :erlang.float_to_binary(value * 1.0, decimals: decimals) <> "x"
+  end
+
+  def ratio(value, _goal), do: :erlang.float_to_binary(value * 1.0, decimals: 2) <> "x"
 
   @doc "What a row's ratio means: better or worse for the candidate, and the goal's verdict."
   @spec interpretation(map()) :: String.t()
@@ -131,7 +144,7 @@ defmodule Islet.Bench.Report do
             "#{check.label} #{ratio(check.quotient)}"
 
           goal ->
-            "#{check.label} #{ratio(check.quotient)} (goal #{goal.op} #{goal.value}x): " <>
+            "#{check.label} #{ratio(check.quotient, goal)} (goal #{goal.op} #{goal.value}x): " <>
               if(check.quotient, do: verdict(check.met), else: "n/a")
         end
       end
