@@ -722,7 +722,11 @@ long probe_cache_bias() {
     SSL_SESSION* sess = SSL_SESSION_new();
     if (sess == nullptr) break;
     SSL_SESSION_set1_id(sess, &id, 1);
+#if OPENSSL_VERSION_NUMBER >= 0x30400000L
+    SSL_SESSION_set_time_ex(sess, time(nullptr));  // the long form is deprecated from 3.4
+#else
     SSL_SESSION_set_time(sess, static_cast<long>(time(nullptr)));
+#endif
     SSL_CTX_add_session(ctx.get(), sess);
     SSL_SESSION_free(sess);  // the cache holds its own reference
   }

@@ -95,7 +95,8 @@ defmodule Islet.Bench.Child do
   @doc "The ebin directories a child needs: Islet's (with the bench) and consolidated protocols."
   @spec code_paths() :: [String.t()]
   def code_paths do
-    ebin = :islet |> :code.lib_dir(:ebin) |> List.to_string()
+    # (:code.lib_dir/2 is deprecated from OTP 27.)
+    ebin = :islet |> :code.lib_dir() |> List.to_string() |> Path.join("ebin")
     consolidated = Path.expand("../../../consolidated", ebin)
     [ebin | Enum.filter([consolidated], &File.dir?/1)]
   end
