@@ -25,7 +25,8 @@ struct Atoms {
       unspec, eof, tos, priority, nopush, islet_flush, idle, wait_busy, high_watermark,
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
-      show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake;
+      show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake,
+      accept_copies_reuseaddr;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -127,6 +128,7 @@ struct Sock {
   bool send_eof_reported = false;// a send said closed once: now enotconn
   bool dead = false;             // the port would be closed: closed/einval
   bool buffer_set = false;       // buffer given explicitly (else follows recbuf)
+  bool copy_reuseaddr = false;   // a Unix listener: accepted sockets get SO_REUSEADDR
   bool bg_flush = false;         // a pump writes out the write queue as the socket drains
   // gen_tcp's busy port: a send brought the write queue to high_watermark
   // and it has not drained to low_watermark yet. That send waits for it

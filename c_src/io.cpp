@@ -120,6 +120,10 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       err = EINVAL;
       break;
     }
+    if (enif_is_identical(kv[0], atom.accept_copies_reuseaddr)) {  // from Islet.Socket
+      s->copy_reuseaddr = enif_is_identical(kv[1], atom.true_);
+      continue;
+    }
     if (enif_is_identical(kv[0], atom.backlog)) {
       // Any int, as inet takes it: the kernel reads a negative one as its
       // maximum (somaxconn).
@@ -195,13 +199,16 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (l->family == AF_UNIX) {
       // TCP sockets inherit these from the listener in the kernel; Unix
       // sockets do not, and gen_tcp copies them.
-      int ka = 0;
+      int ka = 0, ra = 0;
       linger lg{};
-      socklen_t n1 = sizeof ka, n2 = sizeof lg;
+      socklen_t n1 = sizeof ka, n2 = sizeof lg, n3 = sizeof ra;
       if (getsockopt(l->fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &n1) == 0)
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, sizeof ka);
       if (getsockopt(l->fd, SOL_SOCKET, SO_LINGER, &lg, &n2) == 0)
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+      // Newer OTPs copy reuseaddr too (Islet.Compat asks gen_tcp which).
+      if (l->copy_reuseaddr && getsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &ra, &n3) == 0 && ra != 0)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &ra, sizeof ra);
     }
     // Linux does not pass SO_PRIORITY to an accepted socket; inet_drv
     // copies it from the listener (only where it was set, as the default

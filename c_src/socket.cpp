@@ -43,7 +43,7 @@ void init_atoms(ErlNifEnv* env) {
                a("packet_size"), a("high_msgq_watermark"), a("low_msgq_watermark"),
                a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug"),
                a("broadcast"), a("netns"), a("read_packets"),
-               a("notsup_on_transport_accept_socket")};
+               a("notsup_on_transport_accept_socket"), a("accept_copies_reuseaddr")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {

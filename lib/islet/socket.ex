@@ -19,12 +19,25 @@ defmodule Islet.Socket do
   def listen(port, opts, extra, stack)
       when is_integer(port) and port in 0..65535 and is_list(opts) do
     case Islet.Options.listen_spec(port, opts, extra, stack) do
-      {:ok, {family, address, port, nif_opts}} -> Nif.listen(family, address, port, nif_opts)
-      error -> error
+      {:ok, {family, address, port, nif_opts}} ->
+        Nif.listen(family, address, port, nif_opts ++ family_opts(family))
+
+      error ->
+        error
     end
   end
 
   def listen(_port, _opts, _extra, _stack), do: {:error, :einval}
+
+  # A Unix-domain listener whose connections get its reuseaddr, where this
+  # OTP's gen_tcp does that (the kernel does not). Internal: not a user option.
+  defp family_opts(:local) do
+    if Islet.Compat.unix_accept_copies_reuseaddr?(),
+      do: [{:accept_copies_reuseaddr, true}],
+      else: []
+  end
+
+  defp family_opts(_family), do: []
 
   # setopts/2 of Islet.TCP (stack :inet) and Islet.TLS (:ssl).
   @spec setopts(t(), list(), Islet.Options.stack()) :: :ok | {:error, term()}

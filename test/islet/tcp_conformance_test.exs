@@ -489,6 +489,38 @@ defmodule Islet.TCPConformanceTest do
       end
     end
 
+    # OTP 27's gen_tcp gives a connection on a Unix-domain listener the
+    # listener's reuseaddr (OTP 25's does not, nor does the kernel):
+    # Islet.Compat asks the running gen_tcp, and the differential tests on
+    # Unix sockets compare the result. This checks the NIF's side on any
+    # OTP: with the internal option, the connection gets the listener's
+    # SO_REUSEADDR, set or not; without it, never.
+    test "Islet: a Unix listener's reuseaddr copied to its connections on request" do
+      so_reuseaddr = fn s ->
+        {:ok, [{:raw, 1, 2, <<v::native-32>>}]} = Islet.TCP.getopts(s, [{:raw, 1, 2, 4}])
+        v != 0
+      end
+
+      for copy <- [true, false], reuseaddr <- [true, false] do
+        path = Diff.tmp_path("islet_ra")
+        extra = if copy, do: [accept_copies_reuseaddr: true], else: []
+        opts = [mode: :binary, reuseaddr: reuseaddr] ++ extra
+        {:ok, l} = Islet.Nif.listen(:local, path, 0, opts)
+        {:ok, c} = :gen_tcp.connect({:local, path}, 0, [:binary, active: false])
+        {:ok, s} = Islet.TCP.accept(l)
+        assert so_reuseaddr.(l) == reuseaddr
+        assert so_reuseaddr.(s) == (copy and reuseaddr), "copy #{copy}, reuseaddr #{reuseaddr}"
+        assert Islet.TCP.getopts(s, [:reuseaddr]) == {:ok, [reuseaddr: copy and reuseaddr]}
+        :gen_tcp.close(c)
+        Enum.each([s, l], &Islet.TCP.close/1)
+        File.rm(path)
+      end
+
+      # Not an option users can give.
+      assert {:error, {:unsupported_option, _}} =
+               Islet.TCP.listen(0, ip: :loopback, accept_copies_reuseaddr: true)
+    end
+
     test "gen_tcp accepts them" do
       for opt <- @unsupported do
         assert {:ok, l} = Islet.Reference.TCP.listen(0, [{:ip, :loopback}, opt])

@@ -1,0 +1,48 @@
+defmodule Islet.Compat do
+  @moduledoc """
+  What the running OTP's `gen_tcp` does where releases differ and Islet
+  follows it, found by asking `gen_tcp` itself (once per VM, then kept in
+  `:persistent_term`) rather than by version numbers, which would have to
+  name the release that changed.
+  """
+
+  @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
+
+  @doc """
+  Whether `gen_tcp:accept/1` gives a connection on a Unix-domain listener
+  the listener's `reuseaddr` (OTP 27 does; OTP 25 does not, and the kernel
+  never does for AF_UNIX). `false` if the question cannot be asked here.
+  """
+  @spec unix_accept_copies_reuseaddr?() :: boolean()
+  def unix_accept_copies_reuseaddr? do
+    case :persistent_term.get(@unix_reuseaddr_key, nil) do
+      nil ->
+        answer = probe_unix_reuseaddr()
+        :persistent_term.put(@unix_reuseaddr_key, answer)
+        answer
+
+      answer ->
+        answer
+    end
+  end
+
+  defp probe_unix_reuseaddr do
+    dir = System.tmp_dir() || "/tmp"
+    path = Path.join(dir, "islet_probe_#{System.unique_integer([:positive])}.sock")
+    opts = [:binary, active: false]
+
+    try do
+      with {:ok, l} <- :gen_tcp.listen(0, [ip: {:local, path}, reuseaddr: true] ++ opts),
+           {:ok, c} <- :gen_tcp.connect({:local, path}, 0, opts, 1_000),
+           {:ok, s} <- :gen_tcp.accept(l, 1_000) do
+        answer = :inet.getopts(s, [:reuseaddr]) == {:ok, [reuseaddr: true]}
+        Enum.each([s, c, l], &:gen_tcp.close/1)
+        answer
+      else
+        _ -> false
+      end
+    after
+      File.rm(path)
+    end
+  end
+end
