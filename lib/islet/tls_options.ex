@@ -136,6 +136,8 @@ defmodule Islet.TLS.Options do
   end
 
   @undefinable [:cert, :key, :certfile, :keyfile, :cacerts, :cacertfile, :dhfile, :sni_fun]
+  # What ssl 11 names for an option that is not given, in its errors.
+  @dependency_defaults %{versions: [:"tlsv1.3", :"tlsv1.2"], session_tickets: :disabled}
   @key_types [:rsa, :dsa, :RSAPrivateKey, :DSAPrivateKey, :ECPrivateKey, :PrivateKeyInfo]
 
   @doc """
@@ -154,11 +156,13 @@ defmodule Islet.TLS.Options do
   def context(opts) do
     # (`undefined` is :ssl's "not given" for these, and so is an empty
     # certs_keys.)
+    undefinable = if modern?(), do: @undefinable -- [:cacerts, :sni_fun], else: @undefinable
+
     tls =
       for {k, v} = kv <- opts,
           is_atom(k),
           k in @tls_keys or k in @client_only,
-          not (v == :undefined and k in @undefinable),
+          not (v == :undefined and k in undefinable),
           kv != {:certs_keys, []},
           do: kv
 
@@ -370,14 +374,21 @@ defmodule Islet.TLS.Options do
         other -> throw({:option, {:error, {:options, {:verify, other}}}})
       end
 
+    # :ssl's default is true with verify_peer from OTP 26 (ssl 11), false
+    # before: a client without a certificate is refused, or let in, as by
+    # the :ssl this VM runs.
     fail? =
-      case Keyword.get(tls, :fail_if_no_peer_cert, false) do
+      case Keyword.get(tls, :fail_if_no_peer_cert, peer? and ssl_major() >= 11) do
         true when not peer? ->
-          throw(
-            {:option,
-             {:error,
-              {:options, :incompatible, {:verify, :verify_none}, {:fail_if_no_peer_cert, true}}}}
-          )
+          if modern?(),
+            do: incompatible(verify: :verify_none, fail_if_no_peer_cert: true),
+            else:
+              throw(
+                {:option,
+                 {:error,
+                  {:options, :incompatible, {:verify, :verify_none},
+                   {:fail_if_no_peer_cert, true}}}}
+              )
 
         b when is_boolean(b) ->
           b
@@ -394,11 +405,25 @@ defmodule Islet.TLS.Options do
 
     verify_fun = verify_fun(Keyword.get(tls, :verify_fun))
     partial_chain = partial_chain(Keyword.get(tls, :partial_chain))
-    # :ssl's server that verifies clients without a verify_fun must be
-    # given trusted certificates (cacerts, else a cacertfile).
-    if peer? and verify_fun == nil and not match?([_ | _], Keyword.get(tls, :cacerts)) and
-         Keyword.get(tls, :cacertfile, []) == [],
-       do: bad(:cacertfile, [])
+    # :ssl's server that verifies clients must be given trusted
+    # certificates: ssl 10 (OTP 25) unless it has a verify_fun (cacerts
+    # that are not empty, else a cacertfile); ssl 11 (OTP 26) in any case
+    # (cacerts, even empty, or a cacertfile).
+    cond do
+      not peer? ->
+        :ok
+
+      modern?() ->
+        unless Keyword.has_key?(tls, :cacerts) or Keyword.get(tls, :cacertfile, []) != [],
+          do: incompatible(verify: :verify_peer, cacerts: :undefined)
+
+      verify_fun == nil and not match?([_ | _], Keyword.get(tls, :cacerts)) and
+          Keyword.get(tls, :cacertfile, []) == [] ->
+        bad(:cacertfile, [])
+
+      true ->
+        :ok
+    end
 
     # With verify_fun or partial_chain, client chains are checked in Erlang
     # (Islet.TLS.Verify); otherwise by OpenSSL.
@@ -632,29 +657,58 @@ defmodule Islet.TLS.Options do
 
   # TLS 1.3 only (checked first, as :ssl does); false leaves the CA names
   # out of TLS 1.3's CertificateRequest (TLS 1.2's always has them).
+  # (:ssl 11, OTP 26, takes it with any versions.)
   defp extra(:certificate_authorities, b, tls) do
-    unless tls13?(Keyword.get(tls, :versions)),
-      do: dependency(:certificate_authorities, :versions, [:"tlsv1.3"])
+    unless ssl_major() >= 11 or tls13?(Keyword.get(tls, :versions)),
+      do: dependency(:certificate_authorities, :versions, [:"tlsv1.3"], tls)
 
     if is_boolean(b), do: [certificate_authorities: b], else: bad(:certificate_authorities, b)
   end
 
   defp extra(k, v, _) when k in @booleans and not is_boolean(v), do: bad(k, v)
   defp extra(:honor_ecc_order, b, _), do: [honor_ecc_order: b]
-  defp extra(:eccs, list, _) when is_list(list), do: [groups12: group_names(list)]
+
+  defp extra(:eccs, list, _) when is_list(list) do
+    # ssl 11 (OTP 26) refuses names it does not know, and an empty list.
+    if modern?() do
+      cond do
+        list == [] -> bad(:eccs, :none_valid)
+        not Enum.all?(list, &(&1 in :ssl.eccs())) -> bad(:eccs, list)
+        true -> :ok
+      end
+    end
+
+    [groups12: group_names(list)]
+  end
+
   defp extra(:eccs, v, _), do: bad(:eccs, v)
 
   defp extra(:supported_groups, list, tls) when is_list(list) do
     unless tls13?(Keyword.get(tls, :versions)),
-      do: dependency(:supported_groups, :versions, [:"tlsv1.3"])
+      do: dependency(:supported_groups, :versions, [:"tlsv1.3"], tls)
+
+    # ssl 11 (OTP 26) drops the names it does not know, and refuses a list
+    # that keeps none.
+    if modern?() and not Enum.any?(list, &(&1 in :ssl.groups())),
+      do: bad(:supported_groups, :none_valid)
 
     [groups13: group_names(list)]
   end
 
   defp extra(:supported_groups, v, _), do: bad(:supported_groups, v)
 
-  defp extra(k, [], _) when k in [:signature_algs, :signature_algs_cert],
-    do: throw({:option, {:error, {:options, :no_supported_signature_schemes, {k, []}}}})
+  defp extra(k, [], _) when k in [:signature_algs, :signature_algs_cert] do
+    cond do
+      not modern?() ->
+        throw({:option, {:error, {:options, :no_supported_signature_schemes, {k, []}}}})
+
+      k == :signature_algs ->
+        bad(:no_supported_algorithms, {k, []})
+
+      true ->
+        bad(:no_supported_signature_schemes, {k, []})
+    end
+  end
 
   defp extra(:signature_algs, list, _) when is_list(list),
     do: [sigalgs: Enum.map(list, &sigalg(&1, :signature_algs, list))]
@@ -670,8 +724,14 @@ defmodule Islet.TLS.Options do
   defp extra(:key_update_at, n, _) when is_integer(n) and n > 0, do: [key_update_at: n]
   defp extra(:key_update_at, v, _), do: bad(:key_update_at, v)
 
-  defp extra(:max_handshake_size, n, _) when is_integer(n) and n < 8_388_608,
-    do: if(n > 0, do: [max_handshake_size: n], else: [])
+  # (0 and below: taken and ignored by ssl 10, refused by ssl 11.)
+  defp extra(:max_handshake_size, n, _) when is_integer(n) and n < 8_388_608 do
+    cond do
+      n > 0 -> [max_handshake_size: n]
+      modern?() -> bad(:max_handshake_size, n)
+      true -> []
+    end
+  end
 
   defp extra(:max_handshake_size, v, _), do: bad(:max_handshake_size, v)
   defp extra(:hibernate_after, v, _) when v == :infinity or (is_integer(v) and v >= 0), do: []
@@ -698,12 +758,16 @@ defmodule Islet.TLS.Options do
   # does not offer, so they have nothing to act on).
   defp extra(k, _, tls) when k in [:padding_check, :beast_mitigation] do
     versions = Keyword.get(tls, :versions)
-    if is_list(versions) and :tlsv1 in versions, do: [], else: dependency(k, :versions, [:tlsv1])
+
+    if is_list(versions) and :tlsv1 in versions,
+      do: [],
+      else: dependency(k, :versions, [:tlsv1], tls)
   end
 
   defp extra(:early_data, v, tls) do
-    unless tickets(Keyword.get(tls, :session_tickets)) in [:stateful, :stateless],
-      do: dependency(:early_data, :session_tickets, [:stateful, :stateless])
+    unless tickets(Keyword.get(tls, :session_tickets)) in [:stateful, :stateless] or
+             (modern?() and v == :disabled),
+           do: dependency(:early_data, :session_tickets, [:stateful, :stateless], tls)
 
     case v do
       :disabled -> []
@@ -712,9 +776,9 @@ defmodule Islet.TLS.Options do
     end
   end
 
-  defp extra(:anti_replay, _, tls) do
+  defp extra(:anti_replay, v, tls) do
     unless tickets(Keyword.get(tls, :session_tickets)) == :stateless,
-      do: dependency(:anti_replay, :session_tickets, [:stateless])
+      do: dependency({:anti_replay, v}, :session_tickets, [:stateless], tls)
 
     []
   end
@@ -726,9 +790,9 @@ defmodule Islet.TLS.Options do
   # a client's value, which its server takes.
   defp extra(:reuse_sessions, v, tls) do
     unless tls12?(Keyword.get(tls, :versions)),
-      do: dependency(:reuse_sessions, :versions, [:tlsv1, :"tlsv1.1", :"tlsv1.2"])
+      do: dependency(:reuse_sessions, :versions, [:tlsv1, :"tlsv1.1", :"tlsv1.2"], tls)
 
-    if is_boolean(v) or v == :save, do: [], else: bad(:reuse_sessions, v)
+    if is_boolean(v) or (v == :save and not modern?()), do: [], else: bad(:reuse_sessions, v)
   end
 
   # session_tickets as this OTP's :ssl checks it: ssl 10 (OTP 25) wants TLS
@@ -738,7 +802,7 @@ defmodule Islet.TLS.Options do
     modern? = ssl_major() >= 11
 
     if (v != :disabled or not modern?) and not tls13?(Keyword.get(tls, :versions)),
-      do: dependency(:session_tickets, :versions, [:"tlsv1.3"])
+      do: dependency(:session_tickets, :versions, [:"tlsv1.3"], tls)
 
     allowed =
       [:disabled, :stateful, :stateless] ++
@@ -817,6 +881,10 @@ defmodule Islet.TLS.Options do
     sni_hosts_check(rest)
   end
 
+  # (ssl 11 names the wrong entry itself.)
+  defp sni_hosts_check([entry | _] = hosts),
+    do: if(modern?(), do: bad(:sni_hosts, entry), else: bad(:sni_hosts, hosts))
+
   defp sni_hosts_check(hosts), do: bad(:sni_hosts, hosts)
 
   # ssl 10 (OTP 25) checks a host's options at listen with its per-option
@@ -851,10 +919,27 @@ defmodule Islet.TLS.Options do
   end
 
   defp bad(k, v), do: throw({:option, {:error, {:options, {k, v}}}})
+
+  # ssl 11 (OTP 26) names both options, and their values, when two options
+  # do not go together.
+  defp incompatible(pair), do: throw({:option, {:error, {:options, :incompatible, pair}}})
+
+  # Whether this VM's :ssl checks options as ssl 11 (OTP 26) and later do.
+  defp modern?, do: ssl_major() >= 11
   defp unsupported(k, v), do: throw({:option, {:error, {:unsupported_option, {k, v}}}})
 
-  defp dependency(k, on, values),
-    do: throw({:option, {:error, {:options, :dependency, {k, {on, values}}}}})
+  # An option that needs another one to have one of `values`: ssl 10 (OTP
+  # 25) names the values needed, ssl 11 (OTP 26) the value it has (or its
+  # default). `k` is the option's key, or {key, value} where ssl 11 names
+  # the value too.
+  defp dependency(k, on, values, tls) do
+    if modern?() do
+      incompatible([k, {on, Keyword.get(tls, on, Map.fetch!(@dependency_defaults, on))}])
+    else
+      key = with {key, _value} <- k, do: key
+      throw({:option, {:error, {:options, :dependency, {key, {on, values}}}}})
+    end
+  end
 
   # The server's session cache, bounded per listener as :ssl bounds its
   # stores (dropping the oldest session first): session_cache_server_max

@@ -71,7 +71,8 @@ defmodule Islet.TLSOptionsTest do
     {out, _} = System.cmd("sh", ["-c", cmd])
     mod.close(l)
 
-    case Regex.run(~r/Server Temp Key: ([^\n]*)/, out) do
+    # ("Server Temp Key" up to OpenSSL 3.x, "Peer Temp Key" in 3.5.)
+    case Regex.run(~r/(?:Server|Peer) Temp Key: ([^\n]*)/, out) do
       [_, key] -> key
       _ -> {:no_key, out}
     end
@@ -238,9 +239,15 @@ defmodule Islet.TLSOptionsTest do
     ]
 
     test "each option list gives the same answer" do
-      for opts <- @cases do
-        assert {same, same} = run(&listen_result(&1, opts)), "differs for #{inspect(opts)}"
-      end
+      # (Where :ssl exits with badarg, as ssl 11 does for some values,
+      # Islet answers an error: the caller is not crashed.)
+      differ =
+        for opts <- @cases,
+            {ssl, islet} = run(&listen_result(&1, opts)),
+            ssl != islet and not (ssl == {:exit, :badarg} and match?({:error, _}, islet)),
+            do: %{options: opts, ssl: ssl, islet: islet}
+
+      assert differ == []
     end
 
     test "Islet: what :ssl takes but Islet does not do is {:unsupported_option, _}" do
