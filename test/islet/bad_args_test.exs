@@ -570,10 +570,11 @@ defmodule Islet.BadArgsTest do
       {:ok, l} = TCP.listen(0, ip: :loopback)
       {:ok, {_, port}} = TCP.sockname(l)
       {s, c} = pair(l, port)
-      # 1,030 binaries of 256 bytes (iolist_to_iovec keeps them apart), so
-      # the NIF inspects the list in two slices, the second one small enough
-      # (6 elements) for the VM to fill the caller's iovec struct.
-      parts = for i <- 1..1_030, do: :binary.copy(<<rem(i, 256)>>, 256)
+      # 1,030 binaries of 2 KiB (iolist_to_iovec keeps them apart: OTP 25
+      # copies together binaries of 128 bytes, OTP 27 of 512), so the NIF
+      # inspects the list in two slices, the second one small enough (6
+      # elements) for the VM to fill the caller's iovec struct.
+      parts = for i <- 1..1_030, do: :binary.copy(<<rem(i, 256)>>, 2_048)
       expected = IO.iodata_to_binary(parts)
       assert length(:erlang.iolist_to_iovec(parts)) > 1_024
       assert :ok = TCP.send(s, parts)
