@@ -7,7 +7,7 @@ packages=(
   erlang-nox erlang-dev erlang-proper elixir   # OTP 25 + headers, Elixir 1.14
   cmake g++ make libssl-dev openssl            # the NIF and TLS
   wrk gnuplot-nox                              # mix islet.bench
-  clang libclang-rt-14-dev                     # sanitizer build (hardening)
+  clang libclang-rt-dev                        # sanitizer build (hardening)
 )
 
 missing=()
