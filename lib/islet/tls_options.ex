@@ -403,19 +403,21 @@ defmodule Islet.TLS.Options do
         other -> bad(:depth, other)
       end
 
-    verify_fun = verify_fun(Keyword.get(tls, :verify_fun))
-    partial_chain = partial_chain(Keyword.get(tls, :partial_chain))
     # :ssl's server that verifies clients must be given trusted
     # certificates: ssl 10 (OTP 25) unless it has a verify_fun (cacerts
     # that are not empty, else a cacertfile); ssl 11 (OTP 26) in any case
-    # (cacerts, even empty, or a cacertfile).
-    cond do
-      not peer? ->
-        :ok
+    # (cacerts, even empty, or a cacertfile), which it checks before the
+    # form of verify_fun and partial_chain.
+    if peer? and modern?() and
+         not (Keyword.has_key?(tls, :cacerts) or Keyword.get(tls, :cacertfile, []) != []),
+       do: incompatible(verify: :verify_peer, cacerts: :undefined)
 
-      modern?() ->
-        unless Keyword.has_key?(tls, :cacerts) or Keyword.get(tls, :cacertfile, []) != [],
-          do: incompatible(verify: :verify_peer, cacerts: :undefined)
+    verify_fun = verify_fun(Keyword.get(tls, :verify_fun))
+    partial_chain = partial_chain(Keyword.get(tls, :partial_chain))
+
+    cond do
+      not peer? or modern?() ->
+        :ok
 
       verify_fun == nil and not match?([_ | _], Keyword.get(tls, :cacerts)) and
           Keyword.get(tls, :cacertfile, []) == [] ->
