@@ -31,18 +31,24 @@ defmodule Islet.Compat do
     path = Path.join(dir, "islet_probe_#{System.unique_integer([:positive])}.sock")
     opts = [:binary, active: false]
 
-    try do
-      with {:ok, l} <- :gen_tcp.listen(0, [ip: {:local, path}, reuseaddr: true] ++ opts),
-           {:ok, c} <- :gen_tcp.connect({:local, path}, 0, opts, 1_000),
-           {:ok, s} <- :gen_tcp.accept(l, 1_000) do
-        answer = :inet.getopts(s, [:reuseaddr]) == {:ok, [reuseaddr: true]}
-        Enum.each([s, c, l], &:gen_tcp.close/1)
-        answer
-      else
-        _ -> false
-      end
-    after
-      File.rm(path)
+    # Every socket opened is closed, whichever step fails.
+    opened = fn
+      {:ok, socket}, sockets -> {:ok, socket, [socket | sockets]}
+      error, sockets -> {error, sockets}
     end
+
+    {answer, sockets} =
+      with {:ok, l, ss} <-
+             opened.(:gen_tcp.listen(0, [ip: {:local, path}, reuseaddr: true] ++ opts), []),
+           {:ok, _c, ss} <- opened.(:gen_tcp.connect({:local, path}, 0, opts, 1_000), ss),
+           {:ok, s, ss} <- opened.(:gen_tcp.accept(l, 1_000), ss) do
+        {:inet.getopts(s, [:reuseaddr]) == {:ok, [reuseaddr: true]}, ss}
+      else
+        {_error, ss} -> {false, ss}
+      end
+
+    Enum.each(sockets, &:gen_tcp.close/1)
+    File.rm(path)
+    answer
   end
 end
