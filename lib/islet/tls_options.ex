@@ -378,7 +378,7 @@ defmodule Islet.TLS.Options do
     # before: a client without a certificate is refused, or let in, as by
     # the :ssl this VM runs.
     fail? =
-      case Keyword.get(tls, :fail_if_no_peer_cert, peer? and ssl_major() >= 11) do
+      case Keyword.get(tls, :fail_if_no_peer_cert, peer? and modern?()) do
         true when not peer? ->
           if modern?(),
             do: incompatible(verify: :verify_none, fail_if_no_peer_cert: true),
@@ -661,7 +661,7 @@ defmodule Islet.TLS.Options do
   # out of TLS 1.3's CertificateRequest (TLS 1.2's always has them).
   # (:ssl 11, OTP 26, takes it with any versions.)
   defp extra(:certificate_authorities, b, tls) do
-    unless ssl_major() >= 11 or tls13?(Keyword.get(tls, :versions)),
+    unless modern?() or tls13?(Keyword.get(tls, :versions)),
       do: dependency(:certificate_authorities, :versions, [:"tlsv1.3"], tls)
 
     if is_boolean(b), do: [certificate_authorities: b], else: bad(:certificate_authorities, b)
@@ -801,7 +801,7 @@ defmodule Islet.TLS.Options do
   # 1.3 for any value and names its values in a role error; ssl 11 (OTP 26)
   # added the _with_cert modes and asks TLS 1.3 of the enabled ones only.
   defp extra(:session_tickets, v, tls) do
-    modern? = ssl_major() >= 11
+    modern? = modern?()
 
     if (v != :disabled or not modern?) and not tls13?(Keyword.get(tls, :versions)),
       do: dependency(:session_tickets, :versions, [:"tlsv1.3"], tls)
@@ -826,7 +826,7 @@ defmodule Islet.TLS.Options do
 
   defp extra(k, v, _) when k in @client_only do
     cond do
-      k == :fallback or ssl_major() >= 11 ->
+      k == :fallback or modern?() ->
         throw({:option, {:error, {:option, :client_only, k}}})
 
       k == :alpn_advertised_protocols ->
@@ -879,7 +879,7 @@ defmodule Islet.TLS.Options do
       nil -> :ok
     end
 
-    if ssl_major() < 11, do: sni_host_keys_check(opts)
+    unless modern?(), do: sni_host_keys_check(opts)
     sni_hosts_check(rest)
   end
 
@@ -913,6 +913,9 @@ defmodule Islet.TLS.Options do
     :ok
   end
 
+  # Whether this VM's :ssl checks options as ssl 11 (OTP 26) and later do.
+  defp modern?, do: ssl_major() >= 11
+
   defp ssl_major do
     case Application.spec(:ssl, :vsn) do
       nil -> 0
@@ -926,8 +929,6 @@ defmodule Islet.TLS.Options do
   # do not go together.
   defp incompatible(pair), do: throw({:option, {:error, {:options, :incompatible, pair}}})
 
-  # Whether this VM's :ssl checks options as ssl 11 (OTP 26) and later do.
-  defp modern?, do: ssl_major() >= 11
   defp unsupported(k, v), do: throw({:option, {:error, {:unsupported_option, {k, v}}}})
 
   # An option that needs another one to have one of `values`: ssl 10 (OTP
