@@ -83,6 +83,11 @@ struct CtxData {
   };
   std::vector<SigRule> cert_sigs[2];  // [0] TLS 1.2, [1] TLS 1.3
   bool cert_sig_check = false;
+  // The signature algorithms the CertificateRequest names, as :ssl's
+  // server names them for each version (ssl 11): OpenSSL's names, joined
+  // by ':'; empty: OpenSSL's own list. (Clients choose the certificate
+  // they send by this list.)
+  std::string client_sigalgs[2];  // [0] TLS 1.2, [1] TLS 1.3
   ~CtxData() {
     for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
     if (data_env != nullptr) enif_free_env(data_env);
@@ -780,6 +785,19 @@ int accept_chain(X509_STORE_CTX* xs, void*) {
   return 1;
 }
 
+// Called once the version is negotiated, before the server's flight: the
+// CertificateRequest's signature algorithms for that version (OpenSSL
+// keeps one list for both; :ssl's two differ, e.g. RSA with SHA-1 is in
+// TLS 1.3's, for certificates, and not in TLS 1.2's). With sni_hosts, the
+// host's context is the SSL's by now.
+int cert_cb(SSL* ssl, void*) {
+  const CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
+  if (c == nullptr) return 1;
+  const std::string& list = c->client_sigalgs[SSL_version(ssl) >= TLS1_3_VERSION];
+  if (!list.empty() && SSL_set1_client_sigalgs_list(ssl, list.c_str()) != 1) ERR_clear_error();
+  return 1;
+}
+
 // The alert :ssl refuses a certificate signed as `x` is with, in a
 // client's path checked for TLS 1.3 (`v13`) or 1.2; 0 when it takes it.
 int cert_sig_alert(const CtxData& c, bool v13, X509* x) {
@@ -796,8 +814,7 @@ int cert_sig_alert(const CtxData& c, bool v13, X509* x) {
 // verifies: after OpenSSL's own checks of a certificate, :ssl's check of
 // its signature algorithm, for each certificate of the path but the trust
 // anchor (as :ssl, whose path validation starts below it). A refusal sends
-// the alert :ssl sends (OpenSSL maps these two errors to bad_certificate
-// and internal_error).
+// the alert :ssl sends.
 int check_cert_sig(int ok, X509_STORE_CTX* xs) {
   if (ok != 1) return ok;
   auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx()));
@@ -807,8 +824,11 @@ int check_cert_sig(int ok, X509_STORE_CTX* xs) {
   if (chain == nullptr || X509_STORE_CTX_get_error_depth(xs) >= sk_X509_num(chain) - 1) return 1;
   int alert = cert_sig_alert(*c, SSL_version(ssl) >= TLS1_3_VERSION, X509_STORE_CTX_get_current_cert(xs));
   if (alert == 0) return 1;
-  X509_STORE_CTX_set_error(xs, alert == SSL_AD_BAD_CERTIFICATE ? X509_V_ERR_CERT_REJECTED
-                                                               : X509_V_ERR_UNSPECIFIED);
+  // (OpenSSL answers these errors with bad_certificate, unsupported_certificate
+  // and internal_error.)
+  X509_STORE_CTX_set_error(xs, alert == SSL_AD_BAD_CERTIFICATE           ? X509_V_ERR_CERT_REJECTED
+                               : alert == SSL_AD_UNSUPPORTED_CERTIFICATE ? X509_V_ERR_INVALID_PURPOSE
+                                                                         : X509_V_ERR_UNSPECIFIED);
   return 0;
 }
 
@@ -1282,6 +1302,25 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       ERR_clear_error();
       if (list.empty() || SSL_CTX_set1_sigalgs_list(ctx, list.c_str()) != 1)
         return opt_error(env, enif_make_atom(env, "signature_algs"), "no_supported_signature_schemes");
+    } else if (k == "client_sigalgs") {
+      // {Names12, Names13}: names OpenSSL does not know are dropped (and
+      // with them the list, if none is left: OpenSSL's default stays).
+      const ERL_NIF_TERM* per;
+      if (!enif_get_tuple(env, kv[1], &arity, &per) || arity != 2) return enif_make_badarg(env);
+      if (!scratch && !(scratch = SSLCtxPtr(SSL_CTX_new(TLS_server_method())))) return make_error(env, atom.enomem);
+      for (int v = 0; v < 2; v++) {
+        std::vector<ErlNifBinary> names;
+        if (!bin_list(env, per[v], &names)) return enif_make_badarg(env);
+        c->client_sigalgs[v].clear();
+        for (const ErlNifBinary& n : names) {
+          std::string name(reinterpret_cast<const char*>(n.data), n.size);
+          if (SSL_CTX_set1_client_sigalgs_list(scratch.get(), name.c_str()) != 1) continue;
+          c->client_sigalgs[v] += (c->client_sigalgs[v].empty() ? "" : ":") + name;
+        }
+      }
+      ERR_clear_error();
+      if (!c->client_sigalgs[0].empty() || !c->client_sigalgs[1].empty())
+        SSL_CTX_set_cert_cb(ctx, cert_cb, nullptr);
     } else if (k == "cert_sigs") {
       // {Rules12, Rules13}, each [{SigOid, HashOid, Alert}] (dotted OIDs;
       // the hash for RSASSA-PSS only, else ""). OIDs OpenSSL does not

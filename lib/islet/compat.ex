@@ -9,6 +9,20 @@ defmodule Islet.Compat do
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
 
   @doc """
+  Whether the running `:ssl` is ssl 11 (OTP 26) or later, which checks
+  options and client certificates differently from ssl 10 (OTP 25): what
+  Islet.TLS follows for each is written where it is followed. (Of OTP 26
+  and later, only OTP 27's ssl 11.2 has been checked against.)
+  """
+  @spec ssl11?() :: boolean()
+  def ssl11? do
+    case Application.spec(:ssl, :vsn) do
+      nil -> false
+      vsn -> vsn |> to_string() |> String.split(".") |> hd() |> String.to_integer() >= 11
+    end
+  end
+
+  @doc """
   Whether `gen_tcp:accept/1` gives a connection on a Unix-domain listener
   the listener's `reuseaddr` (OTP 27 does; OTP 25 does not, and the kernel
   never does for AF_UNIX). `false` if the question cannot be asked here.

@@ -15,18 +15,38 @@ defmodule Islet.TLS.CertSigs do
   listener: `Islet.TLS.Verify` applies them in Erlang, and the NIF's chain
   check applies the table `nif_rules/1` makes.
 
-  This follows `ssl_certificate:verify_sign/2` of OTP 25's `:ssl` (10.8).
+  This follows `ssl_certificate:verify_sign/2` of OTP 25's `:ssl` (10.8),
+  and on ssl 11 (`Islet.Compat.ssl11?/0`) `verify_sign_support/2` of OTP
+  27's (11.2): a refused algorithm is answered `unsupported_certificate`,
+  TLS 1.2 reads the list's ECDSA and RSA PKCS #1 schemes as pairs too, and
+  the default list (`signature_algs_cert`'s) adds RSA with SHA-1.
+
+  `request_lists/1` gives, on ssl 11, the lists `:ssl`'s server names in
+  its CertificateRequest, by which clients choose the certificate they send.
   """
+
+  alias Islet.Compat
 
   @typedoc "A certificate's signature algorithm, as the check sees it."
   @type alg ::
           {:rsa_pkcs1 | :rsa_pss | :ecdsa | :dsa, atom()} | :ed25519 | :ed448 | :other
 
   @typedoc "A verdict: `:ok`, or the TLS alert description `:ssl` refuses with."
-  @type verdict :: :ok | 42 | 80
+  @type verdict :: :ok | 42 | 43 | 80
 
   @bad_certificate 42
+  @unsupported_certificate 43
   @internal_error 80
+
+  # OpenSSL's names for the parts of a {hash, sign} pair.
+  @pair_hashes %{
+    sha: "SHA1",
+    sha224: "SHA224",
+    sha256: "SHA256",
+    sha384: "SHA384",
+    sha512: "SHA512"
+  }
+  @pair_signs %{rsa: "RSA", ecdsa: "ECDSA", dsa: "DSA"}
 
   # The signature algorithms told apart, by OID (and, for RSASSA-PSS, by the
   # hash): what the NIF's table lists. Anything else is :other.
@@ -67,17 +87,84 @@ defmodule Islet.TLS.CertSigs do
   @spec list(keyword()) :: list() | nil
   def list(tls) do
     case Keyword.get(tls, :signature_algs_cert) || Keyword.get(tls, :signature_algs) ||
-           default_list(Keyword.get(tls, :versions, [:"tlsv1.3", :"tlsv1.2"])) do
+           default_cert_list(versions(tls)) do
       list when is_list(list) -> list
       # (A value of the wrong form: Islet.TLS.Options answers :ssl's error.)
       _ -> nil
     end
   end
 
+  @doc """
+  On ssl 11, the signature algorithms `:ssl`'s server names in a
+  CertificateRequest, as OpenSSL's names: `{tls12, tls13}` (nil before ssl
+  11, or for options of the wrong form). TLS 1.2's is `signature_algs` as
+  pairs; TLS 1.3's is `signature_algs` and, as OpenSSL cannot send a
+  separate `signature_algorithms_cert`, the schemes `:ssl` lists there
+  (`signature_algs_cert`, or by default `signature_algs` and RSA with SHA-1).
+  """
+  @spec request_lists(keyword()) :: {[String.t()], [String.t()]} | nil
+  def request_lists(tls) do
+    sa = Keyword.get(tls, :signature_algs) || default_list(versions(tls))
+
+    sac =
+      Keyword.get(tls, :signature_algs_cert) ||
+        if(Keyword.has_key?(tls, :signature_algs), do: [], else: default_cert_list(versions(tls)))
+
+    if Compat.ssl11?() and is_list(sa) and is_list(sac) do
+      tls12 = if Enum.any?(sa, &is_atom/1), do: schemes_1_2(sa, true), else: sa
+      {names(tls12), names(tls13_list(sa) ++ tls13_list(sac))}
+    end
+  end
+
+  defp names(list), do: list |> Enum.map(&openssl_name/1) |> Enum.reject(&is_nil/1) |> Enum.uniq()
+
+  @doc """
+  OpenSSL's name for a signature scheme or a `{hash, sign}` pair of `:ssl`'s
+  options (nil for a form it has none for; names OpenSSL does not know are
+  dropped where the list is set).
+  """
+  @spec openssl_name(atom() | {atom(), atom()}) :: String.t() | nil
+  def openssl_name(scheme) when scheme in [:eddsa_ed25519, :eddsa_ed448],
+    do: String.replace_prefix(Atom.to_string(scheme), "eddsa_", "")
+
+  def openssl_name(scheme) when is_atom(scheme), do: Atom.to_string(scheme)
+
+  def openssl_name({hash, sign}) when sign in [:rsa_pss_rsae, :rsa_pss_pss] and is_atom(hash),
+    do: "#{sign}_#{hash}"
+
+  def openssl_name({hash, sign})
+      when is_map_key(@pair_hashes, hash) and is_map_key(@pair_signs, sign),
+      do: @pair_signs[sign] <> "+" <> @pair_hashes[hash]
+
+  def openssl_name(_), do: nil
+
+  defp versions(tls), do: Keyword.get(tls, :versions, [:"tlsv1.3", :"tlsv1.2"])
+
+  # :ssl's default signature_algs_cert on ssl 11: the default
+  # signature_algs and RSA with SHA-1 in the highest version's form. (ssl
+  # 10's is signature_algs', which has SHA-1.)
+  defp default_cert_list(versions) do
+    case default_list(versions) do
+      list when is_list(list) and is_list(versions) ->
+        cond do
+          not Compat.ssl11?() -> list
+          :"tlsv1.3" in versions -> list ++ [:rsa_pkcs1_sha1]
+          true -> list ++ [{:sha, :rsa}]
+        end
+
+      other ->
+        other
+    end
+  end
+
+  # (The wire form of a version, written out: tls_record's function for it
+  # changed name in OTP 26.)
+  @wire_versions %{"tlsv1.3": {3, 4}, "tlsv1.2": {3, 3}, "tlsv1.1": {3, 2}, tlsv1: {3, 1}}
+
   defp default_list(versions) do
     tuples =
       versions
-      |> Enum.map(&:tls_record.protocol_version/1)
+      |> Enum.map(&Map.fetch!(@wire_versions, &1))
       |> Enum.sort(:desc)
 
     :tls_v1.default_signature_algs(tuples)
@@ -123,28 +210,30 @@ defmodule Islet.TLS.CertSigs do
   """
   @spec verdict(alg(), :"tlsv1.2" | :"tlsv1.3", list() | nil) :: verdict()
   def verdict(_alg, _version, nil), do: :ok
+  def verdict(alg, version, list), do: verdict(alg, version, list, Compat.ssl11?())
 
-  def verdict({:dsa, :sha}, :"tlsv1.2", list), do: ok_if({:sha, :dsa} in list)
+  defp verdict({:dsa, :sha}, :"tlsv1.2", list, ssl11),
+    do: ok_if({:sha, :dsa} in list, ssl11)
 
   # (is_supported_signature_algorithm_1_3/2 on the list as it is.)
-  def verdict({:rsa_pss, _} = alg, :"tlsv1.2", list) do
+  defp verdict({:rsa_pss, _} = alg, :"tlsv1.2", list, ssl11) do
     case scheme(alg) do
       nil -> @internal_error
-      scheme -> ok_if(supported_1_3?(scheme, list))
+      scheme -> ok_if(supported_1_3?(scheme, list), ssl11)
     end
   end
 
-  def verdict(alg, :"tlsv1.2", list) do
+  defp verdict(alg, :"tlsv1.2", list, ssl11) do
     case scheme(alg) do
       nil -> @internal_error
-      scheme -> ok_if(supported_1_2?(components(scheme), schemes_1_2(list)))
+      scheme -> ok_if(supported_1_2?(components(scheme), schemes_1_2(list, ssl11)), ssl11)
     end
   end
 
-  def verdict(alg, :"tlsv1.3", list) do
+  defp verdict(alg, :"tlsv1.3", list, ssl11) do
     case scheme(alg) do
       nil -> @internal_error
-      scheme -> ok_if(supported_1_3?(scheme, tls13_list(list)))
+      scheme -> ok_if(supported_1_3?(scheme, tls13_list(list)), ssl11)
     end
   end
 
@@ -160,8 +249,9 @@ defmodule Islet.TLS.CertSigs do
     end)
   end
 
-  defp ok_if(true), do: :ok
-  defp ok_if(false), do: @bad_certificate
+  defp ok_if(true, _ssl11), do: :ok
+  defp ok_if(false, false), do: @bad_certificate
+  defp ok_if(false, true), do: @unsupported_certificate
 
   # ssl_cipher:signature_algorithm_to_scheme/1 (nil where it has no clause).
   defp scheme({:rsa_pss, h}) when h in [:sha256, :sha384, :sha512], do: :"rsa_pss_pss_#{h}"
@@ -175,40 +265,45 @@ defmodule Islet.TLS.CertSigs do
   defp scheme(:ed448), do: :eddsa_ed448
   defp scheme(_), do: nil
 
-  # A scheme as TLS 1.2's {hash, sign} pair.
+  # A scheme as TLS 1.2's {hash, sign} pair (nil for a name it is not).
   defp components(:rsa_pkcs1_sha1), do: {:sha, :rsa}
   defp components(:ecdsa_sha1), do: {:sha, :ecdsa}
   defp components(:eddsa_ed25519), do: {:none, :eddsa}
   defp components(:eddsa_ed448), do: {:none, :eddsa}
 
   defp components(scheme) do
-    [sign, hash] =
+    parts =
       case Atom.to_string(scheme) do
-        "rsa_pkcs1_" <> h -> ["rsa", h]
-        "rsa_pss_pss_" <> h -> ["rsa_pss_pss", h]
-        "rsa_pss_rsae_" <> h -> ["rsa_pss_rsae", h]
-        "ecdsa_" <> rest -> ["ecdsa", rest |> String.split("_") |> List.last()]
+        "rsa_pkcs1_" <> h -> {h, :rsa}
+        "rsa_pss_pss_" <> h -> {h, :rsa_pss_pss}
+        "rsa_pss_rsae_" <> h -> {h, :rsa_pss_rsae}
+        "ecdsa_" <> rest -> {rest |> String.split("_") |> List.last(), :ecdsa}
+        _ -> nil
       end
 
-    {String.to_atom(hash), String.to_atom(sign)}
+    with {hash, sign} <- parts, do: {String.to_atom(hash), sign}
   end
 
   # ssl_cipher:signature_schemes_1_2/1: the pairs of a list, and its PSS
-  # schemes as pairs.
-  defp schemes_1_2(list) do
-    Enum.flat_map(list, fn
+  # schemes as pairs; ssl 11's also its ECDSA and RSA PKCS #1 schemes
+  # (not EdDSA's).
+  defp schemes_1_2(list, ssl11) do
+    list
+    |> Enum.flat_map(fn
       {_, _} = pair ->
         [pair]
 
       scheme when is_atom(scheme) ->
-        case Atom.to_string(scheme) do
-          "rsa_pss_" <> _ -> [components(scheme)]
+        case components(scheme) do
+          {_, sign} = pair when sign in [:rsa_pss_pss, :rsa_pss_rsae] -> [pair]
+          {_, sign} = pair when ssl11 and sign in [:ecdsa, :rsa] -> [pair]
           _ -> []
         end
 
       _ ->
         []
     end)
+    |> Enum.uniq()
   end
 
   # ssl_cipher:is_supported_sign/2.

@@ -29,7 +29,8 @@ defmodule Islet.TLS.Options do
   `sender_spawn_opts` (no process per connection), `middlebox_comp_mode`
   (the server follows the client), `cookie`,
   `keep_secrets`, `signature_algs_cert` (client chains are checked
-  against it, see `Islet.TLS.CertSigs`, but OpenSSL 3.0 cannot send it),
+  against it, see `Islet.TLS.CertSigs`, but OpenSSL 3.0 cannot send it:
+  on ssl 11 its schemes join TLS 1.3's CertificateRequest list instead),
   `handshake: :full`, `crl_check: false`, `crl_cache`, `protocol:
   :tls`, `early_data: :disabled` and `anti_replay`; a client's options
   (`server_name_indication`, `alpn_advertised_protocols`, ...), which ssl
@@ -45,6 +46,8 @@ defmodule Islet.TLS.Options do
   `handshake: :hello`, early data and DTLS are
   `{:error, {:unsupported_option, option}}`.
   """
+
+  alias Islet.TLS.CertSigs
 
   @tls_keys [
     :certfile,
@@ -440,7 +443,7 @@ defmodule Islet.TLS.Options do
 
         partial_chain = partial_chain || fn _ -> :unknown_ca end
         depth = if is_integer(depth), do: depth, else: 10
-        sigs = Islet.TLS.CertSigs.list(tls)
+        sigs = CertSigs.list(tls)
         [erl_verify: Islet.TLS.Verify.config(cacerts, verify_fun, partial_chain, depth, sigs)]
       else
         []
@@ -449,14 +452,20 @@ defmodule Islet.TLS.Options do
     # The signature algorithms :ssl takes in a client's chain: checked by
     # the NIF when OpenSSL checks the chain, else by Islet.TLS.Verify.
     cert_sigs =
-      case peer? and in_erlang == [] and
-             Islet.TLS.CertSigs.nif_rules(Islet.TLS.CertSigs.list(tls)) do
+      case peer? and in_erlang == [] and CertSigs.nif_rules(CertSigs.list(tls)) do
         {_, _} = rules -> [cert_sigs: rules]
         _ -> []
       end
 
+    # What the CertificateRequest names (ssl 11: :ssl's lists; else OpenSSL's).
+    request =
+      case peer? and CertSigs.request_lists(tls) do
+        {_, _} = lists -> [client_sigalgs: lists]
+        _ -> []
+      end
+
     [verify_peer: peer?, fail_if_no_peer_cert: fail?] ++
-      if(is_integer(depth), do: [depth: depth], else: []) ++ in_erlang ++ cert_sigs
+      if(is_integer(depth), do: [depth: depth], else: []) ++ in_erlang ++ cert_sigs ++ request
   end
 
   # As :ssl takes them: {fun, state}, or (older form) a fun given the
@@ -650,8 +659,6 @@ defmodule Islet.TLS.Options do
              [:rsa_pss_pss_sha256, :rsa_pss_pss_sha384, :rsa_pss_pss_sha512] ++
              [:eddsa_ed25519, :eddsa_ed448, :ecdsa_brainpoolP256r1tls13_sha256] ++
              [:ecdsa_brainpoolP384r1tls13_sha384, :ecdsa_brainpoolP512r1tls13_sha512]
-  @hashes %{sha: "SHA1", sha224: "SHA224", sha256: "SHA256", sha384: "SHA384", sha512: "SHA512"}
-  @signs %{rsa: "RSA", ecdsa: "ECDSA", dsa: "DSA"}
 
   # The other :ssl server options, checked as :ssl checks them (same
   # errors), and what the NIF takes of them.
@@ -914,14 +921,7 @@ defmodule Islet.TLS.Options do
   end
 
   # Whether this VM's :ssl checks options as ssl 11 (OTP 26) and later do.
-  defp modern?, do: ssl_major() >= 11
-
-  defp ssl_major do
-    case Application.spec(:ssl, :vsn) do
-      nil -> 0
-      vsn -> vsn |> to_string() |> String.split(".") |> hd() |> String.to_integer()
-    end
-  end
+  defp modern?, do: Islet.Compat.ssl11?()
 
   defp bad(k, v), do: throw({:option, {:error, {:options, {k, v}}}})
 
@@ -1016,13 +1016,10 @@ defmodule Islet.TLS.Options do
   defp group_names(list),
     do: for(g <- list, is_atom(g), do: Map.get(@group_names, g, Atom.to_string(g)))
 
-  defp sigalg(scheme, _, _) when scheme in [:eddsa_ed25519, :eddsa_ed448],
-    do: String.replace_prefix(Atom.to_string(scheme), "eddsa_", "")
+  defp sigalg(scheme, _, _) when scheme in @schemes, do: CertSigs.openssl_name(scheme)
 
-  defp sigalg(scheme, _, _) when scheme in @schemes, do: Atom.to_string(scheme)
-
-  defp sigalg({hash, sign}, _, _) when is_map_key(@hashes, hash) and is_map_key(@signs, sign),
-    do: @signs[sign] <> "+" <> @hashes[hash]
+  defp sigalg({_hash, sign} = pair, key, list) when sign in [:rsa, :ecdsa, :dsa],
+    do: CertSigs.openssl_name(pair) || bad(key, list)
 
   defp sigalg(_, key, list), do: bad(key, list)
 

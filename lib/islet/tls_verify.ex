@@ -24,6 +24,7 @@ defmodule Islet.TLS.Verify do
 
   require Record
 
+  alias Islet.Compat
   alias Islet.TLS.CertSigs
 
   for {name, tag} <- [
@@ -375,7 +376,14 @@ defmodule Islet.TLS.Verify do
 
   defp validate_path(trusted, path, config) do
     ders = for {der, _} <- path, do: der
-    state = %{issuer: anchor(trusted), path: path, sigs: config.sigs, version: config.version}
+
+    state = %{
+      issuer: anchor(trusted),
+      path: path,
+      peer: path |> List.last() |> elem(1),
+      sigs: config.sigs,
+      version: config.version
+    }
 
     :public_key.pkix_path_validation(anchor(trusted), ders,
       max_path_length: config.depth,
@@ -387,7 +395,7 @@ defmodule Islet.TLS.Verify do
   # validation_fun_and_state, for a server: no host name to check).
   defp verify_fun(nil, state) do
     {fn
-       _cert, {:extension, _} = ext, st -> ssl_validate(ext, st)
+       cert, {:extension, _} = ext, st -> ssl_validate_extension(cert, ext, st)
        cert, event, st -> ssl_validate(cert, event, st)
      end, state}
   end
@@ -395,7 +403,7 @@ defmodule Islet.TLS.Verify do
   defp verify_fun({fun, user_state}, state) do
     {fn
        cert, {:extension, _} = ext, {st, us} ->
-         case ssl_validate(ext, st) do
+         case ssl_validate_extension(cert, ext, st) do
            {:valid, st} -> {:valid, {st, us}}
            {:fail, reason} -> user(fun, cert, reason, st, us)
            {:unknown, _} -> user(fun, cert, ext, st, us)
@@ -403,9 +411,9 @@ defmodule Islet.TLS.Verify do
 
        cert, :valid_peer, {st, us} ->
          # As :ssl: the user's function sees the peer's signature algorithm
-         # refused as {bad_cert, invalid_signature} (its intermediates'
-         # algorithms are not checked when there is a verify_fun).
-         event = if sign_ok?(cert, st), do: :valid_peer, else: {:bad_cert, :invalid_signature}
+         # refused as a bad_cert event (its intermediates' algorithms are
+         # not checked when there is a verify_fun).
+         event = if sign_ok?(cert, st), do: :valid_peer, else: sign_refused()
          user(fun, cert, event, st, us)
 
        cert, event, {st, us} ->
@@ -422,9 +430,16 @@ defmodule Islet.TLS.Verify do
 
     case CertSigs.lookup(st.sigs, st.version, alg) do
       :ok -> true
-      42 -> false
+      refused when refused in [@bad_certificate, @unsupported_certificate] -> false
       _ -> :erlang.error({:no_tls_name_for_signature, alg})
     end
+  end
+
+  # The reason :ssl gives a refused signature algorithm.
+  defp sign_refused do
+    if Compat.ssl11?(),
+      do: {:bad_cert, :unsupported_signature},
+      else: {:bad_cert, :invalid_signature}
   end
 
   defp user(fun, cert, event, st, us) do
@@ -442,14 +457,24 @@ defmodule Islet.TLS.Verify do
 
   defp apply_user(fun, cert, event, us, _st) when is_function(fun, 3), do: fun.(cert, event, us)
 
-  # ssl_certificate:validate/3 for a server (the peer is a client).
-  defp ssl_validate({:extension, extension(extnID: @ext_key_usage, extnValue: uses)}, st) do
-    if @client_auth in uses,
-      do: {:valid, st},
-      else: {:fail, {:bad_cert, :invalid_ext_key_usage}}
+  # ssl_certificate:validate/3 for a server (the peer is a client): the
+  # extended key usage must allow client authentication. ssl 11 names the
+  # usages, apart for the client's own certificate and its CAs (and its
+  # allow_any_ca_purpose, which Islet does not take, defaults to false).
+  defp ssl_validate_extension(
+         cert,
+         {:extension, extension(extnID: @ext_key_usage, extnValue: uses)},
+         st
+       ) do
+    cond do
+      @client_auth in uses -> {:valid, st}
+      not Compat.ssl11?() -> {:fail, {:bad_cert, :invalid_ext_key_usage}}
+      cert == st.peer -> {:fail, {:bad_cert, {:invalid_ext_keyusage, uses}}}
+      true -> {:fail, {:bad_cert, {:ca_invalid_ext_keyusage, uses}}}
+    end
   end
 
-  defp ssl_validate({:extension, _}, st), do: {:unknown, st}
+  defp ssl_validate_extension(_cert, {:extension, _}, st), do: {:unknown, st}
 
   defp ssl_validate(cert, {:bad_cert, :cert_expired}, %{issuer: cert}),
     do: {:fail, {:bad_cert, :root_cert_expired}}
@@ -459,19 +484,40 @@ defmodule Islet.TLS.Verify do
   defp ssl_validate(cert, event, st) when event in [:valid, :valid_peer] do
     if sign_ok?(cert, st),
       do: {:valid, %{st | issuer: cert}},
-      else: {:fail, {:bad_cert, :invalid_signature}}
+      else: {:fail, sign_refused()}
   end
 
-  # ssl_handshake's path_validation_alert.
-  defp alert({:bad_cert, :cert_expired}), do: @certificate_expired
-  defp alert({:bad_cert, :unknown_critical_extension}), do: @unsupported_certificate
-  defp alert({:bad_cert, {:revoked, _}}), do: @certificate_revoked
-  defp alert({:bad_cert, :unknown_ca}), do: @unknown_ca
+  # ssl_handshake's path_validation_alert (and ssl 11's additions).
+  defp alert(reason) do
+    case Compat.ssl11?() and alert11(reason) do
+      alert when is_integer(alert) -> alert
+      _ -> alert10(reason)
+    end
+  end
 
-  defp alert({:bad_cert, reason})
+  defp alert11({:bad_cert, reason})
+       when reason in [:unsupported_signature, :invalid_ext_keyusage],
+       do: @unsupported_certificate
+
+  defp alert11({:bad_cert, {reason, _}})
+       when reason in [:invalid_ext_keyusage, :ca_invalid_ext_keyusage, :key_usage_mismatch],
+       do: @unsupported_certificate
+
+  defp alert11({:bad_cert, reason})
+       when reason in [:distinguished_name_not_permitted, :policy_tree_exceeded],
+       do: @bad_certificate
+
+  defp alert11(_reason), do: nil
+
+  defp alert10({:bad_cert, :cert_expired}), do: @certificate_expired
+  defp alert10({:bad_cert, :unknown_critical_extension}), do: @unsupported_certificate
+  defp alert10({:bad_cert, {:revoked, _}}), do: @certificate_revoked
+  defp alert10({:bad_cert, :unknown_ca}), do: @unknown_ca
+
+  defp alert10({:bad_cert, reason})
        when reason in [:invalid_issuer, :invalid_signature, :name_not_permitted, :selfsigned_peer],
        do: @bad_certificate
 
-  defp alert({:bad_cert, {:revocation_status_undetermined, _}}), do: @bad_certificate
-  defp alert(_other), do: @handshake_failure
+  defp alert10({:bad_cert, {:revocation_status_undetermined, _}}), do: @bad_certificate
+  defp alert10(_other), do: @handshake_failure
 end

@@ -57,6 +57,37 @@ defmodule Islet.TLSVerifyTest do
   defp default_answer({:bad_cert, _} = reason, _s), do: {:fail, reason}
   defp default_answer(_valid, s), do: {:valid, s}
 
+  # OpenSSL 3.5 names no SHA-1 algorithm in a TLS 1.3 CertificateRequest
+  # (3.0 does, RSA with SHA-1 last), and ssl 11's client then withholds a
+  # certificate signed with SHA-1 (:ssl's server names rsa_pkcs1_sha1 in
+  # its signature_algorithms_cert, which OpenSSL cannot send): Islet sees
+  # none where :ssl takes it.
+  defp sha1_withheld?(:"tlsv1.3") do
+    [{_, openssl, _} | _] = :crypto.info_lib()
+    Islet.Compat.ssl11?() and openssl >= 0x30500000
+  end
+
+  defp sha1_withheld?(_version), do: false
+
+  # assert_same/1 on a scenario's list of {client name, erlang?, result}
+  # but, where sha1_withheld?/1, for the results of the client signed with
+  # SHA-1, which :ssl takes and Islet never sees.
+  defp assert_same_but_sha1(version, scenario) do
+    if sha1_withheld?(version) do
+      {ssl, islet} = run(scenario)
+      sha1? = &(elem(&1, 0) == :client_sha1)
+      {ssl_sha1, ssl_rest} = Enum.split_with(ssl, sha1?)
+      {islet_sha1, islet_rest} = Enum.split_with(islet, sha1?)
+      assert ssl_rest == islet_rest
+      assert ssl_sha1 != [] and Enum.all?(ssl_sha1, &match?({_, _, {{:ok, _}, _, _}}, &1))
+
+      for r <- islet_sha1,
+          do: assert({_, _, {{:error, {:tls_alert, :certificate_required}}, _, _}} = r)
+    else
+      assert_same(scenario)
+    end
+  end
+
   defp accepting(accepted) do
     fn
       {:bad_cert, reason} = ev, s ->
@@ -135,7 +166,7 @@ defmodule Islet.TLSVerifyTest do
       test "a client certificate signed with SHA-1: accepted, as :ssl does" do
         # (OpenSSL's security level from the system configuration refused
         # it, with verify_fun or without.)
-        assert_same(fn mod ->
+        assert_same_but_sha1(@version, fn mod ->
           client = Certs.client_cert_opts(:client_sha1)
           plain = observe(mod, server(@version, []), client)
 
@@ -146,7 +177,7 @@ defmodule Islet.TLSVerifyTest do
               client
             )
 
-          {plain, with_fun}
+          [{:client_sha1, false, plain}, {:client_sha1, true, with_fun}]
         end)
       end
 
@@ -514,18 +545,24 @@ defmodule Islet.TLSVerifyTest do
       @version version
 
       test "#{version}: the listener's default versions (:ssl's default list for both)" do
-        assert_same(fn mod -> sig_matrix(mod, @version, []) end)
+        assert_same_but_sha1(@version, fn mod ->
+          sig_matrix(mod, @version, [])
+        end)
       end
 
       test "#{version}: this version only (:ssl's default list for it)" do
-        assert_same(fn mod -> sig_matrix(mod, @version, versions: [@version]) end)
+        assert_same_but_sha1(@version, fn mod ->
+          sig_matrix(mod, @version, versions: [@version])
+        end)
       end
 
       test "#{version}: signature_algs_cert without SHA-1" do
         algs = [:ecdsa_secp256r1_sha256, :rsa_pss_rsae_sha256, :rsa_pss_pss_sha256]
         scenario = &sig_matrix(&1, @version, versions: [@version], signature_algs_cert: algs)
 
-        if @version == :"tlsv1.2" do
+        # (ssl 11: Islet's CertificateRequest lists the same as :ssl's
+        # signature_algorithms_cert, so the same certificates come.)
+        if @version == :"tlsv1.2" or Islet.Compat.ssl11?() do
           assert_same(scenario)
         else
           # :ssl's TLS 1.3 server names the list in its CertificateRequest
@@ -596,8 +633,8 @@ defmodule Islet.TLSVerifyTest do
 
         narrow = server(version, signature_algs_cert: [:rsa_pss_rsae_sha256])
 
-        assert {{:error, {:tls_alert, {:bad_certificate, _}}}, _, _} =
-                 observe(Islet.TLS, narrow, client)
+        refused = if Islet.Compat.ssl11?(), do: :unsupported_certificate, else: :bad_certificate
+        assert {{:error, {:tls_alert, {^refused, _}}}, _, _} = observe(Islet.TLS, narrow, client)
 
         assert_same(fn mod ->
           fun = {fn _, e, s -> default_answer(e, s) end, nil}
