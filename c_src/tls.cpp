@@ -168,13 +168,29 @@ void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
   SSL_set_options(ssl, SSL_CTX_get_options(ctx));
 }
 
-// SNI: a host of sni_hosts switches context here; with an sni_fun the
-// handshake pauses (retry) so that the fun runs in Elixir, which then calls
-// tls_set_ctx and resumes.
-// Whether the client offers a suite this server has enabled.
+bool leads_to_tls13(SSL* ssl);
+
+// Whether the client can speak TLS 1.2 (its supported_versions, else its
+// ClientHello's version).
+bool offers_tls12(SSL* ssl) {
+  const unsigned char* p;
+  size_t len;
+  if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_versions, &p, &len))
+    return wire::lists_version(p, len, TLS1_2_VERSION);
+  return SSL_client_hello_get0_legacy_version(ssl) >= TLS1_2_VERSION;
+}
+
+// Whether the client offers a suite this server has enabled, of the
+// version the handshake is heading for: OpenSSL's list holds TLS 1.3's
+// suites and TLS 1.2's whatever the versions (a TLS 1.2-only listener
+// shares nothing with a client offering TLS 1.3 suites and CBC-less TLS
+// 1.2 ones). Where no version is shared, that is left to OpenSSL
+// (protocol_version, as :ssl says).
 // With ecdhe false, only the TLS 1.2 suites whose key exchange is not
 // ECDHE, and which this server's key can authenticate, count.
 bool shares_a_cipher(SSL* ssl, bool ecdhe = true) {
+  bool tls13 = leads_to_tls13(ssl);
+  if (!tls13 && (SSL_get_min_proto_version(ssl) > TLS1_2_VERSION || !offers_tls12(ssl))) return true;
   const unsigned char* ids;
   size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
   STACK_OF(SSL_CIPHER)* mine = SSL_get_ciphers(ssl);
@@ -185,9 +201,10 @@ bool shares_a_cipher(SSL* ssl, bool ecdhe = true) {
     for (int k = 0; k < sk_SSL_CIPHER_num(mine); k++) {
       const SSL_CIPHER* c = sk_SSL_CIPHER_value(mine, k);
       if (SSL_CIPHER_get_protocol_id(c) != id) continue;
-      if (ecdhe) return true;
       int kx = SSL_CIPHER_get_kx_nid(c), auth = SSL_CIPHER_get_auth_nid(c);
-      if (kx == NID_kx_ecdhe || kx == NID_kx_any) continue;
+      if ((kx == NID_kx_any) != tls13) continue;  // (kx "any": a TLS 1.3 suite)
+      if (ecdhe) return true;
+      if (kx == NID_kx_ecdhe) continue;
       if ((auth == NID_auth_rsa && key_type == EVP_PKEY_RSA) ||
           (auth == NID_auth_ecdsa && key_type == EVP_PKEY_EC) || auth == NID_auth_null)
         return true;
@@ -355,6 +372,9 @@ bool costly_later_step(SSL* ssl) {
   return !(g == NID_X25519 || g == NID_X9_62_prime256v1);
 }
 
+// SNI: a host of sni_hosts switches context here; with an sni_fun the
+// handshake pauses (retry) so that the fun runs in Elixir, which then calls
+// tls_set_ctx and resumes.
 int resolve_sni(SSL* ssl, Sock* st) {
   SSL_CTX* ctx = SSL_get_SSL_CTX(ssl);
   CtxData* c = data_of(ctx);

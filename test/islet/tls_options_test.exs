@@ -405,6 +405,30 @@ defmodule Islet.TLSOptionsTest do
     end
   end
 
+  describe "no suite in common" do
+    test "a TLS 1.2 listener, a client whose TLS 1.2 suites it lacks: insufficient_security" do
+      # The client offers TLS 1.3's suites too, which OpenSSL's list for
+      # the listener holds whatever its versions: they must not count.
+      # (OTP 27's client offers no CBC suite by default: this is it.)
+      cbc = [ciphers: [~c"ECDHE-ECDSA-AES128-SHA256"]] ++ tls12()
+      gcm = [ciphers: [~c"TLS_AES_128_GCM_SHA256", ~c"ECDHE-ECDSA-AES128-GCM-SHA256"]]
+
+      result = assert_same(&handshake(&1, ec(cbc), gcm))
+
+      assert {{:error, {:tls_alert, :insufficient_security}},
+              {:error, {:tls_alert, :insufficient_security}}, _} = result
+    end
+
+    test "a TLS 1.3 handshake does not count TLS 1.2's suites" do
+      tls13_only = [ciphers: [~c"TLS_AES_256_GCM_SHA384", ~c"ECDHE-ECDSA-AES128-GCM-SHA256"]]
+      client = [ciphers: [~c"TLS_AES_128_GCM_SHA256", ~c"ECDHE-ECDSA-AES128-GCM-SHA256"]]
+      result = assert_same(&handshake(&1, ec(tls13_only ++ tls13()), client))
+
+      assert {{:error, {:tls_alert, :insufficient_security}},
+              {:error, {:tls_alert, :insufficient_security}}, _} = result
+    end
+  end
+
   describe "signature_algs" do
     test "a list the certificate can use: the handshake completes" do
       # TLS 1.3 schemes for TLS 1.3, {Hash, Sign} for TLS 1.2 (:ssl signs
