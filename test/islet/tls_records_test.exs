@@ -145,14 +145,16 @@ defmodule Islet.TLSRecordsTest do
     end
 
     test "a CBC suite stays with OpenSSL, and data flows as with :ssl" do
-      opts = [versions: [:"tlsv1.2"], ciphers: [:ssl.str_to_suite(~c"ECDHE-RSA-AES128-SHA256")]]
+      # (Named on both sides: OTP 26+ enables no CBC suite by default.)
+      cbc = [ciphers: [:ssl.str_to_suite(~c"ECDHE-RSA-AES128-SHA256")]]
+      opts = [versions: [:"tlsv1.2"]] ++ cbc
 
       assert_same(fn mod ->
-        {_l, s, c} = pair!(mod, [], opts)
+        {_l, s, c} = pair!(mod, cbc, opts)
         exchange(mod, s, c)
       end)
 
-      {_l, s, _c} = pair!(Islet.TLS, [], opts)
+      {_l, s, _c} = pair!(Islet.TLS, cbc, opts)
       assert Islet.TLS.record_layer(s) == {:ok, :openssl}
     end
 
@@ -482,12 +484,26 @@ defmodule Islet.TLSRecordsTest do
       end
 
       test "#{version}: a record replayed (its sequence number is past)" do
-        assert_same(fn mod ->
+        scenario = fn mod ->
           after_hostile(mod, [versions: [unquote(version)]], fn proxy, c ->
             replay_next(proxy)
             :ok = :ssl.send(c, "once")
           end)
-        end)
+        end
+
+        if Islet.Compat.ssl11?() do
+          # OTP 26+'s connection process reads on after "once" and, when it
+          # meets the replay while no recv waits, the next recv says :closed
+          # (else the alert: it depends on timing). Islet reads a record
+          # when it is asked for one, so that recv meets the bad record
+          # itself, as OTP 25's did. The rest is the same.
+          {ssl, islet} = run(scenario)
+          {before, ssl_server, later, client} = ssl
+          assert ssl_server in [{:error, :closed}, {:error, {:tls_alert, :bad_record_mac}}]
+          assert {^before, {:error, {:tls_alert, :bad_record_mac}}, ^later, ^client} = islet
+        else
+          assert_same(scenario)
+        end
       end
     end
 
@@ -579,11 +595,12 @@ defmodule Islet.TLSRecordsTest do
       end
     end
 
-    # s_client sends `line` half a second after connecting (the handshake is
-    # over by then), then waits a second and quits.
+    # s_client sends `line` a second after connecting (the handshake is
+    # over by then, and the proxy set to corrupt it, even on a loaded
+    # machine), then waits a second and quits.
     defp s_client(port, args, line) do
       script =
-        "(sleep 0.5; echo #{line}; sleep 1) | openssl s_client -connect 127.0.0.1:#{port} " <>
+        "(sleep 1; echo #{line}; sleep 1) | openssl s_client -connect 127.0.0.1:#{port} " <>
           "-tls1_2 -no_ticket #{Enum.join(args, " ")}"
 
       {out, _status} = System.cmd("sh", ["-c", script], stderr_to_stdout: true)
