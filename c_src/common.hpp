@@ -32,6 +32,10 @@ extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
 // there); 0 = unknown. Set at load.
 extern int max_fds;
+// Whether a sendfile the peer cut counts as the send side's reported end,
+// so that the next send says enotconn (gen_tcp before OTP 26), or not
+// (closed: OTP 26+). Set at load.
+extern bool sendfile_cut_ends_sends;
 void init_atoms(ErlNifEnv* env);
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);

@@ -463,13 +463,15 @@ bool start_bg_flush(ErlNifEnv* env, Sock* s) {
   return true;
 }
 
-ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e) {
+ERL_NIF_TERM write_error(ErlNifEnv* env, Sock* s, const ErlNifPid& me, int e,
+                         bool reported = true) {
   waiter_done(env, s, s->wq, me);
   if (e == EPIPE || e == ECONNRESET) {
-    // The peer is gone: closed now, enotconn for later sends; the next recv
-    // still says closed once (as gen_tcp).
+    // The peer is gone: closed now, enotconn for later sends (unless not
+    // `reported`: a sendfile's, on OTP 26+); the next recv still says
+    // closed once (as gen_tcp).
     s->peer_closed = true;
-    s->send_eof_reported = true;
+    if (reported) s->send_eof_reported = true;
     conn_ended(env, s);
     return make_error(env, atom.closed);
   }
@@ -837,7 +839,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         ERL_NIF_TERM w = wait_for(env, s, s->wq, me, ERL_NIF_SELECT_WRITE, atom.wait);
         return enif_make_tuple2(env, w, enif_make_uint64(env, sent));
       }
-      return write_error(env, s, me, err);
+      return write_error(env, s, me, err, sendfile_cut_ends_sends);
     case End::Closing:  // not reached: closing is only set with open cleared
     case End::Budget:
       break;

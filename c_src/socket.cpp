@@ -18,6 +18,7 @@ namespace islet {
 
 Atoms atom;
 int max_fds = 0;
+bool sendfile_cut_ends_sends = true;
 ErlNifResourceType* sock_type = nullptr;
 ErlNifResourceType* file_type = nullptr;
 

@@ -9,6 +9,18 @@ defmodule Islet.Compat do
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
 
   @doc """
+  Whether the running `gen_tcp` sends as OTP 26 made it send
+  (erlang/otp#7130): the data goes to the port behind a header, so a bare
+  byte (`send(s, 42)`) is data and not `einval`, and a send after a
+  `sendfile` the peer cut short says `closed` again (OTP 25: `enotconn`).
+  (Checked against OTP 25 and 27.)
+  """
+  @spec gen_tcp26?() :: boolean()
+  def gen_tcp26? do
+    :erlang.system_info(:otp_release) |> List.to_integer() >= 26
+  end
+
+  @doc """
   Whether the running `:ssl` is ssl 11 (OTP 26) or later, which checks
   options and client certificates differently from ssl 10 (OTP 25): what
   Islet.TLS follows for each is written where it is followed. (Of OTP 26

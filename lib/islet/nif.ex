@@ -16,7 +16,12 @@ defmodule Islet.Nif do
         _ -> ~c"islet_nif"
       end
 
-    :erlang.load_nif(:filename.join(:code.priv_dir(:islet), name), max_fds())
+    # (A send after a sendfile the peer cut: enotconn before OTP 26's
+    # gen_tcp, closed since.)
+    :erlang.load_nif(
+      :filename.join(:code.priv_dir(:islet), name),
+      {max_fds(), not Islet.Compat.gen_tcp26?()}
+    )
   end
 
   # The largest fd the BEAM's poll sets take (fixed when the VM started):

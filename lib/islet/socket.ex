@@ -99,6 +99,11 @@ defmodule Islet.Socket do
   @spec send(t(), iodata()) :: :ok | {:error, term()}
   def send(socket, data) when is_binary(data), do: send_iovec(socket, [data])
 
+  # (OTP 26+'s gen_tcp takes a byte, as the element of its iolist.)
+  def send(socket, byte) when is_integer(byte) and byte in 0..255 do
+    if Islet.Compat.gen_tcp26?(), do: send_iovec(socket, [<<byte>>]), else: {:error, :einval}
+  end
+
   def send(socket, data) do
     # The NIF takes a flat list of binaries (enif_inspect_iovec); this BIF
     # makes one from any iodata without copying large binaries. Bad iodata is

@@ -45,4 +45,23 @@ defmodule Islet.CompatTest do
     assert fd_count() == before
     File.rm_rf!(dir)
   end
+
+  test "gen_tcp26?/0 says what this gen_tcp does with a bare byte" do
+    {:ok, l} = :gen_tcp.listen(0, ip: :loopback, active: false)
+    {:ok, port} = :inet.port(l)
+    {:ok, c} = :gen_tcp.connect(~c"localhost", port, active: false)
+    {:ok, s} = :gen_tcp.accept(l)
+
+    try do
+      sent = :gen_tcp.send(c, 42)
+
+      if Islet.Compat.gen_tcp26?() do
+        assert sent == :ok and :gen_tcp.recv(s, 1, 1_000) == {:ok, ~c"*"}
+      else
+        assert sent == {:error, :einval}
+      end
+    after
+      Enum.each([c, s, l], &:gen_tcp.close/1)
+    end
+  end
 end
