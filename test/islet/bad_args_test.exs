@@ -209,26 +209,28 @@ defmodule Islet.BadArgsTest do
         assert_rejects(fn -> TCP.send(bad, "data") end, "send(#{inspect(bad)}, _)")
       end
 
-      bad_data = [
-        :foo,
-        1,
-        -1,
-        1.5,
-        nil,
-        [256],
-        [-1],
-        [{}],
-        [:a],
-        [1.5],
-        ["a" | :b],
-        %{},
-        self(),
-        <<1::3>>,
-        [<<1::3>>],
-        ["ok", <<1::7>>],
-        [[[[<<1::1>>]]]],
-        make_ref()
-      ]
+      # (A bare byte is data to OTP 26+'s gen_tcp, and so to Islet there.)
+      bad_data =
+        [
+          :foo,
+          -1,
+          256,
+          1.5,
+          nil,
+          [256],
+          [-1],
+          [{}],
+          [:a],
+          [1.5],
+          ["a" | :b],
+          %{},
+          self(),
+          <<1::3>>,
+          [<<1::3>>],
+          ["ok", <<1::7>>],
+          [[[[<<1::1>>]]]],
+          make_ref()
+        ] ++ if(Islet.Compat.gen_tcp26?(), do: [], else: [1])
 
       for data <- bad_data do
         assert_rejects(fn -> TCP.send(ctx.s, data) end, "data #{inspect(data)}")
