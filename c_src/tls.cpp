@@ -15,6 +15,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -83,6 +84,12 @@ struct CtxData {
   };
   std::vector<SigRule> cert_sigs[2];  // [0] TLS 1.2, [1] TLS 1.3
   bool cert_sig_check = false;
+  // A client chain certificate whose extended key usage does not allow
+  // client authentication: ssl 10 refuses it with handshake_failure (ssl
+  // 11, as OpenSSL, with unsupported_certificate), and ssl 11 takes such
+  // a CA when it allows any purpose and allow_any_ca_purpose is set.
+  bool eku_handshake_failure = false;
+  bool allow_any_ca_purpose = false;
   // The signature algorithms the CertificateRequest names, as :ssl's
   // server names them for each version (ssl 11): OpenSSL's names, joined
   // by ':'; empty: OpenSSL's own list. (Clients choose the certificate
@@ -830,16 +837,35 @@ int cert_sig_alert(const CtxData& c, bool v13, X509* x) {
   return SSL_AD_INTERNAL_ERROR;
 }
 
+// OpenSSL's purpose check refused `x` (its error) for its extended key
+// usage: the verdict :ssl gives instead (see CtxData).
+int purpose_verdict(const CtxData& c, X509_STORE_CTX* xs, X509* x) {
+  uint32_t xku = X509_get_extended_key_usage(x);  // UINT32_MAX: no such extension
+  if (xku == UINT32_MAX || (xku & XKU_SSL_CLIENT) != 0) return 0;  // another reason
+  if (c.allow_any_ca_purpose && X509_STORE_CTX_get_error_depth(xs) > 0 && (xku & XKU_ANYEKU) != 0) {
+    X509_STORE_CTX_set_error(xs, X509_V_OK);
+    return 1;
+  }
+  // (OpenSSL answers this error with handshake_failure.)
+  if (c.eku_handshake_failure) X509_STORE_CTX_set_error(xs, X509_V_ERR_APPLICATION_VERIFICATION);
+  return 0;
+}
+
 // The per-certificate check of a context whose client chains OpenSSL
-// verifies: after OpenSSL's own checks of a certificate, :ssl's check of
-// its signature algorithm, for each certificate of the path but the trust
+// verifies: after OpenSSL's own checks of a certificate, :ssl's verdict on
+// a refused extended key usage (purpose_verdict), and :ssl's check of its
+// signature algorithm, for each certificate of the path but the trust
 // anchor (as :ssl, whose path validation starts below it). A refusal sends
 // the alert :ssl sends.
-int check_cert_sig(int ok, X509_STORE_CTX* xs) {
-  if (ok != 1) return ok;
+int check_cert(int ok, X509_STORE_CTX* xs) {
   auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx()));
   const CtxData* c = ssl != nullptr ? data_of(SSL_get_SSL_CTX(ssl)) : nullptr;
-  if (c == nullptr || !c->cert_sig_check) return 1;
+  if (c == nullptr) return ok;
+  if (ok != 1) {
+    if (X509_STORE_CTX_get_error(xs) != X509_V_ERR_INVALID_PURPOSE) return ok;
+    return purpose_verdict(*c, xs, X509_STORE_CTX_get_current_cert(xs));
+  }
+  if (!c->cert_sig_check) return 1;
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(xs);
   if (chain == nullptr || X509_STORE_CTX_get_error_depth(xs) >= sk_X509_num(chain) - 1) return 1;
   int alert = cert_sig_alert(*c, SSL_version(ssl) >= TLS1_3_VERSION, X509_STORE_CTX_get_current_cert(xs));
@@ -1341,6 +1367,10 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       ERR_clear_error();
       if (!c->client_sigalgs[0].empty() || !c->client_sigalgs[1].empty())
         SSL_CTX_set_cert_cb(ctx, cert_cb, nullptr);
+    } else if (k == "eku_handshake_failure") {
+      c->eku_handshake_failure = get_bool(kv[1]);
+    } else if (k == "allow_any_ca_purpose") {
+      c->allow_any_ca_purpose = get_bool(kv[1]);
     } else if (k == "cert_sigs") {
       // {Rules12, Rules13}, each [{SigOid, HashOid, Alert}] (dotted OIDs;
       // the hash for RSASSA-PSS only, else ""). OIDs OpenSSL does not
@@ -1420,7 +1450,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // sni_hosts / sni_fun can complete a handshake (as with :ssl).
   if (!have_cert && !c->sni_fun && c->sni_hosts.empty() && c->deferred == 0)
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
-  SSL_CTX_set_verify(ctx, verify, c->cert_sig_check ? check_cert_sig : nullptr);
+  bool check = c->cert_sig_check || c->eku_handshake_failure || c->allow_any_ca_purpose;
+  SSL_CTX_set_verify(ctx, verify, check ? check_cert : nullptr);
   if (c->has_groups[1] && !c->groups[1].empty())
     SSL_CTX_set1_groups(ctx, c->groups[1].data(), c->groups[1].size());
   build_chains(ctx);

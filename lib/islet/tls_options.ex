@@ -98,7 +98,8 @@ defmodule Islet.TLS.Options do
     :early_data,
     :anti_replay,
     :verify_fun,
-    :partial_chain
+    :partial_chain,
+    :allow_any_ca_purpose
   ]
 
   # A client's options, which :ssl's server does not use: ssl 10 (OTP 25)
@@ -418,6 +419,16 @@ defmodule Islet.TLS.Options do
     verify_fun = verify_fun(Keyword.get(tls, :verify_fun))
     partial_chain = partial_chain(Keyword.get(tls, :partial_chain))
 
+    # ssl 11's: a CA in a client's chain whose extended key usage lacks
+    # client authentication passes if it allows any purpose. (ssl 10 has
+    # no such option: Islet answers as for any option it does not know.)
+    allow_any? =
+      case Keyword.fetch(tls, :allow_any_ca_purpose) do
+        :error -> false
+        {:ok, v} when not is_boolean(v) -> bad(:allow_any_ca_purpose, v)
+        {:ok, v} -> if modern?(), do: v, else: unsupported(:allow_any_ca_purpose, v)
+      end
+
     cond do
       not peer? or modern?() ->
         :ok
@@ -444,7 +455,11 @@ defmodule Islet.TLS.Options do
         partial_chain = partial_chain || fn _ -> :unknown_ca end
         depth = if is_integer(depth), do: depth, else: 10
         sigs = CertSigs.list(tls)
-        [erl_verify: Islet.TLS.Verify.config(cacerts, verify_fun, partial_chain, depth, sigs)]
+
+        config =
+          Islet.TLS.Verify.config(cacerts, verify_fun, partial_chain, depth, sigs, allow_any?)
+
+        [erl_verify: config]
       else
         []
       end
@@ -464,8 +479,15 @@ defmodule Islet.TLS.Options do
         _ -> []
       end
 
+    # OpenSSL's purpose check, where it checks the chain: :ssl's verdicts.
+    purpose =
+      if peer? and in_erlang == [],
+        do: [eku_handshake_failure: not modern?(), allow_any_ca_purpose: allow_any?],
+        else: []
+
     [verify_peer: peer?, fail_if_no_peer_cert: fail?] ++
-      if(is_integer(depth), do: [depth: depth], else: []) ++ in_erlang ++ cert_sigs ++ request
+      if(is_integer(depth), do: [depth: depth], else: []) ++
+      in_erlang ++ cert_sigs ++ request ++ purpose
   end
 
   # As :ssl takes them: {fun, state}, or (older form) a fun given the

@@ -43,6 +43,7 @@ defmodule Islet.TLS.Verify do
 
   @ext_key_usage {2, 5, 29, 37}
   @client_auth {1, 3, 6, 1, 5, 5, 7, 3, 2}
+  @any_purpose {2, 5, 29, 37, 0}
   @ec {1, 2, 840, 10_045, 2, 1}
   @ed25519 {1, 3, 101, 112}
   @ed448 {1, 3, 101, 113}
@@ -66,7 +67,8 @@ defmodule Islet.TLS.Verify do
           verify_fun: {function(), term()} | nil,
           partial_chain: (list() -> term()),
           depth: non_neg_integer(),
-          sigs: CertSigs.table()
+          sigs: CertSigs.table(),
+          allow_any_ca_purpose: boolean()
         }
 
   @doc """
@@ -80,9 +82,10 @@ defmodule Islet.TLS.Verify do
           {function(), term()} | nil,
           (list() -> term()),
           non_neg_integer(),
-          list() | nil
+          list() | nil,
+          boolean()
         ) :: config()
-  def config(cacerts, verify_fun, partial_chain, depth, sigs) do
+  def config(cacerts, verify_fun, partial_chain, depth, sigs, allow_any_ca_purpose \\ false) do
     trusted = cacerts |> Enum.map(&trusted_entry/1) |> Enum.reject(&is_nil/1)
 
     %{
@@ -90,7 +93,8 @@ defmodule Islet.TLS.Verify do
       verify_fun: verify_fun,
       partial_chain: partial_chain,
       depth: depth,
-      sigs: CertSigs.table(sigs)
+      sigs: CertSigs.table(sigs),
+      allow_any_ca_purpose: allow_any_ca_purpose
     }
   end
 
@@ -381,6 +385,7 @@ defmodule Islet.TLS.Verify do
       issuer: anchor(trusted),
       path: path,
       peer: path |> List.last() |> elem(1),
+      allow_any: config.allow_any_ca_purpose,
       sigs: config.sigs,
       version: config.version
     }
@@ -459,8 +464,8 @@ defmodule Islet.TLS.Verify do
 
   # ssl_certificate:validate/3 for a server (the peer is a client): the
   # extended key usage must allow client authentication. ssl 11 names the
-  # usages, apart for the client's own certificate and its CAs (and its
-  # allow_any_ca_purpose, which Islet does not take, defaults to false).
+  # usages, apart for the client's own certificate and its CAs, and with
+  # allow_any_ca_purpose takes a CA that allows any purpose.
   defp ssl_validate_extension(
          cert,
          {:extension, extension(extnID: @ext_key_usage, extnValue: uses)},
@@ -470,6 +475,7 @@ defmodule Islet.TLS.Verify do
       @client_auth in uses -> {:valid, st}
       not Compat.ssl11?() -> {:fail, {:bad_cert, :invalid_ext_key_usage}}
       cert == st.peer -> {:fail, {:bad_cert, {:invalid_ext_keyusage, uses}}}
+      st.allow_any and @any_purpose in uses -> {:valid, st}
       true -> {:fail, {:bad_cert, {:ca_invalid_ext_keyusage, uses}}}
     end
   end

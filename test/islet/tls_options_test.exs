@@ -235,7 +235,10 @@ defmodule Islet.TLSOptionsTest do
       [certs_keys: []],
       [certs_keys: :x],
       [cacerts: :undefined],
-      [sni_fun: :undefined]
+      [sni_fun: :undefined],
+      # ssl 11's (OTP 25's :ssl passes it to inet, which exits).
+      [allow_any_ca_purpose: true],
+      [allow_any_ca_purpose: :x]
     ]
 
     test "each option list gives the same answer" do
@@ -248,6 +251,21 @@ defmodule Islet.TLSOptionsTest do
             do: %{options: opts, ssl: ssl, islet: islet}
 
       assert differ == []
+    end
+
+    test "allow_any_ca_purpose with verify_peer: as :ssl (ssl 11), unsupported (ssl 10)" do
+      opts = [verify: :verify_peer, cacertfile: Certs.file(:ca, :cert)]
+
+      for value <- [true, false, :x] do
+        if Islet.Compat.ssl11?() do
+          assert_same(&listen_result(&1, [allow_any_ca_purpose: value] ++ opts))
+        else
+          assert {:error, {reason, {:allow_any_ca_purpose, ^value}}} =
+                   listen_result(Islet.TLS, [allow_any_ca_purpose: value] ++ opts)
+
+          assert reason == if(value == :x, do: :options, else: :unsupported_option)
+        end
+      end
     end
 
     test "Islet: what :ssl takes but Islet does not do is {:unsupported_option, _}" do

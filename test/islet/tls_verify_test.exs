@@ -24,7 +24,7 @@ defmodule Islet.TLSVerifyTest do
   end
 
   @names [:client, :other_client, :client_expired, :inter_client, :self_client, :server_ec] ++
-           [:client_sha1, :client_md5, :client_sha224, :client_pss]
+           [:client_sha1, :client_md5, :client_sha224, :client_pss, :inter_any_client]
 
   defp name_of(der) do
     Enum.find(@names, fn n -> Certs.der(n) == der end) || {:unknown, byte_size(der)}
@@ -211,10 +211,32 @@ defmodule Islet.TLSVerifyTest do
       end
 
       test "a server certificate used as a client's: its extended key usage" do
+        # (Checked by OpenSSL without a verify_fun, in Erlang with one.)
         assert_same(fn mod ->
           opts = server(@version, verify_fun: recording(self(), &default_answer/2))
-          observe(mod, opts, Certs.client_cert_opts(:server_ec))
+
+          {observe(mod, server(@version, []), Certs.client_cert_opts(:server_ec)),
+           observe(mod, opts, Certs.client_cert_opts(:server_ec))}
         end)
+      end
+
+      test "an intermediate CA whose extended key usage lacks client authentication" do
+        # (It has anyExtendedKeyUsage: ssl 11 takes it with
+        # allow_any_ca_purpose, which OTP 25's :ssl does not know.)
+        client =
+          Certs.client_cert_opts(:inter_any_client) ++
+            [cacertfile: Certs.file(:ca_inter_any, :cert)]
+
+        allow = if Islet.Compat.ssl11?(), do: [[allow_any_ca_purpose: true]], else: []
+
+        for extra <- [[]] ++ allow do
+          assert_same(fn mod ->
+            fun = [verify_fun: recording(self(), &default_answer/2)]
+
+            {observe(mod, server(@version, extra), client),
+             observe(mod, server(@version, fun ++ extra), client)}
+          end)
+        end
       end
 
       test "a chain through an intermediate CA" do

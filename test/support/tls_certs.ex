@@ -12,6 +12,9 @@ defmodule Islet.Test.Certs do
     * `other_ca` and `other_client`: a second CA and a client certificate it signed;
     * `inter`: an intermediate CA signed by `ca`, and `inter_client` a client
       certificate it signed (`file(:ca_inter, :cert)` holds `inter` then `ca`);
+    * `inter_any`: an intermediate CA whose extended key usage is server
+      authentication and any purpose, and `inter_any_client` a client
+      certificate it signed (`file(:ca_inter_any, :cert)`: `inter_any`, `ca`);
     * `self_client`: a self-signed client certificate;
     * `client_sha1`: a client certificate the CA signed with SHA-1, and
       `server_rsa1024` a server certificate with an RSA-1024 key (both
@@ -138,6 +141,12 @@ defmodule Islet.Test.Certs do
   keyUsage = critical, keyCertSign, cRLSign
   subjectKeyIdentifier = hash
   authorityKeyIdentifier = keyid
+  [ v3_inter_any ]
+  basicConstraints = critical, CA:TRUE
+  keyUsage = critical, keyCertSign, cRLSign
+  extendedKeyUsage = serverAuth, anyExtendedKeyUsage
+  subjectKeyIdentifier = hash
+  authorityKeyIdentifier = keyid
   [ client_self ]
   basicConstraints = critical, CA:FALSE
   keyUsage = critical, digitalSignature
@@ -181,6 +190,9 @@ defmodule Islet.Test.Certs do
     leaf(dir, "client_pss", "islet-client-pss", "ec", "ca", "client", "pss")
     leaf(dir, "server_rsa1024", "localhost", "rsa1024", "ca", "server")
     File.write!(Path.join(dir, "ca_inter.pem"), [pem!(dir, "inter"), pem!(dir, "ca")])
+    leaf(dir, "inter_any", "Islet Any-Purpose Intermediate", "ec", "ca", "v3_inter_any")
+    leaf(dir, "inter_any_client", "islet-inter-any-client", "ec", "inter_any", "client")
+    File.write!(Path.join(dir, "ca_inter_any.pem"), [pem!(dir, "inter_any"), pem!(dir, "ca")])
     genkey(dir, "self_client", "ec")
 
     openssl!(
