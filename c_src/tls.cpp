@@ -481,6 +481,33 @@ int ticket_lifetime_cb(SSL* ssl, void* arg) {
   return 1;
 }
 
+#if OPENSSL_VERSION_NUMBER >= 0x30200000L
+// A stateless ticket, decrypted. OpenSSL 3.2+ keeps a session's time to
+// the nanosecond but a ticket carries it in whole seconds, so a ticket
+// looked up to a second older than it is, and one of L seconds lived L - 1
+// to L (a ticket of :ssl's 1-second lifetime was refused at once, now and
+// then). A second more gives L to L + 1, as OpenSSL 3.0 gave, seconds on
+// both sides. The answers are OpenSSL's own without a callback.
+SSL_TICKET_RETURN ticket_decrypted_cb(SSL*, SSL_SESSION* sess, const unsigned char*, size_t,
+                                      SSL_TICKET_STATUS status, void*) {
+  switch (status) {
+    case SSL_TICKET_SUCCESS:
+    case SSL_TICKET_SUCCESS_RENEW:
+      if (sess != nullptr) SSL_SESSION_set_timeout(sess, SSL_SESSION_get_timeout(sess) + 1);
+      return status == SSL_TICKET_SUCCESS ? SSL_TICKET_RETURN_USE : SSL_TICKET_RETURN_USE_RENEW;
+    case SSL_TICKET_EMPTY:
+    case SSL_TICKET_NO_DECRYPT:
+      return SSL_TICKET_RETURN_IGNORE_RENEW;
+    case SSL_TICKET_NONE:
+      return SSL_TICKET_RETURN_IGNORE;
+    default:
+      return SSL_TICKET_RETURN_ABORT;
+  }
+}
+#else
+constexpr SSL_CTX_decrypt_session_ticket_fn ticket_decrypted_cb = nullptr;
+#endif
+
 int client_hello_cb(SSL* ssl, int* alert, void*) {
   // No suite in common: :ssl answers insufficient_security, where OpenSSL
   // would send handshake_failure; callers match the alert's name.
@@ -1298,7 +1325,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       // is made: OpenSSL has one timeout per context, :ssl two settings.
       long n;
       if (!enif_get_long(env, kv[1], &n) || n <= 0) return enif_make_badarg(env);
-      SSL_CTX_set_session_ticket_cb(ctx, ticket_lifetime_cb, nullptr,
+      SSL_CTX_set_session_ticket_cb(ctx, ticket_lifetime_cb, ticket_decrypted_cb,
                                     reinterpret_cast<void*>(static_cast<intptr_t>(n)));
     } else if (k == "tickets_amount") {
       // TLS 1.3 tickets per handshake, once session_tickets enabled them.

@@ -220,6 +220,34 @@ defmodule Islet.TLSSessionCacheTest do
     assert result == {{true, true}, {false, false}}
   end
 
+  # OpenSSL 3.2+ reads a stateless ticket's time in whole seconds: one made
+  # late in a second looked up to a second old (with a 1-second lifetime,
+  # refused 0.3 s later). Made at .800-.850, resumed 0.3 s later.
+  test "a ticket made late in a second resumes within its lifetime" do
+    result =
+      with_ssl_env(:server_session_ticket_lifetime, 1, fn ->
+        assert_same(fn mod ->
+          l13 = listen(mod, versions: [:"tlsv1.3"], session_tickets: :stateless)
+          p13 = port(mod, l13)
+          late_in_second()
+          ticket = hd(new_tickets(mod, l13, p13))
+          Process.sleep(300)
+          ticket_resumes?(mod, l13, p13, ticket)
+        end)
+      end)
+
+    assert result == true
+  end
+
+  defp late_in_second do
+    ms = rem(System.os_time(:millisecond), 1000)
+
+    if ms < 800 or ms > 850 do
+      Process.sleep(rem(1800 - ms, 1000))
+      late_in_second()
+    end
+  end
+
   test "TLS 1.2: by default a listener keeps more than a few sessions" do
     with_ssl_env(:session_cache_server_max, nil, fn ->
       assert_same(fn mod ->
