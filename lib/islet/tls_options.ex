@@ -15,8 +15,8 @@ defmodule Islet.TLS.Options do
   connection gets its version's; without it, `:ssl`'s default groups),
   `honor_ecc_order`, `signature_algs`, `dh` and `dhfile` (DHE suites
   without either use OpenSSL's RFC 7919 groups, as `:ssl` has default
-  parameters), `key_update_at` (on Islet's record layer) and
-  `max_handshake_size`. The session cache and the TLS 1.3 tickets follow
+  parameters), `key_update_at` (on Islet's record layer),
+  `max_handshake_size` and, on ssl 11 (OTP 26+), `allow_any_ca_purpose`. The session cache and the TLS 1.3 tickets follow
   the ssl application's settings as `:ssl` does: `session_cache_server_max`,
   `server_session_ticket_store_size`, `server_session_tickets_amount`,
   `session_lifetime` and `server_session_ticket_lifetime`.

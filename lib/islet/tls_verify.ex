@@ -464,8 +464,8 @@ defmodule Islet.TLS.Verify do
 
   # ssl_certificate:validate/3 for a server (the peer is a client): the
   # extended key usage must allow client authentication. ssl 11 names the
-  # usages, apart for the client's own certificate and its CAs, and with
-  # allow_any_ca_purpose takes a CA that allows any purpose.
+  # usages in its reason, which tells the client's own certificate from
+  # its CAs, and with allow_any_ca_purpose takes a CA allowing any purpose.
   defp ssl_validate_extension(
          cert,
          {:extension, extension(extnID: @ext_key_usage, extnValue: uses)},
