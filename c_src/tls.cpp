@@ -175,8 +175,6 @@ void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
   SSL_set_options(ssl, SSL_CTX_get_options(ctx));
 }
 
-bool leads_to_tls13(SSL* ssl);
-
 // Whether the client can speak TLS 1.2 (its supported_versions, else its
 // ClientHello's version).
 bool offers_tls12(SSL* ssl) {
@@ -192,11 +190,10 @@ bool offers_tls12(SSL* ssl) {
 // suites and TLS 1.2's whatever the versions (a TLS 1.2-only listener
 // shares nothing with a client offering TLS 1.3 suites and CBC-less TLS
 // 1.2 ones). Where no version is shared, that is left to OpenSSL
-// (protocol_version, as :ssl says).
+// (protocol_version, as :ssl says). `tls13`: leads_to_tls13's answer.
 // With ecdhe false, only the TLS 1.2 suites whose key exchange is not
 // ECDHE, and which this server's key can authenticate, count.
-bool shares_a_cipher(SSL* ssl, bool ecdhe = true) {
-  bool tls13 = leads_to_tls13(ssl);
+bool shares_a_cipher(SSL* ssl, bool tls13, bool ecdhe = true) {
   if (!tls13 && (SSL_get_min_proto_version(ssl) > TLS1_2_VERSION || !offers_tls12(ssl))) return true;
   const unsigned char* ids;
   size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
@@ -511,7 +508,8 @@ constexpr SSL_CTX_decrypt_session_ticket_fn ticket_decrypted_cb = nullptr;
 int client_hello_cb(SSL* ssl, int* alert, void*) {
   // No suite in common: :ssl answers insufficient_security, where OpenSSL
   // would send handshake_failure; callers match the alert's name.
-  if (!shares_a_cipher(ssl)) {
+  const bool heads13 = leads_to_tls13(ssl);
+  if (!shares_a_cipher(ssl, heads13)) {
     *alert = SSL_AD_INSUFFICIENT_SECURITY;
     return SSL_CLIENT_HELLO_ERROR;
   }
@@ -528,15 +526,10 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   // supported_groups / eccs: this version's list, for this connection.
   const CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
   bool server_order = (SSL_get_options(ssl) & SSL_OP_CIPHER_SERVER_PREFERENCE) != 0;
-  // Only the options below need the version: a default context skips it.
-  bool by_version = c != nullptr && (c->has_groups[0] || c->has_groups[1] || c->dh ||
-                                     c->honor_ecc_order != server_order || c->no_ca_names13);
-  bool tls13 = by_version && leads_to_tls13(ssl);
+  const bool tls13 = heads13;
   // session_tickets is TLS 1.3's (:ssl has no TLS 1.2 tickets): a TLS 1.2
   // handshake on a listener with stateless tickets gets a session id only.
-  if ((SSL_get_options(ssl) & SSL_OP_NO_TICKET) == 0 &&
-      !(by_version ? tls13 : leads_to_tls13(ssl)))
-    SSL_set_options(ssl, SSL_OP_NO_TICKET);
+  if ((SSL_get_options(ssl) & SSL_OP_NO_TICKET) == 0 && !tls13) SSL_set_options(ssl, SSL_OP_NO_TICKET);
   if (tls13 && c->no_ca_names13) SSL_set_client_CA_list(ssl, sk_X509_NAME_new_null());
   const std::vector<int>* allowed = nullptr;
   // supported_groups alone set the context's list: TLS 1.2 keeps OpenSSL's.
@@ -550,7 +543,7 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
     // ECDHE.
     // (An empty list cannot be set: those handshakes fail here too.)
     bool none = !shares_a_group(ssl, *allowed);
-    if ((none && (tls13 || !shares_a_cipher(ssl, false))) || allowed->empty() ||
+    if ((none && (tls13 || !shares_a_cipher(ssl, false, false))) || allowed->empty() ||
         SSL_set1_groups(ssl, const_cast<int*>(allowed->data()), allowed->size()) != 1) {
       *alert = SSL_AD_INSUFFICIENT_SECURITY;
       return SSL_CLIENT_HELLO_ERROR;
