@@ -1,9 +1,10 @@
 defmodule Islet.Compat do
   @moduledoc """
-  What the running OTP's `gen_tcp` does where releases differ and Islet
-  follows it, found by asking `gen_tcp` itself (once per VM, then kept in
-  `:persistent_term`) rather than by version numbers, which would have to
-  name the release that changed.
+  What the running OTP's `gen_tcp` and `:ssl` do where releases differ and
+  Islet follows them. Where the release that changed is known, the answer
+  comes from the version (`gen_tcp26?/0`, `ssl11?/0`); where it is not,
+  from asking `gen_tcp` itself, once per VM, the answer then kept in
+  `:persistent_term` (`unix_accept_copies_reuseaddr?/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
