@@ -11,7 +11,8 @@ defmodule Islet.Test.Diff do
       `name/2` become their name, any other port or reference becomes `:sock`;
     * a scenario that raises, exits or throws gives `{:raised, module}`,
       `{:exit, reason}` or `{:throw, value}` instead of failing the test;
-    * a scenario that does not finish in time gives `{:hang, ms}`.
+    * a scenario that does not finish in time gives `{:hang, ms}` (and
+      prints to stderr where it was waiting).
 
   `assert_same/2` asserts that the two results are equal. Set
   `ISLET_DIFF_SELF=1` to run the reference against itself instead, which
@@ -126,6 +127,9 @@ defmodule Islet.Test.Diff do
         {:died, normalize(reason, [])}
     after
       timeout ->
+        # Where it waited, for the log: the result stays comparable.
+        where = Process.info(pid, [:current_stacktrace, :status, :message_queue_len])
+        IO.puts(:stderr, "#{inspect(module)} scenario hung #{timeout} ms at: #{inspect(where)}")
         Process.exit(pid, :kill)
         Process.demonitor(mon, [:flush])
         {:hang, timeout}
