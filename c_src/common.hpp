@@ -36,6 +36,9 @@ extern int max_fds;
 // so that the next send says enotconn (gen_tcp before OTP 26), or not
 // (closed: OTP 26+). Set at load.
 extern bool sendfile_cut_ends_sends;
+// inet's user-level `buffer` of a socket that was given neither it nor a
+// larger recbuf: 1460 until OTP 28's gen_tcp, 9216 since. Set at load.
+extern int default_buffer;
 void init_atoms(ErlNifEnv* env);
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);
@@ -147,7 +150,7 @@ struct Sock {
   bool send_timeout_close = false;
   bool exit_on_close = true;
   int active = 0;
-  int buffer = 1460;
+  int buffer = default_buffer;
   long send_timeout = -1;  // ms, -1 = infinity
   // The write queue's watermarks (bytes), per socket as in gen_tcp; the
   // options keep low <= high (options.cpp).

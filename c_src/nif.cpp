@@ -96,13 +96,16 @@ ErlNifFunc nif_funcs[] = {
 
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {
   init_atoms(env);
-  // {MaxFds, SendfileCutEndsSends}
+  // {MaxFds, SendfileCutEndsSends, DefaultBuffer}
   const ERL_NIF_TERM* t;
   int arity;
-  if (!enif_get_tuple(env, info, &arity, &t) || arity != 2 || !enif_get_int(env, t[0], &max_fds))
+  int buffer;
+  if (!enif_get_tuple(env, info, &arity, &t) || arity != 3 || !enif_get_int(env, t[0], &max_fds)) {
     max_fds = 0;
-  else
+  } else {
     sendfile_cut_ends_sends = enif_is_identical(t[1], enif_make_atom(env, "true"));
+    if (enif_get_int(env, t[2], &buffer) && buffer > 0) default_buffer = buffer;
+  }
   if (!open_resource_types(env) || !open_tls_types(env) || !open_poller_types(env)) return 1;
   return poller_start() ? 0 : 1;
 }

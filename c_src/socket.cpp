@@ -19,6 +19,7 @@ namespace islet {
 Atoms atom;
 int max_fds = 0;
 bool sendfile_cut_ends_sends = true;
+int default_buffer = 1460;
 ErlNifResourceType* sock_type = nullptr;
 ErlNifResourceType* file_type = nullptr;
 

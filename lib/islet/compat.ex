@@ -4,10 +4,11 @@ defmodule Islet.Compat do
   Islet follows them. Where the release that changed is known, the answer
   comes from the version (`gen_tcp26?/0`, `ssl11?/0`); where it is not,
   from asking `gen_tcp` itself, once per VM, the answer then kept in
-  `:persistent_term` (`unix_accept_copies_reuseaddr?/0`).
+  `:persistent_term` (`unix_accept_copies_reuseaddr?/0`, `default_buffer/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
+  @default_buffer_key {__MODULE__, :default_buffer}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -41,15 +42,44 @@ defmodule Islet.Compat do
   never does for AF_UNIX). `false` if the question cannot be asked here.
   """
   @spec unix_accept_copies_reuseaddr?() :: boolean()
-  def unix_accept_copies_reuseaddr? do
-    case :persistent_term.get(@unix_reuseaddr_key, nil) do
+  def unix_accept_copies_reuseaddr?,
+    do: remembered(@unix_reuseaddr_key, &probe_unix_reuseaddr/0)
+
+  @doc """
+  The user-level `buffer` a new gen_tcp socket reports when given neither
+  `buffer` nor a larger `recbuf`: 1460 before OTP 28, 9216 on OTP 29 (OTP
+  28 raised it, erlang/otp#9507). Asked of a gen_tcp listener on loopback;
+  1460 if the question cannot be asked here.
+  """
+  @spec default_buffer() :: pos_integer()
+  def default_buffer, do: remembered(@default_buffer_key, &probe_default_buffer/0)
+
+  # An answer asked once per VM and kept.
+  defp remembered(key, ask) do
+    case :persistent_term.get(key, nil) do
       nil ->
-        answer = probe_unix_reuseaddr()
-        :persistent_term.put(@unix_reuseaddr_key, answer)
+        answer = ask.()
+        :persistent_term.put(key, answer)
         answer
 
       answer ->
         answer
+    end
+  end
+
+  defp probe_default_buffer do
+    case :gen_tcp.listen(0, ip: {127, 0, 0, 1}) do
+      {:ok, l} ->
+        answer = :inet.getopts(l, [:buffer])
+        :gen_tcp.close(l)
+
+        case answer do
+          {:ok, [buffer: n]} when is_integer(n) and n > 0 -> n
+          _ -> 1460
+        end
+
+      {:error, _} ->
+        1460
     end
   end
 

@@ -17,10 +17,10 @@ defmodule Islet.Nif do
       end
 
     # (A send after a sendfile the peer cut: enotconn before OTP 26's
-    # gen_tcp, closed since.)
+    # gen_tcp, closed since. The default `buffer`: gen_tcp's.)
     :erlang.load_nif(
       :filename.join(:code.priv_dir(:islet), name),
-      {max_fds(), not Islet.Compat.gen_tcp26?()}
+      {max_fds(), not Islet.Compat.gen_tcp26?(), Islet.Compat.default_buffer()}
     )
   end
 

@@ -189,7 +189,7 @@ defmodule Islet.DriverTest do
     # Payload: exactly what is missing (recv n).
     {st, frame, buf} =
       if byte_size(buf) >= len do
-        <<frame::binary-size(len), rest::binary>> = buf
+        {frame, rest} = :erlang.split_binary(buf, len)
         {st, frame, rest}
       else
         {:ok, more} = st.mod.recv(st.s, len - byte_size(buf), 30_000)

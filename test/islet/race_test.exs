@@ -700,7 +700,7 @@ defmodule Islet.RaceTest do
 
   defp write_chunks(c, payload, i) do
     n = min(byte_size(payload), 1 + :rand.uniform(3000))
-    <<piece::binary-size(n), rest::binary>> = payload
+    {piece, rest} = :erlang.split_binary(payload, n)
     :ok = :gen_tcp.send(c, piece)
     if rem(i, 2) == 0, do: :erlang.yield()
     write_chunks(c, rest, i)

@@ -1203,7 +1203,7 @@ defmodule Islet.TLSConformanceIOTest do
 
   defp chop(data) do
     n = min(:rand.uniform(700), byte_size(data))
-    <<piece::binary-size(n), rest::binary>> = data
+    {piece, rest} = :erlang.split_binary(data, n)
     pause = if :rand.uniform(4) == 1, do: [{:pause, 1}], else: []
     [piece | pause] ++ chop(rest)
   end

@@ -675,8 +675,7 @@ defmodule Islet.TLSRecordsTest do
 
           :corrupt ->
             # Flip a bit in the last byte (inside the tag or the ciphertext).
-            size = byte_size(data) - 1
-            <<head::binary-size(size), last>> = data
+            {head, <<last>>} = :erlang.split_binary(data, byte_size(data) - 1)
             :gen_tcp.send(up, <<head::binary, Bitwise.bxor(last, 1)>>)
 
           :replay ->

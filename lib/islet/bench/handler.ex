@@ -179,7 +179,7 @@ defmodule Islet.Bench.Handler do
   # passive mode; returns the bytes after the body.
   defp read_body(length, have, %{config: config} = state) do
     if byte_size(have) >= length do
-      <<_body::binary-size(length), rest::binary>> = have
+      {_body, rest} = :erlang.split_binary(have, length)
       Counters.add(config.counters, :body_bytes, length)
       {:ok, rest}
     else
@@ -195,7 +195,7 @@ defmodule Islet.Bench.Handler do
         recv_body(remaining - byte_size(data), state)
 
       {:ok, data} ->
-        <<_body::binary-size(remaining), rest::binary>> = data
+        {_body, rest} = :erlang.split_binary(data, remaining)
         Counters.add(config.counters, :body_bytes, remaining)
         {:ok, rest}
 

@@ -24,7 +24,7 @@ defmodule Islet.Bench.HTTP do
   def parse(buffer) do
     case :binary.match(buffer, "\r\n\r\n") do
       {pos, 4} ->
-        <<head::binary-size(pos), _::binary-size(4), rest::binary>> = buffer
+        {head, <<_::binary-size(4), rest::binary>>} = :erlang.split_binary(buffer, pos)
 
         with {:ok, request} <- parse_head(head), do: {:ok, request, rest}
 

@@ -117,7 +117,7 @@ defmodule Mix.Tasks.Islet.Bench do
     config = Runner.config(config_options(options))
     out = Keyword.get(options, :out, "bench/results")
 
-    results = Runner.run(config, &Mix.shell().info/1)
+    results = Runner.run(config, fn line -> Mix.shell().info(line) end)
 
     Mix.shell().info("\n" <> Report.table(results))
     json = Path.join(out, "latest.json")
