@@ -224,9 +224,10 @@ defmodule Islet.HostileTest do
 
   describe "a client that goes away while the server is blocked" do
     for linger <- [true, false] do
-      test "in recv: {:error, :closed} as gen_tcp (linger #{linger})" do
-        linger = unquote(linger)
-
+      # In the context, not unquoted: a literal makes one branch of each
+      # `if linger` dead code, which Elixir 1.18+ warns about.
+      @tag linger: linger
+      test "in recv: {:error, :closed} as gen_tcp (linger #{linger})", %{linger: linger} do
         scenario = fn m ->
           {s, c} = pair(m, [])
           reader = async(fn -> m.recv(s, 0, 30_000) end)
@@ -263,9 +264,12 @@ defmodule Islet.HostileTest do
     end
 
     for linger <- [true, false] do
-      test "in accept: the connection is still accepted, as gen_tcp (linger #{linger})" do
-        linger = unquote(linger)
-
+      # In the context, not unquoted: a literal makes one branch of each
+      # `if linger` dead code, which Elixir 1.18+ warns about.
+      @tag linger: linger
+      test "in accept: the connection is still accepted, as gen_tcp (linger #{linger})", %{
+        linger: linger
+      } do
         scenario = fn m ->
           {:ok, l} = m.listen(@common)
           me = self()
@@ -302,9 +306,10 @@ defmodule Islet.HostileTest do
     end
 
     for linger <- [true, false] do
-      test "in send: {:error, :closed} as gen_tcp (linger #{linger})" do
-        linger = unquote(linger)
-
+      # In the context, not unquoted: a literal makes one branch of each
+      # `if linger` dead code, which Elixir 1.18+ warns about.
+      @tag linger: linger
+      test "in send: {:error, :closed} as gen_tcp (linger #{linger})", %{linger: linger} do
         scenario = fn m ->
           {s, c} = pair(m, [])
           sender = async(fn -> send_until_error(m, s, 0) end)

@@ -5,6 +5,9 @@ defmodule Islet.TCPConformanceIOTest do
   # gen_tcp logs "Bad value on output port" for data that is not iodata.
   @moduletag :capture_log
 
+  # The records of "concurrent senders never interleave within one send".
+  @record_size 1000
+
   import Islet.Test.Diff
 
   alias Islet.Test.Diff
@@ -425,7 +428,7 @@ defmodule Islet.TCPConformanceIOTest do
           {_l, s, c} = Diff.pair(mod)
           senders = 4
           per = 300
-          size = 1000
+          size = @record_size
           client_reader(c, senders * per * size)
           parent = self()
 
@@ -443,7 +446,7 @@ defmodule Islet.TCPConformanceIOTest do
           for p <- 1..senders, do: receive(do: ({:done, ^p} -> :ok))
           {:ok, all} = client_got()
 
-          records = for <<p, i::16, rest::binary-size(size - 3) <- all>>, do: {p, i, rest}
+          records = for <<p, i::16, rest::binary-size(@record_size - 3) <- all>>, do: {p, i, rest}
 
           intact =
             Enum.all?(records, fn {p, _i, rest} -> rest == :binary.copy(<<p>>, size - 3) end)
@@ -812,7 +815,12 @@ defmodule Islet.TCPConformanceIOTest do
       File.write!(path, data)
       empty = path <> "_empty"
       File.write!(empty, "")
-      on_exit(fn -> File.rm(path) && File.rm(empty) end)
+
+      on_exit(fn ->
+        File.rm(path)
+        File.rm(empty)
+      end)
+
       %{path: path, data: data, empty: empty}
     end
 

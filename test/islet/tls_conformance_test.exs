@@ -387,7 +387,12 @@ defmodule Islet.TLSConformanceTest do
     test "sni_fun with a client sending no SNI" do
       assert_same(fn mod ->
         parent = self()
-        fun = fn name -> Kernel.send(parent, {:sni_fun, name}) && :undefined end
+
+        fun = fn name ->
+          Kernel.send(parent, {:sni_fun, name})
+          :undefined
+        end
+
         a = observe(mod, [sni_fun: fun], server_name_indication: :disable, verify: :verify_none)
         {a, Enum.dedup(Diff.messages())}
       end)

@@ -725,9 +725,15 @@ defmodule Islet.TLSVerifyTest do
       parent = self()
 
       fun = fn
-        _, {:extension, _}, s -> {:unknown, s}
-        _, :valid_peer, _ -> Kernel.send(parent, :asked) && {:fail, {:bad_cert, :unknown_ca}}
-        _, _, s -> {:valid, s}
+        _, {:extension, _}, s ->
+          {:unknown, s}
+
+        _, :valid_peer, _ ->
+          Kernel.send(parent, :asked)
+          {:fail, {:bad_cert, :unknown_ca}}
+
+        _, _, s ->
+          {:valid, s}
       end
 
       chain = [Certs.der(:client)]
