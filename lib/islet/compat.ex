@@ -3,12 +3,14 @@ defmodule Islet.Compat do
   What the running OTP's `gen_tcp` and `:ssl` do where releases differ and
   Islet follows them. Where the release that changed is known, the answer
   comes from the version (`gen_tcp26?/0`, `ssl11?/0`); where it is not,
-  from asking `gen_tcp` itself, once per VM, the answer then kept in
-  `:persistent_term` (`unix_accept_copies_reuseaddr?/0`, `default_buffer/0`).
+  from asking `gen_tcp` or `:ssl` itself, once per VM, the answer then kept
+  in `:persistent_term` (`unix_accept_copies_reuseaddr?/0`,
+  `default_buffer/0`, `ssl_listen_checks_files?/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
   @default_buffer_key {__MODULE__, :default_buffer}
+  @listen_checks_files_key {__MODULE__, :ssl_listen_checks_files}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -54,6 +56,20 @@ defmodule Islet.Compat do
   @spec default_buffer() :: pos_integer()
   def default_buffer, do: remembered(@default_buffer_key, &probe_default_buffer/0)
 
+  @doc """
+  Whether the running `:ssl.listen/2` reads the certificate, key, CA and DH
+  files it is given and refuses to listen when one is missing or unusable
+  (`{:error, {:options, {:certfile, {path, :enoent}}}}` and the like), as
+  OTP 29's ssl 11.7.8 does (erlang/otp#10046, merged in July 2025, after
+  OTP 28.0: the first release with it is not known here). OTP 25's and 27's
+  `:ssl` listen, and each handshake fails with the load error. Asked
+  of `:ssl.listen/2` with a certificate file that does not exist; `false` if
+  the question cannot be asked here.
+  """
+  @spec ssl_listen_checks_files?() :: boolean()
+  def ssl_listen_checks_files?,
+    do: remembered(@listen_checks_files_key, &probe_listen_checks_files/0)
+
   # An answer asked once per VM and kept.
   defp remembered(key, ask) do
     case :persistent_term.get(key, nil) do
@@ -80,6 +96,24 @@ defmodule Islet.Compat do
 
       {:error, _} ->
         1460
+    end
+  end
+
+  defp probe_listen_checks_files do
+    dir = System.tmp_dir() || "/tmp"
+    # A directory that is never created: neither file can exist.
+    missing = Path.join([dir, "islet_probe_#{System.unique_integer([:positive])}", "none.pem"])
+
+    case :ssl.listen(0, ip: {127, 0, 0, 1}, certfile: missing, keyfile: missing) do
+      {:ok, l} ->
+        :ssl.close(l)
+        false
+
+      {:error, {:options, {:certfile, {_path, :enoent}}}} ->
+        true
+
+      _ ->
+        false
     end
   end
 

@@ -23,7 +23,7 @@ defmodule Islet.TLS do
   for the options accepted, plus every TCP option of `Islet.TCP`.
   """
 
-  alias Islet.{Nif, Socket}
+  alias Islet.{Compat, Nif, Socket}
   alias Islet.TLS.Options, as: TLSOptions
 
   if Code.ensure_loaded?(ThousandIsland.Transport) do
@@ -62,7 +62,9 @@ defmodule Islet.TLS do
 
   @doc """
   Opens a TLS listener. Raises (as Thousand Island's SSL transport does) when
-  no key or certificate is given.
+  no key or certificate is given. Certificate, key, CA and DH files that
+  cannot be used are refused here where the running `:ssl.listen/2` refuses
+  them (OTP 29), else reported by each handshake, as `:ssl` does.
   """
   @spec listen(:inet.port_number(), keyword()) :: {:ok, socket()} | {:error, term()}
   def listen(port, user_options) when is_list(user_options) do
@@ -70,7 +72,7 @@ defmodule Islet.TLS do
     TLSOptions.check_cert_key!(options)
 
     with :ok <- check_emulated(options),
-         {:ok, ctx} <- TLSOptions.context(options),
+         {:ok, ctx} <- TLSOptions.context(options, Compat.ssl_listen_checks_files?()),
          {:ok, listener} <- Socket.listen(port, options, TLSOptions.tls_keys(), :ssl) do
       :ok = Nif.tls_listener(listener, ctx)
       {:ok, listener}

@@ -155,9 +155,17 @@ defmodule Islet.TLS.Options do
   carries the error, which `Islet.TLS.handshake/2` returns (in `:ssl`'s
   shape, e.g. `{:options, {:certfile, path, {:error, :enoent}}}`) after
   closing the connection.
+
+  With `check_files` (what `Islet.TLS.listen/2` passes where the running
+  `:ssl.listen/2` checks them, `Islet.Compat.ssl_listen_checks_files?/0`),
+  the certificate, key, CA and DH files are checked as that `:ssl` checks
+  them when it listens, and a file it refuses is the error, in its shape
+  (e.g. `{:options, {:certfile, {path, :enoent}}}`), after the errors of
+  the other options. (`:ssl` checks no file when it upgrades a connection
+  or for its SNI hosts: nor does Islet.)
   """
-  @spec context(list()) :: {:ok, reference()} | {:error, term()}
-  def context(opts) do
+  @spec context(list(), boolean()) :: {:ok, reference()} | {:error, term()}
+  def context(opts, check_files \\ false) do
     # (`undefined` is :ssl's "not given" for these, and so is an empty
     # certs_keys.)
     undefinable = if modern?(), do: @undefinable -- [:cacerts, :sni_fun], else: @undefinable
@@ -186,10 +194,22 @@ defmodule Islet.TLS.Options do
         result ->
           result
       end
+      |> refuse_files(check_files, tls)
     end
   catch
     {:option, error} -> error
   end
+
+  # A context otherwise fine is refused for its files (:ssl checks them
+  # after the other options).
+  defp refuse_files({:ok, _ctx} = ok, true, tls) do
+    case listen_file_error(tls) do
+      nil -> ok
+      reason -> {:error, {:options, reason}}
+    end
+  end
+
+  defp refuse_files(result, _check_files, _tls), do: result
 
   # The forms :ssl takes for the certificate, key and file options (its
   # validate_option/3); what is wrong inside them is found later.
@@ -260,7 +280,7 @@ defmodule Islet.TLS.Options do
   defp cert_key_pairs(tls) do
     case Keyword.fetch(tls, :certs_keys) do
       {:ok, list} when is_list(list) ->
-        Enum.map(list, &cert_key(Map.new(&1), tls))
+        Enum.map(list, &cert_key(Map.new(&1)))
 
       {:ok, other} ->
         throw({:option, {:error, {:options, {:certs_keys, other}}}})
@@ -269,13 +289,15 @@ defmodule Islet.TLS.Options do
         # A listener may serve only the hosts its SNI options name.
         if Enum.any?([:cert, :certfile], &Keyword.has_key?(tls, &1)) or
              not Enum.any?([:sni_fun, :sni_hosts], &Keyword.has_key?(tls, &1)),
-           do: [cert_key(Map.new(tls), tls)],
+           do: [cert_key(Map.new(tls))],
            else: []
     end
   end
 
-  defp cert_key(map, tls) do
-    password = Map.get(map, :password, Keyword.get(tls, :password, ~c""))
+  # A certs_keys entry's password is its own: :ssl does not fall back on
+  # the top-level one (OTP 25 to 29).
+  defp cert_key(map) do
+    password = Map.get(map, :password, ~c"")
     {chain(map), key(map, password)}
   end
 
@@ -349,10 +371,14 @@ defmodule Islet.TLS.Options do
   end
 
   defp cacerts(tls) do
+    # With cacerts, :ssl reads no cacertfile (OTP 25 to 29).
     from_file =
-      case Keyword.fetch(tls, :cacertfile) do
-        {:ok, file} -> for {:Certificate, der, _} <- pem(file, :cacertfile), do: der
-        :error -> []
+      case {Keyword.fetch(tls, :cacertfile), Keyword.get(tls, :cacerts)} do
+        {{:ok, file}, none} when none in [nil, :undefined] ->
+          for {:Certificate, der, _} <- pem(file, :cacertfile), do: der
+
+        _ ->
+          []
       end
 
     ders =
@@ -1070,6 +1096,180 @@ defmodule Islet.TLS.Options do
 
       _ ->
         host_opt
+    end
+  end
+
+  # What the running :ssl.listen/2 refuses of the files it is given, when it
+  # checks them (ssl_config's validate_present_pem_files, OTP 29): each
+  # certificate/key pair's certfile, then its keyfile, then cacertfile, then
+  # dhfile; nil if all are usable. (Whether a key matches its certificate is
+  # not checked there: that stays the handshakes' error.)
+  defp listen_file_error(tls) do
+    pairs =
+      case Keyword.get(tls, :certs_keys, []) do
+        # (with certs_keys, :ssl ignores the top-level password)
+        [_ | _] = list -> Enum.map(list, &Map.new/1)
+        _ -> [Map.new(tls)]
+      end
+
+    Enum.find_value(pairs, &pair_file_error/1) || cacertfile_error(tls) || dhfile_error(tls)
+  end
+
+  defp pair_file_error(pair) do
+    # The files :ssl uses: cert wins over certfile, key over keyfile, and a
+    # certfile without keyfile holds the key too.
+    certfile = if Map.has_key?(pair, :cert), do: nil, else: Map.get(pair, :certfile)
+    keyfile = if Map.has_key?(pair, :key), do: nil, else: Map.get(pair, :keyfile, certfile)
+
+    (certfile && certfile_error(certfile)) ||
+      (keyfile && keyfile_error(keyfile, Map.get(pair, :password, ~c"")))
+  end
+
+  defp certfile_error(file) do
+    case File.read(file) do
+      {:ok, data} ->
+        if List.keymember?(:public_key.pem_decode(data), :Certificate, 0),
+          do: nil,
+          else: {:certfile, {ssl_path(file), :no_certs}}
+
+      {:error, reason} ->
+        {:certfile, {ssl_path(file), reason}}
+    end
+  end
+
+  # :ssl wants exactly one key entry, which decodes with the password (any
+  # failure to decode it is :wrong_password) to a private key.
+  defp keyfile_error(file, password) do
+    case File.read(file) do
+      {:ok, data} ->
+        case Enum.filter(:public_key.pem_decode(data), &listen_key_entry?/1) do
+          [entry] ->
+            pw = if is_function(password, 0), do: password.(), else: password
+
+            try do
+              :public_key.pem_entry_decode(entry, to_charlist(pw))
+            catch
+              _, _ -> {:keyfile, {ssl_path(file), :wrong_password}}
+            else
+              key ->
+                if private_key?(key),
+                  do: nil,
+                  else: {:keyfile, {ssl_path(file), {:unexpected_content, key}}}
+            end
+
+          _ ->
+            {:keyfile,
+             {ssl_path(file), {:unexpected_content, {:missing_single_key, native_name(file)}}}}
+        end
+
+      {:error, reason} ->
+        {:keyfile, {ssl_path(file), reason}}
+    end
+  end
+
+  # (an encrypted PKCS #8 key is a PrivateKeyInfo entry)
+  defp listen_key_entry?({type, _, _}),
+    do: type in [:RSAPrivateKey, :DSAPrivateKey, :ECPrivateKey, :PrivateKeyInfo]
+
+  # (an RSA-PSS key comes with its parameters)
+  defp private_key?({rsa, params})
+       when is_tuple(rsa) and tuple_size(rsa) > 0 and elem(rsa, 0) == :RSAPrivateKey and
+              is_tuple(params),
+       do: true
+
+  defp private_key?(key) when is_tuple(key) and tuple_size(key) > 0,
+    do:
+      elem(key, 0) in [
+        :RSAPrivateKey,
+        :DSAPrivateKey,
+        :ECPrivateKey,
+        :"ML-DSAPrivateKey",
+        :"SLH-DSAPrivateKey"
+      ]
+
+  defp private_key?(_), do: false
+
+  # Not checked when cacerts is given: :ssl ignores cacertfile then. The
+  # path is the one :ssl reads, absolute with a symbolic link resolved.
+  defp cacertfile_error(tls) do
+    with file when is_binary(file) or is_list(file) <- Keyword.get(tls, :cacertfile),
+         cacerts when cacerts in [nil, :undefined] <- Keyword.get(tls, :cacerts) do
+      path = unambiguous_path(file)
+
+      case File.read(path) do
+        {:ok, data} ->
+          if List.keymember?(:public_key.pem_decode(data), :Certificate, 0),
+            do: nil,
+            else: {:cacertfile, {:erlang.binary_to_list(path), :no_certs}}
+
+        {:error, reason} ->
+          {:cacertfile, {:erlang.binary_to_list(path), reason}}
+      end
+    else
+      _ -> nil
+    end
+  end
+
+  # dh wins over dhfile. :ssl crashes (a MatchError) on a file that is not
+  # one DH parameters entry: Islet answers an error instead.
+  defp dhfile_error(tls) do
+    with file when is_binary(file) or is_list(file) <- Keyword.get(tls, :dhfile),
+         false <- Keyword.has_key?(tls, :dh) do
+      case File.read(file) do
+        {:ok, data} ->
+          case :public_key.pem_decode(data) do
+            [{:DHParameter, der, _}] ->
+              case dh_decode_error(der) do
+                nil -> nil
+                reason -> {:dhfile, reason}
+              end
+
+            entries ->
+              {:dhfile, {:badmatch, entries}}
+          end
+
+        {:error, reason} ->
+          {:dhfile, reason}
+      end
+    else
+      _ -> nil
+    end
+  end
+
+  defp dh_decode_error(der) do
+    _ = :public_key.der_decode(:DHParameter, der)
+    nil
+  rescue
+    e in MatchError ->
+      case e.term do
+        {:error, reason} -> reason
+        other -> other
+      end
+
+    e ->
+      e
+  end
+
+  # A file name as :ssl keeps it (a binary in the native encoding), and as
+  # it names it in its errors (that binary's bytes as a list).
+  defp native_name(file) when is_binary(file), do: file
+
+  defp native_name(file),
+    do: :unicode.characters_to_binary(file, :unicode, :file.native_name_encoding())
+
+  defp ssl_path(file), do: file |> native_name() |> :erlang.binary_to_list()
+
+  defp unambiguous_path(file) do
+    abs = file |> native_name() |> :filename.absname()
+
+    case :file.read_link(abs) do
+      {:ok, target} ->
+        if :filename.pathtype(target) == :relative,
+          do: native_name(:filename.join([:filename.dirname(abs), target])),
+          else: native_name(target)
+
+      _ ->
+        abs
     end
   end
 end
