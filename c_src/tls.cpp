@@ -67,6 +67,9 @@ struct CtxData {
   // version's in the ClientHello callback.
   std::vector<int> groups[2];  // [0] TLS 1.2, [1] TLS 1.3
   bool has_groups[2] = {false, false};
+  // The same lists as OpenSSL's names, set instead of the NIDs when one
+  // of them is an ML-KEM group (see kem_groups).
+  std::string group_names[2];
   bool dh = false;                // DHE suites can be negotiated
   bool honor_ecc_order = false;   // TLS 1.2: the server's order of groups wins
   // certificate_authorities: false (TLS 1.3): no CA names in the
@@ -226,6 +229,25 @@ bool cheap_key(const EVP_PKEY* k) {
   return id == EVP_PKEY_EC && EVP_PKEY_get_bits(k) <= 256;
 }
 
+// The ML-KEM groups (OpenSSL 3.5+; ssl 11.7's default x25519mlkem768
+// among them) have no NID: Islet stands for each by OpenSSL's own
+// convention for such groups (SSL_get_shared_group), its TLS id with
+// TLSEXT_nid_unknown, and sets lists holding one by name
+// (SSL_set1_groups refuses them).
+struct KemGroup {
+  const char* name;  // OpenSSL's group name
+  unsigned id;       // TLS id
+  bool cheap;        // the server's encapsulation: 30 to 95 us (OpenSSL 3.6)
+};
+constexpr KemGroup kem_groups[] = {
+    {"X25519MLKEM768", 0x11EC, true}, {"SecP256r1MLKEM768", 0x11EB, true},
+    {"SecP384r1MLKEM1024", 0x11ED, false}, {"MLKEM512", 0x0200, true},
+    {"MLKEM768", 0x0201, true}, {"MLKEM1024", 0x0202, true}};
+
+constexpr int kem_nid(unsigned id) { return static_cast<int>(TLSEXT_nid_unknown | id); }
+
+bool is_kem_nid(int nid) { return (nid & TLSEXT_nid_unknown) != 0; }
+
 // The NID of a named group (TLS id) whose cost Islet knows, or NID_undef.
 int group_nid(unsigned id) {
   switch (id) {
@@ -234,29 +256,44 @@ int group_nid(unsigned id) {
     case 25: return NID_secp521r1;
     case 29: return NID_X25519;
     case 30: return NID_X448;
+#ifdef NID_brainpoolP256r1tls13
+    // TLS 1.3's brainpool groups (OpenSSL 3.2+; in ssl 11.7's defaults).
+    case 31: return NID_brainpoolP256r1tls13;
+    case 32: return NID_brainpoolP384r1tls13;
+    case 33: return NID_brainpoolP512r1tls13;
+#endif
     case 256: return NID_ffdhe2048;
     case 257: return NID_ffdhe3072;
     case 258: return NID_ffdhe4096;
     case 259: return NID_ffdhe6144;
     case 260: return NID_ffdhe8192;
-    default: return NID_undef;
+    default:
+      for (const KemGroup& g : kem_groups)
+        if (g.id == id) return kem_nid(id);
+      return NID_undef;
   }
 }
 
-bool cheap_nid(int nid) { return nid == NID_X25519 || nid == NID_X9_62_prime256v1; }
+bool cheap_nid(int nid) {
+  if (nid == NID_X25519 || nid == NID_X9_62_prime256v1) return true;
+  for (const KemGroup& g : kem_groups)
+    if (nid == kem_nid(g.id)) return g.cheap;
+  return false;
+}
 
 bool known_nid(int nid) {
-  static const unsigned ids[] = {23, 24, 25, 29, 30, 256, 257, 258, 259, 260};
+  static const unsigned ids[] = {23, 24, 25, 29, 30, 31, 32, 33, 256, 257, 258, 259, 260};
   for (unsigned id : ids)
     if (group_nid(id) == nid) return true;
-  return false;
+  return is_kem_nid(nid);
 }
 
 // The cost class of a named group (TLS id) for a server that allows
 // `allowed` (NIDs; nullptr: OpenSSL's default list): 1 cheap (X25519,
-// P-256), 0 costly (P-384 takes about a ms, P-521, X448 and FFDHE hundreds
-// of us, the TLS 1.2 curves outside the table more), -1 one the server does
-// not offer (skipped, as the server would skip it).
+// P-256, the ML-KEM groups but P-384's hybrid), 0 costly (P-384 takes
+// about a ms, P-521, X448 and FFDHE hundreds of us, the TLS 1.2 curves
+// outside the table more), -1 one the server does not offer (skipped, as
+// the server would skip it).
 int group_class(unsigned id, const std::vector<int>* allowed) {
   int nid = group_nid(id);
   if (allowed == nullptr) return nid == NID_undef ? -1 : cheap_nid(nid) ? 1 : 0;
@@ -303,6 +340,33 @@ bool shares_a_group(SSL* ssl, const std::vector<int>& allowed) {
   return SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_supported_groups, &p, &len) &&
          wire::any_supported_group(p, len,
                                    [&](unsigned id) { return group_class(id, &allowed) >= 0; });
+}
+
+// Sets a listener's list for a version (`v`: 0 TLS 1.2, 1 TLS 1.3) on a
+// connection or a context: by NID, or by name when it holds an ML-KEM
+// group. 1 on success, as OpenSSL's setters.
+template <typename T, typename ByNid, typename ByName>
+int set_groups_of(T* target, const CtxData* c, int v, ByNid by_nid, ByName by_name) {
+  const std::vector<int>& list = c->groups[v];
+  for (int nid : list)
+    if (is_kem_nid(nid)) return by_name(target, c->group_names[v].c_str());
+  return by_nid(target, const_cast<int*>(list.data()), list.size());
+}
+
+int set_groups(SSL* ssl, const CtxData* c, int v) {
+  auto by_nid = [](SSL* s, int* l, size_t n) { return static_cast<int>(SSL_set1_groups(s, l, n)); };
+  auto by_name = [](SSL* s, const char* l) { return static_cast<int>(SSL_set1_groups_list(s, l)); };
+  return set_groups_of(ssl, c, v, by_nid, by_name);
+}
+
+int set_groups(SSL_CTX* ctx, const CtxData* c, int v) {
+  auto by_nid = [](SSL_CTX* x, int* l, size_t n) {
+    return static_cast<int>(SSL_CTX_set1_groups(x, l, n));
+  };
+  auto by_name = [](SSL_CTX* x, const char* l) {
+    return static_cast<int>(SSL_CTX_set1_groups_list(x, l));
+  };
+  return set_groups_of(ctx, c, v, by_nid, by_name);
 }
 
 // OpenSSL 3.0's default groups for ECDHE (its list less FFDHE, which it
@@ -544,7 +608,7 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
     // (An empty list cannot be set: those handshakes fail here too.)
     bool none = !shares_a_group(ssl, *allowed);
     if ((none && (tls13 || !shares_a_cipher(ssl, false, false))) || allowed->empty() ||
-        SSL_set1_groups(ssl, const_cast<int*>(allowed->data()), allowed->size()) != 1) {
+        set_groups(ssl, c, tls13) != 1) {
       *alert = SSL_AD_INSUFFICIENT_SECURITY;
       return SSL_CLIENT_HELLO_ERROR;
     }
@@ -553,7 +617,8 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
   if (!tls13 && c != nullptr && c->honor_ecc_order != server_order) {
     int curve = curve_for_tls12(ssl, allowed != nullptr ? *allowed : default_groups(),
                                 c->honor_ecc_order);
-    if (curve != NID_undef) SSL_set1_groups(ssl, &curve, 1);
+    // (An ML-KEM group is TLS 1.3's only: not one a TLS 1.2 list has.)
+    if (curve != NID_undef && !is_kem_nid(curve)) SSL_set1_groups(ssl, &curve, 1);
     cheap_kx = cheap_nid(curve);
   } else {
     cheap_kx = cheap_exchange(ssl, allowed, server_order);
@@ -1349,10 +1414,22 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       if (!scratch && !(scratch = SSLCtxPtr(SSL_CTX_new(TLS_server_method())))) return make_error(env, atom.enomem);
       c->has_groups[v] = true;
       c->groups[v].clear();
+      c->group_names[v].clear();
       for (const ErlNifBinary& n : names) {
-        int nid = OBJ_sn2nid(std::string(reinterpret_cast<const char*>(n.data), n.size).c_str());
-        if (nid != NID_undef && SSL_CTX_set1_groups(scratch.get(), &nid, 1) == 1)
-          c->groups[v].push_back(nid);
+        std::string name(reinterpret_cast<const char*>(n.data), n.size);
+        int nid = OBJ_sn2nid(name.c_str());
+        bool ok = nid != NID_undef && SSL_CTX_set1_groups(scratch.get(), &nid, 1) == 1;
+        // No NID: an ML-KEM group, when this OpenSSL has it (3.5+).
+        for (const KemGroup& g : kem_groups)
+          if (nid == NID_undef && name == g.name &&
+              SSL_CTX_set1_groups_list(scratch.get(), g.name) == 1) {
+            nid = kem_nid(g.id);
+            ok = true;
+          }
+        if (!ok) continue;
+        c->groups[v].push_back(nid);
+        if (!c->group_names[v].empty()) c->group_names[v] += ':';
+        c->group_names[v] += name;
       }
       ERR_clear_error();
     } else if (k == "sigalgs") {
@@ -1472,8 +1549,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
   bool check = c->cert_sig_check || c->eku_handshake_failure || c->allow_any_ca_purpose;
   SSL_CTX_set_verify(ctx, verify, check ? check_cert : nullptr);
-  if (c->has_groups[1] && !c->groups[1].empty())
-    SSL_CTX_set1_groups(ctx, c->groups[1].data(), c->groups[1].size());
+  if (c->has_groups[1] && !c->groups[1].empty()) set_groups(ctx, c, 1);
   build_chains(ctx);
   if (c->records) {
     SSL_CTX_set_keylog_callback(ctx, keylog_cb);

@@ -5,12 +5,14 @@ defmodule Islet.Compat do
   comes from the version (`gen_tcp26?/0`, `ssl11?/0`); where it is not,
   from asking `gen_tcp` or `:ssl` itself, once per VM, the answer then kept
   in `:persistent_term` (`unix_accept_copies_reuseaddr?/0`,
-  `default_buffer/0`, `ssl_listen_checks_files?/0`).
+  `default_buffer/0`, `ssl_listen_checks_files?/0`,
+  `ssl_checks_ca_sigs_for_verify_fun?/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
   @default_buffer_key {__MODULE__, :default_buffer}
   @listen_checks_files_key {__MODULE__, :ssl_listen_checks_files}
+  @ca_sigs_key {__MODULE__, :ssl_checks_ca_sigs_for_verify_fun}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -36,6 +38,25 @@ defmodule Islet.Compat do
       nil -> false
       vsn -> vsn |> to_string() |> String.split(".") |> hd() |> String.to_integer() >= 11
     end
+  end
+
+  @doc """
+  Whether the running `:ssl`, given a `verify_fun`, checks the signature
+  algorithm of each CA certificate of the client's chain (the `valid`
+  events) before the function sees it, as it checks the peer's (refused:
+  the function sees `{bad_cert, unsupported_signature}`). ssl 11.7.8 (OTP
+  29) does, in `ssl_handshake:tls_verify_fun/4`; ssl 10 (OTP 25) and 11.2
+  (OTP 27) pass the event on unchecked. Which release between changed it
+  is not known here, so `ssl_handshake` is asked whether it has that
+  function (once per VM).
+  """
+  @spec ssl_checks_ca_sigs_for_verify_fun?() :: boolean()
+  def ssl_checks_ca_sigs_for_verify_fun?,
+    do: remembered(@ca_sigs_key, &probe_ca_sigs/0)
+
+  defp probe_ca_sigs do
+    Code.ensure_loaded?(:ssl_handshake) and
+      {:tls_verify_fun, 4} in :ssl_handshake.module_info(:functions)
   end
 
   @doc """

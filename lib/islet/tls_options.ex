@@ -697,8 +697,22 @@ defmodule Islet.TLS.Options do
   @log_levels [:none, :all, :emergency, :alert, :critical, :error, :warning, :notice] ++
                 [:info, :debug]
 
-  # OpenSSL's names of :ssl's groups (its short names, where they differ).
-  @group_names %{x25519: "X25519", x448: "X448", secp256r1: "prime256v1", secp192r1: "prime192v1"}
+  # OpenSSL's names of :ssl's groups (its short names, where they differ;
+  # the ML-KEM ones, ssl 11.7's (OTP 29) default x25519mlkem768 among
+  # them, by their OpenSSL 3.5 group names: OpenSSL 3.0 has none of them,
+  # and the NIF drops them there, as names it does not know).
+  @group_names %{
+    x25519: "X25519",
+    x448: "X448",
+    secp256r1: "prime256v1",
+    secp192r1: "prime192v1",
+    x25519mlkem768: "X25519MLKEM768",
+    secp256r1mlkem768: "SecP256r1MLKEM768",
+    secp384r1mlkem1024: "SecP384r1MLKEM1024",
+    mlkem512: "MLKEM512",
+    mlkem768: "MLKEM768",
+    mlkem1024: "MLKEM1024"
+  }
 
   # :ssl's signature schemes (TLS 1.3 names) and, for TLS 1.2, {Hash, Sign}.
   @schemes [:rsa_pkcs1_sha256, :rsa_pkcs1_sha384, :rsa_pkcs1_sha512, :rsa_pkcs1_sha1] ++

@@ -416,9 +416,19 @@ defmodule Islet.TLS.Verify do
 
        cert, :valid_peer, {st, us} ->
          # As :ssl: the user's function sees the peer's signature algorithm
-         # refused as a bad_cert event (its intermediates' algorithms are
-         # not checked when there is a verify_fun).
+         # refused as a bad_cert event.
          event = if sign_ok?(cert, st), do: :valid_peer, else: sign_refused()
+         user(fun, cert, event, st, us)
+
+       cert, :valid, {st, us} ->
+         # An intermediate's algorithm: checked likewise by newer :ssl
+         # (its ssl_handshake:tls_verify_fun/4), not by ssl 10 and 11.2,
+         # whose user's function sees it as valid.
+         event =
+           if not Compat.ssl_checks_ca_sigs_for_verify_fun?() or sign_ok?(cert, st),
+             do: :valid,
+             else: sign_refused()
+
          user(fun, cert, event, st, us)
 
        cert, event, {st, us} ->
