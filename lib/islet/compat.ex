@@ -2,17 +2,19 @@ defmodule Islet.Compat do
   @moduledoc """
   What the running OTP's `gen_tcp` and `:ssl` do where releases differ and
   Islet follows them. Where the release that changed is known, the answer
-  comes from the version (`gen_tcp26?/0`, `ssl11?/0`); where it is not,
-  from asking `gen_tcp` or `:ssl` itself, once per VM, the answer then kept
-  in `:persistent_term` (`unix_accept_copies_reuseaddr?/0`,
-  `default_buffer/0`, `ssl_listen_checks_files?/0`,
-  `ssl_checks_ca_sigs_for_verify_fun?/0`).
+  comes from the version (`gen_tcp26?/0`, `ssl11?/0`,
+  `ssl_send_bad_data_closed?/0`); where it is not, from asking `gen_tcp` or
+  `:ssl` itself, once per VM, the answer then kept in `:persistent_term`
+  (`unix_accept_copies_reuseaddr?/0`, `default_buffer/0`,
+  `ssl_listen_checks_files?/0`, `ssl_checks_ca_sigs_for_verify_fun?/0`,
+  `ssl_listen_keeps_order?/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
   @default_buffer_key {__MODULE__, :default_buffer}
   @listen_checks_files_key {__MODULE__, :ssl_listen_checks_files}
   @ca_sigs_key {__MODULE__, :ssl_checks_ca_sigs_for_verify_fun}
+  @ssl_listen_order_key {__MODULE__, :ssl_listen_keeps_order}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -33,10 +35,42 @@ defmodule Islet.Compat do
   and later, only OTP 27's ssl 11.2 has been checked against.)
   """
   @spec ssl11?() :: boolean()
-  def ssl11? do
+  def ssl11?, do: ssl_version() >= [11]
+
+  @doc """
+  Whether the running `:ssl` gives `:ssl.send/2` data that is not iodata
+  the answer `{:error, :closed}` (ssl 11.3, OTP 28, and later: its send
+  catches the `badarg` of the iodata's conversion with those of a closed
+  socket's lookups; checked against ssl 11.7.8, OTP 29) rather than
+  raising `ArgumentError` (ssl 11.2, OTP 27, and earlier).
+  """
+  @spec ssl_send_bad_data_closed?() :: boolean()
+  def ssl_send_bad_data_closed?, do: ssl_version() >= [11, 3]
+
+  @doc """
+  Whether `:ssl.listen/2` hands its TCP options to `gen_tcp` in the order
+  given, so that a list's watermarks end as with `gen_tcp` (`[high_watermark:
+  1000, low_watermark: 2000]` gives 1000/1000, as on OTP 29), rather than
+  reversed (2000/2000, OTP 25 and 27). (`:ssl.setopts/2` applies them first
+  to last on each.) Asked of an `:ssl` listener on loopback, which needs no
+  certificate; `false` if the question cannot be asked here.
+  """
+  @spec ssl_listen_keeps_order?() :: boolean()
+  def ssl_listen_keeps_order?,
+    do: remembered(@ssl_listen_order_key, &probe_ssl_listen_order/0)
+
+  # The running ssl application's version as integers ([] if not loaded):
+  # lists compare element by element, so [11, 7, 8] >= [11, 3].
+  defp ssl_version do
     case Application.spec(:ssl, :vsn) do
-      nil -> false
-      vsn -> vsn |> to_string() |> String.split(".") |> hd() |> String.to_integer() >= 11
+      nil ->
+        []
+
+      vsn ->
+        vsn
+        |> to_string()
+        |> String.split(".")
+        |> Enum.map(&(Integer.parse(&1) |> elem(0)))
     end
   end
 
@@ -134,6 +168,20 @@ defmodule Islet.Compat do
         true
 
       _ ->
+        false
+    end
+  end
+
+  defp probe_ssl_listen_order do
+    opts = [ip: {127, 0, 0, 1}, high_watermark: 1000, low_watermark: 2000]
+
+    case :ssl.listen(0, opts) do
+      {:ok, l} ->
+        answer = :ssl.getopts(l, [:high_watermark])
+        :ssl.close(l)
+        answer == {:ok, [high_watermark: 1000]}
+
+      {:error, _} ->
         false
     end
   end

@@ -25,7 +25,10 @@ defmodule Islet.Options do
   from its last to its first, `:ssl` from first to last, so that
   `[high_watermark: 1000, low_watermark: 2000]` gives 1000/1000 with
   `Islet.TCP` (as with `:gen_tcp`) and 2000/2000 with `Islet.TLS` (as with
-  `:ssl`). Listeners pass them on to the sockets they accept.
+  `:ssl`); but `Islet.TLS` listen options go in `:gen_tcp`'s order where
+  `:ssl.listen/2` hands them to it as given (OTP 29, see
+  `Islet.Compat.ssl_listen_keeps_order?/0`). Listeners pass them on to the
+  sockets they accept.
 
   Accepted and ignored on purpose: `inet_backend` (Islet is its own
   backend). Checked and kept for `getopts/2`, with no effect: gen_tcp's
@@ -117,8 +120,11 @@ defmodule Islet.Options do
       end
     end)
     |> case do
-      {:ok, acc} -> address(port, %{acc | nif: acc.nif |> Enum.reverse() |> in_order(stack)})
-      error -> error
+      {:ok, acc} ->
+        address(port, %{acc | nif: acc.nif |> Enum.reverse() |> in_order(listen_order(stack))})
+
+      error ->
+        error
     end
   end
 
@@ -157,6 +163,12 @@ defmodule Islet.Options do
   end
 
   def socket_opts(_opts, _stack), do: {:error, :einval}
+
+  # Whose order a listener's options follow: OTP 29's :ssl (unlike OTP 25
+  # and 27's, which reversed them) hands them to gen_tcp as given, so its
+  # listen options end as gen_tcp's do; its setopts still go first to last.
+  defp listen_order(:ssl), do: if(Islet.Compat.ssl_listen_keeps_order?(), do: :inet, else: :ssl)
+  defp listen_order(stack), do: stack
 
   # The NIF applies options first to last. gen_tcp (OTP 25) applies a list,
   # listen's or setopts', from the last option to the first, and :ssl from

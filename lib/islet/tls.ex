@@ -235,12 +235,30 @@ defmodule Islet.TLS do
   defdelegate recv(socket, length, timeout), to: Socket
 
   @doc """
-  Sends iodata, encrypted in record-sized slices. Like `:ssl.send/2`, data
-  that is not iodata raises `ArgumentError`.
+  Sends iodata, encrypted in record-sized slices. Data that is not iodata
+  gets what `:ssl.send/2` gives it: `ArgumentError` raised (OTP 27 and
+  earlier), `{:error, :closed}` (OTP 28 and later, see
+  `Islet.Compat.ssl_send_bad_data_closed?/0`).
   """
   @spec send(socket(), iodata()) :: :ok | {:error, term()}
   def send(socket, data) when is_binary(data), do: Socket.send(socket, data)
-  def send(socket, data), do: Socket.send_iovec(socket, :erlang.iolist_to_iovec(data))
+
+  def send(socket, data) do
+    case iovec(data) do
+      {:ok, iovec} -> Socket.send_iovec(socket, iovec)
+      :not_iodata -> {:error, :closed}
+    end
+  end
+
+  # Only the conversion's ArgumentError is :ssl's answer to bad data.
+  defp iovec(data) do
+    {:ok, :erlang.iolist_to_iovec(data)}
+  rescue
+    e in ArgumentError ->
+      if Compat.ssl_send_bad_data_closed?(),
+        do: :not_iodata,
+        else: reraise(e, __STACKTRACE__)
+  end
 
   @doc """
   Sends part of a file through TLS (length 0: to the end of the file). With
