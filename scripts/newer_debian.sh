@@ -24,7 +24,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 suite="${ISLET_DEBIAN_SUITE:-trixie}"
 chroot_dir="${ISLET_DEBIAN_ROOT:-/srv/islet-$suite}"
-packages=erlang-nox,erlang-dev,erlang-proper,elixir,libssl-dev,openssl,cmake,g++,make,procps,ca-certificates,wrk,gnuplot-nox
+packages=erlang-nox,erlang-dev,erlang-proper,elixir,libssl-dev,openssl,cmake,g++,make,procps,ca-certificates,wrk,curl,gnuplot-nox
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "newer_debian: run as root (debootstrap and chroot)" >&2
@@ -43,6 +43,23 @@ fi
 mountpoint -q "$chroot_dir/proc" || mount -t proc proc "$chroot_dir/proc"
 mountpoint -q "$chroot_dir/dev" || mount --rbind /dev "$chroot_dir/dev"
 cp /etc/hosts "$chroot_dir/etc/hosts"
+
+# A chroot built before a package joined the list gets it now (the
+# benchmark's download and upload need curl): only what is missing is
+# installed, which may still bring newer libraries with it on sid.
+missing=""
+for p in ${packages//,/ }; do
+  chroot "$chroot_dir" dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+    missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "newer_debian: installing$missing"
+  # (An update that fails, e.g. sid's Release file expired, leaves the
+  # lists the chroot has, which are enough.)
+  chroot "$chroot_dir" apt-get update -qq || true
+  chroot "$chroot_dir" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+fi
+
 mkdir -p "$chroot_dir/work/islet"
 tar -C "$root" --exclude=./_build --exclude=./deps --exclude=./priv/*.so -cf - . |
   tar -C "$chroot_dir/work/islet" -xf -

@@ -162,9 +162,11 @@ defmodule Islet.ChaosTest do
   # Request, then the client's write side shut: the answer still comes.
   defp behave(:half_close, port, false, _hello) do
     with {:ok, c} <- open(port, false, []) do
+      {:gen_tcp, s} = c
+
       result =
         with :ok <- c_send(c, @request),
-             :ok <- :gen_tcp.shutdown(c, :write),
+             :ok <- :gen_tcp.shutdown(s, :write),
              do: read_response(c)
 
       c_close(c)
@@ -252,7 +254,7 @@ defmodule Islet.ChaosTest do
   end
 
   defp behave(:handshake_then_reset, port, true, _hello) do
-    with {:ok, tls, tcp} <- open_over_tcp(port, true) do
+    with {:ok, {:ssl, tls}, tcp} <- open_over_tcp(port, true) do
       reset(tcp)
       :ssl.close(tls)
     end
@@ -261,7 +263,7 @@ defmodule Islet.ChaosTest do
   # Bytes that do not authenticate where the next record belongs: the
   # server must answer with an alert (or just close) and end the connection.
   defp behave(:corrupt_record, port, true, _hello) do
-    with {:ok, tls, tcp} <- open_over_tcp(port, true) do
+    with {:ok, {:ssl, tls}, tcp} <- open_over_tcp(port, true) do
       junk = :crypto.strong_rand_bytes(64)
       _ = :gen_tcp.send(tcp, <<23, 3, 3, byte_size(junk)::16, junk::binary>>)
 
@@ -282,23 +284,27 @@ defmodule Islet.ChaosTest do
     :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], @client_timeout)
   end
 
-  defp open(port, false, _opts), do: raw(port)
+  # A client is {module, socket}, the module (:gen_tcp or :ssl) its calls
+  # go to: which one is not told by the socket's shape, which is :ssl's own
+  # (OTP 29's sslsocket tuple is not OTP 25's).
+  defp open(port, false, _opts), do: with({:ok, s} <- raw(port), do: {:ok, {:gen_tcp, s}})
 
   defp open(port, true, opts) do
-    :ssl.connect({127, 0, 0, 1}, port, client_opts(opts), @client_timeout)
+    with {:ok, s} <- :ssl.connect({127, 0, 0, 1}, port, client_opts(opts), @client_timeout),
+         do: {:ok, {:ssl, s}}
   end
 
-  # {:ok, client, tcp}: the client's socket and the TCP socket under it
-  # (the same for plain TCP), to reset or write to behind TLS's back.
+  # {:ok, client, tcp}: the client and the TCP socket under it (the
+  # client's own for plain TCP), to reset or write to behind TLS's back.
   defp open_over_tcp(port, false) do
-    with {:ok, s} <- raw(port), do: {:ok, s, s}
+    with {:ok, s} <- raw(port), do: {:ok, {:gen_tcp, s}, s}
   end
 
   defp open_over_tcp(port, true) do
     with {:ok, tcp} <- raw(port) do
       case :ssl.connect(tcp, client_opts([]), @client_timeout) do
         {:ok, tls} ->
-          {:ok, tls, tcp}
+          {:ok, {:ssl, tls}, tcp}
 
         error ->
           :gen_tcp.close(tcp)
@@ -309,14 +315,9 @@ defmodule Islet.ChaosTest do
 
   defp client_opts(opts), do: Keyword.merge(Certs.client_opts(), opts)
 
-  defp c_send({:sslsocket, _, _} = c, data), do: :ssl.send(c, data)
-  defp c_send(c, data), do: :gen_tcp.send(c, data)
-
-  defp c_close({:sslsocket, _, _} = c), do: :ssl.close(c)
-  defp c_close(c), do: :gen_tcp.close(c)
-
-  defp c_recv({:sslsocket, _, _} = c), do: :ssl.recv(c, 0, @client_timeout)
-  defp c_recv(c), do: :gen_tcp.recv(c, 0, @client_timeout)
+  defp c_send({mod, s}, data), do: mod.send(s, data)
+  defp c_close({mod, s}), do: mod.close(s)
+  defp c_recv({mod, s}), do: mod.recv(s, 0, @client_timeout)
 
   # One whole response, whose body is the handler's greeting.
   defp read_response(c, acc \\ "") do

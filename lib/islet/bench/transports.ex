@@ -196,7 +196,9 @@ defmodule Islet.Bench.Transports do
   @doc """
   Whether the TLS session of a connection just handshaken was resumed:
   `session_resumption` of `connection_information/1` (asked of `:ssl`
-  directly for `:ssl` sockets, whose default answer leaves it out).
+  directly for `Islet.Reference.SSL`'s sockets, whose default answer leaves
+  it out; told by the transport, as the shape of an `:ssl` socket is
+  `:ssl`'s own and changed after OTP 27).
 
   Only Islet.TLS's answer can be trusted: OTP 25's `:ssl` server answers
   `false` for sessions it did resume (seen with `openssl s_client
@@ -206,7 +208,7 @@ defmodule Islet.Bench.Transports do
   check of that, not a defence.
   """
   @spec session_resumed?(module(), term()) :: boolean()
-  def session_resumed?(_transport, {:sslsocket, _, _} = socket) do
+  def session_resumed?(Islet.Reference.SSL, socket) do
     match?(
       {:ok, [session_resumption: true]},
       :ssl.connection_information(socket, [:session_resumption])
