@@ -633,7 +633,7 @@ defmodule Islet.TLSConformanceTest do
     # only that Islet listens is checked (see the next test).
     test "files :ssl checks at listen, where it checks them" do
       dir = Certs.dir()
-      garbage = Path.join(dir, "garbage_h1.pem")
+      garbage = Path.join(dir, "not_a_pem.pem")
       File.write!(garbage, "not a PEM file\n")
       two_keys = Path.join(dir, "two_keys.pem")
       key = File.read!(Certs.file(:server_rsa, :key))
