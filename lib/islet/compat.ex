@@ -7,7 +7,7 @@ defmodule Islet.Compat do
   `:ssl` itself, once per VM, the answer then kept in `:persistent_term`
   (`unix_accept_copies_reuseaddr?/0`, `default_buffer/0`,
   `ssl_listen_checks_files?/0`, `ssl_checks_ca_sigs_for_verify_fun?/0`,
-  `ssl_listen_keeps_order?/0`).
+  `ssl_listen_keeps_order?/0`, `ssl_dh_needs_tls12?/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
@@ -15,6 +15,7 @@ defmodule Islet.Compat do
   @listen_checks_files_key {__MODULE__, :ssl_listen_checks_files}
   @ca_sigs_key {__MODULE__, :ssl_checks_ca_sigs_for_verify_fun}
   @ssl_listen_order_key {__MODULE__, :ssl_listen_keeps_order}
+  @dh_needs_tls12_key {__MODULE__, :ssl_dh_needs_tls12}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -58,6 +59,17 @@ defmodule Islet.Compat do
   @spec ssl_listen_keeps_order?() :: boolean()
   def ssl_listen_keeps_order?,
     do: remembered(@ssl_listen_order_key, &probe_ssl_listen_order/0)
+
+  @doc """
+  Whether the running `:ssl.listen/2` refuses DH parameters (`dh`, or a
+  `dhfile` of a valid form) when its `versions` leave no TLS 1.2 or older
+  to use them: `{:options, :incompatible, [:dh, {:versions, versions}]}`
+  (`:dh_file` for a dhfile), as ssl 11.7.8 (OTP 29) does; OTP 25's and
+  27's take them. Asked of an `:ssl` listener on loopback; `false` if the
+  question cannot be asked here.
+  """
+  @spec ssl_dh_needs_tls12?() :: boolean()
+  def ssl_dh_needs_tls12?, do: remembered(@dh_needs_tls12_key, &probe_dh_needs_tls12/0)
 
   # The running ssl application's version as integers ([] if not loaded):
   # lists compare element by element, so [11, 7, 8] >= [11, 3].
@@ -182,6 +194,20 @@ defmodule Islet.Compat do
         answer == {:ok, [high_watermark: 1000]}
 
       {:error, _} ->
+        false
+    end
+  end
+
+  defp probe_dh_needs_tls12 do
+    case :ssl.listen(0, ip: {127, 0, 0, 1}, versions: [:"tlsv1.3"], dh: <<0>>) do
+      {:ok, l} ->
+        :ssl.close(l)
+        false
+
+      {:error, {:options, :incompatible, [:dh | _]}} ->
+        true
+
+      _ ->
         false
     end
   end

@@ -179,6 +179,7 @@ defmodule Islet.TLS.Options do
           do: kv
 
     Enum.each(tls, fn {k, v} -> unless form_ok?(k, v), do: bad(k, v) end)
+    dh_versions_check(tls)
 
     with {:ok, keys, others} <- nif_opts(tls) do
       case build(keys ++ others) do
@@ -640,6 +641,21 @@ defmodule Islet.TLS.Options do
       {key, _} when key in [:secure_renegotiate, :log_level] -> []
       _ -> []
     end)
+  end
+
+  # DH parameters serve TLS 1.2's DHE suites only: where the running :ssl
+  # refuses them without a version to use them (OTP 29), so does Islet, as
+  # an option check (before any file is read). dh wins over dhfile.
+  defp dh_versions_check(tls) do
+    versions = Keyword.get(tls, :versions)
+    dh? = is_binary(Keyword.get(tls, :dh))
+    dhfile? = not Keyword.has_key?(tls, :dh) and Keyword.has_key?(tls, :dhfile)
+
+    if (dh? or dhfile?) and not tls12?(versions) and
+         Islet.Compat.ssl_dh_needs_tls12?(),
+       do: incompatible([if(dh?, do: :dh, else: :dh_file), {:versions, versions}])
+
+    :ok
   end
 
   # DH parameters for the DHE suites: dh (DER) or dhfile (PEM), as :ssl

@@ -418,6 +418,42 @@ defmodule Islet.TLSOptionsTest do
                handshake(Islet.TLS, [dh: <<1, 2, 3>>], tls13())
     end
 
+    # OTP 29's :ssl refuses DH parameters no version it may negotiate can
+    # use (Islet.Compat.ssl_dh_needs_tls12?/0); OTP 25's and 27's take them.
+    test "dh and dhfile with TLS 1.3 only: as :ssl", %{dhfile: path} do
+      [{:DHParameter, der, _}] = path |> File.read!() |> :public_key.pem_decode()
+      tls13 = [versions: [:"tlsv1.3"]]
+
+      cases = [
+        [dh: der],
+        [dhfile: path],
+        # (the version check comes before the file is read)
+        [dhfile: ~c"/no/such/dhfile"],
+        # dh wins over dhfile
+        [dh: der, dhfile: path],
+        # TLS 1.2 beside it: taken
+        [dh: der, versions: [:"tlsv1.3", :"tlsv1.2"]]
+      ]
+
+      results =
+        for extra <- cases do
+          opts = if Keyword.has_key?(extra, :versions), do: extra, else: extra ++ tls13
+          {extra, assert_same(&listen_result(&1, opts))}
+        end
+
+      if Islet.Compat.ssl_dh_needs_tls12?() do
+        assert [
+                 {_, {:error, {:options, :incompatible, [:dh, {:versions, [:"tlsv1.3"]}]}}},
+                 {_, {:error, {:options, :incompatible, [:dh_file, {:versions, _}]}}},
+                 {_, {:error, {:options, :incompatible, [:dh_file, {:versions, _}]}}},
+                 {_, {:error, {:options, :incompatible, [:dh, {:versions, _}]}}},
+                 {_, :ok}
+               ] = results
+      else
+        assert Enum.all?(results, &match?({_, :ok}, &1)), inspect(results)
+      end
+    end
+
     # OTP 25's and 27's :ssl listens and fails each handshake; OTP 29's
     # refuses the dhfile at listen (Islet.Compat.ssl_listen_checks_files?/0).
     test "a dhfile that cannot be read: refused at listen, or each handshake fails, as with :ssl" do
