@@ -1,8 +1,18 @@
+# Tests of ML-DSA certificates run where :ssl (OTP 29) and OpenSSL (3.5+)
+# both have it.
+mldsa? =
+  :mldsa65 in Islet.Compat.ssl_signature_schemes() and
+    case System.cmd("openssl", ["list", "-signature-algorithms"], stderr_to_stdout: true) do
+      {out, 0} -> out =~ "ML-DSA-65"
+      _ -> false
+    end
+
 # Tests that need nginx (the benchmark's outside reference) run only where
 # it is installed.
 # Tests of the pumps' own epoll sets run only when pumps deliver.
 exclude =
   if(Islet.Bench.Nginx.available?(), do: [], else: [:nginx]) ++
-    if Islet.Pump.delivery_mode() == :pump, do: [], else: [:pump_mode]
+    if(Islet.Pump.delivery_mode() == :pump, do: [], else: [:pump_mode]) ++
+    if mldsa?, do: [], else: [:mldsa]
 
 ExUnit.start(exclude: exclude)

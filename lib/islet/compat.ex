@@ -7,7 +7,8 @@ defmodule Islet.Compat do
   `:ssl` itself, once per VM, the answer then kept in `:persistent_term`
   (`unix_accept_copies_reuseaddr?/0`, `default_buffer/0`,
   `ssl_listen_checks_files?/0`, `ssl_checks_ca_sigs_for_verify_fun?/0`,
-  `ssl_listen_keeps_order?/0`, `ssl_dh_needs_tls12?/0`).
+  `ssl_listen_keeps_order?/0`, `ssl_dh_needs_tls12?/0`,
+  `ssl_signature_schemes/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
@@ -16,6 +17,7 @@ defmodule Islet.Compat do
   @ca_sigs_key {__MODULE__, :ssl_checks_ca_sigs_for_verify_fun}
   @ssl_listen_order_key {__MODULE__, :ssl_listen_keeps_order}
   @dh_needs_tls12_key {__MODULE__, :ssl_dh_needs_tls12}
+  @schemes_key {__MODULE__, :ssl_signature_schemes}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -70,6 +72,22 @@ defmodule Islet.Compat do
   """
   @spec ssl_dh_needs_tls12?() :: boolean()
   def ssl_dh_needs_tls12?, do: remembered(@dh_needs_tls12_key, &probe_dh_needs_tls12/0)
+
+  @doc """
+  The signature schemes (TLS 1.3 names) the running `:ssl` knows, as
+  `:ssl.signature_algs(:all, :"tlsv1.3")` lists them (OTP 26+; `[]` on OTP
+  25, which has no such function): OTP 29's adds ML-DSA and SLH-DSA. Asked
+  once per VM.
+  """
+  @spec ssl_signature_schemes() :: [atom()]
+  def ssl_signature_schemes, do: remembered(@schemes_key, &probe_schemes/0)
+
+  defp probe_schemes do
+    if Code.ensure_loaded?(:ssl) and function_exported?(:ssl, :signature_algs, 2),
+      # (apply: OTP 25's :ssl has no signature_algs/2 to compile against)
+      do: for(s <- apply(:ssl, :signature_algs, [:all, :"tlsv1.3"]), is_atom(s), do: s),
+      else: []
+  end
 
   # The running ssl application's version as integers ([] if not loaded):
   # lists compare element by element, so [11, 7, 8] >= [11, 3].

@@ -1096,6 +1096,15 @@ defmodule Islet.TLS.Options do
 
   defp sigalg(scheme, _, _) when scheme in @schemes, do: CertSigs.openssl_name(scheme)
 
+  # The schemes newer :ssl knows (OTP 29: ML-DSA, SLH-DSA) are taken as it
+  # takes them; OpenSSL drops those it cannot sign or check with (3.5+ has
+  # ML-DSA; no release has SLH-DSA in TLS).
+  defp sigalg(scheme, key, list) when is_atom(scheme) do
+    if scheme in Islet.Compat.ssl_signature_schemes(),
+      do: CertSigs.openssl_name(scheme),
+      else: bad(key, list)
+  end
+
   defp sigalg({_hash, sign} = pair, key, list) when sign in [:rsa, :ecdsa, :dsa],
     do: CertSigs.openssl_name(pair) || bad(key, list)
 

@@ -491,6 +491,31 @@ defmodule Islet.TLSConformanceTest do
       assert_same(&observe(&1, Certs.server_opts(:server_ec)))
     end
 
+    # OTP 29's :ssl and OpenSSL 3.5+ sign TLS 1.3 handshakes with ML-DSA
+    # (excluded elsewhere, see test_helper.exs).
+    @tag :mldsa
+    test "an ML-DSA-65 certificate" do
+      dir = Certs.dir()
+      {cert, key} = {Path.join(dir, "mldsa65.pem"), Path.join(dir, "mldsa65.key")}
+
+      unless File.exists?(cert) do
+        {_, 0} =
+          System.cmd(
+            "openssl",
+            ~w(req -x509 -newkey ML-DSA-65 -nodes -subj /CN=localhost -days 30) ++
+              ["-keyout", key, "-out", cert <> ".tmp"],
+            stderr_to_stdout: true
+          )
+
+        File.rename!(cert <> ".tmp", cert)
+      end
+
+      client = [verify: :verify_none, versions: [:"tlsv1.3"]]
+
+      assert %{handshake: {:ok, _}, io: {:ok, {:ok, "ping"}, :ok, {:ok, "pong"}}} =
+               assert_same(&observe(&1, [certfile: cert, keyfile: key], client))
+    end
+
     test "cert/key in DER form" do
       for name <- [:server_rsa, :server_ec] do
         assert_same(&observe(&1, cert: Certs.der(name), key: Certs.key_der(name)))

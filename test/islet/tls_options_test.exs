@@ -253,6 +253,32 @@ defmodule Islet.TLSOptionsTest do
       assert differ == []
     end
 
+    # OTP 29's :ssl knows ML-DSA and SLH-DSA schemes (OpenSSL 3.5+ signs
+    # with ML-DSA; SLH-DSA it drops); OTP 25's crashes on names it does not
+    # know (FunctionClauseError) and 27's refuses them, where Islet answers
+    # the error.
+    test "signature schemes only newer :ssl knows: taken where it knows them" do
+      for opts <- [
+            [signature_algs: [:mldsa65, :ecdsa_secp256r1_sha256]],
+            [signature_algs: [:slh_dsa_sha2_128s, :ecdsa_secp256r1_sha256]],
+            [signature_algs_cert: [:mldsa44, :slh_dsa_shake_256f, :ecdsa_secp256r1_sha256]]
+          ] do
+        [{key, list}] = opts
+        {ssl, islet} = run(&listen_result(&1, opts))
+
+        cond do
+          :mldsa65 in Islet.Compat.ssl_signature_schemes() ->
+            assert {ssl, islet} == {:ok, :ok}
+
+          match?({:raised, _}, ssl) ->
+            assert islet == {:error, {:options, {key, list}}}
+
+          true ->
+            assert islet == ssl
+        end
+      end
+    end
+
     test "allow_any_ca_purpose with verify_peer: as :ssl (ssl 11), unsupported (ssl 10)" do
       opts = [verify: :verify_peer, cacertfile: Certs.file(:ca, :cert)]
 
