@@ -189,44 +189,42 @@ defmodule Islet.Compat do
     # A directory that is never created: neither file can exist.
     missing = Path.join([dir, "islet_probe_#{System.unique_integer([:positive])}", "none.pem"])
 
-    case :ssl.listen(0, ip: {127, 0, 0, 1}, certfile: missing, keyfile: missing) do
-      {:ok, l} ->
-        :ssl.close(l)
-        false
-
-      {:error, {:options, {:certfile, {_path, :enoent}}}} ->
-        true
-
-      _ ->
-        false
-    end
+    ask_ssl_listen(
+      [certfile: missing, keyfile: missing],
+      fn _listener -> false end,
+      &match?({:options, {:certfile, {_path, :enoent}}}, &1)
+    )
   end
 
   defp probe_ssl_listen_order do
-    opts = [ip: {127, 0, 0, 1}, high_watermark: 1000, low_watermark: 2000]
-
-    case :ssl.listen(0, opts) do
-      {:ok, l} ->
-        answer = :ssl.getopts(l, [:high_watermark])
-        :ssl.close(l)
-        answer == {:ok, [high_watermark: 1000]}
-
-      {:error, _} ->
-        false
-    end
+    ask_ssl_listen(
+      [high_watermark: 1000, low_watermark: 2000],
+      &(:ssl.getopts(&1, [:high_watermark]) == {:ok, [high_watermark: 1000]}),
+      fn _reason -> false end
+    )
   end
 
   defp probe_dh_needs_tls12 do
-    case :ssl.listen(0, ip: {127, 0, 0, 1}, versions: [:"tlsv1.3"], dh: <<0>>) do
+    ask_ssl_listen(
+      [versions: [:"tlsv1.3"], dh: <<0>>],
+      fn _listener -> false end,
+      &match?({:options, :incompatible, [:dh | _]}, &1)
+    )
+  end
+
+  # What :ssl.listen/2 makes of `opts` on loopback: `listening` is given the
+  # listener (closed afterwards), `refused` the reason of an error.
+  defp ask_ssl_listen(opts, listening, refused) do
+    case :ssl.listen(0, [ip: {127, 0, 0, 1}] ++ opts) do
       {:ok, l} ->
-        :ssl.close(l)
-        false
+        try do
+          listening.(l)
+        after
+          :ssl.close(l)
+        end
 
-      {:error, {:options, :incompatible, [:dh | _]}} ->
-        true
-
-      _ ->
-        false
+      {:error, reason} ->
+        refused.(reason)
     end
   end
 
