@@ -1164,15 +1164,18 @@ defmodule Islet.TLS.Options do
       (keyfile && keyfile_error(keyfile, Map.get(pair, :password, ~c"")))
   end
 
-  defp certfile_error(file) do
-    case File.read(file) do
+  defp certfile_error(file), do: certs_file_error(:certfile, file, ssl_path(file))
+
+  # A file that must hold a certificate: read from `path`, named `name`.
+  defp certs_file_error(key, path, name) do
+    case File.read(path) do
       {:ok, data} ->
         if List.keymember?(:public_key.pem_decode(data), :Certificate, 0),
           do: nil,
-          else: {:certfile, {ssl_path(file), :no_certs}}
+          else: {key, {name, :no_certs}}
 
       {:error, reason} ->
-        {:certfile, {ssl_path(file), reason}}
+        {key, {name, reason}}
     end
   end
 
@@ -1234,16 +1237,7 @@ defmodule Islet.TLS.Options do
     with file when is_binary(file) or is_list(file) <- Keyword.get(tls, :cacertfile),
          cacerts when cacerts in [nil, :undefined] <- Keyword.get(tls, :cacerts) do
       path = unambiguous_path(file)
-
-      case File.read(path) do
-        {:ok, data} ->
-          if List.keymember?(:public_key.pem_decode(data), :Certificate, 0),
-            do: nil,
-            else: {:cacertfile, {:erlang.binary_to_list(path), :no_certs}}
-
-        {:error, reason} ->
-          {:cacertfile, {:erlang.binary_to_list(path), reason}}
-      end
+      certs_file_error(:cacertfile, path, :erlang.binary_to_list(path))
     else
       _ -> nil
     end
