@@ -26,7 +26,7 @@ struct Atoms {
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
       show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake,
-      accept_copies_reuseaddr;
+      accept_copies_reuseaddr, link_owner, islet_link;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -110,6 +110,10 @@ struct Sock {
   std::atomic<bool> closing{false};
   ErlNifPid file_sender;
   bool owner_mon_set = false;
+  // The owner is watched by Islet.Owners' link (owners.cpp), not a monitor:
+  // Islet.TCP's sockets, as gen_tcp links its port.
+  bool linked = false;
+  bool link_accepted = false;  // a listener whose accepted sockets get linked
   bool closer_waiting = false;
   bool in_poll = false;      // registered in an epoll set (a pump's or the poller's)
   bool armed = false;        // active and registered: readiness will be delivered
@@ -233,13 +237,25 @@ struct FileRes {
   int fd = -1;
 };
 
-// Lifecycle (socket.cpp).
-Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family);
+// Lifecycle (socket.cpp). The caller owns the new socket, watched by a link
+// when link_owner (and Islet.Owners runs), else by a monitor.
+Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family, bool link_owner);
+// Whether the socket's owner is watched (a link or a monitor): a new socket
+// whose owner could not be watched (the caller is exiting) is closed.
+inline bool owner_watched(const Sock* s) { return s->linked || s->owner_mon_set; }
+// Watches the owner with a monitor instead of a link (a TCP socket turning
+// TLS: :ssl's connection process monitors its owner). Under lock.
+void owner_watch_by_monitor(ErlNifEnv* env, Sock* s);
 bool get_sock(ErlNifEnv* env, ERL_NIF_TERM t, Sock** out);
 // Starts closing; returns ok or wait_close (the caller then waits for the
 // {'$islet_closed', Sock} message from the stop callback). Takes the lock.
 ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer);
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
+
+// Owners watched by a link (owners.cpp), under the socket's lock: register s
+// under pid (false when Islet.Owners is not running), and take it out.
+bool owner_link(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
+void owner_unlink(Sock* s);
 // Closes the fd once, and answers a closer waiting for it when tell_closer
 // (else it was answered ok already). Under lock: the stop callback, or a
 // sendfile call the stop callback left the fd to.

@@ -89,30 +89,39 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     close(fd);
     return make_error(env, enif_make_atom(env, "system_limit"));
   }
-  Sock* s = sock_create(env, fd, Kind::Listener, fam);
+  // buffer follows recbuf unless given itself, wherever it comes in the list.
+  bool explicit_buffer = false;
+  bool link_owner = false;  // from Islet.Socket: the TCP transport's connections
+  for (ERL_NIF_TERM h, t = argv[3]; enif_get_list_cell(env, t, &h, &t);) {
+    int n;
+    const ERL_NIF_TERM* kv;
+    if (!enif_get_tuple(env, h, &n, &kv) || n != 2) continue;
+    if (enif_is_identical(kv[0], atom.buffer)) explicit_buffer = true;
+    if (enif_is_identical(kv[0], atom.link_owner)) link_owner = enif_is_identical(kv[1], atom.true_);
+  }
+  // The listener itself is monitored even then: its owner's death closes it
+  // at once (in the monitor's callback), so the processes waiting in accept
+  // hear of it before anything else happens, as when gen_tcp's port dies
+  // with its owner. (Thousand Island's acceptors report their end then, just
+  // before their supervisor stops them.) A link would close it only once
+  // Islet.Owners has run.
+  Sock* s = sock_create(env, fd, Kind::Listener, fam, false);
   if (s == nullptr) {
     close(fd);
     return make_error(env, atom.enomem);
   }
   ERL_NIF_TERM res = enif_make_resource(env, s);
   enif_release_resource(s);
-  if (!s->owner_mon_set) {  // the caller is exiting: nobody would close it
+  if (!owner_watched(s)) {  // the caller is exiting: nobody would close it
     sock_close(env, s, nullptr);
     return make_error(env, atom.closed);
   }
+  s->buffer_set = explicit_buffer;
+  s->link_accepted = link_owner;
 
   int backlog = 5;
   ERL_NIF_TERM head, tail = argv[3];
   int err = 0;
-  // buffer follows recbuf unless given itself, wherever it comes in the list.
-  bool explicit_buffer = false;
-  for (ERL_NIF_TERM h, t = argv[3]; enif_get_list_cell(env, t, &h, &t);) {
-    int n;
-    const ERL_NIF_TERM* kv;
-    if (enif_get_tuple(env, h, &n, &kv) && n == 2 && enif_is_identical(kv[0], atom.buffer))
-      explicit_buffer = true;
-  }
-  s->buffer_set = explicit_buffer;
   while (err == 0 && enif_get_list_cell(env, tail, &head, &tail)) {
     int arity;
     const ERL_NIF_TERM* kv;
@@ -120,6 +129,7 @@ ERL_NIF_TERM nif_listen(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       err = EINVAL;
       break;
     }
+    if (enif_is_identical(kv[0], atom.link_owner)) continue;  // read above
     if (enif_is_identical(kv[0], atom.accept_copies_reuseaddr)) {  // from Islet.Socket
       s->copy_reuseaddr = enif_is_identical(kv[1], atom.true_);
       continue;
@@ -172,12 +182,12 @@ ERL_NIF_TERM nif_accept(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       close(fd);
       return make_error(env, enif_make_atom(env, "system_limit"));
     }
-    Sock* c = sock_create(env, fd, Kind::Conn, l->family);
+    Sock* c = sock_create(env, fd, Kind::Conn, l->family, l->link_accepted);
     if (c == nullptr) {
       close(fd);
       return make_error(env, atom.enomem);
     }
-    if (!c->owner_mon_set) {  // the caller is exiting: nobody would close it
+    if (!owner_watched(c)) {  // the caller is exiting: nobody would close it
       sock_close(env, c, nullptr);
       enif_release_resource(c);
       return make_error(env, atom.closed);

@@ -30,6 +30,8 @@ ISLET_NIF(nif_live_sockets)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
 ISLET_NIF(nif_set_active)
+ISLET_NIF(nif_owners_down)
+ISLET_NIF(nif_owners_linker)
 ISLET_NIF(nif_setopts)
 ISLET_NIF(nif_getopts)
 ISLET_NIF(nif_getstat)
@@ -73,6 +75,8 @@ ErlNifFunc nif_funcs[] = {
     {"controlling_process", 2, nif_controlling_process, 0},
     {"set_owner", 3, nif_set_owner, 0},
     {"set_active", 2, nif_set_active, 0},
+    {"owners_down", 1, nif_owners_down, 0},
+    {"owners_linker", 1, nif_owners_linker, 0},
     {"setopts", 2, nif_setopts, 0},
     {"getopts", 2, nif_getopts, 0},
     {"getstat", 1, nif_getstat, 0},

@@ -45,7 +45,8 @@ void init_atoms(ErlNifEnv* env) {
                a("packet_size"), a("high_msgq_watermark"), a("low_msgq_watermark"),
                a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug"),
                a("broadcast"), a("netns"), a("read_packets"),
-               a("notsup_on_transport_accept_socket"), a("accept_copies_reuseaddr")};
+               a("notsup_on_transport_accept_socket"), a("accept_copies_reuseaddr"),
+               a("link_owner"), a("$islet_link")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
@@ -97,7 +98,7 @@ bool WaitQueue::contains(const ErlNifPid& p) const {
 // Sockets made and not yet destroyed (tests: nothing may keep a closed one).
 static std::atomic<long> live_socks{0};
 
-Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family) {
+Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family, bool link_owner) {
   void* mem = enif_alloc_resource(sock_type, sizeof(Sock));
   if (mem == nullptr) return nullptr;
   Sock* s = new (mem) Sock();
@@ -109,7 +110,10 @@ Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family) {
   ErlNifPid self;
   enif_self(env, &self);
   s->owner = self;
-  s->owner_mon_set = enif_monitor_process(env, s, &self, &s->owner_mon) == 0;
+  if (link_owner && owner_link(env, s, self))
+    s->linked = true;
+  else
+    s->owner_mon_set = enif_monitor_process(env, s, &self, &s->owner_mon) == 0;
   return s;
 }
 
@@ -202,6 +206,17 @@ void conn_ended(ErlNifEnv* env, Sock* s) {
 }
 
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
+  if (s->linked) {
+    // gen_tcp refuses a dead new owner (its port could not link to it).
+    // One that dies after this check is linked all the same: Islet.Owners
+    // then gets a noproc exit and closes the socket.
+    ErlNifPid p = pid;
+    if (!enif_is_process_alive(env, &p)) return false;
+    owner_unlink(s);
+    s->owner = pid;
+    if (owner_link(env, s, pid)) return true;
+    s->linked = false;  // Islet.Owners stopped meanwhile: a monitor instead
+  }
   // Monitor the new owner first: a dead one leaves everything as it was.
   ErlNifMonitor mon;
   if (enif_monitor_process(env, s, &pid, &mon) != 0) return false;
@@ -210,6 +225,13 @@ bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
   s->owner_mon = mon;
   s->owner_mon_set = true;
   return true;
+}
+
+void owner_watch_by_monitor(ErlNifEnv* env, Sock* s) {
+  if (!s->linked) return;
+  owner_unlink(s);
+  s->linked = false;
+  s->owner_mon_set = enif_monitor_process(env, s, &s->owner, &s->owner_mon) == 0;
 }
 
 ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
@@ -228,6 +250,10 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
     if (s->owner_mon_set) {
       enif_demonitor_process(env, s, &s->owner_mon);
       s->owner_mon_set = false;
+    }
+    if (s->linked) {
+      owner_unlink(s);
+      s->linked = false;
     }
     poller_remove(env, s);
     if (s->wioq != nullptr) {

@@ -1591,6 +1591,9 @@ ERL_NIF_TERM nif_tls_upgrade(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]
   if (s->kind != Kind::Conn || is_tls(s)) return make_error(env, atom.einval);
   if (s->active != 0) return make_error(env, atom.einval);
   if (!new_ssl(s, c->ctx)) return make_error(env, atom.enomem);
+  // Now a TLS connection: its owner is monitored, as :ssl's connection
+  // process monitors the process that owns it.
+  owner_watch_by_monitor(env, s);
   return atom.ok;
 }
 

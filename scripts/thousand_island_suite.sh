@@ -12,13 +12,12 @@
 # What to expect with Thousand Island 1.4 (see README, "Reliability"): every
 # test passes but those that call :gen_tcp or :inet directly on the
 # listener socket (listener_test, socket_reuse_test: they fail with any
-# transport other than gen_tcp), and the two "behaviour specific to gen_tcp"
-# sendfile tests, which assert that nothing monitors the connection process
-# (an Islet socket monitors its owner where gen_tcp links a port). "ssl: it
-# should provide correct connection info" races the server's close against
-# the client's :ssl.sockname; Islet's faster handshake loses that race more
-# often than :ssl does (a few runs in ten). A few timing tests fail now and
-# then on a loaded 2-core machine, with gen_tcp and :ssl too.
+# transport other than gen_tcp). "ssl: it should provide correct connection
+# info" races the server's close against the client's :ssl.sockname, and
+# "it should handle upgrade errors" gives the Logger 100 ms while the
+# suite's TLS downloads load the CPUs; Islet's faster server loses those
+# races more often than :ssl does. A few timing tests fail now and then on
+# a loaded 2-core machine, with gen_tcp and :ssl too.
 set -euo pipefail
 ti=${1:?usage: $0 THOUSAND_ISLAND_DIR [mix test args]}
 shift

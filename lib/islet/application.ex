@@ -4,7 +4,7 @@ defmodule Islet.Application do
 
   @impl true
   def start(_type, _args) do
-    Supervisor.start_link(Islet.Pump.child_specs() ++ [Islet.TLS.Sweeper],
+    Supervisor.start_link([Islet.Owners | Islet.Pump.child_specs()] ++ [Islet.TLS.Sweeper],
       strategy: :one_for_one,
       name: Islet.Supervisor
     )

@@ -58,6 +58,8 @@ defmodule Islet.Nif do
   def controlling_process(_socket, _pid), do: nif()
   def set_owner(_socket, _pid, _active), do: nif()
   def set_active(_socket, _value), do: nif()
+  def owners_down(_pid), do: nif()
+  def owners_linker(_pid_or_undefined), do: nif()
   def setopts(_socket, _opts), do: nif()
   def getopts(_socket, _keys), do: nif()
   def getstat(_socket), do: nif()

@@ -20,7 +20,7 @@ defmodule Islet.Socket do
       when is_integer(port) and port in 0..65535 and is_list(opts) do
     case Islet.Options.listen_spec(port, opts, extra, stack) do
       {:ok, {family, address, port, nif_opts}} ->
-        Nif.listen(family, address, port, nif_opts ++ family_opts(family))
+        Nif.listen(family, address, port, nif_opts ++ family_opts(family) ++ owner_opts(stack))
 
       error ->
         error
@@ -38,6 +38,12 @@ defmodule Islet.Socket do
   end
 
   defp family_opts(_family), do: []
+
+  # TCP connections (what the listener accepts) are watched by a link from
+  # Islet.Owners, as gen_tcp links its port; TLS ones and listeners by a
+  # monitor (see Islet.Owners). Internal: not a user option.
+  defp owner_opts(:inet), do: [{:link_owner, true}]
+  defp owner_opts(_stack), do: []
 
   # setopts/2 of Islet.TCP (stack :inet) and Islet.TLS (:ssl).
   @spec setopts(t(), list(), Islet.Options.stack()) :: :ok | {:error, term()}

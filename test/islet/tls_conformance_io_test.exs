@@ -639,6 +639,37 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    # Thousand Island's "behaviour specific to ssl" tests: a connection
+    # process that got the socket and sent a file is monitored once (:ssl's
+    # connection process; Islet's socket).
+    test "a handler given the socket is monitored once, after a sendfile too" do
+      path = Diff.tmp_path("islet_tls_owner_sendfile")
+      File.write!(path, "ABCDEFGHIJ")
+
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        parent = self()
+
+        handler =
+          spawn(fn ->
+            receive do
+              :go ->
+                {:ok, 6} = mod.sendfile(s, path, 0, 6)
+                {:monitored_by, monitors} = Process.info(self(), :monitored_by)
+                Kernel.send(parent, {:watched, length(monitors)})
+                receive do: (:stop -> :ok)
+            end
+          end)
+
+        :ok = mod.controlling_process(s, handler)
+        Kernel.send(handler, :go)
+        watched = receive(do: ({:watched, n} -> n), after: (10_000 -> :no_answer))
+        data = :ssl.recv(c, 6, 10_000)
+        Kernel.send(handler, :stop)
+        {watched, data}
+      end)
+    end
+
     test "controlling_process to self and to a dead process" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)

@@ -1,0 +1,138 @@
+defmodule Islet.OwnersTest do
+  # Islet.Owners, which links the owners of Islet.TCP connections and closes
+  # their connections when they die (as a gen_tcp port dies with its owner):
+  # what happens when it restarts or stops. Not async: it stops and kills
+  # the node's Islet.Owners, whose exit reaches every process it links (so
+  # every connection's owner here traps exits; the test process owns only
+  # listeners).
+  use ExUnit.Case, async: false
+
+  alias Islet.TCP
+
+  # An owner process (trapping exits) that accepted one connection; the
+  # test process owns only the listener (monitored, not linked: only
+  # connections' owners are linked). Returns {owner, client}.
+  defp owned_connection do
+    {:ok, l} = TCP.listen(0, ip: :loopback)
+    {:ok, {_, port}} = TCP.sockname(l)
+    parent = self()
+
+    owner =
+      spawn(fn ->
+        Process.flag(:trap_exit, true)
+        {:ok, s} = TCP.accept(l)
+        Kernel.send(parent, {:accepted, self()})
+        owner_loop(s)
+      end)
+
+    {:ok, c} = :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false])
+    assert_receive {:accepted, ^owner}, 5_000
+    {owner, c}
+  end
+
+  defp owner_loop(s) do
+    receive do
+      {:ask, from, key} ->
+        Kernel.send(from, {:answer, Process.info(self(), key)})
+        owner_loop(s)
+
+      {:send, data} ->
+        :ok = TCP.send(s, data)
+        owner_loop(s)
+
+      :die ->
+        exit(:bye)
+
+      {:EXIT, _, _} = exit ->
+        Kernel.send(:islet_owners_test, {:owner_got, exit})
+        owner_loop(s)
+    end
+  end
+
+  defp ask(owner, key) do
+    Kernel.send(owner, {:ask, self(), key})
+    assert_receive {:answer, {^key, value}}, 5_000
+    value
+  end
+
+  # The owner dies; the connection must close, and the owner must have been
+  # alive until then.
+  defp dies_and_closes(owner, c) do
+    assert Process.alive?(owner)
+    ref = Process.monitor(owner)
+    Kernel.send(owner, :die)
+    assert_receive {:DOWN, ^ref, _, _, :bye}, 5_000
+    assert :gen_tcp.recv(c, 0, 5_000) == {:error, :closed}
+  end
+
+  defp owners, do: Process.whereis(Islet.Owners)
+
+  defp await_new_owners(old) do
+    Enum.find_value(1..500, fn _ ->
+      pid = owners()
+      if is_pid(pid) and pid != old, do: pid, else: Process.sleep(10) && nil
+    end) || flunk("Islet.Owners did not restart")
+  end
+
+  setup do
+    Process.register(self(), :islet_owners_test)
+
+    on_exit(fn ->
+      if owners() == nil, do: Supervisor.restart_child(Islet.Supervisor, Islet.Owners)
+    end)
+  end
+
+  test "a connection's owner is linked, not monitored, and its death closes it" do
+    {owner, c} = owned_connection()
+    assert owners() in ask(owner, :links)
+    assert ask(owner, :monitored_by) == []
+    # The listener's owner is monitored (see Islet.Owners), not linked.
+    refute owners() in elem(Process.info(self(), :links), 1)
+    Kernel.send(owner, {:send, "hi"})
+    assert :gen_tcp.recv(c, 2, 5_000) == {:ok, "hi"}
+    dies_and_closes(owner, c)
+  end
+
+  test "a restarted Islet.Owners links the owners again" do
+    {owner, c} = owned_connection()
+    old = owners()
+    Process.exit(old, :kill)
+    # The owner traps exits: it learns of it as of a port's crash.
+    assert_receive {:owner_got, {:EXIT, ^old, :killed}}, 5_000
+    new = await_new_owners(old)
+    assert Islet.Test.Diff.wait_until(fn -> new in ask(owner, :links) end, 5_000)
+    dies_and_closes(owner, c)
+  end
+
+  test "stopping Islet.Owners leaves the owners alive and their sockets monitored" do
+    {owner, c} = owned_connection()
+    :ok = Supervisor.terminate_child(Islet.Supervisor, Islet.Owners)
+    # Unlinked, not killed; watched by a monitor from now on.
+    refute_receive {:owner_got, _}, 100
+    assert [_socket] = ask(owner, :monitored_by)
+
+    # New sockets too, until it runs again.
+    {owner2, c2} = owned_connection()
+    assert [_] = ask(owner2, :monitored_by)
+    dies_and_closes(owner, c)
+
+    {:ok, _} = Supervisor.restart_child(Islet.Supervisor, Islet.Owners)
+    {owner3, c3} = owned_connection()
+    assert ask(owner3, :monitored_by) == []
+    dies_and_closes(owner2, c2)
+    dies_and_closes(owner3, c3)
+  end
+
+  test "stray messages and exits do not stop it" do
+    pid = owners()
+    Kernel.send(pid, :stray)
+    Kernel.send(pid, {:EXIT, self(), :fake})
+    Kernel.send(pid, {:"$islet_link", :not_a_pid})
+    # A fake exit for a live owner closes nothing of another's.
+    {owner, c} = owned_connection()
+    Kernel.send(owner, {:send, "ok"})
+    assert :gen_tcp.recv(c, 2, 5_000) == {:ok, "ok"}
+    assert owners() == pid
+    dies_and_closes(owner, c)
+  end
+end
