@@ -8,11 +8,11 @@
 // lists it (Thousand Island's tests assert that a TCP connection's process
 // is monitored by nothing). So the owners of TCP connections are linked to
 // one process, Islet.Owners, which traps exits and, when an owner dies,
-// closes what it still owns (owners_down/1). This registry maps each owner to its
-// open sockets. Islet.Owners links an owner when it first registers, and the
-// owner stays registered and linked until it dies: unlinking it when its
-// last socket goes would cost a message per connection, and an acceptor
-// would be linked again at its next accept.
+// closes what it still owns (owners_down/1). This registry maps each owner
+// to its open connections. Islet.Owners links an owner when it first
+// registers, and the owner stays registered and linked until it dies:
+// unlinking it when its last connection goes would cost a message per
+// connection, and an acceptor would be linked again at its next accept.
 //
 // Lock order: a socket's lock, then the registry's (owners_down takes the
 // registry's alone, then each socket's through sock_close).

@@ -33,9 +33,6 @@ defmodule Islet.Owners do
   @impl GenServer
   def init(_options) do
     Process.flag(:trap_exit, true)
-    # An owner's exit closes its connections: before the processes that
-    # exit set running (a supervisor going on with a shutdown) get far.
-    Process.flag(:priority, :high)
     # Owners registered while no linker ran (a restart): link them now. A
     # dead one answers with a noproc exit, handled below.
     Enum.each(Nif.owners_linker(self()), &Process.link/1)
@@ -49,7 +46,8 @@ defmodule Islet.Owners do
   end
 
   def handle_info({:EXIT, pid, _reason}, state) when is_pid(pid) and node(pid) == node() do
-    :ok = Nif.owners_down(pid)
+    # (A live process did not exit: the message was sent, not a signal.)
+    if not Process.alive?(pid), do: :ok = Nif.owners_down(pid)
     {:noreply, state}
   end
 

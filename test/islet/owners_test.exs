@@ -84,7 +84,7 @@ defmodule Islet.OwnersTest do
 
   test "a connection's owner is linked, not monitored, and its death closes it" do
     {owner, c} = owned_connection()
-    assert owners() in ask(owner, :links)
+    assert Islet.Test.Diff.wait_until(fn -> owners() in ask(owner, :links) end, 5_000) == :ok
     assert ask(owner, :monitored_by) == []
     # The listener's owner is monitored (see Islet.Owners), not linked.
     refute owners() in elem(Process.info(self(), :links), 1)
@@ -96,11 +96,13 @@ defmodule Islet.OwnersTest do
   test "a restarted Islet.Owners links the owners again" do
     {owner, c} = owned_connection()
     old = owners()
+    # (Islet.Owners links the owner once it has read the NIF's request.)
+    assert Islet.Test.Diff.wait_until(fn -> old in ask(owner, :links) end, 5_000) == :ok
     Process.exit(old, :kill)
     # The owner traps exits: it learns of it as of a port's crash.
     assert_receive {:owner_got, {:EXIT, ^old, :killed}}, 5_000
     new = await_new_owners(old)
-    assert Islet.Test.Diff.wait_until(fn -> new in ask(owner, :links) end, 5_000)
+    assert Islet.Test.Diff.wait_until(fn -> new in ask(owner, :links) end, 5_000) == :ok
     dies_and_closes(owner, c)
   end
 
@@ -123,13 +125,15 @@ defmodule Islet.OwnersTest do
     dies_and_closes(owner3, c3)
   end
 
-  test "stray messages and exits do not stop it" do
+  test "stray messages and exits do not stop it, nor close anything" do
     pid = owners()
-    Kernel.send(pid, :stray)
-    Kernel.send(pid, {:EXIT, self(), :fake})
-    Kernel.send(pid, {:"$islet_link", :not_a_pid})
-    # A fake exit for a live owner closes nothing of another's.
     {owner, c} = owned_connection()
+    Kernel.send(pid, :stray)
+    Kernel.send(pid, {:"$islet_link", :not_a_pid})
+    # An exit message for a live owner is not its exit.
+    Kernel.send(pid, {:EXIT, owner, :fake})
+    Kernel.send(pid, {:EXIT, self(), :fake})
+    Process.sleep(50)
     Kernel.send(owner, {:send, "ok"})
     assert :gen_tcp.recv(c, 2, 5_000) == {:ok, "ok"}
     assert owners() == pid

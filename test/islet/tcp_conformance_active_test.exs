@@ -581,8 +581,9 @@ defmodule Islet.TCPConformanceActiveTest do
               watched = fn -> {watchers(:monitored_by), watchers(:links)} end
               before = watched.()
               {:ok, s} = mod.accept(l)
-              # Linking is a signal too.
-              Process.sleep(20)
+              # Linking is a signal too (and Islet.Owners links once it has
+              # read the NIF's request).
+              Diff.wait_until(fn -> watched.() != before end, 5_000)
               open = watched.()
               :ok = mod.close(s)
               Process.sleep(20)
