@@ -612,28 +612,7 @@ defmodule Islet.TCPConformanceActiveTest do
 
       assert_same(fn mod ->
         {l, s, c} = Diff.pair(mod)
-        parent = self()
-
-        handler =
-          spawn(fn ->
-            receive do
-              :go ->
-                {:ok, 6} = mod.sendfile(s, path, 0, 6)
-                Kernel.send(parent, {:watched, watchers(:monitored_by)})
-                receive do: (:stop -> :ok)
-            end
-          end)
-
-        :ok = mod.controlling_process(s, handler)
-        Kernel.send(handler, :go)
-
-        watched =
-          receive do
-            {:watched, monitors} -> monitors
-          after
-            5_000 -> :no_answer
-          end
-
+        {watched, handler} = Diff.monitored_after_sendfile(mod, s, path)
         data = Diff.recv_exact(c, 6, 5_000)
         Kernel.send(handler, :stop)
         mod.close(l)

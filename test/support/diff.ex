@@ -452,6 +452,34 @@ defmodule Islet.Test.Diff do
   end
 
   @doc """
+  Hands `socket` to a new process (by `controlling_process`) that sends the
+  first 6 bytes of the file at `path` with `module.sendfile/4`, then looks
+  at `Process.info(self(), :monitored_by)`, as Thousand Island's ownership
+  tests do. Returns `{monitors, handler}` (`:no_answer` if none came within
+  `timeout` ms); send the handler `:stop` when done.
+  """
+  @spec monitored_after_sendfile(module(), term(), Path.t(), timeout()) :: {term(), pid()}
+  def monitored_after_sendfile(module, socket, path, timeout \\ 10_000) do
+    parent = self()
+
+    handler =
+      spawn(fn ->
+        receive do
+          :go ->
+            {:ok, 6} = module.sendfile(socket, path, 0, 6)
+            {:monitored_by, monitors} = Process.info(self(), :monitored_by)
+            Kernel.send(parent, {:watched, self(), monitors})
+            receive do: (:stop -> :ok)
+        end
+      end)
+
+    :ok = module.controlling_process(socket, handler)
+    Kernel.send(handler, :go)
+    monitors = receive(do: ({:watched, ^handler, m} -> m), after: (timeout -> :no_answer))
+    {monitors, handler}
+  end
+
+  @doc """
   The socket's active-mode messages until `{:tcp_closed, _}` (included) or
   `timeout` ms, normalized and joined as `active_messages/2` gives them.
   """
