@@ -102,15 +102,24 @@ ERL_NIF_TERM nif_owners_down(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]
 // owners_linker(Pid | undefined) -> [Owner]: Islet.Owners starting (it links
 // the owners returned: those registered while no linker ran, after a
 // restart) or stopping. Once none runs, new sockets get monitors, and so do
-// the registered ones (the registry empties).
+// the registered ones (the registry empties). Only the process registered
+// as Islet.Owners may start, and only the running linker may stop: any
+// other caller would leave every later owner unwatched (badarg).
 ERL_NIF_TERM nif_owners_linker(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifPid pid;
   bool start = enif_get_local_pid(env, argv[0], &pid);
   if (!start && !enif_is_identical(argv[0], atom.undefined)) return enif_make_badarg(env);
+  ErlNifPid me;
+  enif_self(env, &me);
+  ErlNifPid registered;
+  if (start && !(enif_whereis_pid(env, enif_make_atom(env, "Elixir.Islet.Owners"), &registered) &&
+                 enif_compare_pids(&registered, &pid) == 0 && enif_compare_pids(&me, &pid) == 0))
+    return enif_make_badarg(env);
   ERL_NIF_TERM list = enif_make_list(env, 0);
   std::vector<Sock*> socks;
   {
     std::lock_guard<std::mutex> lk(reg_mu);
+    if (!start && !(have_linker && enif_compare_pids(&linker, &me) == 0)) return enif_make_badarg(env);
     have_linker = start;
     if (start) {
       linker = pid;

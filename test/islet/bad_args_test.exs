@@ -602,6 +602,8 @@ defmodule Islet.BadArgsTest do
   ## The NIF fuzzer
 
   # NIFs whose effect is global (the active-mode pumps) are left out.
+  # (owners_linker/1 stays in: it answers badarg to any process but
+  # Islet.Owners, see owners_test.)
   @skip_nifs [load: 0, register_pump: 2]
 
   defp fuzz_nif(rounds) do

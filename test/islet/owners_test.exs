@@ -125,6 +125,18 @@ defmodule Islet.OwnersTest do
     dies_and_closes(owner3, c3)
   end
 
+  # Regression: the NIF fuzzer (bad_args_test) called owners_linker/1 with
+  # its own pid, so the owners of later connections were linked by nobody
+  # and their connections outlived them (AddressSanitizer's leak check).
+  test "no other process can take or stop the linker" do
+    assert_raise ArgumentError, fn -> Islet.Nif.owners_linker(self()) end
+    assert_raise ArgumentError, fn -> Islet.Nif.owners_linker(:undefined) end
+    assert_raise ArgumentError, fn -> Islet.Nif.owners_linker(owners()) end
+    {owner, c} = owned_connection()
+    assert Islet.Test.Diff.wait_until(fn -> owners() in ask(owner, :links) end, 5_000) == :ok
+    dies_and_closes(owner, c)
+  end
+
   test "stray messages and exits do not stop it, nor close anything" do
     pid = owners()
     {owner, c} = owned_connection()
