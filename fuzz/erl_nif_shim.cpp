@@ -786,6 +786,10 @@ ErlNifPid* enif_self(ErlNifEnv* env, ErlNifPid* pid) {
   pid->pid = shim::make_pid(shim::kSelf, false);
   return pid;
 }
+int enif_is_process_alive(ErlNifEnv*, ErlNifPid* pid) { return pid_alive(pid->pid) ? 1 : 0; }
+// No process is registered here (so Islet.Owners never runs: TCP
+// connections are watched by monitors, as before the application starts).
+int enif_whereis_pid(ErlNifEnv*, ERL_NIF_TERM, ErlNifPid*) { return 0; }
 int enif_get_local_pid(ErlNifEnv*, ERL_NIF_TERM t, ErlNifPid* pid) {
   if (tag(t) != kTagPid || (t >> 3) & 1) return 0;
   pid->pid = t;

@@ -417,7 +417,7 @@ void target_sock(Iter& it) {
       }
     }
   }
-  islet::Sock* s = islet::sock_create(it.env, fd, kind, fam);
+  islet::Sock* s = islet::sock_create(it.env, fd, kind, fam, false);
   if (s == nullptr) die("sock_create");
   if ((b >> 3) & 1) s->tag = islet::Tag::Ssl;  // as after tls_listener / accept of TLS
   ERL_NIF_TERM t = enif_make_resource(it.env, s);
