@@ -253,9 +253,10 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer);
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
 
 // Owners watched by a link (owners.cpp), under the socket's lock: register s
-// under pid (false when Islet.Owners is not running), and take it out.
+// under pid (false when Islet.Owners is not running), and take it out of
+// owner's entry (s->owner's, unless it is being handed over).
 bool owner_link(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
-void owner_unlink(Sock* s);
+void owner_unlink(Sock* s, const ErlNifPid& owner);
 // Closes the fd once, and answers a closer waiting for it when tell_closer
 // (else it was answered ok already). Under lock: the stop callback, or a
 // sendfile call the stop callback left the fd to.

@@ -67,9 +67,9 @@ bool owner_link(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
   return true;
 }
 
-void owner_unlink(Sock* s) {
+void owner_unlink(Sock* s, const ErlNifPid& owner) {
   std::lock_guard<std::mutex> lk(reg_mu);
-  auto it = owners.find(pid_key(s->owner));
+  auto it = owners.find(pid_key(owner));
   if (it == owners.end()) return;  // its owner died: owners_down has it
   std::vector<Sock*>& v = it->second;
   for (size_t i = 0; i < v.size(); i++) {

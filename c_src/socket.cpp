@@ -212,10 +212,26 @@ bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
     // then gets a noproc exit and closes the socket.
     ErlNifPid p = pid;
     if (!enif_is_process_alive(env, &p)) return false;
-    owner_unlink(s);
+    // The new owner is watched before the old one stops watching: the old
+    // registration goes only once a link or a monitor is in place, so no
+    // moment leaves the socket with nobody to close it.
+    ErlNifPid old = s->owner;
+    if (owner_link(env, s, pid)) {
+      owner_unlink(s, old);
+      s->owner = pid;
+      return true;
+    }
+    // Islet.Owners stopped meanwhile: a monitor instead. A dead new owner
+    // leaves the socket with the old one, still registered (the stopping
+    // linker converts it to a monitor).
+    ErlNifMonitor mon;
+    if (enif_monitor_process(env, s, &pid, &mon) != 0) return false;
+    owner_unlink(s, old);
+    s->linked = false;
     s->owner = pid;
-    if (owner_link(env, s, pid)) return true;
-    s->linked = false;  // Islet.Owners stopped meanwhile: a monitor instead
+    s->owner_mon = mon;
+    s->owner_mon_set = true;
+    return true;
   }
   // Monitor the new owner first: a dead one leaves everything as it was.
   ErlNifMonitor mon;
@@ -229,7 +245,7 @@ bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid) {
 
 void owner_watch_by_monitor(ErlNifEnv* env, Sock* s) {
   if (!s->linked) return;
-  owner_unlink(s);
+  owner_unlink(s, s->owner);
   s->linked = false;
   s->owner_mon_set = enif_monitor_process(env, s, &s->owner, &s->owner_mon) == 0;
 }
@@ -252,7 +268,7 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
       s->owner_mon_set = false;
     }
     if (s->linked) {
-      owner_unlink(s);
+      owner_unlink(s, s->owner);
       s->linked = false;
     }
     poller_remove(env, s);

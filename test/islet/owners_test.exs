@@ -40,6 +40,10 @@ defmodule Islet.OwnersTest do
         :ok = TCP.send(s, data)
         owner_loop(s)
 
+      {:give, from, to} ->
+        Kernel.send(from, {:given, TCP.controlling_process(s, to)})
+        owner_loop(s)
+
       :die ->
         exit(:bye)
 
@@ -91,6 +95,39 @@ defmodule Islet.OwnersTest do
     Kernel.send(owner, {:send, "hi"})
     assert :gen_tcp.recv(c, 2, 5_000) == {:ok, "hi"}
     dies_and_closes(owner, c)
+  end
+
+  test "a handover to a dead process is refused and leaves the old owner watched" do
+    {old, c} = owned_connection()
+    dead = spawn(fn -> :ok end)
+    ref = Process.monitor(dead)
+    assert_receive {:DOWN, ^ref, _, _, _}, 5_000
+    Kernel.send(old, {:give, self(), dead})
+    assert_receive {:given, {:error, :badarg}}, 5_000
+    dies_and_closes(old, c)
+  end
+
+  test "a handed-over connection closes with its new owner, not its old one" do
+    {old, c} = owned_connection()
+
+    # The new owner never uses the socket: its death alone must close it.
+    new =
+      spawn(fn ->
+        Process.flag(:trap_exit, true)
+        owner_loop(nil)
+      end)
+
+    Kernel.send(old, {:give, self(), new})
+    assert_receive {:given, :ok}, 5_000
+    assert Islet.Test.Diff.wait_until(fn -> owners() in ask(new, :links) end, 5_000) == :ok
+    assert ask(new, :monitored_by) == []
+
+    ref = Process.monitor(old)
+    Kernel.send(old, :die)
+    assert_receive {:DOWN, ^ref, _, _, :bye}, 5_000
+    assert :gen_tcp.send(c, "still open") == :ok
+    assert :gen_tcp.recv(c, 0, 200) == {:error, :timeout}
+    dies_and_closes(new, c)
   end
 
   test "a restarted Islet.Owners links the owners again" do
