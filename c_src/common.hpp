@@ -11,7 +11,10 @@
 #include <mutex>
 #include <string>
 
+#include "erts_alloc.hpp"
+
 namespace islet {
+
 
 // Atoms are global in the VM, so caching them at load time is safe.
 struct Atoms {
@@ -68,7 +71,7 @@ struct Waiter {
 struct WaitQueue {
   // A vector, not a deque: empty it allocates nothing (libstdc++ deques
   // allocate ~600 bytes up front), and queues are short.
-  std::vector<Waiter> q;
+  std::vector<Waiter, ErtsAllocator<Waiter>> q;
   int selected = 0;  // the head's pending enif_select mode (READ/WRITE), or 0
   bool is_head(const ErlNifPid& p) const;
   bool contains(const ErlNifPid& p) const;
@@ -194,7 +197,7 @@ struct Sock {
   bool tls_done = false;  // handshake complete
   int tls_alert = -1;     // last alert sent (info callback), for error terms
   bool sni_resolved = false;  // SNI context chosen (sni_hosts / sni_fun)
-  std::string sni;            // server_name of the ClientHello
+  ErtsString sni;             // server_name of the ClientHello
   void* sni_ctx = nullptr;    // the context whose sni_fun paused the handshake
   // A context that leaves the client's certificate to Erlang (verify_fun,
   // partial_chain): the chain the client sent (DER, its own first), kept

@@ -197,7 +197,7 @@ struct Takeover {
   }
 };
 
-struct Records {
+struct Records : ErtsAllocated {
   Dir rd, wr;
   const EVP_CIPHER* cipher = nullptr;
   const EVP_MD* md = nullptr;  // TLS 1.3: the suite's hash, for key updates

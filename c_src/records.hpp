@@ -12,6 +12,8 @@
 
 #include <erl_nif.h>
 
+#include "erts_alloc.hpp"
+
 struct ssl_st;
 struct ssl_ctx_st;
 struct bio_st;
@@ -29,7 +31,7 @@ struct TlsInfo {
   bool has_session = false;
   uint8_t session_id_len = 0;
   unsigned char session_id[32];
-  std::string servername, alpn, peercert;  // peercert: DER, empty when none
+  ErtsString servername, alpn, peercert;  // peercert: DER, empty when none
 };
 void tls_info_of(struct ssl_st* ssl, TlsInfo* out);
 

@@ -562,6 +562,8 @@ size_t live_monitors() {
 
 extern "C" {
 
+void* enif_alloc(size_t size) { return std::malloc(size); }
+void enif_free(void* ptr) { std::free(ptr); }
 ErlNifEnv* enif_alloc_env(void) { return new ErlNifEnv(); }
 void enif_free_env(ErlNifEnv* env) {
   clear_nodes(env);
