@@ -83,6 +83,7 @@ defmodule Islet.Bench.Workloads do
           file_bytes: pos_integer(),
           downloads: pos_integer(),
           idle_connections: pos_integer(),
+          idle_settle_max_ms: non_neg_integer(),
           idle_listener: atom(),
           handshake_client: Load.handshake_client(),
           handshake_clients: pos_integer(),
@@ -480,6 +481,7 @@ defmodule Islet.Bench.Workloads do
          {:ok, :ok} <- Child.call(client, :close_all, 60_000),
          {:ok, {:ok, 0}} <- Child.call(server, {:await_live, 0, 10_000}, 15_000),
          {:ok, :ok} <- Child.call(server, :gc, 30_000),
+         {:ok, {:ok, _}} <- settle_rss(server, context),
          {:ok, before} <- Child.call(server, :sample, 10_000),
          {:ok, {:ok, opened, failed}} <- Child.call(client, put_elem(open, 3, count), 300_000),
          :ok <- if(opened > 0, do: :ok, else: {:error, {:no_connection_served, failed: failed}}),
@@ -489,6 +491,7 @@ defmodule Islet.Bench.Workloads do
          # without records) is not counted for the last ones opened.
          :ok <- Process.sleep(@idle_settle_ms),
          {:ok, :ok} <- Child.call(server, :gc, 30_000),
+         {:ok, {:ok, _}} <- settle_rss(server, context),
          {:ok, later} <- Child.call(server, :sample, 10_000),
          {:ok, :ok} <- Child.call(client, :close_all, 120_000) do
       values = %{
@@ -513,5 +516,12 @@ defmodule Islet.Bench.Workloads do
       {:ok, unexpected} -> {:error, {:unexpected, unexpected}}
       {:error, _} = error -> error
     end
+  end
+
+  # RSS right after the forced collection is still falling (see
+  # Islet.Bench.Agent): the samples wait until it stays put.
+  defp settle_rss(server, context) do
+    max_ms = context.idle_settle_max_ms
+    Child.call(server, {:settle_rss, max_ms}, max_ms + 10_000)
   end
 end

@@ -20,7 +20,8 @@ defmodule Mix.Tasks.Islet.Bench do
   times per sample over TCP, once over TLS: MB/s, server CPU per GB),
   `upload` (256 MiB read with passive `recv/3`: MB/s) and `idle` (10,000
   idle keep-alive connections, TLS ones with the handshake done: BEAM and
-  RSS bytes and processes per connection).
+  RSS bytes and processes per connection, each sample taken after a GC of
+  every process and once RSS has stopped falling, at most 40 s later).
 
   Besides candidate/reference goals, some rows have goals against another
   row: Islet.TLS keep-alive requests/s and CPU per request against
