@@ -1340,7 +1340,8 @@ namespace islet {
 // IV), sequence numbers at 0.
 bool records_fuzz_attach(Sock* s, bool tls13, int cipher_nid, const unsigned char* rd,
                          const unsigned char* wr) {
-  auto* r = new Records();
+  auto* r = new (std::nothrow) Records();
+  if (r == nullptr) return false;
   r->tls13 = tls13;
   r->cipher = cipher_nid == NID_aes_128_gcm   ? aes128gcm
               : cipher_nid == NID_aes_256_gcm ? aes256gcm
