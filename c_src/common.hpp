@@ -15,7 +15,6 @@
 
 namespace islet {
 
-
 // Atoms are global in the VM, so caching them at load time is safe.
 struct Atoms {
   ERL_NIF_TERM ok, error, true_, false_, undefined, closed, timeout, einval, enotconn, enomem,
