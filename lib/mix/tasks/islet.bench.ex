@@ -7,7 +7,7 @@ defmodule Mix.Tasks.Islet.Bench do
   for two pairs: TCP (`Islet.TCP` vs `:gen_tcp`) and TLS (`Islet.TLS` vs
   `:ssl`, as Thousand Island's SSL transport uses it):
 
-      mix islet.bench              # full run, 2-3 minutes (longer on a busy machine)
+      mix islet.bench              # full run, about 4 minutes (longer on a busy machine)
       mix islet.bench --quick      # smoke run, about 30 s
       mix islet.bench --pair tls   # one pair
 
