@@ -90,17 +90,11 @@ defmodule Islet.Bench.Agent do
     {:ok, state}
   end
 
-  # After a forced collection the VM gives memory back to the OS over the
-  # next 20-30 seconds (emptied carriers leave its cache, free blocks are
-  # discarded): with 10,000 idle TLS connections the server's RSS fell by
-  # 30% (Islet.TLS) and 70% (`:ssl`, whose collected heaps are larger)
-  # before it stayed put, and a sample taken at once read an arbitrary point
-  # of that fall (Islet.TLS: 10.8 KB per connection at once, 7.0 KB settled).
-  # So samples wait until RSS has not fallen by more than 0.5% in 8
-  # seconds, or `max_ms`. Answers the time waited.
+  # RSS after the forced collection of `:gc` is still falling: see
+  # Islet.Bench.OS.await_rss_settled/2. Answers the time waited.
   defp handle({:settle_rss, max_ms}, state) do
     started = System.monotonic_time(:millisecond)
-    :ok = settle_rss([OS.rss_bytes()], started + max_ms)
+    :ok = OS.await_rss_settled(max_ms)
     {{:ok, System.monotonic_time(:millisecond) - started}, state}
   end
 
@@ -158,18 +152,6 @@ defmodule Islet.Bench.Agent do
       ports: :erlang.system_info(:port_count),
       counters: state.counters && Counters.read(state.counters)
     }
-  end
-
-  # `readings`: RSS once a second, newest first, the last 9 kept.
-  defp settle_rss(readings, deadline) do
-    settled = length(readings) == 9 and hd(readings) >= List.last(readings) * 0.995
-
-    if settled or System.monotonic_time(:millisecond) >= deadline do
-      :ok
-    else
-      Process.sleep(1_000)
-      settle_rss(Enum.take([OS.rss_bytes() | readings], 9), deadline)
-    end
   end
 
   defp await_live(counters, count, deadline) do
