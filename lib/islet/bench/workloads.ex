@@ -519,7 +519,7 @@ defmodule Islet.Bench.Workloads do
   end
 
   # RSS right after the forced collection is still falling (see
-  # Islet.Bench.Agent): the samples wait until it stays put.
+  # Islet.Bench.OS.await_rss_settled/2): the samples wait until it stays put.
   defp settle_rss(server, context) do
     max_ms = context.idle_settle_max_ms
     Child.call(server, {:settle_rss, max_ms}, max_ms + 10_000)
