@@ -609,6 +609,7 @@ defmodule Islet.TCPConformanceActiveTest do
     test "a handler given the socket is monitored by nothing, after a sendfile too" do
       path = Diff.tmp_path("owner_sendfile")
       File.write!(path, "ABCDEFGHIJ")
+      on_exit(fn -> File.rm(path) end)
 
       assert_same(fn mod ->
         {l, s, c} = Diff.pair(mod)

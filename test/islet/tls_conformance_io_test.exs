@@ -645,6 +645,7 @@ defmodule Islet.TLSConformanceIOTest do
     test "a handler given the socket is monitored once, after a sendfile too" do
       path = Diff.tmp_path("islet_tls_owner_sendfile")
       File.write!(path, "ABCDEFGHIJ")
+      on_exit(fn -> File.rm(path) end)
 
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod)

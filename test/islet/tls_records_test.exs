@@ -569,6 +569,7 @@ defmodule Islet.TLSRecordsTest do
 
     defp session_after(l, port, how) do
       file = Diff.tmp_path("session")
+      on_exit(fn -> File.rm(file) end)
       proxy = start_proxy(port)
       line = if how == :clean, do: "clean", else: "tampered"
       client = Task.async(fn -> s_client(proxy.port, ["-sess_out", file], line) end)
