@@ -47,6 +47,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <new>
 
 #include "common.hpp"
@@ -101,9 +102,19 @@ EVP_KDF* tls1_prf = nullptr;
 EVP_MD* sha256 = nullptr;
 EVP_MD* sha384 = nullptr;
 
-// Per scheduler thread: a socket read lands after what was left of an
-// incomplete record; records are sealed here before they are written.
-thread_local unsigned char in_buf[kMaxRecord + kReadSize];
+// Per scheduler thread: a socket read of kReadSize lands after what was
+// left of an incomplete record, which is at most one record of the largest
+// size a peer may send (its header is checked before more is read). On the
+// heap, made at the thread's first read, so that AddressSanitizer sees its
+// bounds (it puts no redzones around thread-local arrays). Null if the
+// allocation failed.
+constexpr size_t kInBufSize = kHeader + kMaxBody12 + kReadSize;
+unsigned char* in_buf() {
+  thread_local std::unique_ptr<unsigned char[]> buf;
+  if (!buf) buf.reset(new (std::nothrow) unsigned char[kInBufSize]);
+  return buf.get();
+}
+// Records are sealed here before they are written.
 thread_local unsigned char seal_buf[(kSealBatch + 1) * kMaxRecord];
 
 // Bytes [off, len) of a malloc'ed block, freed as soon as it is empty.
@@ -273,7 +284,12 @@ int hs_read(BIO* b, char* out, int outl) {
   size_t want_out = static_cast<size_t>(outl);
   if (h->in.size() == 0) {
     bool direct = want_out >= kHsDirect;
-    unsigned char* dst = direct ? reinterpret_cast<unsigned char*>(out) : in_buf;
+    unsigned char* buf = direct ? nullptr : in_buf();
+    if (!direct && buf == nullptr) {
+      errno = ENOMEM;
+      return -1;
+    }
+    unsigned char* dst = direct ? reinterpret_cast<unsigned char*>(out) : buf;
     size_t want = direct ? want_out : kReadSize;
     ssize_t n;
     do {
@@ -290,7 +306,7 @@ int hs_read(BIO* b, char* out, int outl) {
       return 0;
     }
     if (direct) return static_cast<int>(n);
-    if (!h->in.append(in_buf, static_cast<size_t>(n))) {
+    if (!h->in.append(buf, static_cast<size_t>(n))) {
       errno = ENOMEM;
       return -1;
     }
@@ -1137,14 +1153,25 @@ ssize_t read_records(Sock* s, void* buf, size_t n, int* err) {
     if (k.got == n) return static_cast<ssize_t>(k.got);
   }
   while (k.got == 0 && !r->ended) {
-    if (complete_record(r->in.data(), r->in.size())) {
-      r->in.consume(open_records(s, r, k, r->in.data(), r->in.size()));
-      continue;
+    // Complete records left from before are opened where they are, and the
+    // header of an incomplete one is checked before its body comes: what is
+    // left then fits in_buf before a read. (Bytes the handshake read past
+    // its end, taken over unchecked, are a peer's choice: a header claiming
+    // 65535 bytes, and 64 KB behind it, must fail here, not be copied.)
+    if (r->in.size() >= kHeader) {
+      size_t used = open_records(s, r, k, r->in.data(), r->in.size());
+      r->in.consume(used);
+      if (used > 0 || r->ended) continue;
     }
     // What is left of an incomplete record goes first, then the socket.
     size_t have = r->in.size();
-    if (have > 0) std::memcpy(in_buf, r->in.data(), have);
-    ssize_t m = recv(s->fd, in_buf + have, kReadSize, 0);
+    unsigned char* ib = in_buf();
+    if (ib == nullptr || have > kInBufSize - kReadSize) {
+      *err = ENOMEM;  // (the second cannot happen: the header was checked)
+      return kReadError;
+    }
+    if (have > 0) std::memcpy(ib, r->in.data(), have);
+    ssize_t m = recv(s->fd, ib + have, kReadSize, 0);
     if (m < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -1163,8 +1190,8 @@ ssize_t read_records(Sock* s, void* buf, size_t n, int* err) {
     r->last_read_short = static_cast<size_t>(m) < kReadSize;
     r->in.reset();
     size_t total = have + static_cast<size_t>(m);
-    size_t used = open_records(s, r, k, in_buf, total);
-    if (!r->ended && used < total && !r->in.append(in_buf + used, total - used))
+    size_t used = open_records(s, r, k, ib, total);
+    if (!r->ended && used < total && !r->in.append(ib + used, total - used))
       fail(s, r, kInternalError);
     if (r->in.size() == 0) r->in.clear();
     if (k.got == 0 && !r->ended && r->last_read_short &&

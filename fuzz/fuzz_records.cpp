@@ -142,8 +142,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int nid = nids[(pick >> 1) % 3];
   int fds[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) != 0) die("socketpair");
-  int small = 4096;
-  for (int fd : fds) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  // Mostly small socket buffers (partial writes, queues); sometimes large
+  // ones, so that one server read can take 64 KB behind what is left of an
+  // incomplete record (its read buffer must hold both).
+  int sndbuf = (pick & 0x80) ? (512 << 10) : 4096;
+  for (int fd : fds) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   // Key material: each side's write keys are the other's read keys.
   unsigned char a[64], b[64];
   for (int i = 0; i < 64; i++) a[i] = static_cast<unsigned char>(i * 7 + 1), b[i] = static_cast<unsigned char>(i * 13 + 5);

@@ -507,6 +507,56 @@ defmodule Islet.TLSRecordsTest do
       end
     end
 
+    # The record layer's read buffer holds what is left of an incomplete
+    # record and one socket read: the largest record a peer may send (TLS
+    # 1.2: 18432 bytes of body), split so that a full read comes behind
+    # most of it, must fit. (Under AddressSanitizer, CI's second run, an
+    # overflow of that buffer is reported; it once was one.)
+    for {version, body} <- [{:"tlsv1.2", 18_432}, {:"tlsv1.3", 16_640}] do
+      test "#{version}: the largest record a peer may send, in two reads (bad_record_mac)" do
+        result =
+          assert_same(fn mod ->
+            after_hostile(mod, [versions: [unquote(version)]], fn proxy, _c ->
+              inject(
+                proxy,
+                <<23, 3, 3, unquote(body)::16>> <> :binary.copy(<<1>>, unquote(body) - 1_000)
+              )
+
+              Process.sleep(100)
+              # Its rest, then 64 KB of records (:ssl checks every header it
+              # has before it opens the first record).
+              more = :binary.copy(<<23, 3, 3, 16_000::16>> <> :binary.copy(<<2>>, 16_000), 4)
+              inject(proxy, :binary.copy(<<1>>, 1_000) <> more)
+            end)
+          end)
+
+        assert {{:ok, "before"}, {:error, {:tls_alert, :bad_record_mac}}, _, _} = result
+      end
+    end
+
+    # The client's Finished and what came behind it are read at once by the
+    # handshake; the rest goes to the record layer unopened. A header there
+    # that claims more than any record fails at the first read, as any
+    # other, rather than being kept (with the 64 KB behind it) to wait for
+    # the rest: once that copy ran past the read buffer.
+    test "TLS 1.3: bytes behind the client's Finished claiming 65535 bytes (record_overflow)" do
+      l = listen(Islet.TLS)
+      proxy = start_proxy(port(Islet.TLS, l))
+      # Queued before the ClientHello can come: the proxy forwards it, then
+      # keeps the client's bytes (its Finished) until released.
+      Kernel.send(proxy.pid, {:mode, :pass_then_hold, self()})
+      tag = connect_async(proxy.port, versions: [:"tlsv1.3"])
+      {:ok, s} = Islet.TLS.accept(l)
+      handshake = Task.async(fn -> Islet.TLS.handshake(s, 30_000) end)
+      # A TLS 1.3 client is connected once its Finished is sent.
+      {:ok, _c} = await_client(tag)
+      assert_receive :mode_set
+      release(proxy, <<23, 3, 3, 0xFF, 0xFF>> <> :binary.copy(<<0>>, 60_000))
+      assert Task.await(handshake, 30_000) == {:ok, s}
+      assert Islet.TLS.record_layer(s) == {:ok, :islet}
+      assert {:error, {:tls_alert, {:record_overflow, _}}} = Islet.TLS.recv(s, 0, 2_000)
+    end
+
     test "TLS 1.3: an unprotected alert record" do
       assert_same(fn mod ->
         after_hostile(mod, [versions: [:"tlsv1.3"]], fn proxy, _c ->
@@ -667,23 +717,40 @@ defmodule Islet.TLSRecordsTest do
     %{port: front_port, pid: pid}
   end
 
+  # Modes: :pass; :corrupt and :replay (the next chunk, then :pass);
+  # :pass_then_hold (the next chunk, then {:hold, kept}: the client's bytes
+  # are kept until released, with bytes of the test's behind them).
   defp proxy_loop(down, up, mode) do
     receive do
       {:tcp, ^down, data} ->
         case mode do
+          {:hold, kept} ->
+            proxy_loop(down, up, {:hold, kept <> data})
+
+          :pass_then_hold ->
+            :gen_tcp.send(up, data)
+            proxy_loop(down, up, {:hold, <<>>})
+
           :pass ->
             :gen_tcp.send(up, data)
+            proxy_loop(down, up, :pass)
 
           :corrupt ->
             # Flip a bit in the last byte (inside the tag or the ciphertext).
             {head, <<last>>} = :erlang.split_binary(data, byte_size(data) - 1)
             :gen_tcp.send(up, <<head::binary, Bitwise.bxor(last, 1)>>)
+            proxy_loop(down, up, :pass)
 
           :replay ->
             :gen_tcp.send(up, data)
             :gen_tcp.send(up, data)
+            proxy_loop(down, up, :pass)
         end
 
+      {:release, extra, from} ->
+        {:hold, kept} = mode
+        :ok = :gen_tcp.send(up, kept <> extra)
+        Kernel.send(from, :released)
         proxy_loop(down, up, :pass)
 
       {:tcp_closed, ^down} ->
@@ -730,6 +797,7 @@ defmodule Islet.TLSRecordsTest do
   defp replay_next(proxy), do: call(proxy, {:mode, :replay, self()}, :mode_set)
 
   defp inject(proxy, bytes), do: call(proxy, {:inject, bytes, self()}, :injected)
+  defp release(proxy, extra), do: call(proxy, {:release, extra, self()}, :released)
   defp close_upstream(proxy), do: call(proxy, {:close_up, self()}, :closed_up)
 
   defp call(proxy, msg, reply) do
