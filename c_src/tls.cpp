@@ -13,6 +13,7 @@
 // poller thread or in recv, and writes are cut into bounded slices so that
 // no call runs long.
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -98,6 +99,9 @@ struct CtxData {
   // by ':'; empty: OpenSSL's own list. (Clients choose the certificate
   // they send by this list.)
   std::string client_sigalgs[2];  // [0] TLS 1.2, [1] TLS 1.3
+  // The suites as given to OpenSSL (empty: not given), for a connection
+  // that switches to this context (switch_ctx).
+  std::string cipher_list, ciphersuites;
   ~CtxData() {
     for (SniHost& h : sni_hosts) SSL_CTX_free(h.ctx);
     if (data_env != nullptr) enif_free_env(data_env);
@@ -171,11 +175,31 @@ std::string client_hello_sni(SSL* ssl) {
   return wire::sni_host(p, len);
 }
 
+// An SNI host's context (sni_hosts, sni_fun) takes over a connection made
+// from its listener's. SSL_set_SSL_CTX moves only the certificates, their
+// settings and the session id context; what SSL_new copied from the
+// listener's context into the connection is set from the host's here, as
+// :ssl answers a ClientHello with the host's options: versions, suites and
+// their order, options (a host's honor_cipher_order: false must clear the
+// listener's), client verification, the handshake size bound, tickets.
+// (Groups are set per connection in client_hello_cb, from the host's.)
 void switch_ctx(SSL* ssl, SSL_CTX* ctx) {
   SSL_set_SSL_CTX(ssl, ctx);
   SSL_set_verify(ssl, SSL_CTX_get_verify_mode(ctx), SSL_CTX_get_verify_callback(ctx));
   SSL_set_verify_depth(ssl, SSL_CTX_get_verify_depth(ctx));
+  SSL_clear_options(ssl, SSL_get_options(ssl));
   SSL_set_options(ssl, SSL_CTX_get_options(ctx));
+  SSL_set_min_proto_version(ssl, SSL_CTX_get_min_proto_version(ctx));
+  SSL_set_max_proto_version(ssl, SSL_CTX_get_max_proto_version(ctx));
+  SSL_set_max_cert_list(ssl, SSL_CTX_get_max_cert_list(ctx));
+  SSL_set_num_tickets(ssl, SSL_CTX_get_num_tickets(ctx));
+  if (const CtxData* c = data_of(ctx)) {
+    // The same calls as for the context, so the same outcome (a list
+    // holding no TLS 1.2 suite "fails" and is set all the same).
+    if (!c->cipher_list.empty()) SSL_set_cipher_list(ssl, c->cipher_list.c_str());
+    if (!c->ciphersuites.empty()) SSL_set_ciphersuites(ssl, c->ciphersuites.c_str());
+  }
+  ERR_clear_error();
 }
 
 // Whether the client can speak TLS 1.2 (its supported_versions, else its
@@ -188,21 +212,50 @@ bool offers_tls12(SSL* ssl) {
   return SSL_client_hello_get0_legacy_version(ssl) >= TLS1_2_VERSION;
 }
 
+// The kinds of key among this connection's certificates (certs_keys may
+// give several): kRsaKey, kEcdsaKey (EC, Ed25519, Ed448). The current
+// certificate is put back after.
+constexpr unsigned kRsaKey = 1, kEcdsaKey = 2;
+unsigned key_kinds(SSL* ssl) {
+  unsigned kinds = 0;
+  X509* current = SSL_get_certificate(ssl);
+  for (long r = SSL_set_current_cert(ssl, SSL_CERT_SET_FIRST); r == 1;
+       r = SSL_set_current_cert(ssl, SSL_CERT_SET_NEXT)) {
+    switch (EVP_PKEY_get_base_id(SSL_get_privatekey(ssl))) {
+      case EVP_PKEY_RSA:
+      case EVP_PKEY_RSA_PSS:
+        kinds |= kRsaKey;
+        break;
+      case EVP_PKEY_EC:
+      case EVP_PKEY_ED25519:
+      case EVP_PKEY_ED448:
+        kinds |= kEcdsaKey;
+        break;
+      default:
+        break;
+    }
+  }
+  if (current != nullptr) SSL_select_current_cert(ssl, current);
+  ERR_clear_error();
+  return kinds;
+}
+
 // Whether the client offers a suite this server has enabled, of the
-// version the handshake is heading for: OpenSSL's list holds TLS 1.3's
-// suites and TLS 1.2's whatever the versions (a TLS 1.2-only listener
-// shares nothing with a client offering TLS 1.3 suites and CBC-less TLS
-// 1.2 ones). Where no version is shared, that is left to OpenSSL
-// (protocol_version, as :ssl says). `tls13`: leads_to_tls13's answer.
-// With ecdhe false, only the TLS 1.2 suites whose key exchange is not
-// ECDHE, and which this server's key can authenticate, count.
+// version the handshake is heading for, and (TLS 1.2) that one of the
+// server's keys can authenticate: OpenSSL's list holds TLS 1.3's suites
+// and TLS 1.2's whatever the versions (a TLS 1.2-only listener shares
+// nothing with a client offering TLS 1.3 suites and CBC-less TLS 1.2 ones),
+// and it would refuse a suite its certificates cannot serve with
+// handshake_failure, where :ssl says insufficient_security. Where no
+// version is shared, that is left to OpenSSL (protocol_version, as :ssl
+// says). `tls13`: leads_to_tls13's answer. With ecdhe false, only the TLS
+// 1.2 suites whose key exchange is not ECDHE count.
 bool shares_a_cipher(SSL* ssl, bool tls13, bool ecdhe = true) {
   if (!tls13 && (SSL_get_min_proto_version(ssl) > TLS1_2_VERSION || !offers_tls12(ssl))) return true;
   const unsigned char* ids;
   size_t len = SSL_client_hello_get0_ciphers(ssl, &ids);
   STACK_OF(SSL_CIPHER)* mine = SSL_get_ciphers(ssl);
-  const EVP_PKEY* key = ecdhe ? nullptr : SSL_get_privatekey(ssl);
-  int key_type = key != nullptr ? EVP_PKEY_get_base_id(key) : EVP_PKEY_NONE;
+  int kinds = -1;  // key_kinds, when first needed
   for (size_t i = 0; i + 1 < len; i += 2) {
     unsigned id = (static_cast<unsigned>(ids[i]) << 8) | ids[i + 1];
     for (int k = 0; k < sk_SSL_CIPHER_num(mine); k++) {
@@ -210,10 +263,13 @@ bool shares_a_cipher(SSL* ssl, bool tls13, bool ecdhe = true) {
       if (SSL_CIPHER_get_protocol_id(c) != id) continue;
       int kx = SSL_CIPHER_get_kx_nid(c), auth = SSL_CIPHER_get_auth_nid(c);
       if ((kx == NID_kx_any) != tls13) continue;  // (kx "any": a TLS 1.3 suite)
-      if (ecdhe) return true;
-      if (kx == NID_kx_ecdhe) continue;
-      if ((auth == NID_auth_rsa && key_type == EVP_PKEY_RSA) ||
-          (auth == NID_auth_ecdsa && key_type == EVP_PKEY_EC) || auth == NID_auth_null)
+      if (tls13) return true;
+      if (!ecdhe && kx == NID_kx_ecdhe) continue;
+      if (auth == NID_auth_null) return true;
+      if (auth != NID_auth_rsa && auth != NID_auth_ecdsa) continue;  // (PSK, DSS, SRP: none here)
+      if (kinds < 0) kinds = static_cast<int>(key_kinds(ssl));
+      if ((auth == NID_auth_rsa && (kinds & kRsaKey)) ||
+          (auth == NID_auth_ecdsa && (kinds & kEcdsaKey)))
         return true;
     }
   }
@@ -570,6 +626,17 @@ constexpr SSL_CTX_decrypt_session_ticket_fn ticket_decrypted_cb = nullptr;
 #endif
 
 int client_hello_cb(SSL* ssl, int* alert, void*) {
+  Sock* st = sock_of(ssl);
+  // The ClientHello is in: from now on OpenSSL reads record by record, so
+  // that when the handshake ends it holds nothing the client sent after it
+  // (which the record layer taking over could not get back).
+  if (st != nullptr && st->takeover != nullptr) SSL_set_read_ahead(ssl, 0);
+  note_offered_psks(ssl);  // before an SNI host's context replaces the listener's
+  // SNI first, as :ssl: the host's options answer the rest.
+  if (resolve_sni(ssl, st) == SSL_CLIENT_HELLO_RETRY) return SSL_CLIENT_HELLO_RETRY;
+  // A host whose certificate could not be loaded: the step stops here, and
+  // the handshake fails with the load error (no alert, as with :ssl).
+  if (deferred_of(ssl) != 0) return SSL_CLIENT_HELLO_RETRY;
   // No suite in common: :ssl answers insufficient_security, where OpenSSL
   // would send handshake_failure; callers match the alert's name.
   const bool heads13 = leads_to_tls13(ssl);
@@ -577,16 +644,6 @@ int client_hello_cb(SSL* ssl, int* alert, void*) {
     *alert = SSL_AD_INSUFFICIENT_SECURITY;
     return SSL_CLIENT_HELLO_ERROR;
   }
-  Sock* st = sock_of(ssl);
-  // The ClientHello is in: from now on OpenSSL reads record by record, so
-  // that when the handshake ends it holds nothing the client sent after it
-  // (which the record layer taking over could not get back).
-  if (st != nullptr && st->takeover != nullptr) SSL_set_read_ahead(ssl, 0);
-  note_offered_psks(ssl);  // before an SNI host's context replaces the listener's
-  if (resolve_sni(ssl, st) == SSL_CLIENT_HELLO_RETRY) return SSL_CLIENT_HELLO_RETRY;
-  // A host whose certificate could not be loaded: the step stops here, and
-  // the handshake fails with the load error (no alert, as with :ssl).
-  if (deferred_of(ssl) != 0) return SSL_CLIENT_HELLO_RETRY;
   // supported_groups / eccs: this version's list, for this connection.
   const CtxData* c = data_of(SSL_get_SSL_CTX(ssl));
   bool server_order = (SSL_get_options(ssl) & SSL_OP_CIPHER_SERVER_PREFERENCE) != 0;
@@ -721,15 +778,52 @@ const char* use_cert_key(ErlNifEnv* env, SSL_CTX* ctx, ERL_NIF_TERM pair) {
 // building fail, OpenSSL still completes the chain per handshake.
 // Walking the certificates moves the context's current one, which the
 // ClientHello callback reads (SSL_get_privatekey): it is put back after.
-void build_chains(SSL_CTX* ctx) {
+template <typename F>
+void for_each_cert(SSL_CTX* ctx, F f) {
   X509* current = SSL_CTX_get0_certificate(ctx);
   for (long r = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_FIRST); r == 1;
-       r = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT)) {
+       r = SSL_CTX_set_current_cert(ctx, SSL_CERT_SET_NEXT))
+    f();
+  if (current != nullptr) SSL_CTX_select_current_cert(ctx, current);
+  ERR_clear_error();
+}
+
+void build_chains(SSL_CTX* ctx) {
+  for_each_cert(ctx, [ctx] {
     STACK_OF(X509)* chain = nullptr;
     if (SSL_CTX_get0_chain_certs(ctx, &chain) == 1 && chain == nullptr)
       SSL_CTX_build_cert_chain(ctx, SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR);
-  }
-  if (current != nullptr) SSL_CTX_select_current_cert(ctx, current);
+  });
+}
+
+// The session id context: what a session must have been made under to be
+// resumed here. OpenSSL resumes only a session whose context matches the
+// connection's, and an SNI host's context replaces the listener's in the
+// connection while the session cache stays the listener's: one value for
+// every context let a session made with one host resume on another, past
+// its verify_peer and fail_if_no_peer_cert. :ssl resumes a session only
+// under the certificate it was made with, and not without a client
+// certificate where one is required: so the value is a digest of this
+// context's certificates and client verification. (Made from the options,
+// not at random, so that an sni_fun's context made again for the same
+// host still resumes its sessions.)
+void set_session_context(SSL_CTX* ctx, int verify) {
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  bool ok = md != nullptr && EVP_DigestInit_ex(md, EVP_sha256(), nullptr) == 1;
+  for_each_cert(ctx, [&] {
+    X509* x = SSL_CTX_get0_certificate(ctx);
+    unsigned char* der = nullptr;
+    int n = x != nullptr ? i2d_X509(x, &der) : -1;
+    if (n > 0) ok = ok && EVP_DigestUpdate(md, der, static_cast<size_t>(n)) == 1;
+    OPENSSL_free(der);
+  });
+  unsigned char v = static_cast<unsigned char>(verify);
+  ok = ok && EVP_DigestUpdate(md, &v, 1) == 1 && EVP_DigestFinal_ex(md, digest, &len) == 1;
+  EVP_MD_CTX_free(md);
+  static_assert(SSL_MAX_SID_CTX_LENGTH == 32, "a SHA-256 digest fills the session id context");
+  if (ok) SSL_CTX_set_session_id_context(ctx, digest, len);
   ERR_clear_error();
 }
 
@@ -791,8 +885,6 @@ int failure_code(Sock* s) {
   switch (reason) {
     case SSL_R_UNEXPECTED_EOF_WHILE_READING:
       return 0;  // the client went away: :ssl says closed
-    case SSL_R_NO_SHARED_CIPHER:
-      return kAlertSent | SSL_AD_INSUFFICIENT_SECURITY;  // :ssl's reason
     case SSL_R_HTTP_REQUEST:
     case SSL_R_HTTPS_PROXY_REQUEST:
     case SSL_R_WRONG_VERSION_NUMBER:
@@ -1286,6 +1378,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, nullptr);
   SSL_CTX_set_num_tickets(ctx, 0);  // :ssl's default: session_tickets disabled
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  // (A fixed session id context until the options are read: see
+  // set_session_context.)
   static const unsigned char sid_ctx[] = "islet";
   SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof sid_ctx - 1);
 
@@ -1345,6 +1439,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       std::string v(reinterpret_cast<const char*>(b.data), b.size);
       int ok = k == "cipher_list" ? SSL_CTX_set_cipher_list(ctx, v.c_str())
                                   : SSL_CTX_set_ciphersuites(ctx, v.c_str());
+      (k == "cipher_list" ? c->cipher_list : c->ciphersuites) = v;
       ERR_clear_error();
       if (ok != 1) return opt_error(env, enif_make_atom(env, "ciphers"), "no_supported_ciphers");
     } else if (k == "honor_cipher_order") {
@@ -1551,6 +1646,7 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   SSL_CTX_set_verify(ctx, verify, check ? check_cert : nullptr);
   if (c->has_groups[1] && !c->groups[1].empty()) set_groups(ctx, c, 1);
   build_chains(ctx);
+  set_session_context(ctx, verify);
   if (c->records) {
     SSL_CTX_set_keylog_callback(ctx, keylog_cb);
     SSL_CTX_set_msg_callback(ctx, message_cb);
