@@ -787,26 +787,36 @@ bool idle_record(Sock* s, Records* r) {
   return false;
 }
 
+// TLS 1.2 lets a record hold several alerts (RFC 5246 6.2.1: a warning
+// and a close_notify, say), TLS 1.3 exactly one. A level other than
+// warning or fatal is illegal_parameter, as :ssl answers.
 void on_alert(Sock* s, Records* r, const unsigned char* p, size_t n) {
-  if (n != 2) return fail(s, r, kDecodeError);
-  if (p[1] == kCloseNotify) {
-    r->ended = true;
-    return;
+  if (n == 0 || n % 2 != 0 || (r->tls13 && n != 2)) return fail(s, r, kDecodeError);
+  for (size_t i = 0; i < n; i += 2) {
+    uint8_t level = p[i], desc = p[i + 1];
+    if (level != kWarning && level != kFatal) return fail(s, r, kIllegalParameter);
+    if (desc == kCloseNotify) {
+      r->ended = true;
+      return;
+    }
+    // TLS 1.2 warnings are ignored, as TLS 1.3's user_canceled; any other
+    // alert ends the connection (RFC 8446 6).
+    if (!((level == kWarning && !r->tls13) || desc == kUserCanceled))
+      return end_with(r, kAlertReceived | desc);
+    if (!idle_record(s, r)) return;
   }
-  // TLS 1.2 warnings are ignored, as TLS 1.3's user_canceled; any other
-  // alert ends the connection (RFC 8446 6).
-  if ((p[0] == kWarning && !r->tls13) || p[1] == kUserCanceled) {
-    idle_record(s, r);
-    return;
-  }
-  end_with(r, kAlertReceived | p[1]);
 }
 
 // Handshake messages after the handshake. TLS 1.3: a client may only send
 // KeyUpdate. TLS 1.2: a ClientHello is a renegotiation, refused with a
 // warning (SSL_OP_NO_RENEGOTIATION); anything else is unexpected.
 void on_handshake(Sock* s, Records* r, const unsigned char* p, size_t n) {
-  if (n == 0) return fail(s, r, kUnexpectedMessage);
+  // An empty one carries no message: passed over, as :ssl does (counted
+  // as a record without data, so that a flood of them still ends).
+  if (n == 0) {
+    idle_record(s, r);
+    return;
+  }
   if (!r->tls13) {
     if (p[0] != kClientHello) return fail(s, r, kUnexpectedMessage);
     if (idle_record(s, r)) send_alert(s, r, kWarning, kNoRenegotiation);
