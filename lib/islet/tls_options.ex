@@ -622,13 +622,21 @@ defmodule Islet.TLS.Options do
 
   defp suite_name(suite) when is_map(suite), do: to_string(:ssl.suite_to_openssl_str(suite))
 
-  defp suite_name(suite) when is_tuple(suite) do
-    [kex, cipher, mac | _] = Tuple.to_list(suite)
-    suite_name(%{key_exchange: kex, cipher: cipher, mac: mac, prf: :default_prf})
-  end
+  defp suite_name(suite) when is_tuple(suite), do: suite_name(tuple_to_map(suite))
 
   defp suite_name(name) when is_binary(name), do: name
   defp suite_name(name) when is_list(name), do: to_string(name)
+
+  # A suite tuple as :ssl reads it (its tuple_to_map/1): {kex, cipher, mac}
+  # has the default PRF; {kex, cipher, mac, prf} names its PRF, and the MAC
+  # of an AEAD cipher is aead whatever the tuple says.
+  defp tuple_to_map({kex, cipher, mac}),
+    do: %{key_exchange: kex, cipher: cipher, mac: mac, prf: :default_prf}
+
+  defp tuple_to_map({kex, cipher, mac, prf}) do
+    mac = if cipher in [:aes_128_gcm, :aes_256_gcm, :chacha20_poly1305], do: :aead, else: mac
+    %{key_exchange: kex, cipher: cipher, mac: mac, prf: prf}
+  end
 
   defp simple(tls) do
     Enum.flat_map(tls, fn

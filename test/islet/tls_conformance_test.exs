@@ -1005,6 +1005,22 @@ defmodule Islet.TLSConformanceTest do
       assert_same(&observe(&1, versions: [:"tlsv1.2"], ciphers: [suite]))
     end
 
+    test "a TLS 1.2 suite as a tuple, with and without its PRF" do
+      # {Kex, Cipher, Mac, Prf} names the PRF (Islet took the default one,
+      # a name OpenSSL lacks for GCM suites, and refused the list); an AEAD
+      # suite's MAC is aead whatever the tuple says, as with :ssl.
+      for suite <- [
+            {:ecdhe_ecdsa, :aes_128_gcm, :aead, :sha256},
+            {:ecdhe_ecdsa, :aes_256_gcm, :null, :sha384},
+            {:ecdhe_ecdsa, :aes_128_cbc, :sha256, :sha256},
+            {:ecdhe_ecdsa, :aes_128_cbc, :sha}
+          ] do
+        server = [versions: [:"tlsv1.2"], ciphers: [suite]] ++ Certs.server_opts(:server_ec)
+        result = assert_same(&observe(&1, server))
+        assert {:ok, _} = result.handshake
+      end
+    end
+
     test "a TLS 1.3 suite" do
       suite = %{key_exchange: :any, cipher: :aes_128_gcm, mac: :aead, prf: :sha256}
       assert_same(&observe(&1, ciphers: [suite]))
