@@ -7,8 +7,9 @@ defmodule Islet.TLS.Options do
   or a list of DER, leaf first), `key` (`{type, der}`), `certs_keys`,
   `cacertfile`, `cacerts`, `password` (encrypted PEM keys), `verify`,
   `fail_if_no_peer_cert`, `depth`, `versions` (`:"tlsv1.2"`, `:"tlsv1.3"`),
-  `ciphers` (suite maps, tuples, or an OpenSSL string; without it,
-  `:ssl`'s default suites, less the fixed ECDH ones OpenSSL lacks),
+  `ciphers` (in `:ssl`'s forms, read as `:ssl` reads them, or a binary
+  OpenSSL cipher string; without it, `:ssl`'s default suites, less the
+  fixed ECDH ones OpenSSL lacks),
   `honor_cipher_order`, `alpn_preferred_protocols`, `sni_hosts`, `sni_fun`,
   `reuse_sessions`, `session_tickets`, `eccs` (TLS 1.2's curves) and
   `supported_groups` (TLS 1.3's groups: OpenSSL has one list, so each
@@ -260,7 +261,7 @@ defmodule Islet.TLS.Options do
     ciphers =
       case Keyword.fetch(tls, :ciphers) do
         # (an empty list is the default, as with :ssl)
-        {:ok, spec} when spec != [] -> ciphers(spec)
+        {:ok, spec} when spec != [] -> ciphers(spec, Keyword.get(tls, :versions))
         _ -> default_ciphers(Keyword.get(tls, :versions))
       end
 
@@ -582,7 +583,8 @@ defmodule Islet.TLS.Options do
 
     case :persistent_term.get(key, nil) do
       nil ->
-        list = ciphers(:ssl.cipher_suites(:default, high))
+        names = for suite <- :ssl.cipher_suites(:default, high), do: suite_name(suite)
+        list = openssl_ciphers(names, :default)
         :persistent_term.put(key, list)
         list
 
@@ -591,41 +593,98 @@ defmodule Islet.TLS.Options do
     end
   end
 
-  defp ciphers(nil), do: []
+  # `ciphers` as :ssl reads it (its binary_cipher_suites/2, OTP 25 to 29):
+  # the first element's form says how all are read (suite maps, tuples,
+  # OpenSSL names, two-byte suite codes); a charlist is OpenSSL names
+  # separated by colons. An entry that is not a suite :ssl knows is
+  # {:options, {:ciphers, spec}}, as is a value of no such form. Suites the
+  # versions cannot use are dropped (so are codes :ssl does not know), and
+  # with none left, the defaults apply. (A binary is Islet's own: an
+  # OpenSSL cipher string, given to OpenSSL as it is.)
+  defp ciphers(spec, _versions) when is_binary(spec),
+    do: openssl_ciphers(String.split(spec, ":", trim: true), spec)
 
-  defp ciphers(spec) do
-    names =
-      cond do
-        is_binary(spec) -> String.split(spec, ":", trim: true)
-        is_list(spec) and spec != [] and is_integer(hd(spec)) -> ciphers(to_string(spec))
-        is_list(spec) -> Enum.map(spec, &suite_name/1)
-        true -> throw({:option, {:error, {:options, {:ciphers, spec}}}})
+  defp ciphers(spec, versions) when is_list(spec) do
+    known = all_suites(versions)
+
+    codes =
+      try do
+        suite_codes(spec)
+      catch
+        _, _ -> :error
       end
 
-    case names do
-      [{_, _} | _] = done ->
-        done
+    if codes == :error, do: bad(:ciphers, spec)
 
-      _ ->
-        {v13, v12} = Enum.split_with(names, &String.starts_with?(&1, "TLS_"))
-
-        Enum.reject(
-          [cipher_list: Enum.join(v12, ":"), ciphersuites: Enum.join(v13, ":")],
-          fn {_, v} -> v == "" end
-        )
-        |> case do
-          [] -> throw({:option, {:error, {:options, {:ciphers, spec}}}})
-          list -> list
-        end
+    case for code <- codes, Map.has_key?(known, code), do: Map.fetch!(known, code) do
+      [] -> default_ciphers(versions)
+      names -> openssl_ciphers(names, spec)
     end
   end
 
-  defp suite_name(suite) when is_map(suite), do: to_string(:ssl.suite_to_openssl_str(suite))
+  defp ciphers(spec, _versions), do: bad(:ciphers, spec)
 
-  defp suite_name(suite) when is_tuple(suite), do: suite_name(tuple_to_map(suite))
+  # The suites as :ssl's codes; raises on what it does not know (through
+  # its own conversions, whose errors :ssl reports as the option's).
+  defp suite_codes([suite | _] = list) when is_map(suite),
+    do: Enum.map(list, &:ssl_cipher_format.suite_map_to_bin/1)
 
-  defp suite_name(name) when is_binary(name), do: name
-  defp suite_name(name) when is_list(name), do: to_string(name)
+  defp suite_codes([suite | _] = list) when is_tuple(suite),
+    do: Enum.map(list, &:ssl_cipher_format.suite_map_to_bin(tuple_to_map(&1)))
+
+  defp suite_codes([code | _] = list) when is_binary(code), do: list
+
+  defp suite_codes([name | _] = list) when is_list(name), do: Enum.map(list, &name_code/1)
+
+  defp suite_codes(string), do: string |> :string.lexemes(~c":") |> Enum.map(&name_code/1)
+
+  defp name_code(name),
+    do:
+      name
+      |> :ssl_cipher_format.suite_openssl_str_to_map()
+      |> :ssl_cipher_format.suite_map_to_bin()
+
+  # The suites :ssl takes in `ciphers` for these versions (its
+  # all_suites/1), by code, with their OpenSSL names: TLS 1.3's and those of
+  # the next version below it, anonymous ones included.
+  defp all_suites(versions) do
+    sorted =
+      case Enum.filter(List.wrap(versions), &Map.has_key?(@version_codes, &1)) do
+        [] -> [:"tlsv1.3", :"tlsv1.2"]
+        list -> list |> Enum.uniq() |> Enum.sort_by(&Map.fetch!(@version_codes, &1), :desc)
+      end
+
+    suites =
+      case sorted do
+        [:"tlsv1.3"] ->
+          :ssl.cipher_suites(:exclusive, :"tlsv1.3")
+
+        [:"tlsv1.3", next | _] ->
+          :ssl.cipher_suites(:exclusive, :"tlsv1.3") ++
+            :ssl.cipher_suites(:all, next) ++ :ssl.cipher_suites(:anonymous, next)
+
+        [high | _] ->
+          :ssl.cipher_suites(:all, high) ++ :ssl.cipher_suites(:anonymous, high)
+      end
+
+    Map.new(suites, &{:ssl_cipher_format.suite_map_to_bin(&1), suite_name(&1)})
+  end
+
+  # What the NIF takes: TLS 1.3's suites apart from the others.
+  defp openssl_ciphers(names, spec) do
+    {v13, v12} = Enum.split_with(names, &String.starts_with?(&1, "TLS_"))
+
+    Enum.reject(
+      [cipher_list: Enum.join(v12, ":"), ciphersuites: Enum.join(v13, ":")],
+      fn {_, v} -> v == "" end
+    )
+    |> case do
+      [] -> bad(:ciphers, spec)
+      list -> list
+    end
+  end
+
+  defp suite_name(suite), do: to_string(:ssl.suite_to_openssl_str(suite))
 
   # A suite tuple as :ssl reads it (its tuple_to_map/1): {kex, cipher, mac}
   # has the default PRF; {kex, cipher, mac, prf} names its PRF, and the MAC

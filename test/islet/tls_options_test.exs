@@ -158,6 +158,23 @@ defmodule Islet.TLSOptionsTest do
       [session_tickets: :disabled, versions: [:"tlsv1.2"]],
       [session_tickets: :stateless, versions: [:"tlsv1.2"]],
       [ciphers: []],
+      # ciphers as :ssl reads each form (Islet raised on entries of no
+      # form, and let OpenSSL skip names it did not know).
+      [ciphers: [:bogus]],
+      [ciphers: [1]],
+      [ciphers: [%{}]],
+      [ciphers: [%{key_exchange: :x, cipher: :y, mac: :z, prf: :w}]],
+      [ciphers: [{:a}]],
+      [ciphers: [{:ecdhe_ecdsa, :aes_128_cbc, :sha256}]],
+      [ciphers: [{:ecdhe_ecdsa, :aes_128_gcm, :aead, :sha256}]],
+      [ciphers: [~c"bogus"]],
+      [ciphers: [[:x]]],
+      [ciphers: ~c"bogus"],
+      [ciphers: ~c"ECDHE-ECDSA-AES128-GCM-SHA256:BOGUS-NAME"],
+      [ciphers: ~c"ECDHE-ECDSA-AES128-GCM-SHA256::"],
+      [ciphers: ~c":"],
+      [ciphers: ["bogus"]],
+      [ciphers: [<<0xC0, 0x2B>>, :x]],
       [depth: -1],
       [depth: 256],
       [depth: :x],
@@ -488,6 +505,25 @@ defmodule Islet.TLSOptionsTest do
                  assert_same(&listen_result(&1, dhfile: ~c"/no/such/dhfile"))
       else
         assert_same(&handshake(&1, [dhfile: ~c"/no/such/dhfile"], tls13()))
+      end
+    end
+  end
+
+  describe "ciphers" do
+    test "suites the versions cannot use are dropped, and with none left the defaults apply" do
+      # As :ssl: binaries are two-byte suite codes (unknown ones dropped),
+      # not OpenSSL names; a TLS 1.3 suite alone on a TLS 1.2 listener
+      # leaves its defaults.
+      for {server, client} <- [
+            {[ciphers: [<<0xC0, 0x2B>>]], tls12()},
+            {[ciphers: ["ECDHE-ECDSA-AES128-GCM-SHA256"]], tls12()},
+            {[ciphers: ["bogus"]], []},
+            {[ciphers: [~c"TLS_AES_128_GCM_SHA256"]] ++ tls12(), tls12()}
+          ] do
+        # (a curve both default lists have)
+        client = client ++ [eccs: [:secp256r1]]
+        result = assert_same(&handshake(&1, ec(server), client))
+        assert {:ok, :ok, _} = result
       end
     end
   end
