@@ -992,7 +992,20 @@ defmodule Islet.TLS.Options do
     end
   end
 
-  defp extra(:sni_hosts, hosts, _), do: sni_hosts_check(hosts)
+  # A listener has sni_hosts or an sni_fun, not both (once the hosts'
+  # form is checked; an empty list of hosts goes with a fun): ssl 10 (OTP
+  # 25) says conflict_options, ssl 11 (OTP 26) incompatible.
+  defp extra(:sni_hosts, hosts, tls) do
+    sni_hosts_check(hosts)
+
+    if hosts != [] and is_function(Keyword.get(tls, :sni_fun)) do
+      if modern?(),
+        do: incompatible([:sni_fun, :sni_hosts]),
+        else: throw({:option, {:error, {:conflict_options, [:sni_fun, :sni_hosts]}}})
+    end
+
+    []
+  end
 
   defp extra(_, _, _), do: []
 

@@ -253,6 +253,11 @@ defmodule Islet.TLSOptionsTest do
       [certs_keys: :x],
       [cacerts: :undefined],
       [sni_fun: :undefined],
+      # sni_hosts or an sni_fun (Islet took both, the fun unused).
+      [sni_fun: &__MODULE__.unknown_ca/1, sni_hosts: [{~c"a", []}]],
+      [sni_hosts: [{~c"a", []}], sni_fun: &__MODULE__.unknown_ca/1],
+      [sni_fun: &__MODULE__.unknown_ca/1, sni_hosts: []],
+      [sni_fun: &__MODULE__.unknown_ca/1, sni_hosts: :x],
       # ssl 11's (OTP 25's :ssl passes it to inet, which exits).
       [allow_any_ca_purpose: true],
       [allow_any_ca_purpose: :x]
