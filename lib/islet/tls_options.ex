@@ -282,7 +282,7 @@ defmodule Islet.TLS.Options do
   defp cert_key_pairs(tls) do
     case Keyword.fetch(tls, :certs_keys) do
       {:ok, list} when is_list(list) ->
-        Enum.map(list, &cert_key(Map.new(&1)))
+        Enum.map(list, &certs_keys_pair/1)
 
       {:ok, other} ->
         throw({:option, {:error, {:options, {:certs_keys, other}}}})
@@ -295,6 +295,18 @@ defmodule Islet.TLS.Options do
            else: []
     end
   end
+
+  # A certs_keys entry :ssl cannot use (not a map, a keyword list among
+  # them, or without a certificate or key): :ssl listens, and each
+  # handshake fails (its connection process crashes). Islet's handshakes
+  # answer {:options, {:certs_keys, reason}}.
+  defp certs_keys_pair(entry) when is_map(entry) do
+    cert_key(entry)
+  catch
+    {:option, {:error, {:options, reason}}} -> throw({:deferred, {:certs_keys, reason}})
+  end
+
+  defp certs_keys_pair(entry), do: throw({:deferred, {:certs_keys, plain(entry)}})
 
   # A certs_keys entry's password is its own: :ssl does not fall back on
   # the top-level one (OTP 25 to 29).
@@ -1227,7 +1239,8 @@ defmodule Islet.TLS.Options do
     pairs =
       case Keyword.get(tls, :certs_keys, []) do
         # (with certs_keys, :ssl ignores the top-level password)
-        [_ | _] = list -> Enum.map(list, &Map.new/1)
+        # (an entry of no form is the handshakes' error)
+        [_ | _] = list -> Enum.filter(list, &is_map/1)
         _ -> [Map.new(tls)]
       end
 

@@ -752,6 +752,25 @@ defmodule Islet.TLSConformanceTest do
       end
     end
 
+    test "certs_keys entries :ssl cannot use: listen takes them, each handshake fails" do
+      # Entries that are not maps (a keyword list among them), or lack a
+      # certificate or key: :ssl listens and its connection process crashes
+      # at each handshake (its handshake exits); Islet raised at listen
+      # (Map.new(:x)) or refused to listen, and now answers the handshake.
+      good = %{certfile: Certs.file(:server_ec, :cert), keyfile: Certs.file(:server_ec, :key)}
+
+      for entries <- [[:x], [good, :x], [%{}], [Map.to_list(good)]] do
+        opts = [certs_keys: entries]
+
+        {ssl, islet} =
+          TLSDiff.run(fn mod -> Diff.catching(fn -> load_attempt(mod, opts, []) end) end)
+
+        # (the handshake's exit, once listen took the entries)
+        assert {:exit, {{:function_clause, _}, {:gen_statem, :call, _}}} = ssl
+        assert {:listening, {:error, {:options, {:certs_keys, _}}}, {:error, _}} = islet
+      end
+    end
+
     test "a cacertfile that does not exist, or a directory as certfile" do
       opts = Certs.server_opts() ++ [cacertfile: "/nonexistent/ca.pem"]
 

@@ -251,6 +251,10 @@ defmodule Islet.TLSOptionsTest do
       [dhfile: []],
       [certs_keys: []],
       [certs_keys: :x],
+      # (entries :ssl cannot use fail each handshake, see the conformance tests)
+      [certs_keys: [:x]],
+      [certs_keys: [%{}]],
+      [certs_keys: [[certfile: "x"]]],
       [cacerts: :undefined],
       [sni_fun: :undefined],
       # sni_hosts or an sni_fun (Islet took both, the fun unused).
