@@ -68,6 +68,25 @@ defmodule Islet.TCPConformanceIOTest do
       end)
     end
 
+    # On purpose (README, differences from gen_tcp): gen_tcp returns at most
+    # its `buffer` (1460 bytes by default until OTP 28, 9216 since) to a
+    # recv(0) and in each active message; Islet returns what came, up to 64
+    # KiB, and reads it with one syscall. A byte stream either way.
+    test "length 0 with more than `buffer` available: gen_tcp's buffer, Islet's 64 KiB" do
+      {gen_tcp, islet} =
+        Diff.run(fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          {:ok, [buffer: buffer]} = mod.getopts(s, [:buffer])
+          :ok = :gen_tcp.send(c, :binary.copy("x", 200_000))
+          Process.sleep(100)
+          sizes = for _ <- 1..2, do: byte_size(elem(mod.recv(s, 0, 5_000), 1))
+          {buffer, sizes}
+        end)
+
+      assert {buffer, [buffer, buffer]} = gen_tcp
+      assert {^buffer, [65_536, 65_536]} = islet
+    end
+
     test "length n waits for exactly n bytes sent in pieces" do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)
