@@ -297,16 +297,20 @@ defmodule Islet.TLS.Options do
   end
 
   # A certs_keys entry :ssl cannot use (not a map, a keyword list among
-  # them, or without a certificate or key): :ssl listens, and each
+  # them, or without a certificate or key): ssl 10 listens, and each
   # handshake fails (its connection process crashes). Islet's handshakes
-  # answer {:options, {:certs_keys, reason}}.
+  # answer {:options, {:certs_keys, reason}}. ssl 11 raises at listen on an
+  # entry that is not a map (BadMapError): Islet answers the error there.
   defp certs_keys_pair(entry) when is_map(entry) do
     cert_key(entry)
   catch
     {:option, {:error, {:options, reason}}} -> throw({:deferred, {:certs_keys, reason}})
   end
 
-  defp certs_keys_pair(entry), do: throw({:deferred, {:certs_keys, plain(entry)}})
+  defp certs_keys_pair(entry) do
+    if modern?(), do: bad(:certs_keys, entry)
+    throw({:deferred, {:certs_keys, plain(entry)}})
+  end
 
   # A certs_keys entry's password is its own: :ssl does not fall back on
   # the top-level one (OTP 25 to 29).

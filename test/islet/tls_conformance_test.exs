@@ -475,11 +475,19 @@ defmodule Islet.TLSConformanceTest do
       Islet.TLS.close(s)
       again = [server_name_indication: ~c"sni.test", use_ticket: [ticket]]
       tag = connect_async(port(Islet.TLS, l), client ++ again)
-      {:ok, s2} = Islet.TLS.accept(l)
 
-      assert {:error, {:tls_alert, {:certificate_required, _}}} = Islet.TLS.handshake(s2, 30_000)
+      receive do
+        # OTP 29's client itself refuses a ticket for another name.
+        {^tag, {:error, {:options, {:ticket_for_other_SNI, _}}}} -> :ok
+      after
+        1_000 ->
+          {:ok, s2} = Islet.TLS.accept(l)
 
-      await_client(tag)
+          assert {:error, {:tls_alert, {:certificate_required, _}}} =
+                   Islet.TLS.handshake(s2, 30_000)
+
+          await_client(tag)
+      end
     end
 
     test "sni_fun with a client sending no SNI" do
@@ -759,15 +767,29 @@ defmodule Islet.TLSConformanceTest do
       # (Map.new(:x)) or refused to listen, and now answers the handshake.
       good = %{certfile: Certs.file(:server_ec, :cert), keyfile: Certs.file(:server_ec, :key)}
 
+      # ssl 11 raises at listen on an entry that is not a map (BadMapError),
+      # where Islet answers the error; an empty map it takes, and the
+      # handshake fails (no certificate).
       for entries <- [[:x], [good, :x], [%{}], [Map.to_list(good)]] do
         opts = [certs_keys: entries]
 
         {ssl, islet} =
           TLSDiff.run(fn mod -> Diff.catching(fn -> load_attempt(mod, opts, []) end) end)
 
-        # (the handshake's exit, once listen took the entries)
-        assert {:exit, {{:function_clause, _}, {:gen_statem, :call, _}}} = ssl
-        assert {:listening, {:error, {:options, {:certs_keys, _}}}, {:error, _}} = islet
+        cond do
+          not Islet.Compat.ssl11?() ->
+            # (the handshake's exit, once listen took the entries)
+            assert {:exit, {{:function_clause, _}, {:gen_statem, :call, _}}} = ssl
+            assert {:listening, {:error, {:options, {:certs_keys, _}}}, {:error, _}} = islet
+
+          entries == [%{}] ->
+            assert {:listening, {:error, {:tls_alert, _}}, {:error, _}} = ssl
+            assert {:listening, {:error, {:options, {:certs_keys, _}}}, {:error, _}} = islet
+
+          true ->
+            assert {:raised, BadMapError} = ssl
+            assert {:error, {:options, {:certs_keys, _}}} = islet
+        end
       end
     end
 
@@ -1036,7 +1058,9 @@ defmodule Islet.TLSConformanceTest do
           ] do
         server = [versions: [:"tlsv1.2"], ciphers: [suite]] ++ Certs.server_opts(:server_ec)
         result = assert_same(&observe(&1, server))
-        assert {:ok, _} = result.handshake
+        # (OTP 26+'s :ssl clients offer no CBC suite by default.)
+        if elem(suite, 1) in [:aes_128_gcm, :aes_256_gcm] or not Islet.Compat.ssl11?(),
+          do: assert({:ok, _} = result.handshake)
       end
     end
 
