@@ -146,12 +146,18 @@ void waiter_push(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
   wq.q.push_back(w);
 }
 
-static void cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
+// Cancels the head's select, if it holds one. True when it was cancelled
+// before it fired (or was not there): no message will come of it. False when
+// its message is sent already, or on its way: that message wakes the head.
+static bool cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
   int mode = wq.selected;
   wq.selected = 0;
-  if (mode == 0 || !s->open) return;
+  if (mode == 0 || !s->open) return true;
   auto flags = static_cast<ErlNifSelectFlags>(ERL_NIF_SELECT_CANCEL | mode);
-  enif_select(env, s->fd, flags, s, nullptr, atom.undefined);
+  int r = enif_select(env, s->fd, flags, s, nullptr, atom.undefined);
+  int cancelled = mode == ERL_NIF_SELECT_READ ? ERL_NIF_SELECT_READ_CANCELLED
+                                              : ERL_NIF_SELECT_WRITE_CANCELLED;
+  return r < 0 || (r & cancelled) != 0;
 }
 
 bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir) {
@@ -177,11 +183,21 @@ void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
   if (!wq.q.empty()) wake(env, s, wq.q.front().pid);
 }
 
+// Lets every waiter of a queue go (a close, or the connection's end): each
+// gets one {'$islet', S} message and calls again, to find the socket closed.
+// One, not two: the Elixir side takes one message per wait, and a second
+// would stay in the mailbox (a handler's handle_info), where gen_tcp leaves
+// nothing. So the head's select is cancelled first, and when it fired
+// already its message is the head's wake. Off the schedulers (the poller
+// thread, no env) a select cannot be cancelled: the head is woken, and may
+// also get its select's message.
 static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
+  bool wake_head = env == nullptr || cancel_select(env, s, wq);
   for (const Waiter& w : wq.q) {
     // Off the schedulers (poller thread) the monitor is left to fire; the
     // down callback then finds no waiter.
     if (env != nullptr) enif_demonitor_process(env, s, &w.mon);
+    if (&w == &wq.q.front() && !wake_head) continue;
     // A sendfile running without the lock holds the turn but waits for no
     // message: one would stay in its mailbox (a handler's handle_info).
     if (s->file_sending && enif_compare_pids(&w.pid, &s->file_sender) == 0) continue;
@@ -197,10 +213,6 @@ void conn_ended(ErlNifEnv* env, Sock* s) {
   s->wioq = nullptr;
   s->busy = false;
   s->rlen = 0;  // a partial recv(n) is lost, as with gen_tcp
-  if (env != nullptr) {
-    cancel_select(env, s, s->rq);
-    cancel_select(env, s, s->wq);
-  }
   wake_all(env, s, s->rq);
   wake_all(env, s, s->wq);
 }
@@ -259,10 +271,11 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
     // terms that refer to this socket (an sni_fun's closure), and that
     // cycle would keep both alive. Nothing reads it after `open` is false.
     tls_free(s);
-    s->open = false;
-    s->closing.store(true, std::memory_order_relaxed);
+    // Before `open` goes: the heads' selects are cancelled on the open fd.
     wake_all(env, s, s->rq);
     wake_all(env, s, s->wq);
+    s->open = false;
+    s->closing.store(true, std::memory_order_relaxed);
     if (s->owner_mon_set) {
       enif_demonitor_process(env, s, &s->owner_mon);
       s->owner_mon_set = false;

@@ -82,6 +82,32 @@ defmodule Islet.RaceTest do
       end
     end
 
+    # The reader's select often fires just before the close (the peer keeps
+    # sending): the close must not wake it a second time. gen_tcp leaves
+    # nothing; a stray message would reach a handler's handle_info.
+    test "a recv woken by it leaves no message in the reader's mailbox", %{l: l, port: port} do
+      for i <- 1..40 do
+        {s, c} = pair(l, port)
+        pinger = spawn_link(fn -> ping(c, 2_000) end)
+
+        reader =
+          async(fn ->
+            result = recv_until_error(s)
+            # A select that fired before the close has sent its message by now.
+            Process.sleep(20)
+            {:messages, messages} = Process.info(self(), :messages)
+            {result, messages}
+          end)
+
+        spin_us(Enum.at([200, 500, 1_000, 2_000, 4_000], rem(i, 5)))
+        assert TCP.close(s) == :ok
+        assert await(reader) == {{:error, :closed}, []}, "iteration #{i}"
+        Process.unlink(pinger)
+        Process.exit(pinger, :kill)
+        :gen_tcp.close(c)
+      end
+    end
+
     test "wakes every process blocked in accept on the listener" do
       for i <- 1..40 do
         {:ok, l} = TCP.listen(0, ip: :loopback, backlog: 1024)
@@ -577,6 +603,29 @@ defmodule Islet.RaceTest do
       {:ok, _} -> drain(c)
       error -> error
     end
+  end
+
+  defp recv_until_error(s) do
+    case TCP.recv(s, 0, @hang) do
+      {:ok, _} -> recv_until_error(s)
+      error -> error
+    end
+  end
+
+  # Small sends, each as its own segment, for as long as `n` lasts.
+  defp ping(_c, 0), do: :ok
+
+  defp ping(c, n) do
+    :gen_tcp.send(c, "ping")
+    Process.sleep(0)
+    ping(c, n - 1)
+  end
+
+  # A delay of `us` microseconds, shorter than Process.sleep/1 can wait.
+  defp spin_us(us), do: spin_until(System.monotonic_time(:microsecond) + us)
+
+  defp spin_until(t) do
+    if System.monotonic_time(:microsecond) < t, do: spin_until(t), else: :ok
   end
 
   defp flood(c, n) do
