@@ -110,7 +110,6 @@ struct Sock {
   bool file_sending = false;
   bool close_deferred = false;
   std::atomic<bool> closing{false};
-  ErlNifPid file_sender;
   bool owner_mon_set = false;
   // The owner is watched by Islet.Owners' link (owners.cpp), not a monitor:
   // Islet.TCP's sockets, as gen_tcp links its port.

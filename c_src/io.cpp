@@ -809,7 +809,6 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (unlocked) {
       if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);
       s->file_sending = true;
-      s->file_sender = me;
       lk.unlock();
     }
     while (sent < count && sent < kBudget) {

@@ -184,23 +184,25 @@ void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
 }
 
 // Lets every waiter of a queue go (a close, or the connection's end): each
-// gets one {'$islet', S} message and calls again, to find the socket closed.
-// One, not two: the Elixir side takes one message per wait, and a second
-// would stay in the mailbox (a handler's handle_info), where gen_tcp leaves
-// nothing. So the head's select is cancelled first, and when it fired
-// already its message is the head's wake. Off the schedulers (the poller
-// thread, no env) a select cannot be cancelled: the head is woken, and may
-// also get its select's message.
+// waiting one gets one {'$islet', S} message and calls again, to find the
+// socket closed. One, not two: the Elixir side takes one message per wait,
+// and a second would stay in the mailbox (a handler's handle_info), where
+// gen_tcp leaves nothing. So the head's select is cancelled first, and when
+// it fired already its message is the head's wake. A head without a select
+// waits for nothing from here: it was just made head and its wake is on its
+// way, or it is between two calls that need no wait (a recv(n) past 1 MiB
+// that said `more`, a sendfile running without the lock, a TLS handshake
+// asking Erlang for an sni_fun's answer), and its next call finds the
+// socket closed. Off the schedulers (the poller thread, no env) no select
+// is cancelled (Islet calls enif_select only with a caller's env): the head
+// is woken, and may also get its select's message.
 static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
-  bool wake_head = env == nullptr || cancel_select(env, s, wq);
+  bool wake_head = wq.selected != 0 && (env == nullptr || cancel_select(env, s, wq));
   for (const Waiter& w : wq.q) {
     // Off the schedulers (poller thread) the monitor is left to fire; the
     // down callback then finds no waiter.
     if (env != nullptr) enif_demonitor_process(env, s, &w.mon);
     if (&w == &wq.q.front() && !wake_head) continue;
-    // A sendfile running without the lock holds the turn but waits for no
-    // message: one would stay in its mailbox (a handler's handle_info).
-    if (s->file_sending && enif_compare_pids(&w.pid, &s->file_sender) == 0) continue;
     wake(env, s, w.pid);
   }
   wq.q.clear();

@@ -108,6 +108,35 @@ defmodule Islet.RaceTest do
       end
     end
 
+    # A recv(n) past 1 MiB reads in slices, its caller coming straight back
+    # between them (no wait, no select): a close then must not wake it.
+    test "a large recv(n) ended by it leaves no message in the reader's mailbox",
+         %{l: l, port: port} do
+      data = :binary.copy("d", 8 * 1024 * 1024)
+
+      for i <- 1..40 do
+        {s, c} = pair(l, port)
+        sender = spawn_link(fn -> :gen_tcp.send(c, data) end)
+
+        reader =
+          async(fn ->
+            result = TCP.recv(s, byte_size(data), @hang)
+            Process.sleep(20)
+            {:messages, messages} = Process.info(self(), :messages)
+            {result, messages}
+          end)
+
+        spin_us(Enum.at([200, 500, 1_000, 2_000, 3_000], rem(i, 5)))
+        assert TCP.close(s) == :ok
+        {result, messages} = await(reader)
+        assert result in [{:error, :closed}, {:ok, data}], "iteration #{i}"
+        assert messages == [], "iteration #{i}: #{inspect(messages)}"
+        Process.unlink(sender)
+        Process.exit(sender, :kill)
+        :gen_tcp.close(c)
+      end
+    end
+
     test "wakes every process blocked in accept on the listener" do
       for i <- 1..40 do
         {:ok, l} = TCP.listen(0, ip: :loopback, backlog: 1024)
