@@ -418,8 +418,7 @@ int plain_drain(Sock* s) {
       if (errno == EINTR) continue;
       return errno;
     }
-    s->send_oct += n;
-    enif_ioq_deq(s->wioq, n, nullptr);
+    enif_ioq_deq(s->wioq, n, nullptr);  // counted in send_oct by its send
   }
   return 0;
 }
@@ -611,6 +610,11 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   for (ErlNifIOVec* v : more) total += v->size;
   s->send_cnt++;
   if (total > s->send_max) s->send_max = total;
+  // inet_drv counts a send's bytes when it takes them, written or queued,
+  // whatever becomes of the queue (a send_timeout_close, a reset): as Islet
+  // takes them now. TLS counts the records that went out (getstat reads
+  // the wire's count), as :ssl's port under it does.
+  if (!is_tls(s)) s->send_oct += total;
   charge(env, total);
 
   size_t skip = 0;
@@ -627,7 +631,6 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         if (!would_block(errno)) return write_error(env, s, me, errno);
         break;
       }
-      s->send_oct += n;
       skip += n;
       if (skip < vec->size) {
         // Partial: leave the rest to the queue, which tracks offsets.

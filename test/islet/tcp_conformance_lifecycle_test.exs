@@ -497,6 +497,19 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end
     end
 
+    # inet_drv counts a send's bytes when it takes them, written or queued;
+    # Thousand Island reports send_oct when a connection stops.
+    test "send_oct counts what each send took, queued or dropped with the queue" do
+      assert_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod, [sndbuf: 8192], recbuf: 8192)
+        :ok = mod.send(s, :binary.copy("a", 1_000_000))
+        {:ok, queued} = mod.getstat(s, [:send_oct, :send_cnt])
+        :ok = mod.setopts(s, send_timeout: 200, send_timeout_close: true)
+        sends = for _ <- 1..3, do: mod.send(s, :binary.copy("b", 1_000_000))
+        {queued, sends, mod.getstat(s, [:send_oct, :send_cnt])}
+      end)
+    end
+
     test "getstat/2 with some keys, unknown keys" do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)
