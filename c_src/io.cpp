@@ -775,7 +775,12 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // TLS goes through here only with kernel TLS (Islet.TLS reads and
   // encrypts otherwise).
   if (is_tls(s) && !tls_ktls_send(s)) return make_error(env, atom.einval);
-  if (s->eof_reported) return make_error(env, atom.enotconn);
+  // gen_tcp's port is no longer connected once the end was reported: by a
+  // recv, by a send that said closed, or by a write of its queue that
+  // failed in the background (whose sends still say closed once).
+  if (s->eof_reported ||
+      (s->tag != Tag::Ssl && (s->send_eof_reported || s->write_failed)))
+    return make_error(env, atom.enotconn);
   if (!take_turn(env, s, s->wq, me)) return enif_make_tuple2(env, atom.wait_turn, enif_make_uint(env, 0));
   stop_bg_flush(env, s);
   if (s->wioq != nullptr && enif_ioq_size(s->wioq) > 0) {

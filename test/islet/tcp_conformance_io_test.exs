@@ -1061,6 +1061,29 @@ defmodule Islet.TCPConformanceIOTest do
       end)
     end
 
+    test "after a send said closed: enotconn", %{path: path} do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        Process.sleep(50)
+        # The first send goes out and draws the peer's reset; the second says closed.
+        first = mod.send(s, "x")
+        Process.sleep(50)
+        {first, mod.send(s, "x"), mod.sendfile(s, path, 0, 0)}
+      end)
+    end
+
+    test "after a write of the queue found the peer gone: enotconn", %{path: path} do
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod, [], recbuf: 4096, linger: {true, 0})
+        :ok = mod.send(s, :binary.copy("q", 4_000_000))
+        :ok = :gen_tcp.close(c)
+        # The queue's next write (in the background) meets the reset.
+        Process.sleep(200)
+        {mod.sendfile(s, path, 0, 0), mod.sendfile(s, path, 0, 0)}
+      end)
+    end
+
     test "in active mode", %{path: path, data: data} do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)
