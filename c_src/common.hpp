@@ -148,6 +148,12 @@ struct Sock {
   // data is taken.
   bool busy = false;
   bool write_failed = false;     // a background write found the connection gone
+  // The owner died with data queued (sock_orphan): as gen_tcp's closing
+  // port, which ERTS keeps until its queue is out, sends, recvs, shutdown
+  // and controlling_process say closed, and nothing is delivered, while
+  // options and statistics still answer; its owner, a process of
+  // Islet.Owners', writes the queue out, then closes it.
+  bool orphaned = false;
   // A shutdown (SHUT_WR or SHUT_RDWR) asked for while data was queued: done
   // once the queue is out, as gen_tcp delays it; -1 for none.
   int shut_pending = -1;
@@ -251,6 +257,12 @@ bool get_sock(ErlNifEnv* env, ERL_NIF_TERM t, Sock** out);
 // Starts closing; returns ok or wait_close (the caller then waits for the
 // {'$islet_closed', Sock} message from the stop callback). Takes the lock.
 ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer);
+// The owner of a TCP connection died (owners_down): when data is still
+// queued (and linger is not {true, 0}), the socket is kept for its queue to
+// go out (`orphaned`), owned (monitored) by the caller, and true is
+// returned: the caller hands it to a process that drains the queue and
+// closes it. Else it is closed now (false). Takes the lock.
+bool sock_orphan(ErlNifEnv* env, Sock* s);
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
 
 // Owners watched by a link (owners.cpp), under the socket's lock: register s

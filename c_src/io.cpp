@@ -61,7 +61,7 @@ ERL_NIF_TERM wait_for(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& m
 
 // recv/send on a socket that is not a connection, or that is closed.
 bool conn_check(ErlNifEnv* env, Sock* s, ERL_NIF_TERM* err) {
-  if (!s->open || s->dead) {
+  if (!s->open || s->dead || s->orphaned) {
     *err = make_error(env, atom.closed);
     return false;
   }
@@ -900,7 +900,7 @@ ERL_NIF_TERM nif_send_timeout_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead || s->kind != Kind::Conn) return atom.ok;
+  if (!s->open || s->dead || s->orphaned || s->kind != Kind::Conn) return atom.ok;
   waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
   s->peer_closed = s->eof_reported = s->send_eof_reported = true;
   conn_ended(env, s);
@@ -925,7 +925,7 @@ ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
   }
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return atom.ok;
+  if (!s->open || s->dead || s->orphaned) return atom.ok;
   waiter_remove(env, s, s->wq, me, ERL_NIF_SELECT_WRITE);
   if (s->eof_reported || s->send_eof_reported || s->peer_closed) return atom.ok;
   for (ErlNifIOVec* v : vecs)
@@ -948,6 +948,9 @@ ERL_NIF_TERM nif_drain(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
+  // (A socket whose owner died with data queued is drained too: by its new
+  // owner, Islet.Owners' drainer, and by any close meanwhile, which waits
+  // for the queue as gen_tcp's close of a closing port does.)
   if (!s->open || s->dead || s->kind != Kind::Conn || s->peer_closed || s->send_eof_reported ||
       tls_before_handshake(s))
     return atom.ok;
@@ -1005,6 +1008,13 @@ ERL_NIF_TERM nif_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
+  {
+    // Closed already for every process but the drainer of a dead owner's
+    // queue (sock_orphan), which closes it once the queue is out: gen_tcp's
+    // close of a closing port answers ok and leaves its queue going out.
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (s->orphaned && enif_compare_pids(&s->owner, &me) != 0) return atom.ok;
+  }
   return sock_close(env, s, &me);
 }
 
@@ -1035,7 +1045,7 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   else
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.closed);
+  if (!s->open || s->dead || s->orphaned || s->reset_reported) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn || s->eof_reported) return make_error(env, atom.enotconn);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   if (how != SHUT_RD && queued(s) > 0 && !s->peer_closed && !s->send_eof_reported) {
@@ -1063,7 +1073,7 @@ ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TER
   bool dead = false;
   {
     std::lock_guard<std::mutex> lk(s->mu);
-    if (!s->open || s->dead) return make_error(env, atom.closed);
+    if (!s->open || s->dead || s->orphaned) return make_error(env, atom.closed);
     // :ssl lets any process hand the socket over; gen_tcp only the owner.
     if (s->tag != Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0)
       return make_error(env, atom.not_owner);
@@ -1103,7 +1113,7 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     dead = !set_owner(env, s, pid);
     // Delivery resumes, for the new owner or (badarg) for the caller.
     s->active = active;
-    if (!s->dead) active_started(env, s);
+    if (!s->dead && !s->orphaned) active_started(env, s);
   }
   if (dead && s->tag == Tag::Ssl) {
     sock_close(env, s, nullptr);

@@ -470,7 +470,9 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
   } else {
     return make_error(env, atom.einval);
   }
-  if (s->active != 0 && s->kind == Kind::Conn && (before == 0 || !s->armed)) active_started(env, s);
+  // (A dead owner's socket draining its queue delivers nothing: sock_orphan.)
+  if (s->active != 0 && s->kind == Kind::Conn && !s->orphaned && (before == 0 || !s->armed))
+    active_started(env, s);
   if (s->active == 0) poller_disarm(env, s);
   return atom.ok;
 }

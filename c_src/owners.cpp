@@ -80,8 +80,11 @@ void owner_unlink(Sock* s, const ErlNifPid& owner) {
   }
 }
 
-// owners_down(Pid) -> ok: Pid, linked by Islet.Owners, died; its sockets
-// close, as a port dies with the process it is linked to.
+// owners_down(Pid) -> [Sock]: Pid, linked by Islet.Owners, died; its sockets
+// close, as a port dies with the process it is linked to. Those with data
+// still queued are returned instead, orphaned and owned by the caller
+// (sock_orphan), which lets the queue go out before they close, as ERTS
+// keeps a closing port until its driver's queue is empty.
 ERL_NIF_TERM nif_owners_down(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifPid pid;
   if (!enif_get_local_pid(env, argv[0], &pid)) return enif_make_badarg(env);
@@ -92,11 +95,12 @@ ERL_NIF_TERM nif_owners_down(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]
   }
   // Each was owned by Pid when taken, and stays so: only its owner may hand
   // a TCP socket over, and Pid is dead.
+  ERL_NIF_TERM draining = enif_make_list(env, 0);
   for (Sock* s : socks) {
-    sock_close(env, s, nullptr);
+    if (sock_orphan(env, s)) draining = enif_make_list_cell(env, enif_make_resource(env, s), draining);
     enif_release_resource(s);
   }
-  return atom.ok;
+  return draining;
 }
 
 // owners_linker(Pid | undefined) -> [Owner]: Islet.Owners starting (it links

@@ -320,6 +320,42 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
   return result;
 }
 
+bool sock_orphan(ErlNifEnv* env, Sock* s) {
+  {
+    std::lock_guard<std::mutex> lk(s->mu);
+    if (!s->open) return false;  // closed meanwhile
+    linger lg{};
+    socklen_t len = sizeof lg;
+    bool abortive =
+        getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0 && lg.l_onoff && lg.l_linger == 0;
+    bool keep = s->kind == Kind::Conn && s->tag == Tag::Tcp && !is_tls(s) && !s->dead &&
+                s->wioq != nullptr && enif_ioq_size(s->wioq) > 0 && !s->peer_closed &&
+                !s->send_eof_reported && !s->write_failed && !abortive;
+    ErlNifPid self;
+    enif_self(env, &self);
+    ErlNifMonitor mon;
+    if (keep && enif_monitor_process(env, s, &self, &mon) == 0) {
+      // Sends and recvs now say closed; the waiters (other processes in
+      // recv or send) hear it. Nothing is delivered any more.
+      s->orphaned = true;
+      wake_all(env, s, s->rq);
+      wake_all(env, s, s->wq);
+      poller_remove(env, s);
+      // Out of the registry already (owners_down took it): now watched by a
+      // monitor on the caller, which hands it to the drainer with set_owner.
+      // Whoever owns it dying closes it, the queue with it.
+      s->linked = false;
+      if (s->owner_mon_set) enif_demonitor_process(env, s, &s->owner_mon);
+      s->owner = self;
+      s->owner_mon = mon;
+      s->owner_mon_set = true;
+      return true;
+    }
+  }
+  sock_close(env, s, nullptr);
+  return false;
+}
+
 void close_fd(ErlNifEnv* env, Sock* s, bool tell_closer) {
   if (!s->fd_closed && s->fd >= 0) {
     close(s->fd);

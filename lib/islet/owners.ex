@@ -11,7 +11,10 @@ defmodule Islet.Owners do
   `controlling_process`), and when a linked process exits it closes the
   connections that process still owns. A process stays linked until it
   exits (so `Process.info(pid, :links)` lists this process where gen_tcp's
-  would list the port while it is open).
+  would list the port while it is open). A connection whose owner died with
+  data still queued is closed only once the queue is out (or after 5 s
+  without progress), by a process started for it, as ERTS keeps a closing
+  port until its queue is out.
 
   Listeners and Islet.TLS sockets are watched by a monitor from the socket
   instead, which closes them in the owner's exit itself. For a listener
@@ -47,13 +50,40 @@ defmodule Islet.Owners do
 
   def handle_info({:EXIT, pid, _reason}, state) when is_pid(pid) and node(pid) == node() do
     # (A live process did not exit: the message was sent, not a signal.)
-    if not Process.alive?(pid), do: :ok = Nif.owners_down(pid)
+    if not Process.alive?(pid), do: Enum.each(Nif.owners_down(pid), &drain_and_close/1)
     {:noreply, state}
   end
 
   # Anything else (this process must not crash: its exit would reach every
   # linked owner, as a port's crash reaches its own).
   def handle_info(_message, state), do: {:noreply, state}
+
+  # The owner died with data queued: gen_tcp's port still writes its queue
+  # out before it closes (ERTS keeps a closing port until the driver's queue
+  # is empty). The socket answers every call as a closed one already; a
+  # process of its own writes the queue out and closes it, as close/1 does
+  # (giving up after 5 s without progress), so that this one never waits.
+  # It owns the socket before it starts: whatever ends it closes the socket.
+  defp drain_and_close(socket) do
+    pid =
+      spawn(fn ->
+        receive do
+          :owner -> :ok
+        after
+          5_000 -> :ok
+        end
+
+        Islet.Socket.close(socket)
+      end)
+
+    case Nif.set_owner(socket, pid, 0) do
+      :ok -> Kernel.send(pid, :owner)
+      # It is dead already (killed): the queue goes with the socket.
+      {:error, :badarg} -> Nif.close(socket)
+      # Closed meanwhile.
+      {:error, _} -> :ok
+    end
+  end
 
   @impl GenServer
   def terminate(_reason, _state) do

@@ -656,6 +656,38 @@ defmodule Islet.TCPConformanceIOTest do
       end)
     end
 
+    # ERTS keeps a closing port until its driver's queue is out: the owner's
+    # exit closes the connection only then, and meanwhile the socket answers
+    # every other process as a closed one.
+    test "the owner exits with data queued: the queue still goes out, then the end" do
+      assert_same(fn mod ->
+        {:ok, l} = mod.listen(0, ip: :loopback)
+        c = Diff.connect(mod, l, recbuf: 4096)
+        parent = self()
+
+        owner =
+          spawn(fn ->
+            {:ok, s} = mod.accept(l)
+            Kernel.send(parent, {:sent, s, mod.send(s, @queue_big)})
+            receive(do: (:exit -> exit(:normal)))
+          end)
+
+        {s, sent} = receive(do: ({:sent, s, r} -> {s, r}))
+        ref = Process.monitor(owner)
+        Kernel.send(owner, :exit)
+        receive(do: ({:DOWN, ^ref, _, _, _} -> :ok))
+        # Islet.Owners hears of the exit (a link, as a port's).
+        Process.sleep(50)
+
+        calls =
+          {mod.send(s, "x"), mod.recv(s, 0, 0), mod.shutdown(s, :read),
+           mod.controlling_process(s, self()), mod.getstat(s, [:send_oct]),
+           mod.setopts(s, active: :once), mod.getopts(s, [:active])}
+
+        {sent, calls, read_all(c)}
+      end)
+    end
+
     test "shutdown(:write) returns at once; the end follows the queue" do
       assert_same(fn mod ->
         {_l, s, c} = queue_pair(mod)
