@@ -28,7 +28,7 @@ struct Atoms {
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
       show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake,
-      accept_copies_reuseaddr, link_owner, islet_link;
+      accept_copies_reuseaddr, link_owner, islet_link, islet_orphan;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -151,8 +151,9 @@ struct Sock {
   // The owner died with data queued (sock_orphan): as gen_tcp's closing
   // port, which ERTS keeps until its queue is out, sends, recvs, shutdown
   // and controlling_process say closed, and nothing is delivered, while
-  // options and statistics still answer; its owner, a process of
-  // Islet.Owners', writes the queue out, then closes it.
+  // options and statistics still answer (TLS: statistics and addresses
+  // only, as :ssl's once its connection process has ended, ssl_gone); its
+  // owner, a process of Islet.Owners', writes the queue out, then closes it.
   bool orphaned = false;
   // A shutdown (SHUT_WR or SHUT_RDWR) asked for while data was queued: done
   // once the queue is out, as gen_tcp delays it; -1 for none.
@@ -236,6 +237,13 @@ inline bool is_tls(const Sock* s) { return s->ssl != nullptr || s->rec != nullpt
 // (recv, send, options, shutdown, connection information) with
 // {error, notsup_on_transport_accept_socket}.
 inline bool tls_before_handshake(const Sock* s) { return s->ssl != nullptr && !s->tls_done; }
+// :ssl's connection process would be gone: it ended with the connection
+// (`dead`), or with its owner while the queue still goes out (`orphaned`:
+// :ssl's closing TCP port writes it out after the process has exited).
+// Calls that go through that process then say closed; getstat and the
+// addresses, which :ssl asks of its TCP port, answer while the port is
+// open (orphaned) and say einval once it is closed (dead).
+inline bool ssl_gone(const Sock* s) { return s->dead || (s->orphaned && s->tag == Tag::Ssl); }
 
 extern ErlNifResourceType* sock_type;
 extern ErlNifResourceType* file_type;
@@ -261,7 +269,9 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer);
 // queued (and linger is not {true, 0}), the socket is kept for its queue to
 // go out (`orphaned`), owned (monitored) by the caller, and true is
 // returned: the caller hands it to a process that drains the queue and
-// closes it. Else it is closed now (false). Takes the lock.
+// closes it. Else it is closed now (false). Takes the lock. (A socket
+// whose owner is watched by a monitor, TLS ones, goes the same way from
+// its down callback, to Islet.Owners: see sock_down.)
 bool sock_orphan(ErlNifEnv* env, Sock* s);
 bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
 
@@ -270,6 +280,9 @@ bool set_owner(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);  // under lock
 // owner's entry (s->owner's, unless it is being handed over).
 bool owner_link(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
 void owner_unlink(Sock* s, const ErlNifPid& owner);
+// Islet.Owners' pid, when it runs (false otherwise). Under the socket's
+// lock or none.
+bool owners_linker_pid(ErlNifPid* out);
 // Closes the fd once, and answers a closer waiting for it when tell_closer
 // (else it was answered ok already). Under lock: the stop callback, or a
 // sendfile call the stop callback left the fd to.
@@ -343,6 +356,10 @@ ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count);
 bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out);
 void tls_free(Sock* s);           // under lock at close, and the destructor
 void tls_close_notify(Sock* s);   // under lock, best effort
+// Records sealed and not yet taken by the kernel (Islet's record layer keeps
+// them apart from the write queue); 0 for OpenSSL's, whose unwritten data
+// stays in the queue until SSL_write takes it. Under lock.
+size_t tls_unsent(const Sock* s);
 bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx
 
 // Options (options.cpp).

@@ -766,7 +766,7 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifPid me = self_pid(env);
   std::unique_lock<std::mutex> lk(s->mu);
   // file:sendfile/5 answers einval for a closed socket, enotconn for a listener.
-  if (!s->open || s->dead) return make_error(env, atom.einval);
+  if (!s->open || ssl_gone(s)) return make_error(env, atom.einval);
   if (s->kind != Kind::Conn) return make_error(env, atom.enotconn);
   // gen_tcp takes a file only from the socket's owner (Thousand Island's SSL
   // transport sends it with :ssl.send, from any process).
@@ -950,7 +950,10 @@ ERL_NIF_TERM nif_drain(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   std::lock_guard<std::mutex> lk(s->mu);
   // (A socket whose owner died with data queued is drained too: by its new
   // owner, Islet.Owners' drainer, and by any close meanwhile, which waits
-  // for the queue as gen_tcp's close of a closing port does.)
+  // for the queue as gen_tcp's close of a closing port does; not a TLS
+  // one's, where :ssl's close finds the connection process gone and
+  // returns at once.)
+  if (s->orphaned && s->tag == Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0) return atom.ok;
   if (!s->open || s->dead || s->kind != Kind::Conn || s->peer_closed || s->send_eof_reported ||
       tls_before_handshake(s))
     return atom.ok;

@@ -485,7 +485,7 @@ ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return closed_answer(env, s);
+  if (!s->open || ssl_gone(s)) return closed_answer(env, s);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   if (s->kind != Kind::Conn) {
     bool bad = false;
@@ -500,7 +500,7 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s) || !enif_is_list(env, argv[1])) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return closed_answer(env, s);
+  if (!s->open || ssl_gone(s)) return closed_answer(env, s);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   ERL_NIF_TERM head, tail = argv[1];
   ERL_NIF_TERM active = 0;
@@ -527,7 +527,7 @@ ERL_NIF_TERM nif_getopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!get_sock(env, argv[0], &s) || !enif_get_list_length(env, argv[1], &n))
     return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return closed_answer(env, s);
+  if (!s->open || ssl_gone(s)) return closed_answer(env, s);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   ERL_NIF_TERM out = enif_make_list(env, 0);
   ERL_NIF_TERM head, tail = argv[1];
@@ -550,6 +550,8 @@ ERL_NIF_TERM nif_getstat(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
+  // (A TLS socket orphaned, sock_orphan, still answers: :ssl asks its
+  // closing TCP port, not its connection process.)
   if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.einval);
   auto kv = [env](ERL_NIF_TERM k, uint64_t v) {
     return enif_make_tuple2(env, k, enif_make_uint64(env, v));
@@ -576,6 +578,8 @@ static ERL_NIF_TERM name_of(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[],
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
+  // (A TLS socket orphaned, sock_orphan, still answers: :ssl asks its
+  // closing TCP port, not its connection process.)
   if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.einval);
   if (peer && s->eof_reported) return make_error(env, atom.enotconn);
   sockaddr_storage ss{};

@@ -80,6 +80,13 @@ void owner_unlink(Sock* s, const ErlNifPid& owner) {
   }
 }
 
+bool owners_linker_pid(ErlNifPid* out) {
+  std::lock_guard<std::mutex> lk(reg_mu);
+  if (!have_linker) return false;
+  *out = linker;
+  return true;
+}
+
 // owners_down(Pid) -> [Sock]: Pid, linked by Islet.Owners, died; its sockets
 // close, as a port dies with the process it is linked to. Those with data
 // still queued are returned instead, orphaned and owned by the caller

@@ -1323,6 +1323,8 @@ void records_close_notify(Sock* s) {
   r->close_sent = true;
 }
 
+size_t records_unsent(const Sock* s) { return s->rec->out.size(); }
+
 void records_fail(Sock* s, uint8_t desc) {
   if (s->rec != nullptr) fail(s, s->rec, desc);
 }

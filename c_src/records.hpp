@@ -73,6 +73,8 @@ bool records_pending(const Sock* s);
 bool records_may_have_more(const Sock* s);
 // close_notify, once, best effort (it may not fit in the socket).
 void records_close_notify(Sock* s);
+// Bytes sealed that the socket has not taken yet (they wait in `out`).
+size_t records_unsent(const Sock* s);
 // Our fatal alert after the handshake (a client certificate that Islet.TLS
 // rejected in Erlang): sent if the socket takes it, then the connection ends.
 void records_fail(Sock* s, uint8_t desc);

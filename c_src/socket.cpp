@@ -46,7 +46,7 @@ void init_atoms(ErlNifEnv* env) {
                a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug"),
                a("broadcast"), a("netns"), a("read_packets"),
                a("notsup_on_transport_accept_socket"), a("accept_copies_reuseaddr"),
-               a("link_owner"), a("$islet_link")};
+               a("link_owner"), a("$islet_link"), a("$islet_orphan")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
@@ -320,37 +320,56 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
   return result;
 }
 
+namespace {
+
+// Whether a queue must still go out now that the owner of s died (under
+// lock): an open connection that has not ended, with data queued (or, on
+// Islet's record layer, records sealed that the socket has not taken), and
+// linger not {true, 0}, whose abortive close drops the queue with gen_tcp
+// too. Not one orphaned already: its new owner died, and it closes now.
+bool queue_outlives_owner(Sock* s) {
+  if (!s->open || s->kind != Kind::Conn || s->dead || s->orphaned || s->peer_closed ||
+      s->send_eof_reported || s->write_failed || tls_before_handshake(s) || s->wioq == nullptr)
+    return false;
+  if (enif_ioq_size(s->wioq) + tls_unsent(s) == 0) return false;
+  linger lg{};
+  socklen_t len = sizeof lg;
+  bool abortive =
+      getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0 && lg.l_onoff && lg.l_linger == 0;
+  return !abortive;
+}
+
+// Leaves s open for its queue to go out, owned (monitored) by `to`, which
+// hands it to the process that drains and closes it; false when `to` is
+// dead (the caller closes s). Under lock.
+bool orphan_to(ErlNifEnv* env, Sock* s, const ErlNifPid& to) {
+  ErlNifMonitor mon;
+  if (enif_monitor_process(env, s, &to, &mon) != 0) return false;
+  // Sends and recvs now say closed; the waiters (other processes in recv
+  // or send) hear it. Nothing is delivered any more.
+  s->orphaned = true;
+  wake_all(env, s, s->rq);
+  wake_all(env, s, s->wq);
+  poller_remove(env, s);
+  // Out of the registry already (owners_down took it), or never in it (a
+  // monitor watched the owner): from now on watched by a monitor on `to`.
+  // Whoever owns it dying closes it, the queue with it.
+  s->linked = false;
+  if (s->owner_mon_set) enif_demonitor_process(env, s, &s->owner_mon);
+  s->owner = to;
+  s->owner_mon = mon;
+  s->owner_mon_set = true;
+  return true;
+}
+
+}  // namespace
+
 bool sock_orphan(ErlNifEnv* env, Sock* s) {
   {
     std::lock_guard<std::mutex> lk(s->mu);
-    if (!s->open) return false;  // closed meanwhile
-    linger lg{};
-    socklen_t len = sizeof lg;
-    bool abortive =
-        getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0 && lg.l_onoff && lg.l_linger == 0;
-    bool keep = s->kind == Kind::Conn && s->tag == Tag::Tcp && !is_tls(s) && !s->dead &&
-                s->wioq != nullptr && enif_ioq_size(s->wioq) > 0 && !s->peer_closed &&
-                !s->send_eof_reported && !s->write_failed && !abortive;
     ErlNifPid self;
     enif_self(env, &self);
-    ErlNifMonitor mon;
-    if (keep && enif_monitor_process(env, s, &self, &mon) == 0) {
-      // Sends and recvs now say closed; the waiters (other processes in
-      // recv or send) hear it. Nothing is delivered any more.
-      s->orphaned = true;
-      wake_all(env, s, s->rq);
-      wake_all(env, s, s->wq);
-      poller_remove(env, s);
-      // Out of the registry already (owners_down took it): now watched by a
-      // monitor on the caller, which hands it to the drainer with set_owner.
-      // Whoever owns it dying closes it, the queue with it.
-      s->linked = false;
-      if (s->owner_mon_set) enif_demonitor_process(env, s, &s->owner_mon);
-      s->owner = self;
-      s->owner_mon = mon;
-      s->owner_mon_set = true;
-      return true;
-    }
+    if (queue_outlives_owner(s) && orphan_to(env, s, self)) return true;
   }
   sock_close(env, s, nullptr);
   return false;
@@ -399,6 +418,20 @@ static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* 
     std::lock_guard<std::mutex> lk(s->mu);
     if (s->owner_mon_set && enif_compare_monitors(&s->owner_mon, mon) == 0) {
       s->owner_mon_set = false;
+      // Data still queued goes out first, as :ssl's TCP port (and gen_tcp's)
+      // writes its queue out after its owner has gone. A down callback
+      // cannot start the process that does it: Islet.Owners becomes the
+      // owner (monitored, so that its death closes the socket) and is told
+      // to hand it to one ({'$islet_orphan', S}), as owners_down does for
+      // linked owners. Without Islet.Owners it closes now.
+      ErlNifPid linker;
+      if (queue_outlives_owner(s) && owners_linker_pid(&linker) && orphan_to(env, s, linker)) {
+        ErlNifEnv* menv = enif_alloc_env();
+        ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_orphan, enif_make_resource(menv, s));
+        enif_send(env, &linker, menv, msg);
+        enif_free_env(menv);
+        return;
+      }
       owner_died = true;
     } else {
       // A waiter died: drop it; when it was the head, the next one takes over.

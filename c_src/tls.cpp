@@ -1320,6 +1320,8 @@ void tls_close_notify(Sock* s) {
   ERR_clear_error();
 }
 
+size_t tls_unsent(const Sock* s) { return s->rec != nullptr ? records_unsent(s) : 0; }
+
 // tls_sweep() -> Count: frees the cipher contexts of TLS connections idle
 // since the previous call (Islet.TLS.Sweeper calls it every few seconds).
 ERL_NIF_TERM nif_tls_sweep(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
@@ -2001,7 +2003,7 @@ ERL_NIF_TERM nif_tls_info(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   std::lock_guard<std::mutex> lk(s->mu);
-  if (!s->open || s->dead) return make_error(env, atom.closed);
+  if (!s->open || ssl_gone(s)) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn) return make_error(env, atom.enotconn);  // a listener, as :ssl's
   if (!is_tls(s)) return make_error(env, enif_make_atom(env, "not_secure"));
   if (!s->tls_done) return make_error(env, atom.notsup_before_handshake);

@@ -17,7 +17,11 @@ defmodule Islet.Owners do
   port until its queue is out.
 
   Listeners and Islet.TLS sockets are watched by a monitor from the socket
-  instead, which closes them in the owner's exit itself. For a listener
+  instead, which closes them in the owner's exit itself; a connection among
+  them with data still queued is handed to this process instead (the
+  socket's down callback cannot start a process), which lets the queue out
+  before it closes in the same way, as `:ssl`'s TCP port does after its
+  connection process has exited. For a listener
   that matters: the processes waiting in its accept hear of its end before
   anything else happens (Thousand Island's acceptors then report their end,
   just before their supervisor stops them), where a link would close it
@@ -54,6 +58,15 @@ defmodule Islet.Owners do
     {:noreply, state}
   end
 
+  # A connection watched by a monitor (Islet.TLS's, or Islet.TCP's while
+  # this process was not running) whose owner died with data queued: the
+  # NIF made this process its owner (the socket monitors it) and leaves it
+  # to be drained and closed.
+  def handle_info({:"$islet_orphan", socket}, state) when is_reference(socket) do
+    drain_and_close(socket)
+    {:noreply, state}
+  end
+
   # Anything else (this process must not crash: its exit would reach every
   # linked owner, as a port's crash reaches its own).
   def handle_info(_message, state), do: {:noreply, state}
@@ -76,12 +89,17 @@ defmodule Islet.Owners do
         Islet.Socket.close(socket)
       end)
 
-    case Nif.set_owner(socket, pid, 0) do
-      :ok -> Kernel.send(pid, :owner)
-      # It is dead already (killed): the queue goes with the socket.
-      {:error, :badarg} -> Nif.close(socket)
-      # Closed meanwhile.
-      {:error, _} -> :ok
+    try do
+      case Nif.set_owner(socket, pid, 0) do
+        :ok -> Kernel.send(pid, :owner)
+        # It is dead already (killed): the queue goes with the socket.
+        {:error, :badarg} -> Nif.close(socket)
+        # Closed meanwhile.
+        {:error, _} -> :ok
+      end
+    rescue
+      # Not a socket (a message that did not come from the NIF).
+      ArgumentError -> Process.exit(pid, :kill)
     end
   end
 
