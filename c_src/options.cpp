@@ -386,15 +386,17 @@ bool parse_sockaddr(ErlNifEnv* env, ERL_NIF_TERM family, ERL_NIF_TERM addr, int 
   if (enif_is_identical(family, atom.local)) {
     auto* sa = static_cast<sockaddr_un*>(out);
     ErlNifBinary path;
-    if (port != 0 || !enif_inspect_binary(env, addr, &path) || path.size == 0 ||
-        path.size >= sizeof sa->sun_path)
+    if (port != 0 || !enif_inspect_binary(env, addr, &path)) return false;
+    // As inet: an abstract address (a NUL first) may fill sun_path, a path
+    // needs room for its NUL; the kernel reads a path up to its first NUL,
+    // and binds an empty one to a name it picks (autobind, the family alone).
+    bool abstract = path.size > 0 && path.data[0] == 0;
+    if (path.size > sizeof sa->sun_path || (!abstract && path.size == sizeof sa->sun_path))
       return false;
-    // Abstract addresses start with a NUL byte; others must not hold one.
-    if (path.data[0] != 0 && std::memchr(path.data, 0, path.size) != nullptr) return false;
     sa->sun_family = AF_UNIX;
-    std::memcpy(sa->sun_path, path.data, path.size);
+    if (path.size > 0) std::memcpy(sa->sun_path, path.data, path.size);
     *len = static_cast<unsigned>(offsetof(sockaddr_un, sun_path) + path.size +
-                                 (path.data[0] != 0 ? 1 : 0));
+                                 (path.size > 0 && !abstract ? 1 : 0));
     *fam = AF_UNIX;
     return true;
   }

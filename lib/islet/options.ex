@@ -327,14 +327,33 @@ defmodule Islet.Options do
 
   defp ip_value(:loopback), do: {:ip, :loopback}
   defp ip_value(:any), do: {:ip, :any}
-  defp ip_value({:local, path}) when is_binary(path), do: {:ip, {:local, path}}
-  defp ip_value({:local, path}) when is_list(path), do: ip_value({:local, List.to_string(path)})
+  defp ip_value({:local, path}) when is_binary(path), do: local_path(path)
+
+  defp ip_value({:local, path}) when is_list(path) do
+    case :unicode.characters_to_binary(path) do
+      bin when is_binary(bin) -> local_path(bin)
+      _ -> {:error, :einval}
+    end
+  catch
+    :error, :badarg -> {:error, :einval}
+  end
 
   defp ip_value(ip) when is_tuple(ip) do
     if :inet.is_ip_address(ip), do: {:ip, ip}, else: {:error, :einval}
   end
 
   defp ip_value(_), do: {:error, :einval}
+
+  # What inet takes as a Unix socket's path: one that fits sun_path (108
+  # bytes on Linux), with room for the NUL after it unless it is abstract
+  # (starts with a NUL). The kernel reads a path up to its first NUL, and
+  # "" binds to a name of its choosing (autobind).
+  @sun_path 108
+  defp local_path(<<0, _::binary>> = path) when byte_size(path) <= @sun_path,
+    do: {:ip, {:local, path}}
+
+  defp local_path(path) when byte_size(path) < @sun_path, do: {:ip, {:local, path}}
+  defp local_path(_path), do: {:error, :einval}
 
   defp address(port, %{family: fam, ip: ip, nif: opts}) do
     case {fam, ip} do

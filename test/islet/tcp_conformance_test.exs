@@ -140,6 +140,61 @@ defmodule Islet.TCPConformanceTest do
       assert islet == {:error, :einval}
     end
 
+    # inet binds what the kernel takes: "" autobinds (an abstract name the
+    # kernel picks), a path is read up to its first NUL, an abstract name may
+    # fill sun_path's 108 bytes and a path may not (it needs its NUL).
+    test "{:local, path}: empty, a NUL inside, abstract, and too long" do
+      tmp = Diff.tmp_path("islet_nul")
+      # (gen_tcp and Islet take the same path one after the other.)
+      long = fn n -> tmp <> String.duplicate("b", n - byte_size(tmp)) end
+
+      for path <-
+            ["", tmp <> <<0, "x">>, <<0, "islet_abs">>, <<0>>, <<0>> <> long.(107)] ++
+              [long.(107), long.(108), <<0>> <> long.(108), String.to_charlist(tmp)] do
+        assert_same(fn mod ->
+          result =
+            case Diff.catching(fn -> mod.listen(0, ip: {:local, path}) end) do
+              {:ok, l} ->
+                c = Diff.connect(mod, l)
+                {:ok, s} = mod.accept(l)
+
+                name =
+                  case mod.sockname(l) do
+                    {:ok, {:local, <<0, auto::binary-size(5)>>}} when path == "" ->
+                      {:autobind, auto =~ ~r/^[0-9a-f]{5}$/}
+
+                    other ->
+                      other
+                  end
+
+                :gen_tcp.close(c)
+                {:ok, name, mod.close(s), mod.close(l)}
+
+              other ->
+                other
+            end
+
+          {result, File.rm(tmp), File.rm(long.(107))}
+        end)
+      end
+    end
+
+    test "{:local, path} as chardata, and a list that is not" do
+      tmp = Diff.tmp_path("islet_chardata")
+
+      for path <- [[tmp, ~c"x"], [-1], [:a], [0xD800]] do
+        assert_same(fn mod ->
+          result =
+            case Diff.catching(fn -> mod.listen(0, ip: {:local, path}) end) do
+              {:ok, l} -> {:ok, mod.sockname(l), mod.close(l)}
+              other -> other
+            end
+
+          {result, File.rm(tmp <> "x")}
+        end)
+      end
+    end
+
     test "an address that is not local" do
       assert_same(&listen_probe(&1, ip: {192, 0, 2, 1}))
     end
