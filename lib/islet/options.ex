@@ -112,7 +112,8 @@ defmodule Islet.Options do
   def listen_spec(port, opts, extra, stack) when is_list(opts) do
     Enum.reduce_while(opts, {:ok, %{family: nil, ip: nil, nif: []}}, fn opt, {:ok, acc} ->
       case listen_classify(opt, extra, stack) do
-        {:family, f} -> {:cont, {:ok, %{acc | family: f}}}
+        # The first family named wins, as in inet's choice of module.
+        {:family, f} -> {:cont, {:ok, %{acc | family: acc.family || f}}}
         {:ip, ip} -> {:cont, {:ok, %{acc | ip: ip}}}
         {:nif, kv} -> {:cont, {:ok, %{acc | nif: [kv | acc.nif]}}}
         :skip -> {:cont, {:ok, acc}}

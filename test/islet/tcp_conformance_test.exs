@@ -109,6 +109,14 @@ defmodule Islet.TCPConformanceTest do
       assert_same(&listen_probe(&1, [:inet6]))
     end
 
+    test "several family atoms: the first one wins" do
+      assert_same(&listen_probe(&1, [:inet, :inet6, ip: :any]))
+      assert_same(&listen_probe(&1, [:inet6, :inet, ip: :loopback]))
+      assert_same(&listen_probe(&1, [:inet, :inet6, ip: :loopback]))
+      assert_same(&listen_probe(&1, [:inet6, :inet]))
+      assert_same(&listen_probe(&1, [{:ip, {0, 0, 0, 0, 0, 0, 0, 1}}, :inet6, :inet]))
+    end
+
     test "IPv6 tuple without :inet6" do
       assert_same(&listen_probe(&1, ip: {0, 0, 0, 0, 0, 0, 0, 1}))
     end
