@@ -107,6 +107,9 @@ bool in_scope(const Sock* s, Scope scope) {
 
 }  // namespace
 
+// A setsockopt the kernel refuses is einval whatever its errno (enodev for
+// a missing device, eperm for a priority above 6 without CAP_NET_ADMIN), as
+// inet_drv answers it.
 int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, bool* badopt) {
   bool b;
   int i;
@@ -127,11 +130,11 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
       int prio = 0;
       socklen_t plen = sizeof prio;
       bool had = getsockopt(s->fd, SOL_SOCKET, SO_PRIORITY, &prio, &plen) == 0;
-      if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return errno;
+      if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return EINVAL;
       if (had) setsockopt(s->fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
       return 0;
     }
-    if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return errno;
+    if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return EINVAL;
     if (o->name == SO_PRIORITY && o->level == SOL_SOCKET) s->priority = v;
     return 0;
   }
@@ -157,7 +160,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     return setsockopt(s->fd, SOL_SOCKET, SO_BINDTODEVICE, name,
                       static_cast<socklen_t>(dev.size)) == 0
                ? 0
-               : errno;
+               : EINVAL;
   }
   if (enif_is_identical(key, atom.delay_send)) {
     if (!get_bool(value, &b)) return EINVAL;
@@ -186,7 +189,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
         !enif_get_int(env, t[1], &i))
       return EINVAL;
     linger l{b ? 1 : 0, i};
-    return setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0 ? 0 : errno;
+    return setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0 ? 0 : EINVAL;
   }
   if (enif_is_identical(key, atom.buffer)) {
     if (!enif_get_int(env, value, &i)) return EINVAL;

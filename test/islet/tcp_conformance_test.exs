@@ -391,6 +391,28 @@ defmodule Islet.TCPConformanceTest do
       end)
     end
 
+    # inet_drv answers einval for any setsockopt the kernel refuses (enodev
+    # for a missing device; eperm for a priority above 6 where the caller
+    # lacks CAP_NET_ADMIN); bind and listen keep their own errors.
+    test "a setsockopt the kernel refuses is einval, in listen and setopts" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        {:ok, {_, port}} = mod.sockname(l)
+
+        for opts <- [[bind_to_device: "nosuchdev0"], [priority: 7]] do
+          listen =
+            case mod.listen(0, [{:ip, :loopback} | opts]) do
+              {:ok, l2} -> {:ok, mod.close(l2)}
+              other -> other
+            end
+
+          {opts, listen, mod.setopts(l, opts), mod.setopts(s, opts),
+           mod.getopts(s, [:bind_to_device, :priority])}
+        end
+        |> then(&{&1, mod.listen(port, ip: :loopback, bind_to_device: "lo")})
+      end)
+    end
+
     test "values of the wrong type" do
       bad = [
         nodelay: :yes,
