@@ -519,7 +519,14 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     }
     bool bad = false;
     int e = apply_opt(s, env, kv[0], kv[1], &bad);
-    if (e != 0) return make_errno_error(env, e);
+    if (e != 0) {
+      // The options before the refused one stay in place, active too.
+      if (active != 0) {
+        ERL_NIF_TERM r = set_active(env, s, active);
+        if (!enif_is_identical(r, atom.ok)) return r;
+      }
+      return make_errno_error(env, e);
+    }
   }
   if (active != 0) return set_active(env, s, active);
   return atom.ok;

@@ -171,25 +171,14 @@ defmodule Islet.Options do
   defp listen_order(:ssl), do: if(Islet.Compat.ssl_listen_keeps_order?(), do: :inet, else: :ssl)
   defp listen_order(stack), do: stack
 
-  # The NIF applies options first to last. gen_tcp (OTP 25) applies a list,
-  # listen's or setopts', from the last option to the first, and :ssl from
-  # the first to the last: [high_watermark: 1000, low_watermark: 2000]
-  # gives 1000/1000 with gen_tcp, 2000/2000 with :ssl. Only the watermarks
-  # (of the send queue and of the message queue) tell, each of them moving
-  # its pair: for inet they are reversed among themselves.
+  # The NIF applies options first to last, and stops at the first it
+  # refuses. gen_tcp (OTP 25) applies a list, listen's or setopts', from
+  # the last option to the first (so the options after a refused one are
+  # in place, those before it not), and :ssl from the first to the last:
+  # [high_watermark: 1000, low_watermark: 2000] gives 1000/1000 with
+  # gen_tcp, 2000/2000 with :ssl. For inet the list is reversed.
   defp in_order(opts, :ssl), do: opts
-
-  defp in_order(opts, :inet) do
-    marks = for {key, _} = kv <- opts, key in @watermarks or key in @msgq_marks, do: kv
-
-    {ordered, []} =
-      Enum.map_reduce(opts, Enum.reverse(marks), fn
-        {key, _}, [mark | rest] when key in @watermarks or key in @msgq_marks -> {mark, rest}
-        kv, rest -> {kv, rest}
-      end)
-
-    ordered
-  end
+  defp in_order(opts, :inet), do: Enum.reverse(opts)
 
   # :ssl keeps packet_size itself, as any integer (inet: 32 bits, >= 0).
   defp classify_for({:packet_size, n} = kv, :ssl) when is_integer(n), do: {:nif, kv}

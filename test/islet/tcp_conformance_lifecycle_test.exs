@@ -152,6 +152,30 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
+    # gen_tcp applies a list from its last option to its first and stops
+    # at one the kernel refuses: the options after it are in place, active
+    # among them, and those before it are not.
+    test "a refused option: the ones after it are in place, not the ones before" do
+      assert_same(fn mod ->
+        keys = [:active, :keepalive, :nodelay, :send_timeout, :high_watermark, :low_watermark]
+
+        for opts <- [
+              [keepalive: true, bind_to_device: "nosuchdev0", nodelay: false],
+              [bind_to_device: "nosuchdev0", keepalive: true],
+              [keepalive: true, ttl: 0, send_timeout: 5],
+              [high_watermark: 10, low_watermark: 20, ttl: 0, low_watermark: 30],
+              [bind_to_device: "nosuchdev0", active: 3],
+              [active: true, bind_to_device: "nosuchdev0"],
+              [keepalive: true, active: 40_000, nodelay: false]
+            ] do
+          {l, s, _c} = Diff.pair(mod)
+
+          {opts, mod.setopts(s, opts), mod.getopts(s, keys), mod.setopts(l, opts),
+           mod.getopts(l, keys)}
+        end
+      end)
+    end
+
     test "raw options: set, read back, refused by the kernel, malformed" do
       # {:raw, level, option, value} was unsupported (2026-12-06).
       assert_same(fn mod ->
