@@ -202,7 +202,10 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
       s->send_timeout = -1;
       return 0;
     }
-    if (!enif_get_int(env, value, &i) || i < 0) return EINVAL;
+    // Islet.Options cuts it to 32 bits as inet does: -1 is infinity, and
+    // another negative value is kept (read back; Islet.Socket waits
+    // without end for it, as gen_tcp's timer does).
+    if (!enif_get_int(env, value, &i)) return EINVAL;
     s->send_timeout = i;
     return 0;
   }
@@ -309,7 +312,7 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
   } else if (enif_is_identical(key, atom.buffer)) {
     v = enif_make_int(env, s->buffer);
   } else if (enif_is_identical(key, atom.send_timeout)) {
-    v = s->send_timeout < 0 ? atom.infinity : enif_make_long(env, s->send_timeout);
+    v = s->send_timeout == -1 ? atom.infinity : enif_make_long(env, s->send_timeout);
   } else if (enif_is_identical(key, atom.high_watermark)) {
     v = enif_make_uint64(env, s->high_watermark);
   } else if (enif_is_identical(key, atom.low_watermark)) {

@@ -37,6 +37,12 @@ defmodule Islet.Options do
   do). Taken at the one value Islet has: `header: 0`, `deliver: :term`,
   `show_econnreset: false`, `debug: false` (another value is unsupported).
 
+  Integer values (`backlog`, `linger`'s seconds, `buffer`, `recbuf`,
+  `sndbuf`, `send_timeout`, the IP options) are cut to their low 32 bits,
+  signed, as inet encodes them: `send_timeout: 4_294_967_295` is
+  `:infinity`, and a `send_timeout` cut to another negative value is read
+  back so and never expires, as with `:gen_tcp`.
+
   Anything else returns `{:error, {:unsupported_option, option}}`; a
   supported option with a value of the wrong type returns `{:error, :einval}`
   as `:gen_tcp` does.
@@ -243,15 +249,22 @@ defmodule Islet.Options do
   # (as given: :ssl echoes :raw or 0 back in getopts)
   defp value({:packet, p}) when p in [:raw, 0], do: {:nif, {:packet, p}}
   defp value({:exit_on_close, true}), do: {:nif, {:exit_on_close, true}}
-  defp value({:backlog, n}) when is_integer(n), do: {:nif, {:backlog, n}}
+  # Integers go to inet as 32 bits: a larger one is cut to its low 32 bits,
+  # signed, and taken so (as the options below).
+  defp value({:backlog, n}) when is_integer(n), do: {:nif, {:backlog, int32(n)}}
   defp value({:active, a} = kv) when is_boolean(a) or a == :once, do: {:nif, kv}
   defp value({:active, n} = kv) when is_integer(n) and n in -32768..32767, do: {:nif, kv}
 
-  defp value({:linger, {on, secs}} = kv) when is_boolean(on) and is_integer(secs),
-    do: {:nif, kv}
+  defp value({:linger, {on, secs}}) when is_boolean(on) and is_integer(secs),
+    do: {:nif, {:linger, {on, int32(secs)}}}
 
   defp value({:send_timeout, :infinity} = kv), do: {:nif, kv}
-  defp value({:send_timeout, t} = kv) when is_integer(t) and t >= 0, do: {:nif, kv}
+  # A negative one is einval; a larger one is cut to 32 bits, which may make
+  # it -1 (infinity) or another negative value: gen_tcp reads that back
+  # and waits without end (Islet.Socket does the same).
+  defp value({:send_timeout, t}) when is_integer(t) and t >= 0,
+    do: {:nif, {:send_timeout, int32(t)}}
+
   # Any integer, as inet takes it: cut to its low 32 bits, signed (the NIF
   # makes a negative one 0).
   defp value({key, n}) when key in @watermarks and is_integer(n) do
@@ -287,7 +300,7 @@ defmodule Islet.Options do
   end
 
   defp value({key, b} = kv) when key in @bool_opts and is_boolean(b), do: {:nif, kv}
-  defp value({key, n} = kv) when key in @int_opts and is_integer(n), do: {:nif, kv}
+  defp value({key, n}) when key in @int_opts and is_integer(n), do: {:nif, {key, int32(n)}}
 
   # Values gen_tcp takes that Islet does not implement (list mode, packet
   # framing, half-open sockets); other values are einval, as with gen_tcp.

@@ -205,8 +205,16 @@ defmodule Islet.Socket do
   # send_timeout and send_timeout_close, read only on the slow path.
   defp send_deadline(socket) do
     case Nif.getopts(socket, [:send_timeout, :send_timeout_close]) do
-      {:ok, [send_timeout: t, send_timeout_close: close?]} -> {deadline(t), close?}
-      _ -> {:infinity, false}
+      # A negative one (a value past 32 bits, cut as inet cuts it) is, as
+      # for gen_tcp's timer, no limit.
+      {:ok, [send_timeout: t, send_timeout_close: close?]} when is_integer(t) and t < 0 ->
+        {:infinity, close?}
+
+      {:ok, [send_timeout: t, send_timeout_close: close?]} ->
+        {deadline(t), close?}
+
+      _ ->
+        {:infinity, false}
     end
   end
 

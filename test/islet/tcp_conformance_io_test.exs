@@ -529,6 +529,46 @@ defmodule Islet.TCPConformanceIOTest do
       assert_same(&send_timeout_scenario(&1, false))
     end
 
+    # inet cuts send_timeout to 32 bits: 2^32 + 200 is 200 ms, and 2^31
+    # reads back negative, which gen_tcp's timer takes as no limit.
+    test "send_timeout past 32 bits: cut to 32 bits, a negative one waits without end" do
+      assert_same(fn mod ->
+        for timeout <- [0x1_0000_00C8, 0x8000_0000, 0xFFFF_FFFF] do
+          {_l, s, c} =
+            Diff.pair(mod, [send_timeout: timeout, send_timeout_close: false, sndbuf: 8192],
+              recbuf: 8192
+            )
+
+          chunk = :binary.copy("z", 256 * 1024)
+          me = self()
+
+          sender =
+            spawn(fn ->
+              result =
+                Enum.reduce_while(1..400, nil, fn _, _ ->
+                  case mod.send(s, [chunk]) do
+                    :ok -> {:cont, :ok}
+                    error -> {:halt, error}
+                  end
+                end)
+
+              send(me, {:sent, self(), result})
+            end)
+
+          result =
+            receive do
+              {:sent, ^sender, result} -> result
+            after
+              1500 -> :still_waiting
+            end
+
+          Process.exit(sender, :kill)
+          :gen_tcp.close(c)
+          {mod.getopts(s, [:send_timeout]), result}
+        end
+      end)
+    end
+
     test "a closed socket" do
       assert_same(fn mod ->
         {_l, s, _c} = Diff.pair(mod)

@@ -315,6 +315,39 @@ defmodule Islet.TCPConformanceTest do
       assert_same(&listen_probe(&1, ip: :loopback, send_timeout_close: false))
     end
 
+    # inet takes any integer for these and cuts it to its low 32 bits,
+    # signed; the kernel then takes or refuses what is left.
+    test "integers past 32 bits, in listen and setopts" do
+      keys = [:send_timeout, :linger, :buffer, :recbuf, :sndbuf, :tos, :priority, :ttl]
+
+      for v <- [0x8000_0000, 3_000_000_000, 0xFFFF_FFFF, 0x1_0000_0005, -0x8000_0001] do
+        opts =
+          [send_timeout: v, linger: {true, v}, buffer: v, recbuf: v, sndbuf: v, tos: v] ++
+            [priority: v, ttl: v, backlog: v]
+
+        assert_same(fn mod ->
+          {l, s, _c} = Diff.pair(mod)
+
+          for {key, _} = opt <- opts do
+            listen =
+              case Diff.catching(fn -> mod.listen(0, [opt, ip: :loopback]) end) do
+                {:ok, l2} -> {:ok, mod.getopts(l2, keys), mod.close(l2)}
+                # (gen_tcp exits at a negative send_timeout, Islet: einval)
+                {:exit, :badarg} -> {:error, :einval}
+                other -> other
+              end
+
+            {key, listen, mod.setopts(l, [opt]), mod.setopts(s, [opt])}
+          end
+          |> then(&{&1, mod.getopts(l, keys), mod.getopts(s, keys)})
+        end)
+      end
+
+      assert_same(
+        &listen_probe(&1, ip: :loopback, send_timeout: 3_000_000_000, tos: 0x1_0000_0008)
+      )
+    end
+
     # inet_drv keeps low <= high: a high below the low lowers the low, a low
     # above the high raises the high; a negative value is 0, and values are
     # cut to 32 bits. The options of one listen apply from the last to the
