@@ -48,28 +48,32 @@ struct IntOpt {
   int name;
   bool boolean;
   Scope scope;
+  // inet_drv answers einval when the kernel refuses it; for the others it
+  // ignores the refusal, which shows once its fd is closed (fd_gone).
+  bool checked;
 };
 
 // Options that are a plain setsockopt.
 const IntOpt kIntOpts[] = {
-    {&atom.nodelay, IPPROTO_TCP, TCP_NODELAY, true, Scope::Tcp},
-    {&atom.reuseaddr, SOL_SOCKET, SO_REUSEADDR, true, Scope::Any},
-    {&atom.reuseport, SOL_SOCKET, SO_REUSEPORT, true, Scope::Any},
-    {&atom.reuseport_lb, SOL_SOCKET, SO_REUSEPORT, true, Scope::Any},
-    {&atom.keepalive, SOL_SOCKET, SO_KEEPALIVE, true, Scope::Any},
-    {&atom.recbuf, SOL_SOCKET, SO_RCVBUF, false, Scope::Any},
-    {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, Scope::Any},
-    {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, Scope::Any},
-    {&atom.dontroute, SOL_SOCKET, SO_DONTROUTE, true, Scope::Any},
-    {&atom.broadcast, SOL_SOCKET, SO_BROADCAST, true, Scope::Any},
-    {&atom.nopush, IPPROTO_TCP, TCP_CORK, true, Scope::Tcp},  // gen_tcp's name for TCP_CORK
-    {&atom.tos, IPPROTO_IP, IP_TOS, false, Scope::Ip},
-    {&atom.ttl, IPPROTO_IP, IP_TTL, false, Scope::Ip},
-    {&atom.recvtos, IPPROTO_IP, IP_RECVTOS, true, Scope::Ip},
-    {&atom.recvttl, IPPROTO_IP, IP_RECVTTL, true, Scope::Ip},
-    {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, Scope::Ip6},
-    {&atom.tclass, IPPROTO_IPV6, IPV6_TCLASS, false, Scope::Ip6},
-    {&atom.recvtclass, IPPROTO_IPV6, IPV6_RECVTCLASS, true, Scope::Ip6},
+    {&atom.nodelay, IPPROTO_TCP, TCP_NODELAY, true, Scope::Tcp, false},
+    {&atom.reuseaddr, SOL_SOCKET, SO_REUSEADDR, true, Scope::Any, false},
+    {&atom.reuseport, SOL_SOCKET, SO_REUSEPORT, true, Scope::Any, true},
+    {&atom.reuseport_lb, SOL_SOCKET, SO_REUSEPORT, true, Scope::Any, true},
+    {&atom.keepalive, SOL_SOCKET, SO_KEEPALIVE, true, Scope::Any, false},
+    {&atom.recbuf, SOL_SOCKET, SO_RCVBUF, false, Scope::Any, false},
+    {&atom.sndbuf, SOL_SOCKET, SO_SNDBUF, false, Scope::Any, false},
+    {&atom.priority, SOL_SOCKET, SO_PRIORITY, false, Scope::Any, true},
+    {&atom.dontroute, SOL_SOCKET, SO_DONTROUTE, true, Scope::Any, false},
+    {&atom.broadcast, SOL_SOCKET, SO_BROADCAST, true, Scope::Any, false},
+    // gen_tcp's name for TCP_CORK
+    {&atom.nopush, IPPROTO_TCP, TCP_CORK, true, Scope::Tcp, false},
+    {&atom.tos, IPPROTO_IP, IP_TOS, false, Scope::Ip, true},
+    {&atom.ttl, IPPROTO_IP, IP_TTL, false, Scope::Ip, true},
+    {&atom.recvtos, IPPROTO_IP, IP_RECVTOS, true, Scope::Ip, true},
+    {&atom.recvttl, IPPROTO_IP, IP_RECVTTL, true, Scope::Ip, true},
+    {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, Scope::Ip6, true},
+    {&atom.tclass, IPPROTO_IPV6, IPV6_TCLASS, false, Scope::Ip6, true},
+    {&atom.recvtclass, IPPROTO_IPV6, IPV6_RECVTCLASS, true, Scope::Ip6, true},
 };
 
 const IntOpt* find_int_opt(ERL_NIF_TERM key) {
@@ -91,6 +95,14 @@ void set_watermark(bool high, T v, T* hi, T* lo) {
     if (*hi < v) *hi = v;
   }
 }
+
+// gen_tcp closes its fd once a passive recv has said closed (its port
+// stays, exit_on_close; over TLS :ssl's connection is gone instead, dead):
+// from then on the kernel's options are left out of getopts, setting them
+// is einval or ignored as inet_drv treats the kernel's refusal, and
+// sockname is ebadf. Islet keeps the fd until close (shut down both ways),
+// so it answers as if it were gone.
+bool fd_gone(const Sock* s) { return s->eof_reported && s->tag != Tag::Ssl; }
 
 bool in_scope(const Sock* s, Scope scope) {
   switch (scope) {
@@ -124,6 +136,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     // inet's user-level buffer follows the receive buffer unless set itself.
     if (o->name == SO_RCVBUF && !s->buffer_set && v > s->buffer) s->buffer = v;
     if (!in_scope(s, o->scope)) return o->scope == Scope::Tcp ? 0 : EINVAL;
+    if (fd_gone(s)) return o->checked ? EINVAL : 0;
     if (o->name == IP_TOS && o->level == IPPROTO_IP) {
       // Linux derives the socket's priority from the TOS; inet_drv puts
       // the priority back, so tos never changes priority with gen_tcp.
@@ -147,7 +160,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     if (!enif_get_tuple(env, value, &arity, &t) || arity != 3 || !enif_get_int(env, t[0], &level) ||
         !enif_get_int(env, t[1], &name) || !enif_inspect_binary(env, t[2], &val))
       return EINVAL;
-    setsockopt(s->fd, level, name, val.data, static_cast<socklen_t>(val.size));
+    if (!fd_gone(s)) setsockopt(s->fd, level, name, val.data, static_cast<socklen_t>(val.size));
     return 0;
   }
   if (enif_is_identical(key, atom.bind_to_device)) {
@@ -155,6 +168,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     if (!enif_inspect_binary(env, value, &dev) || dev.size >= IFNAMSIZ ||
         std::memchr(dev.data, 0, dev.size) != nullptr)
       return EINVAL;
+    if (fd_gone(s)) return EINVAL;
     char name[IFNAMSIZ] = {};
     std::memcpy(name, dev.data, dev.size);
     return setsockopt(s->fd, SOL_SOCKET, SO_BINDTODEVICE, name,
@@ -188,6 +202,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     if (!enif_get_tuple(env, value, &arity, &t) || arity != 2 || !get_bool(t[0], &b) ||
         !enif_get_int(env, t[1], &i))
       return EINVAL;
+    if (fd_gone(s)) return 0;
     linger l{b ? 1 : 0, i};
     return setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) == 0 ? 0 : EINVAL;
   }
@@ -282,9 +297,12 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
   ERL_NIF_TERM v;
   int arity;
   const ERL_NIF_TERM* tuple;
-  if (enif_get_tuple(env, key, &arity, &tuple)) return read_raw(env, s, key, out, err);
+  if (enif_get_tuple(env, key, &arity, &tuple)) {
+    if (!read_raw(env, s, key, out, err)) return false;
+    return !fd_gone(s);  // (a malformed key is einval all the same)
+  }
   if (const IntOpt* o = find_int_opt(key)) {
-    if (!in_scope(s, o->scope)) return false;
+    if (!in_scope(s, o->scope) || fd_gone(s)) return false;
     int iv = 0;
     socklen_t len = sizeof iv;
     if (getsockopt(s->fd, o->level, o->name, &iv, &len) != 0) {
@@ -293,6 +311,7 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
     }
     v = o->boolean ? make_bool(iv != 0) : enif_make_int(env, iv);
   } else if (enif_is_identical(key, atom.linger)) {
+    if (fd_gone(s)) return false;
     linger l{};
     socklen_t len = sizeof l;
     if (getsockopt(s->fd, SOL_SOCKET, SO_LINGER, &l, &len) != 0) {
@@ -322,6 +341,7 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
   } else if (enif_is_identical(key, atom.exit_on_close)) {
     v = make_bool(s->exit_on_close);
   } else if (enif_is_identical(key, atom.bind_to_device)) {
+    if (fd_gone(s)) return false;
     char name[IFNAMSIZ] = {};
     socklen_t len = sizeof name;
     if (getsockopt(s->fd, SOL_SOCKET, SO_BINDTODEVICE, name, &len) != 0) {
@@ -597,6 +617,7 @@ static ERL_NIF_TERM name_of(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[],
   // closing TCP port, not its connection process.)
   if (!s->open || s->dead || s->reset_reported) return make_error(env, atom.einval);
   if (peer && s->eof_reported) return make_error(env, atom.enotconn);
+  if (fd_gone(s)) return make_errno_error(env, EBADF);
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
   int r = peer ? getpeername(s->fd, reinterpret_cast<sockaddr*>(&ss), &len)

@@ -633,6 +633,64 @@ defmodule Islet.TCPConformanceLifecycleTest do
     end
   end
 
+  describe "after a passive recv said closed" do
+    # gen_tcp's port closed its fd there (it stays open, exit_on_close):
+    # sockname is ebadf, getopts leaves the kernel's options out, setopts
+    # ignores or refuses them as inet_drv treats the kernel's refusal, and
+    # its own settings still answer. (reuseport is left out: OTP 25's
+    # gen_tcp does not know it, see the getopts tests.)
+    test "sockname, peername, getopts, setopts, getstat" do
+      kernel =
+        [:nodelay, :reuseaddr, :keepalive, :linger, :recbuf, :sndbuf, :tos, :priority] ++
+          [:ttl, :recvtos, :recvttl, :dontroute, :broadcast, :nopush, :bind_to_device]
+
+      own =
+        [:active, :buffer, :send_timeout, :high_watermark, :low_watermark, :delay_send] ++
+          [:packet_size, :high_msgq_watermark, :exit_on_close, :mode, :packet]
+
+      sets =
+        [keepalive: true, nodelay: false, reuseaddr: true, recbuf: 100_000, sndbuf: 5000] ++
+          [linger: {true, 1}, dontroute: true, broadcast: true, nopush: true, tos: 8] ++
+          [priority: 1, ttl: 9, recvtos: true, recvttl: true, bind_to_device: "lo"] ++
+          [buffer: 100, send_timeout: 10, high_watermark: 100, packet_size: 5] ++
+          [{:raw, 6, 1, <<1::32-native>>}]
+
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.close(c)
+        {:error, :closed} = mod.recv(s, 0, 10_000)
+
+        {mod.sockname(s), mod.peername(s),
+         mod.getopts(s, [:active, :nodelay, :keepalive, :recbuf, {:raw, 6, 1, 4}]),
+         for(k <- kernel ++ own, do: {k, mod.getopts(s, [k])}),
+         for(o <- sets, do: {o, mod.setopts(s, [o])}),
+         mod.setopts(s, keepalive: true, tos: 8, send_timeout: 20),
+         mod.getopts(s, own ++ [:keepalive, :linger]), mod.getstat(s, [:recv_oct, :send_oct]),
+         mod.send(s, "x"), mod.recv(s, 0, 100), mod.close(s), mod.sockname(s)}
+      end)
+    end
+
+    test "on a unix socket and an IPv6 one" do
+      for family <- [:local, [:inet6, ip: :loopback]] do
+        assert_same(fn mod ->
+          path = Diff.name(Diff.tmp_path("islet_eof"), :path)
+          listen = if family == :local, do: [ip: {:local, path}], else: family
+          {_l, s, c} = Diff.pair(mod, listen)
+          :ok = :gen_tcp.close(c)
+          {:error, :closed} = mod.recv(s, 0, 10_000)
+
+          result =
+            {mod.sockname(s), mod.getopts(s, [:nodelay, :tclass, :ipv6_v6only, :keepalive]),
+             mod.setopts(s, nodelay: true), mod.setopts(s, tclass: 8), mod.setopts(s, tos: 8),
+             mod.setopts(s, ipv6_v6only: true), mod.setopts(s, keepalive: true)}
+
+          File.rm(path)
+          result
+        end)
+      end
+    end
+  end
+
   describe "close" do
     test "is idempotent, for a connection and a listener" do
       assert_same(fn mod ->
