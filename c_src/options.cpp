@@ -251,7 +251,8 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     return enif_get_int(env, value, &i) && i == 0 ? 0 : EINVAL;
   }
   if (enif_is_identical(key, atom.active)) {
-    // Only listeners take it here (setopts handles connections).
+    // Only listen and TLS listeners take it here (set_active handles the
+    // others).
     if (enif_is_identical(value, atom.once))
       s->active = kActiveOnce;
     else if (get_bool(value, &b))
@@ -463,7 +464,8 @@ ERL_NIF_TERM make_sockaddr(ErlNifEnv* env, const void* sap, unsigned len) {
 namespace {
 
 // Sets active mode with gen_tcp's rules: {active, N} adds to the counter and
-// going to 0 or below sends the passive message.
+// going to 0 or below sends the passive message. A TCP listener counts as a
+// connection does (it passes its mode on to what it accepts).
 ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
   bool b;
   int n;
@@ -515,7 +517,7 @@ ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || ssl_gone(s)) return closed_answer(env, s);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
-  if (s->kind != Kind::Conn) {
+  if (s->kind != Kind::Conn && s->tag == Tag::Ssl) {
     bool bad = false;
     return apply_opt(s, env, atom.active, argv[1], &bad) == 0 ? atom.ok
                                                               : make_error(env, atom.einval);
@@ -536,7 +538,7 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     int arity;
     const ERL_NIF_TERM* kv;
     if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2) return make_error(env, atom.einval);
-    if (enif_is_identical(kv[0], atom.active) && s->kind == Kind::Conn) {
+    if (enif_is_identical(kv[0], atom.active) && (s->kind == Kind::Conn || s->tag != Tag::Ssl)) {
       active = kv[1];  // applied last, once the other options are in place
       continue;
     }

@@ -289,6 +289,50 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
+    # A listener's {active, N} counts as a connection's: N adds to the
+    # count (past 32767: einval), and 0 or below makes it passive with a
+    # {tcp_passive, L} message; a connection it accepts takes its mode.
+    test "active: N on the listener counts as on a connection" do
+      assert_same(fn mod ->
+        {:ok, l} = mod.listen(0, ip: :loopback)
+        Diff.name(l, :listener)
+        msg = fn -> receive(do: (m -> m), after: (100 -> :none)) end
+
+        steps =
+          for opts <- [
+                [active: 5],
+                [active: 5],
+                [active: -10],
+                [active: 32_767],
+                [active: 1],
+                [active: 0],
+                [active: true],
+                [active: 3],
+                [active: :once],
+                [active: -1],
+                [active: 4],
+                [active: -4, nodelay: true],
+                [nodelay: true, active: 7],
+                [keepalive: true]
+              ] do
+            {opts, mod.setopts(l, opts), mod.getopts(l, [:active]), msg.()}
+          end
+
+        c = Diff.connect(mod, l)
+        {:ok, s} = mod.accept(l)
+        :ok = :gen_tcp.send(c, "hi")
+
+        data =
+          receive do
+            {_, ^s, d} -> {:data, d}
+          after
+            1000 -> :none
+          end
+
+        {steps, mod.getopts(s, [:active]), data}
+      end)
+    end
+
     test "options set on the listener after listen apply to later connections" do
       assert_same(fn mod ->
         {:ok, l} = mod.listen(0, ip: :loopback)
