@@ -360,6 +360,9 @@ defmodule Islet.Options do
 
   defp address(port, %{family: fam, ip: ip, nif: opts}) do
     case {fam, ip} do
+      # A family named for an address of another (gen_tcp exits: badarg).
+      {fam, {:local, _}} when fam != nil -> {:error, :einval}
+      {:inet, ip} when tuple_size(ip) == 8 -> {:error, :einval}
       {_, {:local, path}} when port == 0 -> {:ok, {:local, path, 0, opts}}
       {_, {:local, _}} -> {:error, :einval}
       {:inet6, :loopback} -> {:ok, {:inet6, {0, 0, 0, 0, 0, 0, 0, 1}, port, opts}}

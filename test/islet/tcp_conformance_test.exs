@@ -117,6 +117,22 @@ defmodule Islet.TCPConformanceTest do
       assert_same(&listen_probe(&1, [{:ip, {0, 0, 0, 0, 0, 0, 0, 1}}, :inet6, :inet]))
     end
 
+    # A deliberate difference: gen_tcp crashes the caller (badarg) when the
+    # family named does not fit the address; Islet answers {:error, :einval}.
+    test "a family atom that does not fit the address" do
+      for opts <- [
+            [:inet, ip: {0, 0, 0, 0, 0, 0, 0, 1}],
+            [{:ip, {0, 0, 0, 0, 0, 0, 0, 1}}, :inet],
+            [:inet6, ip: {127, 0, 0, 1}],
+            [:inet, ip: {:local, "/nonexistent/islet_fam"}],
+            [:inet6, ip: {:local, "/nonexistent/islet_fam"}]
+          ] do
+        {gen_tcp, islet} = Diff.run(&Diff.catching(fn -> &1.listen(0, opts) end))
+        assert gen_tcp == {:exit, :badarg}, inspect(opts)
+        assert islet == {:error, :einval}, inspect(opts)
+      end
+    end
+
     test "IPv6 tuple without :inet6" do
       assert_same(&listen_probe(&1, ip: {0, 0, 0, 0, 0, 0, 0, 1}))
     end
