@@ -13,7 +13,8 @@ defmodule Islet.Options do
   `exit_on_close: true`; the IP options `tos`, `ttl`, `recvtos`, `recvttl`,
   `tclass`, `recvtclass`, `dontroute` and `broadcast` (these two in
   setopts only) and `bind_to_device`, each on the address families gen_tcp
-  has it for; `{:raw, level, option, value}` (a setsockopt whose refusal is
+  has it for; `{:raw, level, option, value}` (or `{:raw, {level, option,
+  value}}`, inet's own form: a setsockopt whose refusal is
   ignored, as inet ignores it).
 
   `high_watermark` and `low_watermark` follow inet_drv: a send that finds
@@ -287,6 +288,12 @@ defmodule Islet.Options do
     do: {:nif, {:packet_size, Bitwise.band(n, 0xFFFFFFFF)}}
 
   defp value({:bind_to_device, dev} = kv) when is_binary(dev), do: {:nif, kv}
+  # {:raw, {level, option, value}}: inet's own form of the raw option,
+  # which gen_tcp takes as the 4-tuple.
+  defp value({:raw, {level, name, value}})
+       when is_integer(level) and is_integer(name) and is_binary(value),
+       do: {:nif, {:raw, {int32(level), int32(name), value}}}
+
   defp value({:raw, _}), do: {:error, :einval}
   # A UDP option inet takes on any socket, to no effect on TCP.
   defp value({:read_packets, n}) when is_integer(n) and n >= 0, do: :skip

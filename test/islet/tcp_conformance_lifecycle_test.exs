@@ -205,6 +205,28 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
+    test "raw options as {:raw, {level, option, value}}, inet's own form" do
+      assert_same(fn mod ->
+        {l, s, _c} = Diff.pair(mod)
+        key = [{:raw, 6, 4, 4}]
+
+        set =
+          for v <-
+                [{6, 4, <<61::32-native>>}, {6, 4, "ab"}, {0x1_0000_0006, 4, <<62::32-native>>}] ++
+                  [{:x, 4, <<1>>}, {6, 4}, {6, 4, :x}, {6, 4, <<1>>, 1}, [6, 4, <<1>>]] do
+            {v, Diff.catching(fn -> mod.setopts(s, raw: v) end), mod.getopts(s, key)}
+          end
+
+        listen =
+          case mod.listen(0, raw: {6, 4, <<63::32-native>>}, ip: :loopback) do
+            {:ok, l2} -> {mod.getopts(l2, key), mod.close(l2)}
+            other -> other
+          end
+
+        {set, mod.setopts(l, raw: {6, 4, <<64::32-native>>}), mod.getopts(l, key), listen}
+      end)
+    end
+
     test "raw options at listen reach the listener and the accepted socket" do
       # (Thousand Island's option merge, and so the reference module, cannot
       # take a 4-tuple: gen_tcp is called directly here.)
