@@ -7,7 +7,7 @@ defmodule Islet.TLSCraftedRecordsTest do
 
   import Islet.Test.TLSDiff, only: [listen: 2, port: 2]
 
-  alias Islet.Test.Certs
+  alias Islet.Test.{Certs, Diff}
 
   @moduletag :capture_log
 
@@ -77,20 +77,13 @@ defmodule Islet.TLSCraftedRecordsTest do
     {:ok, ^s} = mod.handshake(s, 30_000)
     {:ok, "hi"} = mod.recv(s, 0, 10_000)
     reader = Task.async(fn -> read_all(mod, s, []) end)
-    wait_blocked(reader.pid)
+    Diff.wait_blocked(reader.pid)
     Kernel.send(client, :go)
     assert_receive :sent, 10_000
     result = Task.await(reader, 15_000)
     Kernel.send(client, :done)
     mod.close(s)
     result
-  end
-
-  defp wait_blocked(pid, tries \\ 200) do
-    if tries > 0 and Process.info(pid, :status) != {:status, :waiting} do
-      Process.sleep(10)
-      wait_blocked(pid, tries - 1)
-    end
   end
 
   defp read_all(mod, s, acc) do

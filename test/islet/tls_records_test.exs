@@ -374,7 +374,7 @@ defmodule Islet.TLSRecordsTest do
             # after the failure gets :closed from :ssl (its connection
             # process has ended) but the alert again from Islet (one CI run
             # under load, where 100 ms were not enough).
-            wait_blocked(waiting.pid)
+            Diff.wait_blocked(waiting.pid)
             Process.sleep(50)
             hostile.(proxy, c)
             Task.await(waiting, 15_000)
@@ -408,13 +408,6 @@ defmodule Islet.TLSRecordsTest do
 
     # The first error of recv(0), skipping data (:ssl drops the data that
     # came with a bad record in one read; Islet delivers it first).
-    defp wait_blocked(pid, tries \\ 200) do
-      if tries > 0 and Process.info(pid, :status) != {:status, :waiting} do
-        Process.sleep(10)
-        wait_blocked(pid, tries - 1)
-      end
-    end
-
     defp recv_until_error(mod, s) do
       case mod.recv(s, 0, 10_000) do
         {:ok, _} -> recv_until_error(mod, s)

@@ -147,6 +147,20 @@ defmodule Islet.Test.Diff do
     :throw, value -> {:throw, value}
   end
 
+  @doc """
+  Waits (up to 2 s) until process `pid` is blocked in a `receive`: a recv
+  is then waiting, so that what a test sends next meets a waiting reader.
+  """
+  @spec wait_blocked(pid(), non_neg_integer()) :: :ok
+  def wait_blocked(pid, tries \\ 200) do
+    if tries > 0 and Process.info(pid, :status) != {:status, :waiting} do
+      Process.sleep(10)
+      wait_blocked(pid, tries - 1)
+    else
+      :ok
+    end
+  end
+
   @doc "Names a socket (or any term) so that it shows as `name` in results."
   @spec name(term(), atom()) :: term()
   def name(term, name) do
