@@ -90,14 +90,7 @@ defmodule Islet.RaceTest do
         {s, c} = pair(l, port)
         pinger = spawn_link(fn -> ping(c, 2_000) end)
 
-        reader =
-          async(fn ->
-            result = recv_until_error(s)
-            # A select that fired before the close has sent its message by now.
-            Process.sleep(20)
-            {:messages, messages} = Process.info(self(), :messages)
-            {result, messages}
-          end)
+        reader = async(fn -> with_mailbox(fn -> recv_until_error(s) end) end)
 
         spin_us(Enum.at([200, 500, 1_000, 2_000, 4_000], rem(i, 5)))
         assert TCP.close(s) == :ok
@@ -118,13 +111,7 @@ defmodule Islet.RaceTest do
         {s, c} = pair(l, port)
         sender = spawn_link(fn -> :gen_tcp.send(c, data) end)
 
-        reader =
-          async(fn ->
-            result = TCP.recv(s, byte_size(data), @hang)
-            Process.sleep(20)
-            {:messages, messages} = Process.info(self(), :messages)
-            {result, messages}
-          end)
+        reader = async(fn -> with_mailbox(fn -> TCP.recv(s, byte_size(data), @hang) end) end)
 
         spin_us(Enum.at([200, 500, 1_000, 2_000, 3_000], rem(i, 5)))
         assert TCP.close(s) == :ok
@@ -632,6 +619,15 @@ defmodule Islet.RaceTest do
       {:ok, _} -> drain(c)
       error -> error
     end
+  end
+
+  # fun's result, and what is in this process's mailbox 20 ms later (a
+  # select that fired before a close has sent its message by then).
+  defp with_mailbox(fun) do
+    result = fun.()
+    Process.sleep(20)
+    {:messages, messages} = Process.info(self(), :messages)
+    {result, messages}
   end
 
   defp recv_until_error(s) do
