@@ -778,8 +778,13 @@ defmodule Islet.TLSConformanceTest do
 
         cond do
           not Islet.Compat.ssl11?() ->
-            # (the handshake's exit, once listen took the entries)
-            assert {:exit, {{:function_clause, _}, {:gen_statem, :call, _}}} = ssl
+            # (the handshake's exit, once listen took the entries; once, in
+            # CI under ASan, :ssl's crash surfaced earlier, as a MatchError
+            # raised in the calling process, not reproduced since)
+            assert match?({:exit, {{:function_clause, _}, {:gen_statem, :call, _}}}, ssl) or
+                     match?({:raised, MatchError}, ssl),
+                   "ssl: \#{inspect(ssl)}"
+
             assert {:listening, {:error, {:options, {:certs_keys, _}}}, {:error, _}} = islet
 
           entries == [%{}] ->
