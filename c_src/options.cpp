@@ -251,8 +251,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     return enif_get_int(env, value, &i) && i == 0 ? 0 : EINVAL;
   }
   if (enif_is_identical(key, atom.active)) {
-    // Only listen and TLS listeners take it here (set_active handles the
-    // others).
+    // Only listen sets it here (setopts goes through set_active).
     if (enif_is_identical(value, atom.once))
       s->active = kActiveOnce;
     else if (get_bool(value, &b))
@@ -474,9 +473,10 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     s->active = kActiveOnce;
   } else if (get_bool(value, &b)) {
     s->active = b ? kActiveTrue : 0;
-  } else if (s->tag == Tag::Ssl && enif_get_int(env, value, &n) && n < 0) {
-    // :ssl turns a negative count into passive at once (with its message),
-    // whatever the running count was.
+  } else if (s->tag == Tag::Ssl && s->kind == Kind::Conn && enif_get_int(env, value, &n) && n < 0) {
+    // :ssl turns a connection's negative count into passive at once (with
+    // its message), whatever the running count was; its listener counts as
+    // gen_tcp's does (the count is its TCP listener's).
     s->active = 0;
     poller_disarm(env, s);
     ErlNifEnv* menv = enif_alloc_env();
@@ -484,7 +484,7 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     enif_send(env, &s->owner, menv, msg);
     enif_free_env(menv);
     return atom.ok;
-  } else if (enif_get_int(env, value, &n) && n >= -kActiveMax && n <= kActiveMax) {
+  } else if (enif_get_int(env, value, &n) && n >= -kActiveMax - 1 && n <= kActiveMax) {
     long sum = (before > 0 ? before : 0) + static_cast<long>(n);
     if (sum > kActiveMax) return make_error(env, atom.einval);
     if (sum <= 0) {
@@ -517,12 +517,15 @@ ERL_NIF_TERM nif_set_active(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[])
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || ssl_gone(s)) return closed_answer(env, s);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
-  if (s->kind != Kind::Conn && s->tag == Tag::Ssl) {
-    bool bad = false;
-    return apply_opt(s, env, atom.active, argv[1], &bad) == 0 ? atom.ok
-                                                              : make_error(env, atom.einval);
+  ERL_NIF_TERM r = set_active(env, s, argv[1]);
+  if (s->kind != Kind::Conn && s->tag == Tag::Ssl && !enif_is_identical(r, atom.ok)) {
+    // :ssl passes a listener's active on to its TCP listener, and answers
+    // inet's refusal as {options, {socket_options, [{active, V}], einval}}.
+    ERL_NIF_TERM opt = enif_make_list1(env, enif_make_tuple2(env, atom.active, argv[1]));
+    ERL_NIF_TERM why = enif_make_tuple3(env, enif_make_atom(env, "socket_options"), opt, atom.einval);
+    return make_error(env, enif_make_tuple2(env, enif_make_atom(env, "options"), why));
   }
-  return set_active(env, s, argv[1]);
+  return r;
 }
 
 // setopts(Sock, [{Key, Value}]) -> ok | {error, Reason}
@@ -538,7 +541,7 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     int arity;
     const ERL_NIF_TERM* kv;
     if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2) return make_error(env, atom.einval);
-    if (enif_is_identical(kv[0], atom.active) && (s->kind == Kind::Conn || s->tag != Tag::Ssl)) {
+    if (enif_is_identical(kv[0], atom.active)) {
       active = kv[1];  // applied last, once the other options are in place
       continue;
     }

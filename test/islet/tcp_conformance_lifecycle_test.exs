@@ -333,6 +333,8 @@ defmodule Islet.TCPConformanceLifecycleTest do
                 [active: :once],
                 [active: -1],
                 [active: 4],
+                [active: -32_768],
+                [active: 2],
                 [active: -4, nodelay: true],
                 [nodelay: true, active: 7],
                 [keepalive: true]

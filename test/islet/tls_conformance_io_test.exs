@@ -589,6 +589,34 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    # :ssl passes a listener's active on to its TCP listener: N adds to the
+    # count, 0 or below makes it passive with {ssl_passive, L}, and inet's
+    # refusal is {options, {socket_options, [active: V], einval}}. (After a
+    # refusal :ssl's getopts reads the refused sum, which is not in force:
+    # not compared.) Islet's listener counted none of it: only 1..32767
+    # were taken, set as the count.
+    test "active: N on the listener counts as gen_tcp's, with {ssl_passive, L}" do
+      assert_same(fn mod ->
+        l = listen(mod)
+        msg = fn -> receive(do: (m -> m), after: (100 -> :none)) end
+
+        counted =
+          for v <- [5, 5, -10, 3, -1, :once, -1, true, -1, -32_768, 32_767] do
+            {v, mod.setopts(l, active: v), mod.getopts(l, [:active]), msg.()}
+          end
+
+        refused = for v <- [1, -32_769], do: {v, mod.setopts(l, active: v), msg.()}
+        {counted, refused}
+      end)
+
+      # A value that is no mode at all :ssl takes (:ok, and its getopts
+      # reads it back; nothing checks it): Islet refuses it as inet would.
+      l = listen(subject())
+
+      assert subject().setopts(l, active: :x) ==
+               {:error, {:options, {:socket_options, [active: :x], :einval}}}
+    end
+
     test "the TCP port's tuning, :ssl's emulated options and IP options, read back" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)
