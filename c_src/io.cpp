@@ -405,6 +405,22 @@ ssize_t conn_read(Sock* s, void* buf, size_t n, int* err) {
 
 namespace {
 
+// All of a send's iodata (a list of binaries), checked before any of it is
+// written: one vector (more only past kInspectMax elements). One, not one
+// per IOV_MAX elements: each enif_ioq_enqv grows the queue's array by
+// copying it, so a 40,000-element send cost 6.6 ms in 40 pieces.
+constexpr unsigned kInspectMax = 1u << 24;
+
+bool inspect_all(ErlNifEnv* env, ERL_NIF_TERM list, std::vector<ErlNifIOVec*>* out) {
+  ERL_NIF_TERM tail = list;
+  do {
+    ErlNifIOVec* v = nullptr;  // the VM may fill a caller-supplied one: never garbage
+    if (!enif_inspect_iovec(env, kInspectMax, tail, &tail, &v)) return false;
+    out->push_back(v);
+  } while (!enif_is_empty_list(env, tail));
+  return true;
+}
+
 size_t queued(const Sock* s) { return s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0; }
 bool start_bg_flush(ErlNifEnv* env, Sock* s);
 
@@ -575,16 +591,10 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
-  ErlNifIOVec* vec = nullptr;
-  ERL_NIF_TERM tail;
-  if (!enif_inspect_iovec(env, IOV_MAX, argv[1], &tail, &vec)) return enif_make_badarg(env);
-  // iodata longer than IOV_MAX elements: check all of it before writing any.
   std::vector<ErlNifIOVec*> more;
-  while (!enif_is_empty_list(env, tail)) {
-    ErlNifIOVec* v = nullptr;  // the VM may fill a caller-supplied one: never garbage
-    if (!enif_inspect_iovec(env, IOV_MAX, tail, &tail, &v)) return enif_make_badarg(env);
-    more.push_back(v);
-  }
+  if (!inspect_all(env, argv[1], &more)) return enif_make_badarg(env);
+  ErlNifIOVec* vec = more.front();
+  more.erase(more.begin());
   std::lock_guard<std::mutex> lk(s->mu);
   ERL_NIF_TERM err;
   if (!conn_check(env, s, &err)) return err;
@@ -621,8 +631,9 @@ ERL_NIF_TERM nif_send(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   size_t before = queued(s);
   bool queued_before = before > 0;
   if (!queued_before && more.empty() && !is_tls(s)) {
-    // The common case: one writev straight from the terms, no copy.
-    int cnt = static_cast<int>(vec->iovcnt);
+    // The common case: one writev straight from the terms, no copy (of at
+    // most IOV_MAX elements: the queue takes the rest).
+    int cnt = static_cast<int>(std::min<size_t>(vec->iovcnt, IOV_MAX));
     while (skip < vec->size) {
       // Skip what is written already (partial writes continue below).
       ssize_t n = writev(s->fd, reinterpret_cast<struct iovec*>(vec->iov), cnt);
@@ -915,14 +926,8 @@ ERL_NIF_TERM nif_send_timeout_close(ErlNifEnv* env, int argc, const ERL_NIF_TERM
 ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
-  ErlNifIOVec* vec = nullptr;
-  ERL_NIF_TERM tail = argv[1];
   std::vector<ErlNifIOVec*> vecs;
-  while (!enif_is_empty_list(env, tail)) {
-    if (!enif_inspect_iovec(env, IOV_MAX, tail, &tail, &vec)) return enif_make_badarg(env);
-    vecs.push_back(vec);
-    vec = nullptr;
-  }
+  if (!inspect_all(env, argv[1], &vecs)) return enif_make_badarg(env);
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open || s->dead || s->orphaned) return atom.ok;

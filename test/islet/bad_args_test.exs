@@ -565,17 +565,18 @@ defmodule Islet.BadArgsTest do
     end
 
     # The NIF passed an uninitialised iovec pointer when inspecting the second
-    # slice; whether the VM writes through it depends on the slice's size and
-    # on stack garbage, so this checks the data, and the fuzz regression
-    # input (send_more_than_iov_max_uninit_iovec) catches the bug itself.
+    # slice (it inspected IOV_MAX elements at a time; now all at once, but
+    # writes IOV_MAX at a time); whether the VM writes through it depends on
+    # the slice's size and on stack garbage, so this checks the data, and
+    # the fuzz regression input (send_more_than_iov_max_uninit_iovec)
+    # catches the bug itself.
     test "iodata of more than IOV_MAX binaries arrives intact" do
       {:ok, l} = TCP.listen(0, ip: :loopback)
       {:ok, {_, port}} = TCP.sockname(l)
       {s, c} = pair(l, port)
       # 1,030 binaries of 2 KiB (iolist_to_iovec keeps them apart: OTP 25
-      # copies together binaries of 128 bytes, OTP 27 of 512), so the NIF
-      # inspects the list in two slices, the second one small enough (6
-      # elements) for the VM to fill the caller's iovec struct.
+      # copies together binaries of 128 bytes, OTP 27 of 512): more than
+      # one writev's worth.
       parts = for i <- 1..1_030, do: :binary.copy(<<rem(i, 256)>>, 2_048)
       expected = IO.iodata_to_binary(parts)
       assert length(:erlang.iolist_to_iovec(parts)) > 1_024
