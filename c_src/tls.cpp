@@ -1028,22 +1028,71 @@ int purpose_verdict(const CtxData& c, X509_STORE_CTX* xs, X509* x) {
   return 0;
 }
 
+// An error of OpenSSL's chain check, as an error OpenSSL answers with the
+// alert :ssl sends for the same chain (ssl_handshake's
+// path_validation_alert on public_key's reason); others are left as they
+// are (OpenSSL's alert is :ssl's: expired, unknown issuer...).
+int ssl_verify_error(int err) {
+  switch (err) {
+    // {bad_cert, cert_expired}, for a certificate not valid yet too:
+    // certificate_expired (OpenSSL: bad_certificate).
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+      return X509_V_ERR_CERT_HAS_EXPIRED;
+    // {bad_cert, selfsigned_peer}: bad_certificate (OpenSSL: unknown_ca).
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+      return X509_V_ERR_CERT_REJECTED;
+    // {bad_cert, max_path_length_reached} (depth, pathLenConstraint),
+    // missing_basic_constraint and invalid_key_usage (an issuer that is no
+    // CA, or may not sign certificates): handshake_failure (OpenSSL:
+    // unknown_ca, and certificate_unknown for the key usage).
+    case X509_V_ERR_CERT_CHAIN_TOO_LONG:
+    case X509_V_ERR_PATH_LENGTH_EXCEEDED:
+    case X509_V_ERR_INVALID_CA:
+    case X509_V_ERR_KEYUSAGE_NO_CERTSIGN:
+      return X509_V_ERR_APPLICATION_VERIFICATION;
+    default:
+      return err;
+  }
+}
+
+// A certificate of the client's path that its issuer did not sign
+// (OpenSSL: decrypt_error). :ssl looks for the issuer of a certificate
+// among the trusted ones by signature, unless the certificate names it by
+// name and serial number (its authority key identifier): it finds none
+// (unknown_ca). An issuer found by that name, or one the client sent, is
+// taken, and the signature refused (invalid_signature: bad_certificate).
+int bad_signature_error(X509_STORE_CTX* xs) {
+  X509* x = X509_STORE_CTX_get_current_cert(xs);
+  if (x != nullptr && X509_get0_authority_issuer(x) != nullptr && X509_get0_authority_serial(x) != nullptr)
+    return X509_V_ERR_CERT_REJECTED;
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(xs);
+  int depth = X509_STORE_CTX_get_error_depth(xs);
+  X509* issuer = chain != nullptr && depth + 1 < sk_X509_num(chain) ? sk_X509_value(chain, depth + 1) : nullptr;
+  STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(xs);  // the client's chain, as sent
+  for (int i = 0; issuer != nullptr && sent != nullptr && i < sk_X509_num(sent); ++i)
+    if (X509_cmp(sk_X509_value(sent, i), issuer) == 0) return X509_V_ERR_CERT_REJECTED;
+  return X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY;
+}
+
 // The per-certificate check of a context whose client chains OpenSSL
 // verifies: after OpenSSL's own checks of a certificate, :ssl's verdict on
 // a refused extended key usage (purpose_verdict), and :ssl's check of its
 // signature algorithm, for each certificate of the path but the trust
 // anchor (as :ssl, whose path validation starts below it). A refusal sends
-// the alert :ssl sends.
+// the alert :ssl sends (OpenSSL's own errors become :ssl's alerts).
 int check_cert(int ok, X509_STORE_CTX* xs) {
   auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx()));
   const CtxData* c = ssl != nullptr ? data_of(SSL_get_SSL_CTX(ssl)) : nullptr;
   if (c == nullptr) return ok;
   if (ok != 1) {
-    if (X509_STORE_CTX_get_error(xs) != X509_V_ERR_INVALID_PURPOSE) return ok;
-    return purpose_verdict(*c, xs, X509_STORE_CTX_get_current_cert(xs));
+    int err = X509_STORE_CTX_get_error(xs);
+    if (err == X509_V_ERR_INVALID_PURPOSE) return purpose_verdict(*c, xs, X509_STORE_CTX_get_current_cert(xs));
+    int as_ssl = err == X509_V_ERR_CERT_SIGNATURE_FAILURE ? bad_signature_error(xs) : ssl_verify_error(err);
+    if (as_ssl != err) X509_STORE_CTX_set_error(xs, as_ssl);
+    return ok;
   }
-  if (!c->cert_sig_check) return 1;
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(xs);
+  if (!c->cert_sig_check) return 1;
   if (chain == nullptr || X509_STORE_CTX_get_error_depth(xs) >= sk_X509_num(chain) - 1) return 1;
   int alert = cert_sig_alert(*c, SSL_version(ssl) >= TLS1_3_VERSION, X509_STORE_CTX_get_current_cert(xs));
   if (alert == 0) return 1;
@@ -1644,8 +1693,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   // sni_hosts / sni_fun can complete a handshake (as with :ssl).
   if (!have_cert && !c->sni_fun && c->sni_hosts.empty() && c->deferred == 0)
     return opt_error(env, enif_make_atom(env, "certfile"), "missing");
-  bool check = c->cert_sig_check || c->eku_handshake_failure || c->allow_any_ca_purpose;
-  SSL_CTX_set_verify(ctx, verify, check ? check_cert : nullptr);
+  // (check_cert also gives OpenSSL's verify errors :ssl's alerts: always.)
+  SSL_CTX_set_verify(ctx, verify, check_cert);
   if (c->has_groups[1] && !c->groups[1].empty()) set_groups(ctx, c, 1);
   build_chains(ctx);
   set_session_context(ctx, verify);
