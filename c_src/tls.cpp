@@ -1078,8 +1078,9 @@ int bad_signature_error(X509_STORE_CTX* xs) {
 // verifies: after OpenSSL's own checks of a certificate, :ssl's verdict on
 // a refused extended key usage (purpose_verdict), and :ssl's check of its
 // signature algorithm, for each certificate of the path but the trust
-// anchor (as :ssl, whose path validation starts below it). A refusal sends
-// the alert :ssl sends (OpenSSL's own errors become :ssl's alerts).
+// anchor (as :ssl, whose path validation starts below it), and :ssl's
+// refusal of a lone self-signed certificate. A refusal sends the alert
+// :ssl sends (OpenSSL's own errors become :ssl's alerts).
 int check_cert(int ok, X509_STORE_CTX* xs) {
   auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(xs, SSL_get_ex_data_X509_STORE_CTX_idx()));
   const CtxData* c = ssl != nullptr ? data_of(SSL_get_SSL_CTX(ssl)) : nullptr;
@@ -1092,6 +1093,15 @@ int check_cert(int ok, X509_STORE_CTX* xs) {
     return ok;
   }
   STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(xs);
+  // The client sent one certificate, itself trusted (self-signed): :ssl
+  // refuses a lone self-signed certificate, trusted or not (selfsigned_peer,
+  // bad_certificate).
+  STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(xs);
+  if (X509_STORE_CTX_get_error_depth(xs) == 0 && chain != nullptr && sk_X509_num(chain) == 1 && sent != nullptr &&
+      sk_X509_num(sent) == 1) {
+    X509_STORE_CTX_set_error(xs, X509_V_ERR_CERT_REJECTED);
+    return 0;
+  }
   if (!c->cert_sig_check) return 1;
   if (chain == nullptr || X509_STORE_CTX_get_error_depth(xs) >= sk_X509_num(chain) - 1) return 1;
   int alert = cert_sig_alert(*c, SSL_version(ssl) >= TLS1_3_VERSION, X509_STORE_CTX_get_current_cert(xs));

@@ -242,6 +242,17 @@ defmodule Islet.TLSVerifyReviewTest do
         end)
       end
 
+      test "a self-signed client certificate among the trusted ones" do
+        assert_same(fn mod ->
+          trusted = [cacerts: [Certs.der(:ca), Certs.der(:self_client)]]
+
+          for fun <- [[], [verify_fun: recording(self())]] do
+            opts = @version |> server(trusted ++ fun) |> Keyword.delete(:cacertfile)
+            observe(mod, opts, Certs.client_cert_opts(:self_client))
+          end
+        end)
+      end
+
       test "verify_peer without fail_if_no_peer_cert, no client certificate" do
         assert_same(fn mod ->
           for fun <- [[], [verify_fun: recording(self())]] do
