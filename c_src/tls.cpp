@@ -94,6 +94,10 @@ struct CtxData {
   // a CA when it allows any purpose and allow_any_ca_purpose is set.
   bool eku_handshake_failure = false;
   bool allow_any_ca_purpose = false;
+  // ssl 10 does not look at the key usage of a client's own certificate
+  // (a certificate without digitalSignature is taken), which OpenSSL's
+  // purpose check refuses; newer :ssl checks it as OpenSSL does.
+  bool leaf_key_usage_ignored = false;
   // The signature algorithms the CertificateRequest names, as :ssl's
   // server names them for each version (ssl 11): OpenSSL's names, joined
   // by ':'; empty: OpenSSL's own list. (Clients choose the certificate
@@ -1018,7 +1022,15 @@ int cert_sig_alert(const CtxData& c, bool v13, X509* x) {
 // usage: the verdict :ssl gives instead (see CtxData).
 int purpose_verdict(const CtxData& c, X509_STORE_CTX* xs, X509* x) {
   uint32_t xku = X509_get_extended_key_usage(x);  // UINT32_MAX: no such extension
-  if (xku == UINT32_MAX || (xku & XKU_SSL_CLIENT) != 0) return 0;  // another reason
+  if (xku == UINT32_MAX || (xku & XKU_SSL_CLIENT) != 0) {
+    // Not its extended key usage: the client's own certificate's key usage
+    // (or Netscape certificate type), which ssl 10 does not check.
+    if (c.leaf_key_usage_ignored && X509_STORE_CTX_get_error_depth(xs) == 0) {
+      X509_STORE_CTX_set_error(xs, X509_V_OK);
+      return 1;
+    }
+    return 0;
+  }
   if (c.allow_any_ca_purpose && X509_STORE_CTX_get_error_depth(xs) > 0 && (xku & XKU_ANYEKU) != 0) {
     X509_STORE_CTX_set_error(xs, X509_V_OK);
     return 1;
@@ -1624,6 +1636,8 @@ ERL_NIF_TERM nif_tls_ctx(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       c->eku_handshake_failure = get_bool(kv[1]);
     } else if (k == "allow_any_ca_purpose") {
       c->allow_any_ca_purpose = get_bool(kv[1]);
+    } else if (k == "leaf_key_usage_ignored") {
+      c->leaf_key_usage_ignored = get_bool(kv[1]);
     } else if (k == "cert_sigs") {
       // {Rules12, Rules13}, each [{SigOid, HashOid, Alert}] (dotted OIDs;
       // the hash for RSASSA-PSS only, else ""). OIDs OpenSSL does not

@@ -526,7 +526,11 @@ defmodule Islet.TLS.Options do
     # OpenSSL's purpose check, where it checks the chain: :ssl's verdicts.
     purpose =
       if peer? and in_erlang == [],
-        do: [eku_handshake_failure: not modern?(), allow_any_ca_purpose: allow_any?],
+        do: [
+          eku_handshake_failure: not modern?(),
+          allow_any_ca_purpose: allow_any?,
+          leaf_key_usage_ignored: not modern?()
+        ],
         else: []
 
     [verify_peer: peer?, fail_if_no_peer_cert: fail?] ++

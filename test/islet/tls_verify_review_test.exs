@@ -197,6 +197,7 @@ defmodule Islet.TLSVerifyReviewTest do
     describe "#{version}" do
       for {what, name, chain} <- [
             {"a client certificate not yet valid", "future", nil},
+            {"a client certificate without digitalSignature", "no_ds", nil},
             {"a client certificate whose signature is wrong", "bad_sig", nil},
             {"the same below intermediates the client sent", "bad_sig_i2", "i2_chain"},
             {"a chain of two intermediates", "i2_client", "i2_chain"},
