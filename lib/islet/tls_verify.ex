@@ -384,7 +384,9 @@ defmodule Islet.TLS.Verify do
     state = %{
       issuer: anchor(trusted),
       path: path,
-      peer: path |> List.last() |> elem(1),
+      # (None when partial_chain trusts the client's own certificate: the
+      # path below the anchor is then empty, and valid, as with :ssl.)
+      peer: with({_, otp} <- List.last(path), do: otp),
       allow_any: config.allow_any_ca_purpose,
       sigs: config.sigs,
       version: config.version

@@ -254,6 +254,34 @@ defmodule Islet.TLSVerifyReviewTest do
         end)
       end
 
+      test "partial_chain trusting the client's own certificate (an empty path)" do
+        # Islet raised on the empty path below the anchor (internal_error).
+        result =
+          assert_same(fn mod ->
+            client =
+              Certs.client_cert_opts(:inter_client) ++ [cacertfile: Certs.file(:ca_inter, :cert)]
+
+            # (certificate_authorities: see tls_verify_test's partial_chain test.)
+            no_names = if @version == :"tlsv1.3", do: [certificate_authorities: false], else: []
+
+            for cacerts <- [[Certs.der(:ca)], [Certs.der(:other_ca)]],
+                fun <- [[], [verify_fun: recording(self())]] do
+              opts =
+                @version
+                |> server(
+                  [cacerts: cacerts, partial_chain: &{:trusted_ca, List.last(&1)}] ++
+                    no_names ++ fun
+                )
+                |> Keyword.delete(:cacertfile)
+
+              observe(mod, opts, client)
+            end
+          end)
+
+        # (Handshakes, not a scenario that raised with both modules.)
+        assert [{{:ok, _}, _, _} | _] = result
+      end
+
       test "verify_peer without fail_if_no_peer_cert, no client certificate" do
         assert_same(fn mod ->
           for fun <- [[], [verify_fun: recording(self())]] do
