@@ -1070,8 +1070,12 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
 }
 
 // controlling_process(Sock, Pid) -> ok | {paused, Active} | {error, Reason}
-// With active mode on, delivery is paused and the caller forwards what its
-// mailbox already holds before calling set_owner/3.
+// With active mode on, delivery is paused and the caller calls set_owner/3
+// (TLS: at once; :ssl moves no message). A TCP socket always pauses, active
+// or not, and keeps its owner here: as gen_tcp does, the caller first
+// forwards the data and close messages its mailbox holds, and a close among
+// them leaves the socket with the caller, passive (gen_tcp then returns ok
+// without connecting the port to the new owner).
 ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   ErlNifPid pid;
@@ -1087,7 +1091,7 @@ ERL_NIF_TERM nif_controlling_process(ErlNifEnv* env, int argc, const ERL_NIF_TER
       return make_error(env, atom.not_owner);
     if (enif_compare_pids(&pid, &me) == 0 && enif_compare_pids(&s->owner, &me) == 0)
       return atom.ok;
-    if (s->active != 0) {
+    if (s->active != 0 || s->tag != Tag::Ssl) {
       int saved = s->active;
       s->active = 0;
       return enif_make_tuple2(env, atom.paused, enif_make_int(env, saved));
@@ -1119,9 +1123,12 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     if (s->tag != Tag::Ssl && enif_compare_pids(&s->owner, &me) != 0)
       return make_error(env, atom.not_owner);
     dead = !set_owner(env, s, pid);
-    // Delivery resumes, for the new owner or (badarg) for the caller.
-    s->active = active;
-    if (!s->dead && !s->orphaned) active_started(env, s);
+    // Delivery resumes, for the new owner or (badarg, TLS) for the caller. A
+    // TCP socket refused by a dead new owner stays passive, as gen_tcp
+    // leaves its port (it restores the active mode only once connected).
+    s->active = (dead && s->tag != Tag::Ssl) ? 0 : active;
+    if (s->active != 0 && s->kind == Kind::Conn && !s->dead && !s->orphaned)
+      active_started(env, s);
   }
   if (dead && s->tag == Tag::Ssl) {
     sock_close(env, s, nullptr);

@@ -291,41 +291,45 @@ defmodule Islet.Socket do
   end
 
   @doc false
-  # Moves ownership, forwarding the active-mode messages the caller's mailbox
-  # already holds so that the new owner sees them in order (as gen_tcp does).
-  @spec controlling_process(t(), pid(), tuple()) :: :ok | {:error, term()}
+  # Moves ownership. `tags`: gen_tcp's messages ({data, closed}) for a TCP
+  # socket, whose data and close messages already in the caller's mailbox
+  # are forwarded to the new owner, in order, as gen_tcp does (its passive
+  # and error messages stay); nil for TLS, as :ssl moves no message. As
+  # with gen_tcp, a close among the forwarded messages leaves the owner
+  # unchanged and the socket passive (the NIF has paused it), and :ok.
+  @spec controlling_process(t(), pid(), {atom(), atom()} | nil) :: :ok | {:error, term()}
   def controlling_process(socket, pid, tags) when is_pid(pid) do
     if pid == self() do
       Nif.controlling_process(socket, pid)
     else
       case Nif.controlling_process(socket, pid) do
-        :ok ->
-          forward(socket, pid, tags)
-
-        {:paused, active} ->
-          forward(socket, pid, tags)
+        {:paused, active} when tags == nil ->
           Nif.set_owner(socket, pid, active)
 
-        error ->
-          error
+        {:paused, active} ->
+          case forward(socket, pid, tags, false) do
+            :closed -> :ok
+            :open -> Nif.set_owner(socket, pid, active)
+          end
+
+        other ->
+          other
       end
     end
   end
 
-  defp forward(socket, pid, {data, closed, error, passive} = tags) do
+  defp forward(socket, pid, {data, closed} = tags, closed?) do
     receive do
-      {^data, ^socket, _} = msg -> forward_one(socket, pid, tags, msg)
-      {^closed, ^socket} = msg -> forward_one(socket, pid, tags, msg)
-      {^error, ^socket, _} = msg -> forward_one(socket, pid, tags, msg)
-      {^passive, ^socket} = msg -> forward_one(socket, pid, tags, msg)
-    after
-      0 -> :ok
-    end
-  end
+      {^data, ^socket, _} = msg ->
+        Kernel.send(pid, msg)
+        forward(socket, pid, tags, closed?)
 
-  defp forward_one(socket, pid, tags, msg) do
-    Kernel.send(pid, msg)
-    forward(socket, pid, tags)
+      {^closed, ^socket} = msg ->
+        Kernel.send(pid, msg)
+        forward(socket, pid, tags, true)
+    after
+      0 -> if closed?, do: :closed, else: :open
+    end
   end
 
   # Waits for the NIF's wake-up. On timeout, leaves the queue and drops a

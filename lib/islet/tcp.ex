@@ -45,7 +45,8 @@ defmodule Islet.TCP do
     send_timeout_close: true,
     reuseaddr: true
   ]
-  @tags {:tcp, :tcp_closed, :tcp_error, :tcp_passive}
+  # The messages controlling_process forwards, as gen_tcp's does.
+  @tags {:tcp, :tcp_closed}
 
   @doc "Opens a listening socket on `port` (0 picks a free port)."
   @spec listen(:inet.port_number(), keyword()) :: {:ok, socket()} | {:error, term()}
@@ -139,7 +140,9 @@ defmodule Islet.TCP do
 
   @doc """
   Makes `pid` the owner, which receives active-mode messages; only the owner
-  may call it. Messages already delivered to the caller move with it.
+  may call it. Data and close messages already delivered to the caller move
+  with it (a close among them leaves the socket with the caller, passive, as
+  gen_tcp does); passive and error messages stay.
   """
   @spec controlling_process(socket(), pid()) :: :ok | {:error, term()}
   def controlling_process(socket, pid), do: Socket.controlling_process(socket, pid, @tags)

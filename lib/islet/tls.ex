@@ -41,7 +41,7 @@ defmodule Islet.TLS do
     send_timeout_close: true,
     reuseaddr: true
   ]
-  @tags {:ssl, :ssl_closed, :ssl_error, :ssl_passive}
+  @tags {:ssl, :ssl_closed}
 
   # The suites this OTP's :ssl knows, by IANA name, built at compile time:
   # connection_information/1 then looks a suite up in a literal map, where

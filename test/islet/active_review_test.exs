@@ -1,0 +1,75 @@
+defmodule Islet.ActiveReviewTest do
+  # Differential tests from a review of active-mode delivery and STARTTLS:
+  # what controlling_process moves, what close takes from the mailbox,
+  # active counts on TLS, and upgrade of an Islet.TCP socket.
+  use ExUnit.Case, async: true
+
+  require Islet.Test.Diff
+  require Islet.Test.TLSDiff
+
+  alias Islet.Test.{Diff, TLSDiff}
+
+  @moduletag :capture_log
+
+  defp tcp_same(fun), do: Diff.assert_same(fun)
+  defp tls_same(fun), do: TLSDiff.assert_same(fun)
+
+  defp same(sock, s), do: if(sock == s, do: :same, else: :other)
+
+  # Messages, with the socket as :same or :other.
+  defp norm(msgs, s) do
+    for m <- msgs do
+      case m do
+        {tag, sock, d} -> {tag, same(sock, s), d}
+        {tag, sock} -> {tag, same(sock, s)}
+        other -> other
+      end
+    end
+  end
+
+  # Spawns a process that, told :go, sends the parent what its mailbox holds.
+  defp mailbox_reporter(settle \\ 0) do
+    parent = self()
+
+    spawn_link(fn ->
+      receive(do: (:go -> :ok))
+      Process.sleep(settle)
+      Kernel.send(parent, {:moved, Diff.messages()})
+      receive(do: (:stop -> :ok))
+    end)
+  end
+
+  defp reported(pid, s) do
+    Kernel.send(pid, :go)
+    receive(do: ({:moved, m} -> norm(m, s)))
+  end
+
+  describe "TCP controlling_process" do
+    # gen_tcp's controlling_process forwards {tcp, S, _} and {tcp_closed, S}
+    # only (inet:tcp_sync_input/3).
+    test "the passive message stays with the old owner" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.setopts(s, active: 1)
+        :ok = :gen_tcp.send(c, "a")
+        :ok = Diff.await_mailbox(2)
+        owner = mailbox_reporter()
+        r = mod.controlling_process(s, owner)
+        {r, reported(owner, s), norm(Diff.messages(), s)}
+      end)
+    end
+
+    test "to a dead process while active: the socket stays with the caller, passive" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.setopts(s, active: true)
+        dead = spawn(fn -> :ok end)
+        ref = Process.monitor(dead)
+        receive(do: ({:DOWN, ^ref, _, _, _} -> :ok))
+        r = Diff.catching(fn -> mod.controlling_process(s, dead) end)
+        :ok = :gen_tcp.send(c, "x")
+        {r, mod.getopts(s, [:active]), mod.recv(s, 1, 5_000), Diff.active_messages(s, 100)}
+      end)
+    end
+  end
+end
