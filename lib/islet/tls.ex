@@ -41,7 +41,6 @@ defmodule Islet.TLS do
     send_timeout_close: true,
     reuseaddr: true
   ]
-  @tags {:ssl, :ssl_closed}
 
   # The suites this OTP's :ssl knows, by IANA name, built at compile time:
   # connection_information/1 then looks a suite up in a literal map, where
@@ -425,9 +424,12 @@ defmodule Islet.TLS do
   @spec close(socket()) :: :ok
   defdelegate close(socket), to: Socket
 
-  @doc "Makes `pid` the owner (only the owner may), as `:ssl.controlling_process/2`."
+  @doc """
+  Makes `pid` the owner, as `:ssl.controlling_process/2`: active-mode
+  messages already delivered stay in the caller's mailbox (:ssl moves none).
+  """
   @spec controlling_process(socket(), pid()) :: :ok | {:error, term()}
-  def controlling_process(socket, pid), do: Socket.controlling_process(socket, pid, @tags)
+  def controlling_process(socket, pid), do: Socket.controlling_process(socket, pid, nil)
 
   @doc "The local address."
   @spec sockname(socket()) :: {:ok, Islet.TCP.address()} | {:error, term()}

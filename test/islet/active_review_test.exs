@@ -72,4 +72,22 @@ defmodule Islet.ActiveReviewTest do
       end)
     end
   end
+
+  describe "TLS controlling_process" do
+    # :ssl's connection process just starts sending to the new owner: what
+    # it sent before stays with the old one.
+    test "messages already delivered stay with the old owner" do
+      tls_same(fn mod ->
+        {_l, s, c} = TLSDiff.pair!(mod)
+        :ok = mod.setopts(s, active: 2)
+        :ok = :ssl.send(c, "a")
+        :ok = Diff.await_mailbox(1)
+        :ok = :ssl.send(c, "b")
+        :ok = Diff.await_mailbox(3)
+        owner = mailbox_reporter(100)
+        r = mod.controlling_process(s, owner)
+        {r, reported(owner, s), norm(Diff.messages(), s)}
+      end)
+    end
+  end
 end
