@@ -134,9 +134,21 @@ defmodule Islet.TCP do
     end
   end
 
-  @doc "Closes the socket (from any process); waiters get `{:error, :closed}`."
+  @doc """
+  Closes the socket (from any process); waiters get `{:error, :closed}`. As
+  `:gen_tcp.close/1` does, a `{:tcp_closed, socket}` already in the caller's
+  mailbox is taken out of it.
+  """
   @spec close(socket()) :: :ok
-  defdelegate close(socket), to: Socket
+  def close(socket) do
+    :ok = Socket.close(socket)
+
+    receive do
+      {:tcp_closed, ^socket} -> :ok
+    after
+      0 -> :ok
+    end
+  end
 
   @doc """
   Makes `pid` the owner, which receives active-mode messages; only the owner

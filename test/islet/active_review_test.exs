@@ -73,6 +73,21 @@ defmodule Islet.ActiveReviewTest do
     end
   end
 
+  describe "TCP close" do
+    # inet:tcp_close/1 takes one {tcp_closed, S} out of the caller's mailbox.
+    test "takes a {:tcp_closed, s} already queued; the data stays" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = mod.setopts(s, active: true)
+        :ok = :gen_tcp.send(c, "d")
+        :ok = Diff.await_mailbox(1)
+        :ok = :gen_tcp.close(c)
+        :ok = Diff.await_mailbox(2)
+        {mod.close(s), norm(Diff.messages(), s)}
+      end)
+    end
+  end
+
   describe "TLS controlling_process" do
     # :ssl's connection process just starts sending to the new owner: what
     # it sent before stays with the old one.
