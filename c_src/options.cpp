@@ -462,9 +462,41 @@ ERL_NIF_TERM make_sockaddr(ErlNifEnv* env, const void* sap, unsigned len) {
 
 namespace {
 
-// Sets active mode with gen_tcp's rules: {active, N} adds to the counter and
-// going to 0 or below sends the passive message. A TCP listener counts as a
-// connection does (it passes its mode on to what it accepts).
+// Goes passive with the passive message ({tcp_passive, S} or {ssl_passive, S}).
+void go_passive(ErlNifEnv* env, Sock* s) {
+  s->active = 0;
+  poller_disarm(env, s);
+  ErlNifEnv* menv = enif_alloc_env();
+  ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
+  enif_send(env, &s->owner, menv, msg);
+  enif_free_env(menv);
+}
+
+// {active, N} of a TLS socket, with :ssl's rules (ssl_gen_statem's
+// set_socket_opts and its set_opts call): N outside -32768..32767 is refused;
+// N <= 0 goes passive whatever the count was; a positive N adds to a running
+// count (refused past 32767) or starts one. A socket passive afterwards,
+// the call refused or not, gets {ssl_passive, S}.
+ERL_NIF_TERM set_active_ssl_n(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
+  ErlNifSInt64 n;
+  int before = s->active;
+  if (!enif_get_int64(env, value, &n) || n < -kActiveMax - 1 || n > kActiveMax) {
+    if (before == 0) go_passive(env, s);
+    return make_error(env, atom.einval);
+  }
+  if (n <= 0) {
+    go_passive(env, s);
+    return atom.ok;
+  }
+  if (before > 0 && before + n > kActiveMax) return make_error(env, atom.einval);
+  s->active = static_cast<int>(before > 0 ? before + n : n);
+  return atom.ok;
+}
+
+// Sets active mode with gen_tcp's rules: {active, N} (N within 16 bits) adds
+// to the counter, and going to 0 or below sends the passive message. A TCP
+// listener counts as a connection does (it passes its mode on to what it
+// accepts). TLS connections follow :ssl's rules (set_active_ssl_n).
 ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
   bool b;
   int n;
@@ -473,27 +505,16 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     s->active = kActiveOnce;
   } else if (get_bool(value, &b)) {
     s->active = b ? kActiveTrue : 0;
-  } else if (s->tag == Tag::Ssl && s->kind == Kind::Conn && enif_get_int(env, value, &n) && n < 0) {
-    // :ssl turns a connection's negative count into passive at once (with
-    // its message), whatever the running count was; its listener counts as
-    // gen_tcp's does (the count is its TCP listener's).
-    s->active = 0;
-    poller_disarm(env, s);
-    ErlNifEnv* menv = enif_alloc_env();
-    ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
-    enif_send(env, &s->owner, menv, msg);
-    enif_free_env(menv);
-    return atom.ok;
+  } else if (s->tag == Tag::Ssl && s->kind == Kind::Conn &&
+             enif_term_type(env, value) == ERL_NIF_TERM_TYPE_INTEGER) {
+    // (A TLS listener counts as gen_tcp's: the count is its TCP listener's.)
+    ERL_NIF_TERM r = set_active_ssl_n(env, s, value);
+    if (s->active == 0 || !enif_is_identical(r, atom.ok)) return r;
   } else if (enif_get_int(env, value, &n) && n >= -kActiveMax - 1 && n <= kActiveMax) {
     long sum = (before > 0 ? before : 0) + static_cast<long>(n);
     if (sum > kActiveMax) return make_error(env, atom.einval);
     if (sum <= 0) {
-      s->active = 0;
-      poller_disarm(env, s);
-      ErlNifEnv* menv = enif_alloc_env();
-      ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
-      enif_send(env, &s->owner, menv, msg);
-      enif_free_env(menv);
+      go_passive(env, s);
       return atom.ok;
     }
     s->active = static_cast<int>(sum);

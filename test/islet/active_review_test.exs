@@ -88,6 +88,40 @@ defmodule Islet.ActiveReviewTest do
     end
   end
 
+  # Each step: the setopts result, the active option after it and how many
+  # messages it sent.
+  defp active_steps(mod, s, steps) do
+    for v <- steps do
+      {v, mod.setopts(s, active: v), mod.getopts(s, [:active]), length(Diff.messages())}
+    end
+  end
+
+  describe "active: n limits" do
+    # inet_drv takes any 16-bit n: -32768 from a count of 10 goes passive.
+    test "TCP: -32768 is taken" do
+      tcp_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        active_steps(mod, s, [10, -32768, -32768, -32769])
+      end)
+    end
+
+    # :ssl: n <= 0 goes passive whatever the count (0 too), n outside 16
+    # bits is refused, and a refusal that leaves the socket passive sends
+    # {ssl_passive, s} all the same.
+    test "TLS: 0 from a count, and out-of-range values" do
+      tls_same(fn mod ->
+        {_l, s, _c} = TLSDiff.pair!(mod)
+
+        active_steps(
+          mod,
+          s,
+          [5, 0, 5, -32769, 3, 32768, false, 32768, -32769] ++
+            [1_099_511_627_776, true, 40_000, 32_000, 767, 1]
+        )
+      end)
+    end
+  end
+
   describe "TLS controlling_process" do
     # :ssl's connection process just starts sending to the new owner: what
     # it sent before stays with the old one.
