@@ -41,6 +41,7 @@ ISLET_NIF(nif_register_pump)
 ISLET_NIF(nif_pump_poll)
 ISLET_NIF(nif_tls_ctx)
 ISLET_NIF(nif_tls_listener)
+ISLET_NIF(nif_tls_upgrade_pause)
 ISLET_NIF(nif_tls_upgrade)
 ISLET_NIF(nif_tls_set_ctx)
 ISLET_NIF(nif_tls_verify_failed)
@@ -87,6 +88,7 @@ ErlNifFunc nif_funcs[] = {
     // Building a context parses keys and certificates: dirty CPU.
     {"tls_ctx", 1, nif_tls_ctx, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"tls_listener", 2, nif_tls_listener, 0},
+    {"tls_upgrade_pause", 1, nif_tls_upgrade_pause, 0},
     {"tls_upgrade", 2, nif_tls_upgrade, 0},
     {"tls_set_ctx", 2, nif_tls_set_ctx, 0},
     {"tls_verify_failed", 2, nif_tls_verify_failed, 0},

@@ -1751,16 +1751,47 @@ ERL_NIF_TERM nif_tls_listener(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[
   return atom.ok;
 }
 
-// tls_upgrade(Sock, Ctx) -> ok | {error, Reason}: STARTTLS on a connected
-// plain socket; the handshake follows.
+// tls_upgrade_pause(Sock) -> {ok, Active} | {error, Reason}: STARTTLS, step
+// one. As :ssl.handshake/2 does with a gen_tcp socket before it builds
+// anything (ssl sets {active, false} right after checking the options),
+// the plain socket goes passive at once, whoever calls, so that the
+// client's first flight is not delivered as {tcp, S, Data} while the
+// context is built. Active is the mode it had (0 false, -1 true, -2 once,
+// n > 0): the TLS connection takes it once the handshake is done, and a
+// context that cannot be built gives it back (:ssl leaves the socket as it
+// was when the options are refused).
+ERL_NIF_TERM nif_tls_upgrade_pause(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open) return make_error(env, atom.closed);
+  if (s->kind != Kind::Conn || is_tls(s)) return make_error(env, atom.einval);
+  int active = s->active;
+  if (active != 0) {
+    s->active = 0;
+    poller_disarm(env, s);
+  }
+  return make_ok(env, enif_make_int(env, active));
+}
+
+// tls_upgrade(Sock, Ctx) -> ok | {error, Reason}: STARTTLS, step two (after
+// tls_upgrade_pause), on a connected plain socket; the handshake follows.
+// Only the owner may (:ssl's handshake hands the port to its connection
+// process, which only the owner can do); the socket then stays passive.
 ERL_NIF_TERM nif_tls_upgrade(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   CtxRes* c;
   if (!get_sock(env, argv[0], &s) || !get_ctx(env, argv[1], &c)) return enif_make_badarg(env);
+  ErlNifPid me = self_of(env);
   std::lock_guard<std::mutex> lk(s->mu);
   if (!s->open) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn || is_tls(s)) return make_error(env, atom.einval);
-  if (s->active != 0) return make_error(env, atom.einval);
+  if (enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
+  // Set active meanwhile (another process's setopts): passive again.
+  if (s->active != 0) {
+    s->active = 0;
+    poller_disarm(env, s);
+  }
   if (!new_ssl(s, c->ctx)) return make_error(env, atom.enomem);
   // Now a TLS connection: its owner is monitored, as :ssl's connection
   // process monitors the process that owns it.

@@ -69,6 +69,7 @@ defmodule Islet.Nif do
   def pump_poll(_index), do: nif()
   def tls_ctx(_opts), do: nif()
   def tls_listener(_listener, _ctx), do: nif()
+  def tls_upgrade_pause(_socket), do: nif()
   def tls_upgrade(_socket, _ctx), do: nif()
   def tls_set_ctx(_socket, _ctx), do: nif()
   def tls_verify_failed(_socket, _alert), do: nif()

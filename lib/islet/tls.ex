@@ -217,15 +217,57 @@ defmodule Islet.TLS do
 
   @doc """
   STARTTLS: turns a connected `Islet.TCP` socket into a TLS one (server side)
-  and performs the handshake.
+  and performs the handshake. Only the owner may. As with
+  `:ssl.handshake/2` on a `:gen_tcp` socket, the socket is passive during
+  the handshake, and the TLS connection then takes the `active` option
+  given, or else the active mode the TCP socket had.
   """
   @spec upgrade(socket(), keyword()) :: {:ok, socket()} | {:error, term()}
   def upgrade(socket, options) when is_list(options) do
     TLSOptions.check_cert_key!(options)
 
-    with {:ok, ctx} <- TLSOptions.context(options),
-         :ok <- Nif.tls_upgrade(socket, ctx) do
-      handshake(socket, Keyword.get(options, :handshake_timeout, :infinity))
+    with {:ok, active_option} <- upgrade_active(options),
+         {:ok, tcp_active} <- Nif.tls_upgrade_pause(socket) do
+      tcp_active = active_value(tcp_active)
+
+      case TLSOptions.context(options) do
+        {:ok, ctx} ->
+          with :ok <- Nif.tls_upgrade(socket, ctx),
+               {:ok, socket} <-
+                 handshake(socket, Keyword.get(options, :handshake_timeout, :infinity)) do
+            activate(socket, if(active_option == nil, do: tcp_active, else: active_option))
+          end
+
+        error ->
+          _ = activate(socket, tcp_active)
+          error
+      end
+    end
+  end
+
+  # The active option of an upgrade, checked as :ssl's handle_options checks
+  # it: nil when there is none.
+  defp upgrade_active(options) do
+    case Keyword.fetch(options, :active) do
+      :error -> {:ok, nil}
+      {:ok, a} when a in [true, false, :once] -> {:ok, a}
+      {:ok, n} when is_integer(n) and n in -32_768..32_767 -> {:ok, n}
+      {:ok, bad} -> {:error, {:options, {:active, bad}}}
+    end
+  end
+
+  # The NIF's active mode as an option value.
+  defp active_value(0), do: false
+  defp active_value(-1), do: true
+  defp active_value(-2), do: :once
+  defp active_value(n) when n > 0, do: n
+
+  defp activate(socket, false), do: {:ok, socket}
+
+  defp activate(socket, active) do
+    case Nif.set_active(socket, active) do
+      :ok -> {:ok, socket}
+      error -> error
     end
   end
 

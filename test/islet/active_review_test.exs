@@ -7,7 +7,7 @@ defmodule Islet.ActiveReviewTest do
   require Islet.Test.Diff
   require Islet.Test.TLSDiff
 
-  alias Islet.Test.{Diff, TLSDiff}
+  alias Islet.Test.{Certs, Diff, TLSDiff}
 
   @moduletag :capture_log
 
@@ -136,6 +136,108 @@ defmodule Islet.ActiveReviewTest do
         owner = mailbox_reporter(100)
         r = mod.controlling_process(s, owner)
         {r, reported(owner, s), norm(Diff.messages(), s)}
+      end)
+    end
+  end
+
+  describe "STARTTLS: upgrade" do
+    defp tcp_module(Islet.Reference.SSL), do: Islet.Reference.TCP
+    defp tcp_module(_), do: Islet.TCP
+
+    # A plain connection whose client sends "STARTTLS\r\n", waits for
+    # "GO\r\n", hands shake over it and sends "secret". Returns the TCP
+    # module and the accepted socket, "STARTTLS\r\n" read.
+    defp starttls_pair(mod) do
+      tcp = tcp_module(mod)
+      {:ok, l} = tcp.listen(0, ip: :loopback)
+      {:ok, {_, port}} = tcp.sockname(l)
+
+      spawn_link(fn ->
+        {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false])
+        :ok = :gen_tcp.send(c, "STARTTLS\r\n")
+
+        # The first flight waits a little: the upgrade has surely started.
+        with {:ok, "GO\r\n"} <- :gen_tcp.recv(c, 4, 10_000),
+             :ok <- Process.sleep(200),
+             {:ok, tls} <- :ssl.connect(c, Certs.client_opts(), 10_000) do
+          :ok = :ssl.send(tls, "secret")
+        end
+
+        receive(do: (:stop -> :ok))
+      end)
+
+      {:ok, s} = tcp.accept(l)
+      {:ok, "STARTTLS\r\n"} = tcp.recv(s, 10, 5_000)
+      {tcp, Diff.name(s, :tcp)}
+    end
+
+    defp go(tcp, s), do: :ok = tcp.send(s, "GO\r\n")
+
+    # After a successful upgrade: the TLS socket's active mode, how "secret"
+    # came (a message, or recv when passive), what recv answers then, and
+    # the active mode after.
+    defp tls_after({:ok, tls}, mod) do
+      {:ok, [active: active]} = mod.getopts(tls, [:active])
+
+      got =
+        if active == false,
+          do: mod.recv(tls, 6, 5_000),
+          else: Diff.await_message(tls, 5_000, :ssl)
+
+      {:ok, active, got, mod.recv(tls, 0, 0), mod.getopts(tls, [:active])}
+    end
+
+    defp tls_after(other, _mod), do: other
+
+    # :ssl.handshake/2 reads the TCP socket's active mode, sets it passive
+    # for the handshake, and gives the mode to the TLS connection.
+    for active <- [:once, true, 2] do
+      test "of a socket in active: #{inspect(active)}" do
+        active = unquote(active)
+
+        tls_same(fn mod ->
+          {tcp, s} = starttls_pair(mod)
+          :ok = tcp.setopts(s, active: active)
+          go(tcp, s)
+          tls_after(mod.upgrade(s, Certs.server_opts()), mod)
+        end)
+      end
+    end
+
+    for active <- [3, false] do
+      test "with an active option (#{inspect(active)}): the TLS connection takes it" do
+        active = unquote(active)
+
+        tls_same(fn mod ->
+          {tcp, s} = starttls_pair(mod)
+          :ok = tcp.setopts(s, active: true)
+          go(tcp, s)
+          tls_after(mod.upgrade(s, [{:active, active} | Certs.server_opts()]), mod)
+        end)
+      end
+    end
+
+    test "with a bad active option: the options error, the socket as it was" do
+      tls_same(fn mod ->
+        {tcp, s} = starttls_pair(mod)
+        :ok = tcp.setopts(s, active: 3)
+
+        for bad <- [:bogus, 40_000, "true"] do
+          {mod.upgrade(s, [{:active, bad} | Certs.server_opts()]), tcp.getopts(s, [:active])}
+        end
+      end)
+    end
+
+    # :ssl sets the socket passive, then fails to hand the port to its
+    # connection process.
+    test "by a process that is not the owner: not_owner, the socket left passive" do
+      tls_same(fn mod ->
+        {tcp, s} = starttls_pair(mod)
+        :ok = tcp.setopts(s, active: :once)
+        parent = self()
+        spawn_link(fn -> Kernel.send(parent, {:up, mod.upgrade(s, Certs.server_opts())}) end)
+        up = receive(do: ({:up, r} -> r))
+        {up, tcp.getopts(s, [:active]), tcp.send(s, "still plain")}
       end)
     end
   end
