@@ -462,30 +462,38 @@ ERL_NIF_TERM make_sockaddr(ErlNifEnv* env, const void* sap, unsigned len) {
 
 namespace {
 
-// Goes passive with the passive message ({tcp_passive, S} or {ssl_passive, S}).
-void go_passive(ErlNifEnv* env, Sock* s) {
-  s->active = 0;
-  poller_disarm(env, s);
+// Sends the passive message ({tcp_passive, S} or {ssl_passive, S}).
+void send_passive(ErlNifEnv* env, Sock* s) {
   ErlNifEnv* menv = enif_alloc_env();
   ERL_NIF_TERM msg = enif_make_tuple2(menv, active_tag(s, 3), enif_make_resource(menv, s));
   enif_send(env, &s->owner, menv, msg);
   enif_free_env(menv);
 }
 
+// Goes passive with the passive message.
+void go_passive(ErlNifEnv* env, Sock* s) {
+  s->active = 0;
+  poller_disarm(env, s);
+  send_passive(env, s);
+}
+
 // {active, N} of a TLS socket, with :ssl's rules (ssl_gen_statem's
 // set_socket_opts and its set_opts call): N outside -32768..32767 is refused;
 // N <= 0 goes passive whatever the count was; a positive N adds to a running
-// count (refused past 32767) or starts one. A socket passive afterwards,
-// the call refused or not, gets {ssl_passive, S}.
-ERL_NIF_TERM set_active_ssl_n(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
+// count (refused past 32767) or starts one. With `notify`, a socket passive
+// afterwards, the call refused or not, gets {ssl_passive, S} (setopts with
+// several active options sends it itself, once: ssl_active_list).
+ERL_NIF_TERM set_active_ssl_n(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value, bool notify) {
   ErlNifSInt64 n;
   int before = s->active;
   if (!enif_get_int64(env, value, &n) || n < -kActiveMax - 1 || n > kActiveMax) {
-    if (before == 0) go_passive(env, s);
+    if (before == 0 && notify) send_passive(env, s);
     return make_error(env, atom.einval);
   }
   if (n <= 0) {
-    go_passive(env, s);
+    s->active = 0;
+    poller_disarm(env, s);
+    if (notify) send_passive(env, s);
     return atom.ok;
   }
   if (before > 0 && before + n > kActiveMax) return make_error(env, atom.einval);
@@ -497,7 +505,7 @@ ERL_NIF_TERM set_active_ssl_n(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
 // to the counter, and going to 0 or below sends the passive message. A TCP
 // listener counts as a connection does (it passes its mode on to what it
 // accepts). TLS connections follow :ssl's rules (set_active_ssl_n).
-ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
+ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value, bool notify = true) {
   bool b;
   int n;
   int before = s->active;
@@ -508,7 +516,7 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
   } else if (s->tag == Tag::Ssl && s->kind == Kind::Conn &&
              enif_term_type(env, value) == ERL_NIF_TERM_TYPE_INTEGER) {
     // (A TLS listener counts as gen_tcp's: the count is its TCP listener's.)
-    ERL_NIF_TERM r = set_active_ssl_n(env, s, value);
+    ERL_NIF_TERM r = set_active_ssl_n(env, s, value, notify);
     if (s->active == 0 || !enif_is_identical(r, atom.ok)) return r;
   } else if (enif_get_int(env, value, &n) && n >= -kActiveMax - 1 && n <= kActiveMax) {
     long sum = (before > 0 ? before : 0) + static_cast<long>(n);
@@ -526,6 +534,31 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value) {
     active_started(env, s);
   if (s->active == 0) poller_disarm(env, s);
   return atom.ok;
+}
+
+// The active options of one setopts list, applied one after the other in
+// the list's order (Islet.Options put it in the order the stack applies
+// it: gen_tcp's from the last option to the first, :ssl's first to last),
+// up to the first refused. gen_tcp's driver handles each as a call of its
+// own (each count reaching 0 sends the passive message); :ssl sends one at
+// most, when the list's first active option is an integer and the socket
+// ends passive, refused or not (ssl_gen_statem's set_opts); its refusal
+// names the option, {error, {active, V}} (Islet.TLS makes it :ssl's
+// {options, {socket_options, {active, V}}}).
+ERL_NIF_TERM set_active_list(ErlNifEnv* env, Sock* s, const std::vector<ERL_NIF_TERM>& actives) {
+  bool ssl = s->tag == Tag::Ssl && s->kind == Kind::Conn;
+  ERL_NIF_TERM r = atom.ok;
+  for (ERL_NIF_TERM v : actives) {
+    r = set_active(env, s, v, !ssl);
+    if (!enif_is_identical(r, atom.ok)) {
+      if (ssl) r = make_error(env, enif_make_tuple2(env, atom.active, v));
+      break;
+    }
+  }
+  if (ssl && !actives.empty() &&
+      enif_term_type(env, actives.front()) == ERL_NIF_TERM_TYPE_INTEGER && s->active == 0)
+    send_passive(env, s);
+  return r;
 }
 
 }  // namespace
@@ -557,28 +590,25 @@ ERL_NIF_TERM nif_setopts(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!s->open || ssl_gone(s)) return closed_answer(env, s);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
   ERL_NIF_TERM head, tail = argv[1];
-  ERL_NIF_TERM active = 0;
+  std::vector<ERL_NIF_TERM> actives;  // applied last, once the other options are in place
   while (enif_get_list_cell(env, tail, &head, &tail)) {
     int arity;
     const ERL_NIF_TERM* kv;
     if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2) return make_error(env, atom.einval);
     if (enif_is_identical(kv[0], atom.active)) {
-      active = kv[1];  // applied last, once the other options are in place
+      actives.push_back(kv[1]);
       continue;
     }
     bool bad = false;
     int e = apply_opt(s, env, kv[0], kv[1], &bad);
     if (e != 0) {
       // The options before the refused one stay in place, active too.
-      if (active != 0) {
-        ERL_NIF_TERM r = set_active(env, s, active);
-        if (!enif_is_identical(r, atom.ok)) return r;
-      }
+      ERL_NIF_TERM r = set_active_list(env, s, actives);
+      if (!enif_is_identical(r, atom.ok)) return r;
       return make_errno_error(env, e);
     }
   }
-  if (active != 0) return set_active(env, s, active);
-  return atom.ok;
+  return set_active_list(env, s, actives);
 }
 
 // getopts(Sock, [Key]) -> {ok, [{Key, Value}]} | {error, Reason}

@@ -423,7 +423,7 @@ defmodule Islet.TLS do
     {emulated, rest} = Enum.split_while(expanded, &(not bad_emulated?(&1)))
     {own, others} = Enum.split_with(emulated, &emulated?/1)
 
-    with :ok <- Socket.setopts(socket, own, :ssl) do
+    with :ok <- own_options(socket, own) do
       case rest do
         [bad | _] -> {:error, {:options, {:socket_options, bad}}}
         [] -> set_others(socket, others)
@@ -432,6 +432,14 @@ defmodule Islet.TLS do
   end
 
   def setopts(_socket, options), do: {:error, {:options, {:not_a_proplist, options}}}
+
+  # The emulated options; an active option refused is named as :ssl names it.
+  defp own_options(socket, own) do
+    case Socket.setopts(socket, own, :ssl) do
+      {:error, {:active, _} = opt} -> {:error, {:options, {:socket_options, opt}}}
+      result -> result
+    end
+  end
 
   defp set_others(_socket, []), do: :ok
 

@@ -122,6 +122,48 @@ defmodule Islet.ActiveReviewTest do
     end
   end
 
+  describe "several active options in one setopts" do
+    @combos [[1, 1], [3, -1], [true, 2], [2, true], [:once, false], [false, :once]] ++
+              [[2, {:mode, :binary}, 3], [5, -5], [false, 0], [2, :binary, -2], [0, 3]] ++
+              [[32767, 1], [2, {:nodelay, :bad}, 3]]
+
+    # Each combination from passive: the result, the active option after,
+    # how many messages came.
+    defp combos(mod, s) do
+      for combo <- @combos do
+        :ok = mod.setopts(s, active: false)
+        _ = Diff.messages()
+
+        opts =
+          Enum.map(combo, fn o ->
+            if is_tuple(o) or (is_atom(o) and o not in [true, false, :once]),
+              do: o,
+              else: {:active, o}
+          end)
+
+        {combo, mod.setopts(s, opts), mod.getopts(s, [:active]), length(Diff.messages())}
+      end
+    end
+
+    # gen_tcp applies them one by one from the last to the first (each
+    # count reaching 0 sends {tcp_passive, s}).
+    test "TCP: each, last to first" do
+      tcp_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        combos(mod, s)
+      end)
+    end
+
+    # :ssl applies them first to last, and sends one {ssl_passive, s} when
+    # the first is an integer and the socket ends passive.
+    test "TLS: each, first to last" do
+      tls_same(fn mod ->
+        {_l, s, _c} = TLSDiff.pair!(mod)
+        combos(mod, s)
+      end)
+    end
+  end
+
   describe "TLS controlling_process" do
     # :ssl's connection process just starts sending to the new owner: what
     # it sent before stays with the old one.
