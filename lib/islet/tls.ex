@@ -221,6 +221,10 @@ defmodule Islet.TLS do
   `:ssl.handshake/2` on a `:gen_tcp` socket, the socket is passive during
   the handshake, and the TLS connection then takes the `active` option
   given, or else the active mode the TCP socket had.
+
+  One difference: a `handshake_timeout` option (ms) bounds the handshake
+  (past it the connection is closed and `{:error, :timeout}` returned),
+  where `:ssl.handshake/2` ignores the option and waits without limit.
   """
   @spec upgrade(socket(), keyword()) :: {:ok, socket()} | {:error, term()}
   def upgrade(socket, options) when is_list(options) do
