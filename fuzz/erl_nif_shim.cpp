@@ -620,6 +620,27 @@ int enif_is_binary(ErlNifEnv*, ERL_NIF_TERM t) {
   Node* n = box(t);
   return n != nullptr && n->kind == Kind::Bin;
 }
+// The type of a term, as the VM names it (a resource term is a reference).
+ErlNifTermType enif_term_type(ErlNifEnv*, ERL_NIF_TERM t) {
+  switch (tag(t)) {
+    case kTagAtom: return ERL_NIF_TERM_TYPE_ATOM;
+    case kTagPid: return ERL_NIF_TERM_TYPE_PID;
+    case kTagNil: return ERL_NIF_TERM_TYPE_LIST;
+    default: break;
+  }
+  Node* n = box(t);
+  if (n == nullptr) fail("enif_term_type: not a term");
+  switch (n->kind) {
+    case Kind::Int: return ERL_NIF_TERM_TYPE_INTEGER;
+    case Kind::Float: return ERL_NIF_TERM_TYPE_FLOAT;
+    case Kind::Bin: return ERL_NIF_TERM_TYPE_BITSTRING;
+    case Kind::Cons: return ERL_NIF_TERM_TYPE_LIST;
+    case Kind::Tuple: return ERL_NIF_TERM_TYPE_TUPLE;
+    case Kind::Res:
+    case Kind::Ref: return ERL_NIF_TERM_TYPE_REFERENCE;
+  }
+  fail("enif_term_type: unknown kind");
+}
 
 // Comparison.
 int enif_is_identical(ERL_NIF_TERM a, ERL_NIF_TERM b) { return identical(a, b); }

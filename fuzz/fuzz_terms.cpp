@@ -275,7 +275,8 @@ void one_op(Iter& it, uint8_t op, ERL_NIF_TERM s) {
     case kTlsUpgrade: {
       ERL_NIF_TERM ctx = some_ctx(it);
       switch (it.in.u8() % 3) {
-        case 0:
+        case 0:  // as Islet.TLS.upgrade: pause, then the context
+          call(it, "tls_upgrade_pause", {s});
           call(it, "tls_upgrade", {s, ctx});
           call(it, "tls_handshake", {s});
           break;
