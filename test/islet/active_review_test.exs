@@ -11,6 +11,17 @@ defmodule Islet.ActiveReviewTest do
 
   @moduletag :capture_log
 
+  setup_all do
+    # Every module of both stacks loaded, so that no upgrade waits for the
+    # code server (see go/2).
+    for app <- [:ssl, :public_key, :crypto, :islet],
+        {:ok, mods} = :application.get_key(app, :modules),
+        mod <- mods,
+        do: Code.ensure_loaded(mod)
+
+    :ok
+  end
+
   defp tcp_same(fun), do: Diff.assert_same(fun)
   defp tls_same(fun), do: TLSDiff.assert_same(fun)
 
@@ -194,26 +205,46 @@ defmodule Islet.ActiveReviewTest do
       {:ok, l} = tcp.listen(0, ip: :loopback)
       {:ok, {_, port}} = tcp.sockname(l)
 
-      spawn_link(fn ->
-        {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false])
-        :ok = :gen_tcp.send(c, "STARTTLS\r\n")
+      client =
+        spawn_link(fn ->
+          {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false])
+          :ok = :gen_tcp.send(c, "STARTTLS\r\n")
 
-        # The first flight waits a little: the upgrade has surely started.
-        with {:ok, "GO\r\n"} <- :gen_tcp.recv(c, 4, 10_000),
-             :ok <- Process.sleep(200),
-             {:ok, tls} <- :ssl.connect(c, Certs.client_opts(), 10_000) do
-          :ok = :ssl.send(tls, "secret")
-        end
+          # The first flight waits until the server is in its handshake (its
+          # socket passive), else it could come as a {:tcp, ...} message.
+          with {:ok, "GO\r\n"} <- :gen_tcp.recv(c, 4, 10_000),
+               :ok <- receive(do: (:hello -> :ok)),
+               {:ok, tls} <- :ssl.connect(c, Certs.client_opts(), 10_000) do
+            :ok = :ssl.send(tls, "secret")
+          end
 
-        receive(do: (:stop -> :ok))
-      end)
+          receive(do: (:stop -> :ok))
+        end)
 
       {:ok, s} = tcp.accept(l)
       {:ok, "STARTTLS\r\n"} = tcp.recv(s, 10, 5_000)
+      Process.put(:starttls_client, client)
       {tcp, Diff.name(s, :tcp)}
     end
 
-    defp go(tcp, s), do: :ok = tcp.send(s, "GO\r\n")
+    # Says "GO"; the client's ClientHello follows once this process waits
+    # in the upgrade's handshake, the socket passive by then (else it could
+    # come as a {:tcp, ...} message), and a little more for :ssl's steps
+    # before its socket is passive. (Loading a module blocks a process too:
+    # the setup loads them all first.)
+    defp go(tcp, s) do
+      :ok = tcp.send(s, "GO\r\n")
+      me = self()
+      client = Process.get(:starttls_client)
+
+      spawn_link(fn ->
+        Diff.wait_blocked(me)
+        Process.sleep(50)
+        Kernel.send(client, :hello)
+      end)
+
+      :ok
+    end
 
     # After a successful upgrade: the TLS socket's active mode, how "secret"
     # came (a message, or recv when passive), what recv answers then, and
