@@ -263,29 +263,23 @@ defmodule Islet.ActiveReviewTest do
     defp tls_after(other, _mod), do: other
 
     # :ssl.handshake/2 reads the TCP socket's active mode, sets it passive
-    # for the handshake, and gives the mode to the TLS connection.
-    for active <- [:once, true, 2] do
-      test "of a socket in active: #{inspect(active)}" do
-        active = unquote(active)
+    # for the handshake, and gives the mode to the TLS connection, or the
+    # upgrade's active option when it has one.
+    for {tcp_active, option} <- [{:once, nil}, {true, nil}, {2, nil}, {true, 3}, {true, false}] do
+      name =
+        if option == nil,
+          do: "of a socket in active: #{inspect(tcp_active)}",
+          else: "with an active option (#{inspect(option)}): the TLS connection takes it"
+
+      test name do
+        {tcp_active, option} = {unquote(tcp_active), unquote(option)}
+        opts = if option == nil, do: [], else: [active: option]
 
         tls_same(fn mod ->
           {tcp, s} = starttls_pair(mod)
-          :ok = tcp.setopts(s, active: active)
+          :ok = tcp.setopts(s, active: tcp_active)
           go(tcp, s)
-          tls_after(mod.upgrade(s, Certs.server_opts()), mod)
-        end)
-      end
-    end
-
-    for active <- [3, false] do
-      test "with an active option (#{inspect(active)}): the TLS connection takes it" do
-        active = unquote(active)
-
-        tls_same(fn mod ->
-          {tcp, s} = starttls_pair(mod)
-          :ok = tcp.setopts(s, active: true)
-          go(tcp, s)
-          tls_after(mod.upgrade(s, [{:active, active} | Certs.server_opts()]), mod)
+          tls_after(mod.upgrade(s, opts ++ Certs.server_opts()), mod)
         end)
       end
     end

@@ -7,17 +7,12 @@ defmodule Islet.TLSVerifyReviewTest do
 
   import Islet.Test.TLSDiff
 
-  alias Islet.Test.{Certs, Diff}
+  alias Islet.Test.Certs
 
   @moduletag :capture_log
   @moduletag timeout: 120_000
 
-  @conf """
-  [ req ]
-  distinguished_name = dn
-  prompt = no
-  [ dn ]
-  CN = unused
+  @extensions """
   [ client ]
   basicConstraints = critical, CA:FALSE
   keyUsage = critical, digitalSignature
@@ -35,18 +30,6 @@ defmodule Islet.TLSVerifyReviewTest do
   [ inter ]
   basicConstraints = critical, CA:TRUE
   keyUsage = critical, keyCertSign, cRLSign
-  [ ca ]
-  default_ca = ca_default
-  [ ca_default ]
-  database = index.txt
-  new_certs_dir = .
-  serial = serial
-  default_md = sha256
-  policy = policy_any
-  unique_subject = no
-  copy_extensions = none
-  [ policy_any ]
-  commonName = supplied
   """
 
   # Extra certificates, made once per test run: name => {cert pem, key pem}.
@@ -55,7 +38,7 @@ defmodule Islet.TLSVerifyReviewTest do
     dir = Path.join(System.tmp_dir!(), "islet_review_#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
     on_exit(fn -> File.rm_rf(dir) end)
-    File.write!(Path.join(dir, "x.cnf"), @conf)
+    File.write!(Path.join(dir, "x.cnf"), Certs.openssl_conf(@extensions))
     File.write!(Path.join(dir, "index.txt"), "")
     File.write!(Path.join(dir, "serial"), "2000\n")
     ca = Certs.file(:ca, :cert)
@@ -145,14 +128,7 @@ defmodule Islet.TLSVerifyReviewTest do
     [certfile: pem(dir, name), keyfile: key(dir, name), cacertfile: cacert]
   end
 
-  defp server(version, extra) do
-    [
-      verify: :verify_peer,
-      fail_if_no_peer_cert: true,
-      cacertfile: Certs.file(:ca, :cert),
-      versions: [version]
-    ] ++ extra
-  end
+  defp server(version, extra), do: Certs.require_client_cert(version, extra)
 
   defp event({:extension, ext}), do: {:extension, elem(ext, 1)}
   defp event(e), do: e
@@ -169,27 +145,8 @@ defmodule Islet.TLSVerifyReviewTest do
      end, []}
   end
 
-  defp observe(mod, server_opts, client_opts) do
-    %{server: s, handshake: hs, connect: connect} = pair(mod, server_opts, client_opts)
-
-    client =
-      case {hs, connect} do
-        {{:ok, _}, {:ok, c}} ->
-          :ok = :ssl.send(c, "ping")
-          {:exchanged, mod.recv(s, 4, 10_000), mod.peercert(s) |> elem(0)}
-
-        {_, {:ok, c}} ->
-          case :ssl.recv(c, 0, 10_000) do
-            {:error, _} -> :refused_at_read
-            other -> other
-          end
-
-        {_, {:error, reason}} ->
-          {:refused_at_connect, tidy(reason)}
-      end
-
-    {hs, client, Diff.messages()}
-  end
+  defp observe(mod, server_opts, client_opts),
+    do: verify_outcome(mod, server_opts, client_opts, &elem(&1, 0))
 
   for version <- [:"tlsv1.2", :"tlsv1.3"] do
     @version version

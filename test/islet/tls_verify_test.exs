@@ -99,38 +99,13 @@ defmodule Islet.TLSVerifyTest do
   end
 
   defp observe(mod, server_opts, client_opts) do
-    %{server: s, handshake: hs, connect: connect} = pair(mod, server_opts, client_opts)
-
-    client =
-      case {hs, connect} do
-        {{:ok, _}, {:ok, c}} ->
-          :ok = :ssl.send(c, "ping")
-          got = mod.recv(s, 4, 10_000)
-          {:exchanged, got, with({:ok, der} <- mod.peercert(s), do: name_of(der))}
-
-        {_, {:ok, c}} ->
-          case :ssl.recv(c, 0, 10_000) do
-            # (The alert, or :closed if the client's connection process
-            # ended on it before this read: a race of the client's own.)
-            {:error, _} -> :refused_at_read
-            other -> other
-          end
-
-        {_, {:error, reason}} ->
-          {:refused_at_connect, tidy(reason)}
-      end
-
-    {hs, client, Diff.messages()}
+    verify_outcome(mod, server_opts, client_opts, fn
+      {:ok, der} -> name_of(der)
+      other -> other
+    end)
   end
 
-  defp server(version, extra) do
-    [
-      verify: :verify_peer,
-      fail_if_no_peer_cert: true,
-      cacertfile: Certs.file(:ca, :cert),
-      versions: [version]
-    ] ++ extra
-  end
+  defp server(version, extra), do: Certs.require_client_cert(version, extra)
 
   for version <- [:"tlsv1.2", :"tlsv1.3"] do
     @version version

@@ -103,18 +103,52 @@ defmodule Islet.Test.Certs do
     ]
   end
 
+  @doc """
+  Server options that require a client certificate from the test CA, with
+  `version` only; `extra` after them.
+  """
+  @spec require_client_cert(atom(), keyword()) :: keyword()
+  def require_client_cert(version, extra) do
+    [verify: :verify_peer, fail_if_no_peer_cert: true, cacertfile: file(:ca, :cert)] ++
+      [versions: [version]] ++ extra
+  end
+
   @doc "Client options presenting the certificate `name` (and its key)."
   @spec client_cert_opts(atom()) :: keyword()
   def client_cert_opts(name), do: [certfile: file(name, :cert), keyfile: file(name, :key)]
 
   ## Generation
 
-  @ca_conf """
+  # The `openssl req` and `openssl ca` sections of a configuration (the
+  # extension sections go between them): `openssl ca` in the current
+  # directory, with its index.txt and serial files.
+  @req_conf """
   [ req ]
   distinguished_name = dn
   prompt = no
   [ dn ]
   CN = unused
+  """
+  @ca_sections """
+  [ ca ]
+  default_ca = ca_default
+  [ ca_default ]
+  database = index.txt
+  new_certs_dir = .
+  serial = serial
+  default_md = sha256
+  policy = policy_any
+  unique_subject = no
+  copy_extensions = none
+  [ policy_any ]
+  commonName = supplied
+  """
+
+  @doc "An `openssl req`/`openssl ca` configuration with `extensions` (its sections)."
+  @spec openssl_conf(String.t()) :: String.t()
+  def openssl_conf(extensions), do: @req_conf <> extensions <> @ca_sections
+
+  @ca_extensions """
   [ v3_ca ]
   basicConstraints = critical, CA:TRUE
   keyUsage = critical, keyCertSign, cRLSign
@@ -151,18 +185,6 @@ defmodule Islet.Test.Certs do
   basicConstraints = critical, CA:FALSE
   keyUsage = critical, digitalSignature
   extendedKeyUsage = clientAuth
-  [ ca ]
-  default_ca = ca_default
-  [ ca_default ]
-  database = index.txt
-  new_certs_dir = .
-  serial = serial
-  default_md = sha256
-  policy = policy_any
-  unique_subject = no
-  copy_extensions = none
-  [ policy_any ]
-  commonName = supplied
   """
 
   defp generate do
@@ -171,7 +193,7 @@ defmodule Islet.Test.Certs do
     File.rm_rf!(dir)
     File.mkdir_p!(dir)
     System.at_exit(fn _ -> File.rm_rf(dir) end)
-    File.write!(Path.join(dir, "openssl.cnf"), @ca_conf)
+    File.write!(Path.join(dir, "openssl.cnf"), openssl_conf(@ca_extensions))
     File.write!(Path.join(dir, "index.txt"), "")
     File.write!(Path.join(dir, "serial"), "1000\n")
 
@@ -505,6 +527,39 @@ defmodule Islet.Test.TLSDiff do
     client = with {:ok, c} <- connect, do: c
 
     %{listener: l, server: s, client: client, handshake: hs, connect: connect}
+  end
+
+  @doc """
+  A client-certificate scenario's outcome: `pair/3`, then `{handshake,
+  client, messages}`, where `client` is `{:exchanged, recv, peer}` when
+  both sides got through (the client sent "ping"; `peer` is `peer_view`
+  applied to the server's `peercert` answer), `:refused_at_read` when
+  only the client did and its first read failed (the alert, or `:closed`
+  if its connection process ended on it first: a race of the client's
+  own), or `{:refused_at_connect, reason}`.
+  """
+  @spec verify_outcome(module(), keyword(), keyword(), (term() -> term())) :: tuple()
+  def verify_outcome(mod, server_opts, client_opts, peer_view) do
+    %{server: s, handshake: hs, connect: connect} = pair(mod, server_opts, client_opts)
+
+    client =
+      case {hs, connect} do
+        {{:ok, _}, {:ok, c}} ->
+          :ok = :ssl.send(c, "ping")
+          got = mod.recv(s, 4, 10_000)
+          {:exchanged, got, peer_view.(mod.peercert(s))}
+
+        {_, {:ok, c}} ->
+          case :ssl.recv(c, 0, 10_000) do
+            {:error, _} -> :refused_at_read
+            other -> other
+          end
+
+        {_, {:error, reason}} ->
+          {:refused_at_connect, tidy(reason)}
+      end
+
+    {hs, client, Diff.messages()}
   end
 
   @doc """
