@@ -217,7 +217,9 @@ defmodule Islet.TLS do
 
   @doc """
   STARTTLS: turns a connected `Islet.TCP` socket into a TLS one (server side)
-  and performs the handshake. Only the owner may. As with
+  and performs the handshake. Only the owner may: another process gets
+  `{:error, :not_owner}` and, as with `:ssl` (whose connection process made
+  for the socket ends, closing it), the connection is closed. As with
   `:ssl.handshake/2` on a `:gen_tcp` socket, the socket is passive during
   the handshake, and the TLS connection then takes the `active` option
   given, or else the active mode the TCP socket had.
@@ -236,10 +238,24 @@ defmodule Islet.TLS do
 
       case TLSOptions.context(options) do
         {:ok, ctx} ->
-          with :ok <- Nif.tls_upgrade(socket, ctx),
-               {:ok, socket} <-
-                 handshake(socket, Keyword.get(options, :handshake_timeout, :infinity)) do
-            activate(socket, if(active_option == nil, do: tcp_active, else: active_option))
+          case Nif.tls_upgrade(socket, ctx) do
+            :ok ->
+              with {:ok, socket} <-
+                     handshake(socket, Keyword.get(options, :handshake_timeout, :infinity)),
+                   do:
+                     activate(
+                       socket,
+                       if(active_option == nil, do: tcp_active, else: active_option)
+                     )
+
+            # :ssl's connection process, made for the socket, cannot take it
+            # from its owner; it ends, and closes the socket as it goes.
+            {:error, :not_owner} = error ->
+              Socket.close(socket)
+              error
+
+            error ->
+              error
           end
 
         error ->
