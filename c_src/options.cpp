@@ -470,11 +470,11 @@ void send_passive(ErlNifEnv* env, Sock* s) {
   enif_free_env(menv);
 }
 
-// Goes passive with the passive message.
-void go_passive(ErlNifEnv* env, Sock* s) {
+// Goes passive, with the passive message unless told not to.
+void go_passive(ErlNifEnv* env, Sock* s, bool notify = true) {
   s->active = 0;
   poller_disarm(env, s);
-  send_passive(env, s);
+  if (notify) send_passive(env, s);
 }
 
 // {active, N} of a TLS socket, with :ssl's rules (ssl_gen_statem's
@@ -491,9 +491,7 @@ ERL_NIF_TERM set_active_ssl_n(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value, bool 
     return make_error(env, atom.einval);
   }
   if (n <= 0) {
-    s->active = 0;
-    poller_disarm(env, s);
-    if (notify) send_passive(env, s);
+    go_passive(env, s, notify);
     return atom.ok;
   }
   if (before > 0 && before + n > kActiveMax) return make_error(env, atom.einval);
