@@ -10,6 +10,7 @@
 #include <vector>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "erts_alloc.hpp"
 
@@ -28,7 +29,7 @@ struct Atoms {
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
       show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake,
-      accept_copies_reuseaddr, link_owner, islet_link, islet_orphan;
+      accept_copies_reuseaddr, link_owner, islet_link, islet_orphan, islet_downs;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails
@@ -223,6 +224,13 @@ struct Sock {
   bool tls_want_dirty = false;
   // A step run on a dirty scheduler, to be finished on a normal one.
   bool tls_step_pending = false;
+  // How many threads hold the lock, or are about to, for long work on a
+  // dirty scheduler (a costly handshake step, a kernel TLS sendfile): a
+  // call that finds it set waits for the lock on a dirty scheduler (see
+  // LongHold). Owner and waiter deaths found meanwhile wait in downs.
+  std::atomic<int> long_hold{0};
+  std::mutex downs_mu;
+  std::vector<std::pair<ErlNifPid, ErlNifMonitor>> downs;
   uint8_t tls_step = 0;
   int tls_step_code = 0;
 
@@ -244,6 +252,28 @@ inline bool tls_before_handshake(const Sock* s) { return s->ssl != nullptr && !s
 // addresses, which :ssl asks of its TCP port, answer while the port is
 // open (orphaned) and say einval once it is closed (dead).
 inline bool ssl_gone(const Sock* s) { return s->dead || (s->orphaned && s->tag == Tag::Ssl); }
+
+// Marks long work under a socket's lock, on a dirty scheduler: taken before
+// the lock and let go after it (declare it before the lock's guard), so that
+// whoever finds the lock taken for long knows it. A NIF called on a socket
+// so held reschedules itself on a dirty I/O scheduler and waits for the lock
+// there (nif.cpp), where a normal scheduler would be held for the rest of
+// the work: milliseconds for an RSA-4096 signature. (A call that looks just
+// before the work takes the lock still waits on its scheduler: the window
+// is the few instructions between the look and its own lock.) Owner and
+// waiter deaths meanwhile are handed on (deferred_downs).
+class LongHold {
+ public:
+  explicit LongHold(Sock* s);
+  ~LongHold();
+  LongHold(const LongHold&) = delete;
+  LongHold& operator=(const LongHold&) = delete;
+
+ private:
+  Sock* s_;
+};
+// Whether t is a socket held for long work (LongHold).
+bool held_long(ErlNifEnv* env, ERL_NIF_TERM t);
 
 extern ErlNifResourceType* sock_type;
 extern ErlNifResourceType* file_type;

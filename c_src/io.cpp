@@ -18,6 +18,7 @@
 #include <climits>
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -827,6 +828,9 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   ErlNifUInt64 sent = 0;
   {
     Cork cork(s);  // uncorked at the end of this block, while the fd is ours
+    // Kernel TLS: calls on this socket meanwhile wait on a dirty scheduler.
+    std::optional<LongHold> hold;
+    if (!unlocked) hold.emplace(s);
     const int fd = s->fd;
     off_t off = static_cast<off_t>(offset);
     if (unlocked) {

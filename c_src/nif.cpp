@@ -49,55 +49,73 @@ ISLET_NIF(nif_tls_handshake)
 ISLET_NIF(nif_tls_linger)
 ISLET_NIF(nif_tls_info)
 ISLET_NIF(nif_tls_sweep)
+ISLET_NIF(nif_deferred_downs)
 #undef ISLET_NIF
 
 namespace {
 
+using NifFn = ERL_NIF_TERM (*)(ErlNifEnv*, int, const ERL_NIF_TERM[]);
+
+// A call on a socket whose lock a dirty scheduler holds for long work (a
+// costly handshake step, a kernel TLS sendfile; see LongHold) would wait
+// for it on this normal scheduler: it goes to a dirty I/O scheduler first
+// and waits there. Every NIF on a normal scheduler whose first argument may
+// be a socket goes through here (lock_probe, a test's look at the lock,
+// does not). A pump meeting such a socket among its events still waits
+// (kernel TLS with active mode; see docs/design.md).
+template <NifFn F>
+ERL_NIF_TERM on_socket(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  if (argc > 0 && held_long(env, argv[0]))
+    return enif_schedule_nif(env, "islet_wait_lock", ERL_NIF_DIRTY_JOB_IO_BOUND, F, argc, argv);
+  return F(env, argc, argv);
+}
+
 ErlNifFunc nif_funcs[] = {
     {"listen", 4, nif_listen, 0},
-    {"accept", 1, nif_accept, 0},
-    {"recv", 2, nif_recv, 0},
-    {"send", 2, nif_send, 0},
-    {"send_more", 1, nif_send_more, 0},
+    {"accept", 1, on_socket<nif_accept>, 0},
+    {"recv", 2, on_socket<nif_recv>, 0},
+    {"send", 2, on_socket<nif_send>, 0},
+    {"send_more", 1, on_socket<nif_send_more>, 0},
     {"sendfile_open", 1, nif_sendfile_open, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"sendfile_size", 1, nif_sendfile_size, 0},
     {"sendfile", 4, nif_sendfile, ERL_NIF_DIRTY_JOB_IO_BOUND},
-    {"cancel", 2, nif_cancel, 0},
-    {"close", 1, nif_close, 0},
-    {"send_timeout_close", 1, nif_send_timeout_close, 0},
-    {"ktls", 1, nif_ktls, 0},
+    {"cancel", 2, on_socket<nif_cancel>, 0},
+    {"close", 1, on_socket<nif_close>, 0},
+    {"send_timeout_close", 1, on_socket<nif_send_timeout_close>, 0},
+    {"ktls", 1, on_socket<nif_ktls>, 0},
     {"kernel_tls", 0, nif_kernel_tls, 0},
-    {"send_timeout_keep", 2, nif_send_timeout_keep, 0},
-    {"flush_bg", 1, nif_flush_bg, 0},
-    {"drain", 1, nif_drain, 0},
-    {"shutdown", 2, nif_shutdown, 0},
+    {"send_timeout_keep", 2, on_socket<nif_send_timeout_keep>, 0},
+    {"flush_bg", 1, on_socket<nif_flush_bg>, 0},
+    {"drain", 1, on_socket<nif_drain>, 0},
+    {"shutdown", 2, on_socket<nif_shutdown>, 0},
     {"lock_probe", 1, nif_lock_probe, 0},
     {"live_sockets", 0, nif_live_sockets, 0},
-    {"controlling_process", 2, nif_controlling_process, 0},
-    {"set_owner", 3, nif_set_owner, 0},
-    {"set_active", 2, nif_set_active, 0},
+    {"controlling_process", 2, on_socket<nif_controlling_process>, 0},
+    {"set_owner", 3, on_socket<nif_set_owner>, 0},
+    {"set_active", 2, on_socket<nif_set_active>, 0},
     {"owners_down", 1, nif_owners_down, 0},
     {"owners_linker", 1, nif_owners_linker, 0},
-    {"setopts", 2, nif_setopts, 0},
-    {"getopts", 2, nif_getopts, 0},
-    {"getstat", 1, nif_getstat, 0},
-    {"sockname", 1, nif_sockname, 0},
-    {"peername", 1, nif_peername, 0},
+    {"setopts", 2, on_socket<nif_setopts>, 0},
+    {"getopts", 2, on_socket<nif_getopts>, 0},
+    {"getstat", 1, on_socket<nif_getstat>, 0},
+    {"sockname", 1, on_socket<nif_sockname>, 0},
+    {"peername", 1, on_socket<nif_peername>, 0},
     {"register_pump", 2, nif_register_pump, 0},
     {"pump_poll", 1, nif_pump_poll, 0},
     // Building a context parses keys and certificates: dirty CPU.
     {"tls_ctx", 1, nif_tls_ctx, ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"tls_listener", 2, nif_tls_listener, 0},
-    {"tls_upgrade_pause", 1, nif_tls_upgrade_pause, 0},
-    {"tls_upgrade", 2, nif_tls_upgrade, 0},
-    {"tls_set_ctx", 2, nif_tls_set_ctx, 0},
-    {"tls_verify_failed", 2, nif_tls_verify_failed, 0},
+    {"tls_listener", 2, on_socket<nif_tls_listener>, 0},
+    {"tls_upgrade_pause", 1, on_socket<nif_tls_upgrade_pause>, 0},
+    {"tls_upgrade", 2, on_socket<nif_tls_upgrade>, 0},
+    {"tls_set_ctx", 2, on_socket<nif_tls_set_ctx>, 0},
+    {"tls_verify_failed", 2, on_socket<nif_tls_verify_failed>, 0},
     // A handshake step moves itself to a dirty CPU scheduler when costly.
-    {"tls_handshake", 1, nif_tls_handshake, 0},
-    {"tls_linger", 1, nif_tls_linger, 0},
-    {"tls_info", 1, nif_tls_info, 0},
+    {"tls_handshake", 1, on_socket<nif_tls_handshake>, 0},
+    {"tls_linger", 1, on_socket<nif_tls_linger>, 0},
+    {"tls_info", 1, on_socket<nif_tls_info>, 0},
     // Visits every TLS connection: dirty CPU.
     {"tls_sweep", 0, nif_tls_sweep, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"deferred_downs", 1, on_socket<nif_deferred_downs>, 0},
 };
 
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {

@@ -46,7 +46,8 @@ void init_atoms(ErlNifEnv* env) {
                a("header"), a("deliver"), a("term"), a("show_econnreset"), a("debug"),
                a("broadcast"), a("netns"), a("read_packets"),
                a("notsup_on_transport_accept_socket"), a("accept_copies_reuseaddr"),
-               a("link_owner"), a("$islet_link"), a("$islet_orphan")};
+               a("link_owner"), a("$islet_link"), a("$islet_orphan"),
+               a("$islet_downs")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {
@@ -411,8 +412,8 @@ static void sock_stop(ErlNifEnv* env, void* obj, ErlNifEvent event, int is_direc
   if (release) enif_release_resource(s);  // may run the destructor: lock released
 }
 
-static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* mon) {
-  Sock* s = static_cast<Sock*>(obj);
+// A death among a socket's owner and waiters (mon: its monitor).
+static void on_down(ErlNifEnv* env, Sock* s, const ErlNifMonitor* mon) {
   bool owner_died = false;
   {
     std::lock_guard<std::mutex> lk(s->mu);
@@ -453,6 +454,49 @@ static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* 
     }
   }
   if (owner_died) sock_close(env, s, nullptr);  // gen_tcp: the port dies with its owner
+}
+
+static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* mon) {
+  Sock* s = static_cast<Sock*>(obj);
+  // The lock is held for long (LongHold; the owner dying in a costly
+  // handshake step is the usual case): this runs on a normal scheduler, so
+  // the death waits in downs, and Islet.Owners, told of it, hands it back
+  // through deferred_downs, which waits for the lock on a dirty scheduler.
+  // (Without Islet.Owners, it waits here.)
+  ErlNifPid linker;
+  if (s->long_hold.load(std::memory_order_acquire) > 0 && owners_linker_pid(&linker)) {
+    {
+      std::lock_guard<std::mutex> lk(s->downs_mu);
+      s->downs.emplace_back(*pid, *mon);
+    }
+    ErlNifEnv* menv = enif_alloc_env();
+    ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_downs, enif_make_resource(menv, s));
+    enif_send(env, &linker, menv, msg);
+    enif_free_env(menv);
+    return;
+  }
+  on_down(env, s, mon);
+}
+
+// deferred_downs(Sock) -> ok: the deaths sock_down left (Islet.Owners).
+ERL_NIF_TERM nif_deferred_downs(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  std::vector<std::pair<ErlNifPid, ErlNifMonitor>> downs;
+  {
+    std::lock_guard<std::mutex> lk(s->downs_mu);
+    downs.swap(s->downs);
+  }
+  for (const auto& d : downs) on_down(env, s, &d.second);
+  return atom.ok;
+}
+
+LongHold::LongHold(Sock* s) : s_(s) { s_->long_hold.fetch_add(1, std::memory_order_acq_rel); }
+LongHold::~LongHold() { s_->long_hold.fetch_sub(1, std::memory_order_acq_rel); }
+
+bool held_long(ErlNifEnv* env, ERL_NIF_TERM t) {
+  Sock* s;
+  return get_sock(env, t, &s) && s->long_hold.load(std::memory_order_acquire) > 0;
 }
 
 static void sock_dtor(ErlNifEnv* env, void* obj) {

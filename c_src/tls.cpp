@@ -2039,6 +2039,7 @@ ERL_NIF_TERM tls_handshake_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM ar
   ERL_NIF_TERM answer;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   {
+    LongHold hold(s);  // calls from other processes wait on a dirty scheduler
     std::lock_guard<std::mutex> lk(s->mu);
     if (!handshake_sock(env, argv, &s, &answer)) return answer;
     int code = 0;

@@ -59,6 +59,9 @@ defmodule Islet.Nif do
   def set_owner(_socket, _pid, _active), do: nif()
   def set_active(_socket, _value), do: nif()
   def owners_down(_pid), do: nif()
+  # Islet.Owners: the deaths a socket's down callback left while a dirty
+  # scheduler held its lock.
+  def deferred_downs(_socket), do: nif()
   def owners_linker(_pid_or_undefined), do: nif()
   def setopts(_socket, _opts), do: nif()
   def getopts(_socket, _keys), do: nif()

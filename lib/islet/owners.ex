@@ -62,6 +62,15 @@ defmodule Islet.Owners do
   # this process was not running) whose owner died with data queued: the
   # NIF made this process its owner (the socket monitors it) and leaves it
   # to be drained and closed.
+  # An owner or waiter of a socket died while a dirty scheduler held the
+  # socket's lock for long (a costly handshake step): its down callback left
+  # the death to this process, whose call waits for the lock on a dirty
+  # scheduler rather than the callback's normal one.
+  def handle_info({:"$islet_downs", socket}, state) when is_reference(socket) do
+    Nif.deferred_downs(socket)
+    {:noreply, state}
+  end
+
   def handle_info({:"$islet_orphan", socket}, state) when is_reference(socket) do
     drain_and_close(socket)
     {:noreply, state}
