@@ -234,6 +234,12 @@ struct Sock {
   uint8_t tls_step = 0;
   int tls_step_code = 0;
 
+  // Plain TCP: what the current call may still write (kWriteBudget at the
+  // start of each call that writes, io.cpp), and the most one call wrote
+  // (for tests: write_probe).
+  size_t write_budget = 0;
+  size_t largest_write = 0;
+
   uint64_t recv_oct = 0, recv_cnt = 0, recv_max = 0;
   uint64_t send_oct = 0, send_cnt = 0, send_max = 0;
 };

@@ -26,6 +26,7 @@ ISLET_NIF(nif_flush_bg)
 ISLET_NIF(nif_drain)
 ISLET_NIF(nif_shutdown)
 ISLET_NIF(nif_lock_probe)
+ISLET_NIF(nif_largest_write)
 ISLET_NIF(nif_live_sockets)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
@@ -89,6 +90,7 @@ ErlNifFunc nif_funcs[] = {
     {"drain", 1, on_socket<nif_drain>, 0},
     {"shutdown", 2, on_socket<nif_shutdown>, 0},
     {"lock_probe", 1, nif_lock_probe, 0},
+    {"largest_write", 1, on_socket<nif_largest_write>, 0},
     {"live_sockets", 0, nif_live_sockets, 0},
     {"controlling_process", 2, on_socket<nif_controlling_process>, 0},
     {"set_owner", 3, on_socket<nif_set_owner>, 0},

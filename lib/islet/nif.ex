@@ -53,6 +53,8 @@ defmodule Islet.Nif do
   def shutdown(_socket, _how), do: nif()
   # Tests only: :locked, :sending_file (without the lock) or :free, now.
   def lock_probe(_socket), do: nif()
+  # Tests only: the most bytes one call on a normal scheduler wrote (TCP).
+  def largest_write(_socket), do: nif()
   # Tests only: socket resources not destroyed yet.
   def live_sockets, do: nif()
   def controlling_process(_socket, _pid), do: nif()
