@@ -64,6 +64,12 @@ ERL_NIF_TERM closed_answer(ErlNifEnv* env, const Sock* s);
 struct Waiter {
   ErlNifPid pid;
   ErlNifMonitor mon;
+  // A TCP recv that was waiting when the socket went active: as gen_tcp's,
+  // it now waits for its timeout or the connection's end only, without a
+  // select (reader_outrun). `woken`: a wake from its old select is on its
+  // way, so the end does not send another.
+  bool outrun = false;
+  bool woken = false;
 };
 
 // FIFO of the processes waiting in one direction. Only the head does
@@ -331,6 +337,8 @@ bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid,
 // The head finished its call: pop it and wake the next one.
 void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid);
 void wake(ErlNifEnv* env, Sock* s, const ErlNifPid& pid);
+// The socket went active while a recv waited (TCP): see Waiter::outrun.
+void reader_outrun(ErlNifEnv* env, Sock* s);
 // The connection ended (EOF, reset, send timeout): the peer sees it closed
 // (shutdown of both directions, as gen_tcp closes its fd) and every waiter
 // retries. env may be null (poller thread). Under lock.

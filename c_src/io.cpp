@@ -302,6 +302,14 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!conn_check(env, s, &err)) return err;
   if (s->eof_reported) return make_error(env, s->tag == Tag::Ssl ? atom.closed : atom.enotconn);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
+  if (s->rq.is_head(me) && s->rq.q.front().outrun) {
+    // This recv was waiting when the socket went active: gen_tcp's data
+    // goes to messages, and its recv waits on, for its timeout or the
+    // connection's end (not for data, even once passive again). It stays
+    // the head reader, with no select: the end wakes it.
+    s->rq.q.front().woken = false;
+    return enif_make_atom(env, "wait_end");
+  }
   if (s->active != 0) return make_error(env, atom.einval);
   if (len > kMaxRecv) return make_error(env, atom.enomem);
   // gen_tcp serves one passive reader at a time.

@@ -527,6 +527,11 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value, bool notify
   } else {
     return make_error(env, atom.einval);
   }
+  // gen_tcp's recv waiting meanwhile no longer takes data (Waiter::outrun).
+  // (:ssl's connection process fails on it; Islet.TLS's recv answers einval
+  // when it wakes.)
+  if (before == 0 && s->active != 0 && s->kind == Kind::Conn && s->tag == Tag::Tcp)
+    reader_outrun(env, s);
   // (A dead owner's socket draining its queue delivers nothing: sock_orphan.)
   if (s->active != 0 && s->kind == Kind::Conn && !s->orphaned && (before == 0 || !s->armed))
     active_started(env, s);

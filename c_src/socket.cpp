@@ -161,6 +161,12 @@ static bool cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
   return r < 0 || (r & cancelled) != 0;
 }
 
+void reader_outrun(ErlNifEnv* env, Sock* s) {
+  if (s->rq.q.empty() || s->rq.q.front().outrun) return;
+  s->rq.q.front().outrun = true;
+  s->rq.q.front().woken = !cancel_select(env, s, s->rq);
+}
+
 bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir) {
   for (auto it = wq.q.begin(); it != wq.q.end(); ++it) {
     if (enif_compare_pids(&it->pid, &pid) != 0) continue;
@@ -199,6 +205,8 @@ void waiter_done(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid) {
 // is woken, and may also get its select's message.
 static void wake_all(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
   bool wake_head = wq.selected != 0 && (env == nullptr || cancel_select(env, s, wq));
+  // An outrun recv holds no select and waits for this wake (or its old one).
+  if (!wq.q.empty() && wq.q.front().outrun && !wq.q.front().woken) wake_head = true;
   for (const Waiter& w : wq.q) {
     // Off the schedulers (poller thread) the monitor is left to fire; the
     // down callback then finds no waiter.

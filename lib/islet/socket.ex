@@ -82,17 +82,20 @@ defmodule Islet.Socket do
   # recv(n) read a slice and has more to read: call again at once.
   defp recv_more(socket, length, deadline) do
     case Nif.recv(socket, length) do
-      :wait -> recv_wait(socket, length, deadline)
+      wait when wait in [:wait, :wait_end] -> recv_wait(socket, length, deadline)
       :more -> recv_more(socket, length, deadline)
       result -> result
     end
   end
 
+  # :wait_end: the socket went active while this recv waited. As gen_tcp's,
+  # the recv then waits for its timeout or the connection's end only (the
+  # data goes to messages).
   defp recv_wait(socket, length, deadline) do
     case await(socket, remaining(deadline), :read) do
       :ok ->
         case Nif.recv(socket, length) do
-          :wait -> recv_wait(socket, length, deadline)
+          wait when wait in [:wait, :wait_end] -> recv_wait(socket, length, deadline)
           :more -> recv_more(socket, length, deadline)
           result -> result
         end

@@ -323,4 +323,74 @@ defmodule Islet.ActiveReviewTest do
       end
     end
   end
+
+  describe "a recv waiting when the socket goes active" do
+    # gen_tcp's pending recv is not answered by data once the socket is
+    # active (the data goes to messages, and stays in the socket if it is
+    # passive again): it waits for its timeout or the connection's end.
+    # (Islet answered einval as soon as data came.)
+    defp waiting_recv(mod, s, timeout) do
+      parent = self()
+      pid = spawn_link(fn -> Kernel.send(parent, {:recv_result, mod.recv(s, 0, timeout)}) end)
+      # The recv is waiting once its process is (Islet's in a receive,
+      # gen_tcp's in prim_inet's).
+      Diff.wait_blocked(pid)
+      pid
+    end
+
+    defp messages_after(ms) do
+      Process.sleep(ms)
+      Diff.messages()
+    end
+
+    defp recv_result do
+      receive do
+        {:recv_result, r} -> r
+      after
+        5_000 -> :no_answer
+      end
+    end
+
+    test "data after active: the recv times out, the data is a message" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        waiting_recv(mod, s, 300)
+        :ok = mod.setopts(s, active: true)
+        :ok = :gen_tcp.send(c, "hello")
+        {recv_result(), norm(messages_after(200), s)}
+      end)
+    end
+
+    test "the peer closes: the recv says closed" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        waiting_recv(mod, s, 3_000)
+        :ok = mod.setopts(s, active: true)
+        :ok = :gen_tcp.close(c)
+        {recv_result(), norm(messages_after(200), s)}
+      end)
+    end
+
+    test "the owner closes: the recv says closed" do
+      tcp_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        waiting_recv(mod, s, 3_000)
+        :ok = mod.setopts(s, active: true)
+        :ok = mod.close(s)
+        recv_result()
+      end)
+    end
+
+    test "passive again before data: the recv still times out, the data stays" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        waiting_recv(mod, s, 300)
+        :ok = mod.setopts(s, active: true)
+        :ok = mod.setopts(s, active: false)
+        :ok = :gen_tcp.send(c, "x")
+        first = recv_result()
+        {first, mod.recv(s, 0, 1_000), Diff.messages()}
+      end)
+    end
+  end
 end
