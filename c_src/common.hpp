@@ -29,7 +29,8 @@ struct Atoms {
       low_watermark, ttl, recvtos, recvttl, dontroute, tclass, recvtclass, bind_to_device,
       delay_send, packet_size, high_msgq_watermark, low_msgq_watermark, header, deliver, term,
       show_econnreset, debug, broadcast, netns, read_packets, notsup_before_handshake,
-      accept_copies_reuseaddr, link_owner, islet_link, islet_orphan, islet_downs;
+      accept_copies_reuseaddr, link_owner, islet_link, islet_orphan, islet_downs,
+      multicast_ttl, multicast_loop, multicast_if, pktoptions;
 };
 extern Atoms atom;
 // fds at or above this are beyond the BEAM's poll sets (enif_select fails

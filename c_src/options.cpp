@@ -34,7 +34,8 @@ bool get_bool(ERL_NIF_TERM t, bool* out) {
 ERL_NIF_TERM make_bool(bool b) { return b ? atom.true_ : atom.false_; }
 
 // Which sockets an option applies to, as gen_tcp sees it: on the others
-// getopts leaves it out, and setopts ignores it (Tcp) or answers einval.
+// the kernel refuses it, so getopts leaves it out, and setopts answers
+// einval if the option is checked, else ignores it.
 enum class Scope : uint8_t {
   Any,   // SOL_SOCKET: every family
   Tcp,   // TCP's own (IPv4 and IPv6); ignored on Unix sockets
@@ -74,6 +75,12 @@ const IntOpt kIntOpts[] = {
     {&atom.ipv6_v6only, IPPROTO_IPV6, IPV6_V6ONLY, true, Scope::Ip6, true},
     {&atom.tclass, IPPROTO_IPV6, IPV6_TCLASS, false, Scope::Ip6, true},
     {&atom.recvtclass, IPPROTO_IPV6, IPV6_RECVTCLASS, true, Scope::Ip6, true},
+    // UDP's, which inet_drv also sets and reads on TCP sockets, at
+    // IPPROTO_IP on IPv6 ones too. The kernel refuses IP_MULTICAST_TTL on
+    // a stream socket (unchecked: setopts says ok, nothing changes), and an
+    // accepted IPv4 connection's is the TTL of its SYN.
+    {&atom.multicast_ttl, IPPROTO_IP, IP_MULTICAST_TTL, false, Scope::Ip, false},
+    {&atom.multicast_loop, IPPROTO_IP, IP_MULTICAST_LOOP, true, Scope::Ip, false},
 };
 
 const IntOpt* find_int_opt(ERL_NIF_TERM key) {
@@ -135,7 +142,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
     }
     // inet's user-level buffer follows the receive buffer unless set itself.
     if (o->name == SO_RCVBUF && !s->buffer_set && v > s->buffer) s->buffer = v;
-    if (!in_scope(s, o->scope)) return o->scope == Scope::Tcp ? 0 : EINVAL;
+    if (!in_scope(s, o->scope)) return o->checked ? EINVAL : 0;
     if (fd_gone(s)) return o->checked ? EINVAL : 0;
     if (o->name == IP_TOS && o->level == IPPROTO_IP) {
       // Linux derives the socket's priority from the TOS; inet_drv puts
@@ -147,7 +154,7 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
       if (had) setsockopt(s->fd, SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio);
       return 0;
     }
-    if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return EINVAL;
+    if (setsockopt(s->fd, o->level, o->name, &v, sizeof v) != 0) return o->checked ? EINVAL : 0;
     if (o->name == SO_PRIORITY && o->level == SOL_SOCKET) s->priority = v;
     return 0;
   }
@@ -161,6 +168,21 @@ int apply_opt(Sock* s, ErlNifEnv* env, ERL_NIF_TERM key, ERL_NIF_TERM value, boo
         !enif_get_int(env, t[1], &name) || !enif_inspect_binary(env, t[2], &val))
       return EINVAL;
     if (!fd_gone(s)) setsockopt(s->fd, level, name, val.data, static_cast<socklen_t>(val.size));
+    return 0;
+  }
+  if (enif_is_identical(key, atom.multicast_if)) {
+    // Islet.Options gives the 32 bits inet encodes (an IPv4 address, or an
+    // integer). inet_drv sets them in network order as IP_MULTICAST_IF, or
+    // IPV6_MULTICAST_IF on an IPv6 socket, and ignores the kernel's refusal
+    // (all a stream socket gets); a Unix socket is einval.
+    if (!enif_get_int(env, value, &i)) return EINVAL;
+    if (s->family != AF_INET && s->family != AF_INET6) return EINVAL;
+    if (fd_gone(s)) return 0;
+    int v = static_cast<int>(htonl(static_cast<uint32_t>(i)));
+    if (s->family == AF_INET)
+      setsockopt(s->fd, IPPROTO_IP, IP_MULTICAST_IF, &v, sizeof v);
+    else
+      setsockopt(s->fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, &v, sizeof v);
     return 0;
   }
   if (enif_is_identical(key, atom.bind_to_device)) {
@@ -291,6 +313,69 @@ bool read_raw(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
   return true;
 }
 
+// A control message's value as inet_drv reads it: an unsigned integer of
+// 1, 2, 4 or 8 bytes (cut to 32 bits); 0 for any other size.
+uint32_t cmsg_value(cmsghdr* c) {
+  const unsigned char* d = CMSG_DATA(c);
+  size_t n = c->cmsg_len - static_cast<size_t>(d - reinterpret_cast<unsigned char*>(c));
+  uint8_t v8;
+  uint16_t v16;
+  uint32_t v32;
+  uint64_t v64;
+  switch (n) {
+    case 1:
+      std::memcpy(&v8, d, 1);
+      return v8;
+    case 2:
+      std::memcpy(&v16, d, 2);
+      return v16;
+    case 4:
+      std::memcpy(&v32, d, 4);
+      return v32;
+    case 8:
+      std::memcpy(&v64, d, 8);
+      return static_cast<uint32_t>(v64);
+  }
+  return 0;
+}
+
+// pktoptions: what the kernel kept of the packets received (the TOS and
+// TTL with recvtos and recvttl, the traffic class with recvtclass), as
+// control messages from IP_PKTOPTIONS or IPV6_2292PKTOPTIONS, read into as
+// much room as inet_drv gives them (two int-sized messages) and named as it
+// names them, in the kernel's order. False if the kernel refuses.
+bool read_pktoptions(ErlNifEnv* env, const Sock* s, ERL_NIF_TERM* out) {
+  union {
+    cmsghdr align;
+    char buf[2 * CMSG_SPACE(sizeof(int))];
+  } u{};
+  socklen_t len = sizeof u.buf;
+  bool v4 = s->family == AF_INET;
+  if (getsockopt(s->fd, v4 ? IPPROTO_IP : IPPROTO_IPV6, v4 ? IP_PKTOPTIONS : IPV6_2292PKTOPTIONS,
+                 u.buf, &len) != 0)
+    return false;
+  msghdr m{};
+  m.msg_control = u.buf;
+  m.msg_controllen = len;
+  ERL_NIF_TERM list = enif_make_list(env, 0);
+  for (cmsghdr* c = CMSG_FIRSTHDR(&m); c != nullptr; c = CMSG_NXTHDR(&m, c)) {
+    int t = c->cmsg_type;
+    ERL_NIF_TERM name;
+    if (c->cmsg_level == IPPROTO_IP && (t == IP_TOS || t == IP_RECVTOS))
+      name = atom.tos;
+    else if (c->cmsg_level == IPPROTO_IP && (t == IP_TTL || t == IP_RECVTTL))
+      name = atom.ttl;
+    else if (c->cmsg_level == IPPROTO_IPV6 && (t == IPV6_TCLASS || t == IPV6_RECVTCLASS))
+      name = atom.tclass;
+    else
+      continue;
+    list = enif_make_list_cell(env, enif_make_tuple2(env, name, enif_make_uint(env, cmsg_value(c))),
+                               list);
+  }
+  enif_make_reverse_list(env, list, out);
+  return true;
+}
+
 }  // namespace
 
 bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int* err) {
@@ -350,6 +435,32 @@ bool read_opt(ErlNifEnv* env, Sock* s, ERL_NIF_TERM key, ERL_NIF_TERM* out, int*
     }
     size_t n = strnlen(name, len);
     std::memcpy(enif_make_new_binary(env, n, &v), name, n);
+  } else if (enif_is_identical(key, atom.multicast_if)) {
+    // The kernel's: an IPv4 address, or an IPv6 interface index (an
+    // accepted IPv6 connection's is the one its SYN came in by). gen_tcp's
+    // answer is memory inet_drv never wrote (its reply skips the value, even
+    // once its fd is gone); Islet asks its fd, which is still open then.
+    if (s->family == AF_INET) {
+      unsigned char a[4] = {};
+      socklen_t len = sizeof a;
+      if (getsockopt(s->fd, IPPROTO_IP, IP_MULTICAST_IF, a, &len) != 0) return false;
+      v = enif_make_tuple4(env, enif_make_uint(env, a[0]), enif_make_uint(env, a[1]),
+                           enif_make_uint(env, a[2]), enif_make_uint(env, a[3]));
+    } else if (s->family == AF_INET6) {
+      int index = 0;
+      socklen_t len = sizeof index;
+      if (getsockopt(s->fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, &index, &len) != 0) return false;
+      v = enif_make_int(env, index);
+    } else {
+      *err = EINVAL;  // (inet_drv's answer on a Unix socket)
+      return false;
+    }
+  } else if (enif_is_identical(key, atom.pktoptions)) {
+    if (s->family != AF_INET && s->family != AF_INET6) {
+      *err = EINVAL;
+      return false;
+    }
+    if (fd_gone(s) || !read_pktoptions(env, s, &v)) return false;
   } else if (enif_is_identical(key, atom.delay_send)) {
     v = make_bool(s->delay_send);
   } else if (enif_is_identical(key, atom.packet_size)) {

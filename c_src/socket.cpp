@@ -47,7 +47,8 @@ void init_atoms(ErlNifEnv* env) {
                a("broadcast"), a("netns"), a("read_packets"),
                a("notsup_on_transport_accept_socket"), a("accept_copies_reuseaddr"),
                a("link_owner"), a("$islet_link"), a("$islet_orphan"),
-               a("$islet_downs")};
+               a("$islet_downs"), a("multicast_ttl"), a("multicast_loop"),
+               a("multicast_if"), a("pktoptions")};
 }
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason) {

@@ -114,6 +114,8 @@ constexpr const char* kAtoms[] = {
     "recvtclass", "bind_to_device", "delay_send", "packet_size", "high_msgq_watermark",
     "low_msgq_watermark", "header", "deliver", "term", "show_econnreset", "debug", "broadcast",
     "netns", "read_packets",
+    // UDP's multicast options and pktoptions, which gen_tcp also takes
+    "multicast_ttl", "multicast_loop", "multicast_if", "pktoptions",
 };
 constexpr unsigned kAtomCount = sizeof kAtoms / sizeof kAtoms[0];
 

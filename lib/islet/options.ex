@@ -15,7 +15,14 @@ defmodule Islet.Options do
   setopts only) and `bind_to_device`, each on the address families gen_tcp
   has it for; `{:raw, level, option, value}` (or `{:raw, {level, option,
   value}}`, inet's own form: a setsockopt whose refusal is
-  ignored, as inet ignores it).
+  ignored, as inet ignores it). In setopts only, as with gen_tcp:
+  `multicast_ttl`, `multicast_loop` and `multicast_if` (an IPv4 address
+  or an integer), set as inet_drv sets them, at the IP level on IPv4 and
+  IPv6 sockets alike (the kernel refuses the TTL and the interface on a
+  TCP socket, and the refusal is ignored, so they read back unchanged;
+  `multicast_if` is einval on a Unix socket); `pktoptions` is read-only
+  (what `recvtos`, `recvttl` and `recvtclass` kept of the packets
+  received).
 
   `high_watermark` and `low_watermark` follow inet_drv: a send that finds
   data queued and brings the queue to `high_watermark` waits (up to
@@ -54,11 +61,12 @@ defmodule Islet.Options do
 
   @bool_opts [:nodelay, :reuseaddr, :reuseport, :reuseport_lb, :keepalive, :send_timeout_close] ++
                [:ipv6_v6only, :nopush, :dontroute, :recvtos, :recvttl, :recvtclass, :delay_send] ++
-               [:broadcast]
-  @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority, :ttl, :tclass]
-  # Socket options gen_tcp takes in setopts but not in listen (where it
-  # exits with badarg): Islet refuses them there by name.
-  @setopts_only [:nopush, :dontroute, :broadcast, :read_packets]
+               [:broadcast, :multicast_loop]
+  @int_opts [:buffer, :recbuf, :sndbuf, :tos, :priority, :ttl, :tclass, :multicast_ttl]
+  # Socket options gen_tcp takes in setopts (pktoptions: in getopts) but not
+  # in listen (where it exits with badarg): Islet refuses them there by name.
+  @setopts_only [:nopush, :dontroute, :broadcast, :read_packets, :multicast_ttl] ++
+                  [:multicast_loop, :multicast_if, :pktoptions]
   # Accepted and ignored: the backend (Islet is its own).
   @ignored [:inet_backend]
   # gen_tcp's settings that have one value in Islet (binary mode, raw
@@ -295,6 +303,25 @@ defmodule Islet.Options do
        do: {:nif, {:raw, {int32(level), int32(name), value}}}
 
   defp value({:raw, _}), do: {:error, :einval}
+
+  # An IPv4 address or any integer (cut to 32 bits), as inet encodes it:
+  # the NIF hands it to IP_MULTICAST_IF (IPV6_MULTICAST_IF on IPv6) as
+  # inet_drv does, whose refusal on a stream socket is ignored.
+  defp value({:multicast_if, n}) when is_integer(n), do: {:nif, {:multicast_if, int32(n)}}
+
+  defp value({:multicast_if, {a, b, c, d} = ip}) do
+    if :inet.is_ipv4_address(ip) do
+      <<n::signed-32>> = <<a, b, c, d>>
+      {:nif, {:multicast_if, n}}
+    else
+      {:error, :einval}
+    end
+  end
+
+  # Another multicast_if, and any pktoptions (which getopts reads and
+  # nothing sets): einval, as inet answers.
+  defp value({key, _}) when key in [:multicast_if, :pktoptions], do: {:error, :einval}
+
   # A UDP option inet takes on any socket, to no effect on TCP.
   defp value({:read_packets, n}) when is_integer(n) and n >= 0, do: :skip
 
