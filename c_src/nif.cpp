@@ -28,6 +28,7 @@ ISLET_NIF(nif_shutdown)
 ISLET_NIF(nif_lock_probe)
 ISLET_NIF(nif_largest_write)
 ISLET_NIF(nif_live_sockets)
+ISLET_NIF(nif_is_listener)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
 ISLET_NIF(nif_set_active)
@@ -92,6 +93,7 @@ ErlNifFunc nif_funcs[] = {
     {"lock_probe", 1, nif_lock_probe, 0},
     {"largest_write", 1, on_socket<nif_largest_write>, 0},
     {"live_sockets", 0, nif_live_sockets, 0},
+    {"is_listener", 1, nif_is_listener, 0},
     {"controlling_process", 2, on_socket<nif_controlling_process>, 0},
     {"set_owner", 3, on_socket<nif_set_owner>, 0},
     {"set_active", 2, on_socket<nif_set_active>, 0},

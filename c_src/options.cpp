@@ -650,6 +650,43 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value, bool notify
   return atom.ok;
 }
 
+// The active options of a TLS listener's setopts list, as :ssl's listener
+// takes them (tls_socket:setopts and its option tracker): from the last to
+// the first, each as gen_tcp's listener would (once, true and false set the
+// mode; a count adds to a running one, and 0 or below is passive), but with
+// no bound on the way; then the list's last value and the count reached
+// must be within -32768..32767, else einval. :ssl's tracker keeps the count
+// it refused (its getopts reads it back; it is not in force); here nothing
+// changes. {ssl_passive, L} once, when the list's last active is a count
+// and the listener ends passive. Values that are no mode (Islet.TLS refuses
+// them first) and counts of 2^40 or more either way are einval.
+ERL_NIF_TERM set_active_listener(ErlNifEnv* env, Sock* s, const std::vector<ERL_NIF_TERM>& actives) {
+  if (actives.empty()) return atom.ok;
+  long long a = s->active;  // kActiveTrue, kActiveOnce, 0 (false) or a count
+  bool b;
+  ErlNifSInt64 n = 0;
+  for (auto it = actives.rbegin(); it != actives.rend(); ++it) {
+    if (enif_is_identical(*it, atom.once)) {
+      a = kActiveOnce;
+    } else if (get_bool(*it, &b)) {
+      a = b ? kActiveTrue : 0;
+    } else if (enif_get_int64(env, *it, &n) && n > -(1LL << 40) && n < (1LL << 40)) {
+      // (Bounded so that no sum of a list's counts overflows.)
+      long long sum = (a > 0 ? a : 0) + n;
+      a = sum > 0 ? sum : 0;
+    } else {
+      return make_error(env, atom.einval);
+    }
+  }
+  bool last_count = enif_get_int64(env, actives.back(), &n);
+  if ((last_count && (n < -kActiveMax - 1 || n > kActiveMax)) || a > kActiveMax)
+    return make_error(env, atom.einval);
+  s->active = static_cast<int>(a);
+  if (s->active == 0) poller_disarm(env, s);
+  if (last_count && s->active == 0) send_passive(env, s);
+  return atom.ok;
+}
+
 // The active options of one setopts list, applied one after the other in
 // the list's order (Islet.Options put it in the order the stack applies
 // it: gen_tcp's from the last option to the first, :ssl's first to last),
@@ -660,6 +697,7 @@ ERL_NIF_TERM set_active(ErlNifEnv* env, Sock* s, ERL_NIF_TERM value, bool notify
 // names the option, {error, {active, V}} (Islet.TLS makes it :ssl's
 // {options, {socket_options, {active, V}}}).
 ERL_NIF_TERM set_active_list(ErlNifEnv* env, Sock* s, const std::vector<ERL_NIF_TERM>& actives) {
+  if (s->tag == Tag::Ssl && s->kind != Kind::Conn) return set_active_listener(env, s, actives);
   bool ssl = s->tag == Tag::Ssl && s->kind == Kind::Conn;
   ERL_NIF_TERM r = atom.ok;
   for (ERL_NIF_TERM v : actives) {

@@ -533,6 +533,15 @@ ERL_NIF_TERM nif_live_sockets(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[
   return enif_make_long(env, live_socks.load(std::memory_order_relaxed));
 }
 
+// is_listener(Sock) -> boolean: Islet.TLS.setopts/2 takes a listener's
+// option list with the rules of :ssl's listener. No lock: a socket's kind
+// is set when it is made.
+ERL_NIF_TERM nif_is_listener(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  return s->kind == Kind::Conn ? atom.false_ : atom.true_;
+}
+
 static void file_dtor(ErlNifEnv* env, void* obj) {
   FileRes* f = static_cast<FileRes*>(obj);
   if (f->fd >= 0) close(f->fd);

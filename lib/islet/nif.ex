@@ -57,6 +57,7 @@ defmodule Islet.Nif do
   def largest_write(_socket), do: nif()
   # Tests only: socket resources not destroyed yet.
   def live_sockets, do: nif()
+  def is_listener(_socket), do: nif()
   def controlling_process(_socket, _pid), do: nif()
   def set_owner(_socket, _pid, _active), do: nif()
   def set_active(_socket, _value), do: nif()

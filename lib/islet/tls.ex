@@ -429,6 +429,11 @@ defmodule Islet.TLS do
   reason}}`). Options Islet does not implement answer
   `{:unsupported_option, option}`; before the handshake, the connection
   answers `{:error, :notsup_on_transport_accept_socket}`.
+
+  A listener takes a list as `:ssl`'s does: the emulated options first
+  (its actives from the last to the first; a count out of range refuses the
+  list), then the others; a refusal names the whole list, `{:options,
+  {:socket_options, options, reason}}`.
   """
   @spec setopts(socket(), list()) :: :ok | {:error, term()}
   def setopts(socket, [active: value] = options) do
@@ -439,6 +444,56 @@ defmodule Islet.TLS do
   end
 
   def setopts(socket, options) when is_list(options) do
+    if Nif.is_listener(socket),
+      do: listener_setopts(socket, options),
+      else: conn_setopts(socket, options)
+  end
+
+  def setopts(_socket, options), do: {:error, {:options, {:not_a_proplist, options}}}
+
+  # :ssl's listener (tls_socket:setopts) keeps the emulated options in its
+  # option tracker, unchecked, and checks only the count of active the list
+  # leads to (the NIF's set_active_listener); then it hands the others to
+  # its TCP listener. A count refused refuses the list before any socket
+  # option is set; a socket option refused leaves the emulated ones set.
+  # Values the tracker keeps but that are no mode, packet type or size
+  # (`active: :x`, `mode: :x`) are refused here, as a TCP listener would.
+  defp listener_setopts(socket, options) do
+    expanded = Enum.map(options, &expand_option/1)
+    {own, others} = Enum.split_with(expanded, &emulated?/1)
+
+    if Enum.any?(own, &bad_listener_emulated?/1) do
+      {:error, {:options, {:socket_options, options, :einval}}}
+    else
+      with :ok <- listener_step(socket, own, options), do: listener_step(socket, others, options)
+    end
+  end
+
+  defp listener_step(_socket, [], _options), do: :ok
+
+  defp listener_step(socket, step, options) do
+    # (The actives go as they are: the NIF checks the counts they lead to.)
+    {actives, step} = Enum.split_with(step, &match?({:active, _}, &1))
+
+    result =
+      case Islet.Options.socket_opts(step, :ssl) do
+        {:ok, nif_options} -> Nif.setopts(socket, nif_options ++ actives)
+        error -> error
+      end
+
+    case result do
+      {:error, reason} = error when reason in @bare_errors -> error
+      {:error, {:unsupported_option, _}} = error -> error
+      {:error, reason} -> {:error, {:options, {:socket_options, options, reason}}}
+      result -> result
+    end
+  end
+
+  # (Any integer.)
+  defp bad_listener_emulated?({:active, n}) when is_integer(n), do: false
+  defp bad_listener_emulated?(option), do: bad_emulated?(option)
+
+  defp conn_setopts(socket, options) do
     expanded = Enum.map(options, &expand_option/1)
     {emulated, rest} = Enum.split_while(expanded, &(not bad_emulated?(&1)))
     {own, others} = Enum.split_with(emulated, &emulated?/1)
@@ -450,8 +505,6 @@ defmodule Islet.TLS do
       end
     end
   end
-
-  def setopts(_socket, options), do: {:error, {:options, {:not_a_proplist, options}}}
 
   # The emulated options; an active option refused is named as :ssl names it.
   defp own_options(socket, own) do

@@ -629,6 +629,109 @@ defmodule Islet.TLSConformanceIOTest do
                {:error, {:options, {:socket_options, [active: :x], :einval}}}
     end
 
+    # :ssl's listener (tls_socket:setopts) keeps mode, packet, header,
+    # packet_size and active in its option tracker and hands the rest to its
+    # TCP listener. A refusal names the whole list as given, {options,
+    # {socket_options, List, Reason}}: a count out of range (the list's last
+    # active, or the count the list's actives reach) refuses the list before
+    # any socket option is set; a socket option refused leaves the tracker's
+    # options set. Islet answered {options, {socket_options, {active, V}}}
+    # (a connection's form), a bare einval when the count overflowed, and
+    # named only the refused part of the list. (After an active refused,
+    # :ssl's tracker keeps the count it refused: :active is not compared.)
+    test "a listener's option list: refusals name the list, as :ssl's" do
+      assert_same(fn mod ->
+        set = fn pre, opts ->
+          l = listen(mod, nodelay: false, keepalive: false)
+          :ok = mod.setopts(l, pre)
+          Diff.messages()
+          r = mod.setopts(l, opts)
+          {:ok, got} = mod.getopts(l, [:nodelay, :keepalive])
+          result = {opts, r, Enum.sort(got), Diff.messages()}
+          mod.close(l)
+          result
+        end
+
+        refused =
+          for {pre, opts} <- [
+                {[], [nodelay: true, active: 40_000]},
+                {[], [active: 40_000, nodelay: true]},
+                {[], [nodelay: true, active: 40_000, keepalive: true]},
+                {[], [nodelay: true, active: -40_000]},
+                {[], [mode: :binary, active: 40_000, nodelay: true]},
+                {[], [:binary, {:active, 40_000}]},
+                {[active: 20_000], [nodelay: true, active: 20_000]},
+                {[active: 20_000], [active: 20_000, packet: 0, keepalive: true]},
+                {[], [nodelay: true, foo: 1]},
+                {[], [keepalive: true, nodelay: :x]}
+              ],
+              do: set.(pre, opts)
+
+        # A socket option refused after a valid active: the active is set.
+        emulated_first =
+          for opts <- [[nodelay: :x, active: 5], [active: 5, nodelay: :x], [active: -1, foo: 1]] do
+            l = listen(mod)
+            r = mod.setopts(l, opts)
+            result = {opts, r, sorted(mod.getopts(l, [:active, :nodelay])), Diff.messages()}
+            mod.close(l)
+            result
+          end
+
+        {refused, emulated_first}
+      end)
+    end
+
+    # The tracker takes a list's actives from the last to the first, with
+    # no bound on the way, and {ssl_passive, L} follows when the list's last
+    # active is a count and the listener ends passive. Islet took them first
+    # to last, as gen_tcp's listener.
+    test "a listener's active options in one list go in as :ssl's tracker takes them" do
+      assert_same(fn mod ->
+        for opts <- [
+              [active: 5, active: -5],
+              [active: -5, active: 5],
+              [active: true, active: 5],
+              [active: 5, active: true],
+              [active: 3, active: :once],
+              [active: -30_000, active: 30_000, active: 30_000],
+              [active: -40_000, active: 5],
+              [nodelay: true, active: 7, active: 1]
+            ] do
+          l = listen(mod)
+          r = mod.setopts(l, opts)
+          result = {opts, r, mod.getopts(l, [:active]), Diff.messages()}
+          mod.close(l)
+          result
+        end
+      end)
+    end
+
+    # What :ssl's tracker keeps unchecked and Islet cannot hold: a value
+    # that is no mode, or a count out of range that a later true hides from
+    # the check (:ssl answers ok, and getopts reads the value back). Islet
+    # refuses the list, as inet refuses such a value, and sets nothing.
+    test "a listener's list with a value that is no mode: :ssl keeps it, Islet refuses" do
+      for opts <- [
+            [nodelay: true, active: :x],
+            [nodelay: true, mode: :x],
+            [nodelay: true, active: 40_000, active: true]
+          ] do
+        answers =
+          for {_, mod} <- modules() do
+            l = listen(mod, nodelay: false)
+            r = mod.setopts(l, opts)
+            {:ok, [nodelay: nodelay]} = mod.getopts(l, [:nodelay])
+            mod.close(l)
+            {r, nodelay}
+          end
+
+        assert answers == [
+                 {:ok, true},
+                 {{:error, {:options, {:socket_options, opts, :einval}}}, false}
+               ]
+      end
+    end
+
     test "the TCP port's tuning, :ssl's emulated options and IP options, read back" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)
