@@ -43,6 +43,9 @@ extern bool sendfile_cut_ends_sends;
 // inet's user-level `buffer` of a socket that was given neither it nor a
 // larger recbuf: 1460 until OTP 28's gen_tcp, 9216 since. Set at load.
 extern int default_buffer;
+// Whether :ssl names alert 30 decompression_failure (OTP 25) rather than
+// 'unsupported/unknown_alert' (OTP 27). Set at load.
+extern bool ssl_names_decompression_failure;
 void init_atoms(ErlNifEnv* env);
 
 ERL_NIF_TERM make_error(ErlNifEnv* env, ERL_NIF_TERM reason);

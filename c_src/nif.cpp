@@ -124,15 +124,16 @@ ErlNifFunc nif_funcs[] = {
 
 int load(ErlNifEnv* env, void** priv, ERL_NIF_TERM info) {
   init_atoms(env);
-  // {MaxFds, SendfileCutEndsSends, DefaultBuffer}
+  // {MaxFds, SendfileCutEndsSends, DefaultBuffer, SslNamesDecompressionFailure}
   const ERL_NIF_TERM* t;
   int arity;
   int buffer;
-  if (!enif_get_tuple(env, info, &arity, &t) || arity != 3 || !enif_get_int(env, t[0], &max_fds)) {
+  if (!enif_get_tuple(env, info, &arity, &t) || arity != 4 || !enif_get_int(env, t[0], &max_fds)) {
     max_fds = 0;
   } else {
     sendfile_cut_ends_sends = enif_is_identical(t[1], enif_make_atom(env, "true"));
     if (enif_get_int(env, t[2], &buffer) && buffer > 0) default_buffer = buffer;
+    ssl_names_decompression_failure = enif_is_identical(t[3], enif_make_atom(env, "true"));
   }
   if (!open_resource_types(env) || !open_tls_types(env) || !open_poller_types(env)) return 1;
   return poller_start() ? 0 : 1;

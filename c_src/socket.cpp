@@ -20,6 +20,7 @@ Atoms atom;
 int max_fds = 0;
 bool sendfile_cut_ends_sends = true;
 int default_buffer = 1460;
+bool ssl_names_decompression_failure = false;
 ErlNifResourceType* sock_type = nullptr;
 ErlNifResourceType* file_type = nullptr;
 

@@ -836,13 +836,20 @@ ERL_NIF_TERM opt_error(ErlNifEnv* env, ERL_NIF_TERM key, const char* what) {
   return make_error(env, enif_make_tuple2(env, enif_make_atom(env, "options"), detail));
 }
 
+// The names :ssl gives alerts (ssl_alert:description_atom/1), that of an
+// alert it does not know included: a client may send any description.
+// decompression_failure (30) only where :ssl still knows it (OTP 25; not
+// OTP 27's, Islet.Compat.ssl_names_decompression_failure?/0).
 const char* alert_name(int code) {
   switch (code) {
     case 0: return "close_notify";
     case 10: return "unexpected_message";
     case 20: return "bad_record_mac";
+    case 21: return "decryption_failed_reserved";
     case 22: return "record_overflow";
+    case 30: return ssl_names_decompression_failure ? "decompression_failure" : "unsupported/unknown_alert";
     case 40: return "handshake_failure";
+    case 41: return "no_certificate_reserved";
     case 42: return "bad_certificate";
     case 43: return "unsupported_certificate";
     case 44: return "certificate_revoked";
@@ -853,6 +860,7 @@ const char* alert_name(int code) {
     case 49: return "access_denied";
     case 50: return "decode_error";
     case 51: return "decrypt_error";
+    case 60: return "export_restriction";
     case 70: return "protocol_version";
     case 71: return "insufficient_security";
     case 80: return "internal_error";
@@ -861,10 +869,14 @@ const char* alert_name(int code) {
     case 100: return "no_renegotiation";
     case 109: return "missing_extension";
     case 110: return "unsupported_extension";
+    case 111: return "certificate_unobtainable";
     case 112: return "unrecognized_name";
+    case 113: return "bad_certificate_status_response";
+    case 114: return "bad_certificate_hash_value";
+    case 115: return "unknown_psk_identity";
     case 116: return "certificate_required";
     case 120: return "no_application_protocol";
-    default: return "handshake_failure";
+    default: return "unsupported/unknown_alert";
   }
 }
 
@@ -885,7 +897,12 @@ int failure_code(Sock* s) {
   unsigned long e = ERR_peek_last_error();
   ERR_clear_error();
   int reason = e != 0 && ERR_GET_LIB(e) == ERR_LIB_SSL ? ERR_GET_REASON(e) : 0;
-  if (reason >= SSL_AD_REASON_OFFSET) return kAlertReceived | ((reason - SSL_AD_REASON_OFFSET) & 0xff);
+  if (reason >= SSL_AD_REASON_OFFSET) {
+    int desc = (reason - SSL_AD_REASON_OFFSET) & 0xff;
+    // A close_notify sent as a fatal alert: :ssl says closed, as for any
+    // close_notify (ssl_alert:reason_code/4).
+    return desc == SSL_AD_CLOSE_NOTIFY ? 0 : kAlertReceived | desc;
+  }
   switch (reason) {
     case SSL_R_UNEXPECTED_EOF_WHILE_READING:
       return 0;  // the client went away: :ssl says closed

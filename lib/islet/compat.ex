@@ -8,7 +8,7 @@ defmodule Islet.Compat do
   (`unix_accept_copies_reuseaddr?/0`, `default_buffer/0`,
   `ssl_listen_checks_files?/0`, `ssl_checks_ca_sigs_for_verify_fun?/0`,
   `ssl_listen_keeps_order?/0`, `ssl_dh_needs_tls12?/0`,
-  `ssl_signature_schemes/0`).
+  `ssl_signature_schemes/0`, `ssl_names_decompression_failure?/0`).
   """
 
   @unix_reuseaddr_key {__MODULE__, :unix_accept_copies_reuseaddr}
@@ -18,6 +18,7 @@ defmodule Islet.Compat do
   @ssl_listen_order_key {__MODULE__, :ssl_listen_keeps_order}
   @dh_needs_tls12_key {__MODULE__, :ssl_dh_needs_tls12}
   @schemes_key {__MODULE__, :ssl_signature_schemes}
+  @decompression_failure_key {__MODULE__, :ssl_names_decompression_failure}
 
   @doc """
   Whether the running `gen_tcp` sends as OTP 26 made it send
@@ -121,6 +122,25 @@ defmodule Islet.Compat do
   defp probe_ca_sigs do
     Code.ensure_loaded?(:ssl_handshake) and
       {:tls_verify_fun, 4} in :ssl_handshake.module_info(:functions)
+  end
+
+  @doc """
+  Whether the running `:ssl` names alert 30 `decompression_failure` (ssl
+  10, OTP 25) in the `{:tls_alert, {name, text}}` it reports, rather than
+  `:"unsupported/unknown_alert"` (OTP 27 and 29 dropped the name). Asked of
+  `ssl_alert`'s atom table, once per VM; `false` if it cannot be read.
+  """
+  @spec ssl_names_decompression_failure?() :: boolean()
+  def ssl_names_decompression_failure?,
+    do: remembered(@decompression_failure_key, &probe_decompression_failure/0)
+
+  defp probe_decompression_failure do
+    with path when is_list(path) <- :code.which(:ssl_alert),
+         {:ok, {_, [atoms: atoms]}} <- :beam_lib.chunks(path, [:atoms]) do
+      Enum.any?(atoms, fn {_, atom} -> atom == :decompression_failure end)
+    else
+      _ -> false
+    end
   end
 
   @doc """

@@ -17,10 +17,12 @@ defmodule Islet.Nif do
       end
 
     # (A send after a sendfile the peer cut: enotconn before OTP 26's
-    # gen_tcp, closed since. The default `buffer`: gen_tcp's.)
+    # gen_tcp, closed since. The default `buffer`: gen_tcp's. Alert 30's
+    # name: :ssl's.)
     :erlang.load_nif(
       :filename.join(:code.priv_dir(:islet), name),
-      {max_fds(), not Islet.Compat.gen_tcp26?(), Islet.Compat.default_buffer()}
+      {max_fds(), not Islet.Compat.gen_tcp26?(), Islet.Compat.default_buffer(),
+       Islet.Compat.ssl_names_decompression_failure?()}
     )
   end
 

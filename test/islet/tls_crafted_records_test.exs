@@ -1,21 +1,27 @@
 defmodule Islet.TLSCraftedRecordsTest do
-  # Records a real client would not send, sealed with a TLS 1.2 client's
-  # own keys (so that they open) and written on its TCP socket behind
-  # :ssl's back: what the server makes of them, against :ssl's server.
-  # (tls_records_test.exs injects records that do not open.)
+  # Records a real client would not send, sealed with a TLS 1.2 or 1.3
+  # client's own keys (so that they open) and written on its TCP socket
+  # behind :ssl's back, or plaintext ones during a TLS 1.2 handshake: what
+  # the server makes of them, against :ssl's server. (tls_records_test.exs
+  # injects records that do not open.)
   use ExUnit.Case, async: true
 
-  import Islet.Test.TLSDiff, only: [listen: 2, port: 2]
+  import Islet.Test.TLSDiff,
+    only: [listen: 2, port: 2, tidy: 1, assert_same: 1, connect_async: 2, await_client: 1]
 
   alias Islet.Test.{Certs, Diff}
 
   @moduletag :capture_log
 
-  @suite ~c"ECDHE-RSA-AES128-GCM-SHA256"
+  @suites %{
+    "tlsv1.2": ~c"ECDHE-RSA-AES128-GCM-SHA256",
+    "tlsv1.3": ~c"TLS_AES_128_GCM_SHA256"
+  }
 
-  # The client's write key and implicit IV, from the master secret (RFC
-  # 5246 6.3; AES-128-GCM: 16-byte keys, 4-byte IVs).
-  defp client_keys(c) do
+  # The client's write keys, and the sequence number of its first record
+  # after the handshake. TLS 1.2: from the master secret (RFC 5246 6.3;
+  # AES-128-GCM: 16-byte keys, 4-byte IVs), the Finished was record 0.
+  defp client_keys(c, :"tlsv1.2", _label) do
     {:ok, info} = :ssl.connection_information(c, [:master_secret, :client_random, :server_random])
 
     seed = "key expansion" <> info[:server_random] <> info[:client_random]
@@ -23,7 +29,28 @@ defmodule Islet.TLSCraftedRecordsTest do
     <<key::binary-16, _::binary-16, iv::binary-4, _::binary>> =
       prf(info[:master_secret], seed, 40)
 
-    %{key: key, iv: iv}
+    {%{key: key, iv: iv}, 1}
+  end
+
+  # TLS 1.3: from the client's application traffic secret (RFC 8446 7.3),
+  # in the keylog keep_secrets gives. OTP 27's :ssl client writes the two
+  # traffic secrets under each other's label (OTP 25's and 29's do not):
+  # which one is the client's is asked once (traffic_label/0).
+  defp client_keys(c, :"tlsv1.3", label) do
+    {:ok, [keylog: log]} = :ssl.connection_information(c, [:keylog])
+
+    [secret] =
+      for line <- log,
+          [^label, _random, hex] <- [String.split(to_string(line))],
+          do: Base.decode16!(hex, case: :mixed)
+
+    {%{key13: expand_label(secret, "key", 16), iv: expand_label(secret, "iv", 12)}, 0}
+  end
+
+  defp expand_label(secret, label, len) do
+    full = "tls13 " <> label
+    info = <<len::16, byte_size(full), full::binary, 0>>
+    binary_part(:crypto.mac(:hmac, :sha256, secret, info <> <<1>>), 0, len)
   end
 
   defp prf(secret, seed, len, a \\ nil, acc \\ <<>>) do
@@ -32,7 +59,15 @@ defmodule Islet.TLSCraftedRecordsTest do
     if byte_size(acc) >= len, do: binary_part(acc, 0, len), else: prf(secret, seed, len, a, acc)
   end
 
-  # The client's n-th record after its Finished (sequence number n).
+  # The client's n-th record of `type` after its Finished (sequence number n).
+  defp seal(%{key13: key, iv: iv}, n, type, plain) do
+    inner = plain <> <<type>>
+    header = <<23, 3, 3, byte_size(inner) + 16::16>>
+    nonce = :crypto.exor(iv, <<0::32, n::64>>)
+    {ct, tag} = :crypto.crypto_one_time_aead(:aes_128_gcm, key, nonce, inner, header, 16, true)
+    header <> ct <> tag
+  end
+
   defp seal(%{key: key, iv: iv}, n, type, plain) do
     aad = <<n::64, type, 3, 3, byte_size(plain)::16>>
 
@@ -43,13 +78,37 @@ defmodule Islet.TLSCraftedRecordsTest do
     <<type, 3, 3, byte_size(body)::16>> <> body
   end
 
+  # Which keylog label holds the TLS 1.3 client's write secret here: a
+  # record sealed with CLIENT_TRAFFIC_SECRET_0's keys either reaches an
+  # :ssl server or fails there as bad_record_mac.
+  defp traffic_label do
+    key = {__MODULE__, :traffic_label}
+
+    with nil <- :persistent_term.get(key, nil) do
+      probe = &serve(&1, :"tlsv1.3", :probe, "CLIENT_TRAFFIC_SECRET_0")
+      got = Diff.run_one(Islet.Reference.SSL, probe, 30_000)
+
+      label = if got == :probe_ok, do: "CLIENT_TRAFFIC_SECRET_0", else: "SERVER_TRAFFIC_SECRET_0"
+      :persistent_term.put(key, label)
+      label
+    end
+  end
+
   # "hi", then, once the server waits in recv again, a record of `type`
   # holding `plain` and "after" in one write. The server reads until an
   # error or 1.5 s without data (:ssl's connection process ends at a fatal
   # alert and a recv that was not waiting then says :closed; Islet reads a
   # record when asked, so the waiting recv makes both report the same).
-  defp serve(mod, type, plain) do
-    l = listen(mod, versions: [:"tlsv1.2"])
+  # Returns the server's reads and what a recv of the client, waiting from
+  # before the record went, got: the alert the server sent, or :closed
+  # (the server closes the connection once it has read).
+  defp serve(mod, version, type, plain) when is_integer(type) do
+    label = if version == :"tlsv1.3", do: traffic_label()
+    serve(mod, version, {type, plain}, label)
+  end
+
+  defp serve(mod, version, what, label) do
+    l = listen(mod, versions: [version])
     port = port(mod, l)
     parent = self()
 
@@ -59,31 +118,49 @@ defmodule Islet.TLSCraftedRecordsTest do
 
         opts =
           Keyword.merge(Certs.client_opts(),
-            versions: [:"tlsv1.2"],
+            versions: [version],
             keep_secrets: true,
-            ciphers: [:ssl.str_to_suite(@suite)]
+            ciphers: [:ssl.str_to_suite(@suites[version])]
           )
 
+        opts = if version == :"tlsv1.3", do: Keyword.delete(opts, :reuse_sessions), else: opts
         {:ok, c} = :ssl.connect(tcp, opts, 10_000)
-        k = client_keys(c)
-        :ok = :gen_tcp.send(tcp, seal(k, 1, 23, "hi"))
+        # (The client's Finished may still be on its way from :ssl's sender.)
+        Process.sleep(50)
+        {k, n} = client_keys(c, version, label)
+        :ok = :gen_tcp.send(tcp, seal(k, n, 23, "hi"))
         receive(do: (:go -> :ok))
-        :ok = :gen_tcp.send(tcp, seal(k, 2, type, plain) <> seal(k, 3, 23, "after"))
+        reader = Task.async(fn -> :ssl.recv(c, 0, 10_000) end)
+        Diff.wait_blocked(reader.pid)
+        {type, plain} = what
+        :ok = :gen_tcp.send(tcp, seal(k, n + 1, type, plain) <> seal(k, n + 2, 23, "after"))
         Kernel.send(parent, :sent)
         receive(do: (:done -> :ok))
+        Kernel.send(parent, {:client, Task.await(reader, 15_000)})
       end)
 
     {:ok, s} = mod.accept(l)
     {:ok, ^s} = mod.handshake(s, 30_000)
-    {:ok, "hi"} = mod.recv(s, 0, 10_000)
-    reader = Task.async(fn -> read_all(mod, s, []) end)
-    Diff.wait_blocked(reader.pid)
-    Kernel.send(client, :go)
-    assert_receive :sent, 10_000
-    result = Task.await(reader, 15_000)
-    Kernel.send(client, :done)
-    mod.close(s)
-    result
+
+    case {mod.recv(s, 0, 10_000), what} do
+      {{:ok, "hi"}, :probe} ->
+        :probe_ok
+
+      {_, :probe} ->
+        :probe_failed
+
+      {{:ok, "hi"}, _} ->
+        reader = Task.async(fn -> read_all(mod, s, []) end)
+        Diff.wait_blocked(reader.pid)
+        Kernel.send(client, :go)
+        assert_receive :sent, 10_000
+        result = Task.await(reader, 15_000)
+        # (A connection still open ends here: the client's recv says closed.)
+        mod.close(s)
+        Kernel.send(client, :done)
+        assert_receive {:client, client_got}, 20_000
+        {result, tidy(client_got)}
+    end
   end
 
   defp read_all(mod, s, acc) do
@@ -94,9 +171,12 @@ defmodule Islet.TLSCraftedRecordsTest do
     end
   end
 
-  defp same(type, plain) do
-    ssl = serve(Islet.Reference.SSL, type, plain)
-    assert serve(Islet.TLS, type, plain) == ssl
+  # The server's reads (what the existing tests compare).
+  defp same(type, plain), do: same(:"tlsv1.2", type, plain) |> elem(0)
+
+  defp same(version, type, plain) do
+    ssl = serve(Islet.Reference.SSL, version, type, plain)
+    assert serve(Islet.TLS, version, type, plain) == ssl
     ssl
   end
 
@@ -126,5 +206,65 @@ defmodule Islet.TLSCraftedRecordsTest do
 
   test "an empty data record is passed over" do
     assert same(23, <<>>) == ["after", {:error, :timeout}]
+  end
+
+  # Bytes of the test's sent to the server in the client's name once the
+  # server has answered the ClientHello (so that the server reads them as
+  # the next record, before the client's own second flight).
+  defp inject_proxy(port, bytes) do
+    {:ok, front} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, front_port} = :inet.port(front)
+
+    spawn_link(fn ->
+      {:ok, down} = :gen_tcp.accept(front)
+      {:ok, up} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false, nodelay: true])
+      spawn_link(fn -> pipe(up, down, bytes) end)
+      pipe(down, up, nil)
+    end)
+
+    front_port
+  end
+
+  # From one socket to the other; on the server's side, `inject` goes back
+  # up to the server when its first answer comes, before that is passed on.
+  defp pipe(from, to, inject) do
+    case :gen_tcp.recv(from, 0) do
+      {:ok, data} ->
+        if inject != nil, do: :gen_tcp.send(from, inject)
+        :gen_tcp.send(to, data)
+        pipe(from, to, nil)
+
+      {:error, _} ->
+        :gen_tcp.close(to)
+    end
+  end
+
+  # The server's handshake and the client's connect (and, connected, its
+  # first recv) when the server reads `bytes` after its first flight.
+  defp during_handshake(mod, bytes) do
+    l = listen(mod, versions: [:"tlsv1.2"])
+    tag = connect_async(inject_proxy(port(mod, l), bytes), versions: [:"tlsv1.2"])
+    {:ok, s} = mod.accept(l)
+    hs = with {:ok, _} <- mod.handshake(s, 10_000), do: :ok
+
+    client = with {:ok, c} <- await_client(tag), do: {:connected, :ssl.recv(c, 0, 5_000)}
+
+    {hs, client}
+  end
+
+  describe "alert records during the TLS 1.2 handshake (plaintext, after the server's first flight)" do
+    # OpenSSL reports a close_notify sent as a fatal alert as an alert
+    # received, {tls_alert, {close_notify, _}}; :ssl says closed.
+    test "a close_notify sent as a fatal alert is closed" do
+      assert assert_same(&during_handshake(&1, <<21, 3, 3, 0, 2, 2, 0>>)) ==
+               {{:error, :closed}, {:error, :closed}}
+    end
+
+    test "a fatal alert :ssl has no name for" do
+      for {desc, name} <- [{255, :"unsupported/unknown_alert"}, {115, :unknown_psk_identity}] do
+        assert assert_same(&during_handshake(&1, <<21, 3, 3, 0, 2, 2, desc>>)) ==
+                 {{:error, {:tls_alert, name}}, {:error, :closed}}
+      end
+    end
   end
 end
