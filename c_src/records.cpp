@@ -19,13 +19,14 @@
 // server: close_notify both ways; fatal alerts (received: the connection
 // ends and its session leaves the cache; sent, for records that do not
 // authenticate or parse: bad_record_mac, record_overflow,
-// unexpected_message, decode_error, protocol_version); TLS 1.3 KeyUpdate
-// (the client's, answered when it asks, and one of our own before AES-GCM's
-// record limit); TLS 1.2 renegotiation attempts, refused with a
-// no_renegotiation warning as SSL_OP_NO_RENEGOTIATION does; the negotiated
-// max_fragment_length; and no more than 32 records in a row that carry no
-// data (empty records, warnings, key updates), OpenSSL's guard against
-// record floods.
+// unexpected_message, decode_error, protocol_version, and for alert
+// records as :ssl answers them, handshake_failure and illegal_parameter);
+// TLS 1.3 KeyUpdate (the client's, answered when it asks, and one of our
+// own before AES-GCM's record limit); TLS 1.2 renegotiation attempts,
+// refused with a no_renegotiation warning as SSL_OP_NO_RENEGOTIATION does;
+// the negotiated max_fragment_length; and no more than 32 records in a row
+// that carry no data (empty records, warnings, key updates), OpenSSL's
+// guard against record floods.
 //
 // Buffers hold bytes only while there are some, and the two cipher contexts
 // (about 1.1 KB each) only while the connection is in use: a sweep every few
@@ -85,11 +86,11 @@ enum : uint8_t {
   kUnexpectedMessage = 10,
   kBadRecordMac = 20,
   kRecordOverflow = 22,
+  kHandshakeFailure = 40,
   kIllegalParameter = 47,
   kDecodeError = 50,
   kProtocolVersion = 70,
   kInternalError = 80,
-  kUserCanceled = 90,
   kNoRenegotiation = 100,
 };
 
@@ -787,24 +788,37 @@ bool idle_record(Sock* s, Records* r) {
   return false;
 }
 
-// TLS 1.2 lets a record hold several alerts (RFC 5246 6.2.1: a warning
-// and a close_notify, say), TLS 1.3 exactly one. A level other than
-// warning or fatal is illegal_parameter, as :ssl answers.
+// An alert record, decoded first as :ssl decodes one (ssl_alert:decode/1,
+// TLS 1.2 and 1.3 alike; RFC 5246 6.2.1 lets a record hold several): an
+// empty one is our handshake_failure; alerts follow one another until a
+// fatal one (what follows it is not looked at); a byte short of an alert,
+// or a level neither warning nor fatal, is illegal_parameter, and a 12th
+// warning decode_error, whatever came before. Then the alerts in order:
+// close_notify ends the connection; in TLS 1.2 other warnings are passed
+// over; anything else (in TLS 1.3 any alert, even a warning: user_canceled
+// too, as :ssl) ends it with the alert received.
 void on_alert(Sock* s, Records* r, const unsigned char* p, size_t n) {
-  if (n == 0 || n % 2 != 0 || (r->tls13 && n != 2)) return fail(s, r, kDecodeError);
-  for (size_t i = 0; i < n; i += 2) {
+  // ssl_alert refuses a warning once it has taken more than ?MAX_ALERTS (10).
+  constexpr size_t kMaxWarnings = 11;
+  if (n == 0) return fail(s, r, kHandshakeFailure);
+  size_t end = 0, warnings = 0;
+  while (end < n) {
+    if (n - end < 2 || (p[end] != kWarning && p[end] != kFatal))
+      return fail(s, r, kIllegalParameter);
+    bool fatal = p[end] == kFatal;
+    if (!fatal && ++warnings > kMaxWarnings) return fail(s, r, kDecodeError);
+    end += 2;
+    if (fatal) break;
+  }
+  for (size_t i = 0; i < end; i += 2) {
     uint8_t level = p[i], desc = p[i + 1];
-    if (level != kWarning && level != kFatal) return fail(s, r, kIllegalParameter);
     if (desc == kCloseNotify) {
       r->ended = true;
       return;
     }
-    // TLS 1.2 warnings are ignored, as TLS 1.3's user_canceled; any other
-    // alert ends the connection (RFC 8446 6).
-    if (!((level == kWarning && !r->tls13) || desc == kUserCanceled))
-      return end_with(r, kAlertReceived | desc);
-    if (!idle_record(s, r)) return;
+    if (r->tls13 || level == kFatal) return end_with(r, kAlertReceived | desc);
   }
+  idle_record(s, r);  // warnings only: a record without data
 }
 
 // Handshake messages after the handshake. TLS 1.3: a client may only send

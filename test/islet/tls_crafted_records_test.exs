@@ -208,6 +208,109 @@ defmodule Islet.TLSCraftedRecordsTest do
     assert same(23, <<>>) == ["after", {:error, :timeout}]
   end
 
+  # Alert records :ssl takes apart before it acts on them (ssl_alert:decode
+  # and tls_gen_connection, the same on OTP 25, 27 and 29, TLS 1.2 and 1.3):
+  # empty, the record is its handshake_failure; a byte short of an alert
+  # (1 byte, 3 bytes, after alerts that parsed) is illegal_parameter; a
+  # 12th warning is decode_error; a fatal alert ends the list. Islet
+  # answered decode_error to every record whose length was not even (TLS
+  # 1.2) or not 2 (TLS 1.3). Compared: the server's reads, and what the
+  # client's waiting recv got (the alert the server sent, or closed).
+  describe "malformed alert records after the handshake" do
+    for version <- [:"tlsv1.2", :"tlsv1.3"] do
+      @version version
+
+      test "#{version}: an empty alert record is handshake_failure" do
+        assert same(@version, 21, <<>>) ==
+                 {[alert: :handshake_failure], {:error, {:tls_alert, :handshake_failure}}}
+      end
+
+      test "#{version}: one byte, or a byte past the alerts, is illegal_parameter" do
+        for plain <- [<<1>>, <<2>>, <<1, 0, 0>>, <<1, 90, 1>>, <<1, 0, 5>>] do
+          assert same(@version, 21, plain) ==
+                   {[alert: :illegal_parameter], {:error, {:tls_alert, :illegal_parameter}}},
+                 inspect(plain)
+        end
+      end
+
+      test "#{version}: what follows a fatal alert in its record is not looked at" do
+        assert same(@version, 21, <<2, 40, 0>>) ==
+                 {[alert: :handshake_failure], {:error, :closed}}
+      end
+
+      test "#{version}: a 12th warning in one record is decode_error" do
+        warnings = :binary.copy(<<1, 90>>, 12)
+
+        assert same(@version, 21, warnings) ==
+                 {[alert: :decode_error], {:error, {:tls_alert, :decode_error}}}
+
+        assert same(@version, 21, warnings <> <<2, 40>>) ==
+                 {[alert: :decode_error], {:error, {:tls_alert, :decode_error}}}
+      end
+
+      # Islet named an alert it had no name for handshake_failure.
+      test "#{version}: a fatal alert :ssl has no name for" do
+        assert same(@version, 21, <<2, 255>>) ==
+                 {[alert: :"unsupported/unknown_alert"], {:error, :closed}}
+
+        # decompression_failure, which only OTP 25's :ssl still names.
+        name =
+          if Islet.Compat.ssl_names_decompression_failure?(),
+            do: :decompression_failure,
+            else: :"unsupported/unknown_alert"
+
+        assert same(@version, 21, <<2, 30>>) == {[alert: name], {:error, :closed}}
+
+        assert same(@version, 21, <<2, 21>>) ==
+                 {[alert: :decryption_failed_reserved], {:error, :closed}}
+      end
+    end
+
+    # TLS 1.3: every alert but close_notify ends the connection with :ssl,
+    # a warning too, user_canceled included (Islet passed user_canceled
+    # over, even fatal); several in one record are taken as in TLS 1.2.
+    test "TLS 1.3: a warning, user_canceled too, ends the connection" do
+      for plain <- [
+            <<1, 90>>,
+            <<2, 90>>,
+            <<1, 90, 1, 90>>,
+            :binary.copy(<<1, 90>>, 11) <> <<2, 40>>
+          ] do
+        assert same(:"tlsv1.3", 21, plain) == {[alert: :user_canceled], {:error, :closed}},
+               inspect(plain)
+      end
+
+      assert same(:"tlsv1.3", 21, <<1, 255>>) ==
+               {[alert: :"unsupported/unknown_alert"], {:error, :closed}}
+
+      assert same(:"tlsv1.3", 21, <<1, 0, 2, 40>>) == {[error: :closed], {:error, :closed}}
+    end
+
+    test "TLS 1.2: warnings are passed over, a fatal alert after them is not" do
+      assert same(:"tlsv1.2", 21, <<1, 255>>) ==
+               {["after", {:error, :timeout}], {:error, :closed}}
+
+      assert same(:"tlsv1.2", 21, <<1, 255, 2, 255>>) ==
+               {[alert: :"unsupported/unknown_alert"], {:error, :closed}}
+
+      assert same(:"tlsv1.2", 21, :binary.copy(<<1, 90>>, 11) <> <<2, 40>>) ==
+               {[alert: :handshake_failure], {:error, :closed}}
+    end
+
+    # :ssl (OTP 25, 27 and 29) loses the data that came in the same read as
+    # a TLS 1.2 record of several warnings ("after" here; later data does
+    # come). Islet passes the warnings over and delivers it, as it does
+    # behind one warning.
+    test "TLS 1.2: data behind a record of several warnings is delivered (:ssl drops it)" do
+      for plain <- [<<1, 90, 1, 90>>, :binary.copy(<<1, 90>>, 11)] do
+        ssl = serve(Islet.Reference.SSL, :"tlsv1.2", 21, plain)
+        islet = serve(Islet.TLS, :"tlsv1.2", 21, plain)
+        assert islet == {["after", {:error, :timeout}], {:error, :closed}}
+        assert ssl in [islet, {[error: :timeout], {:error, :closed}}]
+      end
+    end
+  end
+
   # Bytes of the test's sent to the server in the client's name once the
   # server has answered the ClientHello (so that the server reads them as
   # the next record, before the client's own second flight).
@@ -264,6 +367,21 @@ defmodule Islet.TLSCraftedRecordsTest do
       for {desc, name} <- [{255, :"unsupported/unknown_alert"}, {115, :unknown_psk_identity}] do
         assert assert_same(&during_handshake(&1, <<21, 3, 3, 0, 2, 2, desc>>)) ==
                  {{:error, {:tls_alert, name}}, {:error, :closed}}
+      end
+    end
+
+    # Not followed: OpenSSL (which runs the handshake) takes only alert
+    # records of exactly two bytes, and answers any other with
+    # unexpected_message; :ssl decodes them as after the handshake.
+    test "a malformed alert record: OpenSSL's unexpected_message, not :ssl's answer" do
+      for {bytes, ssl_alert} <- [{<<>>, :handshake_failure}, {<<1>>, :illegal_parameter}] do
+        record = <<21, 3, 3, byte_size(bytes)::16>> <> bytes
+        {ssl, islet} = Islet.Test.TLSDiff.run(&during_handshake(&1, record))
+        assert ssl == {{:error, {:tls_alert, ssl_alert}}, {:error, {:tls_alert, ssl_alert}}}
+
+        assert islet ==
+                 {{:error, {:tls_alert, :unexpected_message}},
+                  {:error, {:tls_alert, :unexpected_message}}}
       end
     end
   end
