@@ -118,6 +118,17 @@ defmodule Islet.Owners do
     # this process.
     Nif.owners_linker(:undefined)
     {:links, links} = Process.info(self(), :links)
-    Enum.each(links, &Process.unlink/1)
+    # Not the supervisor's link: without its exit signal it would never
+    # restart this process.
+    parent = parent()
+    Enum.each(links, fn pid -> if pid != parent, do: Process.unlink(pid) end)
+  end
+
+  defp parent do
+    case Process.get(:"$ancestors") do
+      [pid | _] when is_pid(pid) -> pid
+      [name | _] when is_atom(name) -> Process.whereis(name)
+      _ -> nil
+    end
   end
 end

@@ -162,6 +162,23 @@ defmodule Islet.OwnersTest do
     dies_and_closes(owner3, c3)
   end
 
+  # Its terminate/2 unlinked every link, its supervisor's too, which then
+  # never heard of the exit: Islet.Owners stayed down for good.
+  test "Islet.Owners stopping on its own is restarted by its supervisor" do
+    {owner, c} = owned_connection()
+    old = owners()
+    assert Islet.Test.Diff.wait_until(fn -> old in ask(owner, :links) end, 5_000) == :ok
+    :ok = GenServer.stop(old)
+    refute_receive {:owner_got, _}, 100
+    _new = await_new_owners(old)
+    # Its sockets are watched by monitors since it stopped; new ones link.
+    assert [_socket] = ask(owner, :monitored_by)
+    {owner2, c2} = owned_connection()
+    assert ask(owner2, :monitored_by) == []
+    dies_and_closes(owner, c)
+    dies_and_closes(owner2, c2)
+  end
+
   # Regression: the NIF fuzzer (bad_args_test) called owners_linker/1 with
   # its own pid, so the owners of later connections were linked by nobody
   # and their connections outlived them (AddressSanitizer's leak check).
