@@ -241,6 +241,9 @@ struct Sock {
   std::atomic<int> long_hold{0};
   std::mutex downs_mu;
   std::vector<std::pair<ErlNifPid, ErlNifMonitor>> downs;
+  // downs is not empty: the next call on the socket (nif.cpp's on_socket)
+  // and the end of the long work settle them first (settle_downs).
+  std::atomic<bool> downs_pending{false};
   uint8_t tls_step = 0;
   int tls_step_code = 0;
 
@@ -288,8 +291,19 @@ class LongHold {
  private:
   Sock* s_;
 };
-// Whether t is a socket held for long work (LongHold).
+// Whether a call on t must go to a dirty scheduler first: t is a socket
+// held for long work (LongHold), or with deaths left to settle.
 bool held_long(ErlNifEnv* env, ERL_NIF_TERM t);
+// Handles the owner and waiter deaths the down callback left while the
+// socket was held for long (sock_down), in the order they came. Takes the
+// lock: not under it, and only on a dirty scheduler or once the long work
+// is over. Every call that may see the socket after such a death settles
+// them first (on_socket), so that none sees the dead owner still there;
+// and the long work settles them once it ends, so that none is left
+// behind when nothing else calls (Islet.Owners, told of them too, may not
+// be running, or stop before it reads its message).
+void settle_downs(ErlNifEnv* env, Sock* s);
+void settle_downs(ErlNifEnv* env, ERL_NIF_TERM t);
 
 extern ErlNifResourceType* sock_type;
 extern ErlNifResourceType* file_type;

@@ -65,11 +65,30 @@ using NifFn = ERL_NIF_TERM (*)(ErlNifEnv*, int, const ERL_NIF_TERM[]);
 // be a socket goes through here (lock_probe, a test's look at the lock,
 // does not). A pump meeting such a socket among its events still waits
 // (kernel TLS with active mode; see docs/design.md).
+// Owner and waiter deaths left meanwhile (sock_down) are settled first, on
+// the dirty scheduler: a call made after an owner's death finds the socket
+// as that death left it, whoever else runs first.
+template <NifFn F>
+ERL_NIF_TERM settled(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  settle_downs(env, argv[0]);
+  return F(env, argc, argv);
+}
+
 template <NifFn F>
 ERL_NIF_TERM on_socket(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (argc > 0 && held_long(env, argv[0]))
-    return enif_schedule_nif(env, "islet_wait_lock", ERL_NIF_DIRTY_JOB_IO_BOUND, F, argc, argv);
+    return enif_schedule_nif(env, "islet_wait_lock", ERL_NIF_DIRTY_JOB_IO_BOUND, settled<F>, argc,
+                             argv);
   return F(env, argc, argv);
+}
+
+// A dirty NIF that may hold a socket for long (LongHold: kernel TLS's
+// sendfile) settles the deaths its hold deferred once it is over.
+template <NifFn F>
+ERL_NIF_TERM settle_after(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  ERL_NIF_TERM r = F(env, argc, argv);
+  settle_downs(env, argv[0]);
+  return r;
 }
 
 ErlNifFunc nif_funcs[] = {
@@ -80,7 +99,7 @@ ErlNifFunc nif_funcs[] = {
     {"send_more", 1, on_socket<nif_send_more>, 0},
     {"sendfile_open", 1, nif_sendfile_open, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"sendfile_size", 1, nif_sendfile_size, 0},
-    {"sendfile", 4, nif_sendfile, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"sendfile", 4, settle_after<nif_sendfile>, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"cancel", 2, on_socket<nif_cancel>, 0},
     {"close", 1, on_socket<nif_close>, 0},
     {"send_timeout_close", 1, on_socket<nif_send_timeout_close>, 0},

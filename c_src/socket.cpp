@@ -473,40 +473,63 @@ static void sock_down(ErlNifEnv* env, void* obj, ErlNifPid* pid, ErlNifMonitor* 
   // the death waits in downs, and Islet.Owners, told of it, hands it back
   // through deferred_downs, which waits for the lock on a dirty scheduler.
   // (Without Islet.Owners, it waits here.)
-  ErlNifPid linker;
-  if (s->long_hold.load(std::memory_order_acquire) > 0 && owners_linker_pid(&linker)) {
-    {
-      std::lock_guard<std::mutex> lk(s->downs_mu);
+  // The holder lets go of the mark under downs_mu, then settles: a death
+  // queued while the mark is seen here is settled by that holder at the
+  // latest.
+  bool deferred = false;
+  {
+    std::lock_guard<std::mutex> lk(s->downs_mu);
+    if (s->long_hold.load(std::memory_order_acquire) > 0) {
       s->downs.emplace_back(*pid, *mon);
+      s->downs_pending.store(true, std::memory_order_release);
+      deferred = true;
     }
+  }
+  ErlNifPid linker;
+  if (deferred && owners_linker_pid(&linker)) {
     ErlNifEnv* menv = enif_alloc_env();
     ERL_NIF_TERM msg = enif_make_tuple2(menv, atom.islet_downs, enif_make_resource(menv, s));
     enif_send(env, &linker, menv, msg);
     enif_free_env(menv);
-    return;
   }
-  on_down(env, s, mon);
+  if (!deferred) on_down(env, s, mon);
+}
+
+void settle_downs(ErlNifEnv* env, Sock* s) {
+  if (!s->downs_pending.load(std::memory_order_acquire)) return;
+  std::vector<std::pair<ErlNifPid, ErlNifMonitor>> downs;
+  {
+    std::lock_guard<std::mutex> lk(s->downs_mu);
+    downs.swap(s->downs);
+    s->downs_pending.store(false, std::memory_order_release);
+  }
+  for (const auto& d : downs) on_down(env, s, &d.second);
+}
+
+void settle_downs(ErlNifEnv* env, ERL_NIF_TERM t) {
+  Sock* s;
+  if (get_sock(env, t, &s)) settle_downs(env, s);
 }
 
 // deferred_downs(Sock) -> ok: the deaths sock_down left (Islet.Owners).
 ERL_NIF_TERM nif_deferred_downs(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
-  std::vector<std::pair<ErlNifPid, ErlNifMonitor>> downs;
-  {
-    std::lock_guard<std::mutex> lk(s->downs_mu);
-    downs.swap(s->downs);
-  }
-  for (const auto& d : downs) on_down(env, s, &d.second);
+  settle_downs(env, s);
   return atom.ok;
 }
 
 LongHold::LongHold(Sock* s) : s_(s) { s_->long_hold.fetch_add(1, std::memory_order_acq_rel); }
-LongHold::~LongHold() { s_->long_hold.fetch_sub(1, std::memory_order_acq_rel); }
+LongHold::~LongHold() {
+  // Under downs_mu: see sock_down. The holder settles the deaths after this.
+  std::lock_guard<std::mutex> lk(s_->downs_mu);
+  s_->long_hold.fetch_sub(1, std::memory_order_acq_rel);
+}
 
 bool held_long(ErlNifEnv* env, ERL_NIF_TERM t) {
   Sock* s;
-  return get_sock(env, t, &s) && s->long_hold.load(std::memory_order_acquire) > 0;
+  return get_sock(env, t, &s) && (s->long_hold.load(std::memory_order_acquire) > 0 ||
+                                  s->downs_pending.load(std::memory_order_acquire));
 }
 
 static void sock_dtor(ErlNifEnv* env, void* obj) {

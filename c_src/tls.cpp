@@ -2055,15 +2055,20 @@ ERL_NIF_TERM tls_handshake_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM ar
   Sock* s;
   ERL_NIF_TERM answer;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
+  bool stepped = false;
   {
     LongHold hold(s);  // calls from other processes wait on a dirty scheduler
     std::lock_guard<std::mutex> lk(s->mu);
-    if (!handshake_sock(env, argv, &s, &answer)) return answer;
-    int code = 0;
-    s->tls_step = static_cast<uint8_t>(run_step(s, false, &code));
-    s->tls_step_code = code;
-    s->tls_step_pending = true;
+    if (handshake_sock(env, argv, &s, &answer)) {
+      int code = 0;
+      s->tls_step = static_cast<uint8_t>(run_step(s, false, &code));
+      s->tls_step_code = code;
+      s->tls_step_pending = true;
+      stepped = true;
+    }
   }
+  settle_downs(env, s);  // deaths during the step (the owner killed in it)
+  if (!stepped) return answer;
   return enif_schedule_nif(env, "tls_handshake", 0, tls_handshake_finish, 1, argv);
 }
 

@@ -105,6 +105,87 @@ defmodule Islet.DirtyStepTest do
     assert Enum.any?(deferred), "no owner died while a dirty step held its socket"
   end
 
+  # An owner killed in a dirty step: its death waits for the step. What
+  # comes after the death must see it, whoever runs first: Islet.Owners
+  # (told of it) is held here (suspended), so that only the socket's own
+  # calls are left to settle it.
+  describe "an owner's death deferred by a dirty step" do
+    test "a call made after the death finds the socket closed, as :ssl's would", %{opts: opts} do
+      results =
+        deferred_deaths(opts, 5, fn s, _owner ->
+          other = spawn(fn -> receive(do: (:never -> :ok)) end)
+          # :ssl lets any process hand the socket over; its connection
+          # process is gone with the owner: closed.
+          r = TLS.controlling_process(s, other)
+          Process.exit(other, :kill)
+          {r, TLS.getopts(s, [:active])}
+        end)
+
+      assert results != [], "no owner died while a dirty step held its socket"
+      for r <- results, do: assert(r == {{:error, :closed}, {:error, :closed}})
+    end
+
+    test "the socket closes even if Islet.Owners stops before it hears of it", %{opts: opts} do
+      results =
+        deferred_deaths(opts, 1, fn s, _owner ->
+          owners = Process.whereis(Islet.Owners)
+          # The message it was sent goes with it (a restart, an application
+          # stop): nothing else is left to handle the death.
+          :ok = GenServer.stop(owners)
+          restarted = wait_restarted(owners, System.monotonic_time(:millisecond) + 5_000)
+          {restarted, wait_closed(s, System.monotonic_time(:millisecond) + 3_000)}
+        end)
+
+      assert results != [], "no owner died while a dirty step held its socket"
+      for r <- results, do: assert(r == {true, true}, "the socket outlived its owner")
+    end
+  end
+
+  # Kills a handshaking owner in a dirty step, with Islet.Owners suspended,
+  # and runs `after_death` once the death was deferred (left for
+  # Islet.Owners); its results (of the attempts that caught a step, at
+  # most `max`: a supervisor restarts a child at most 3 times in 5 s).
+  defp deferred_deaths(opts, max, after_death) do
+    {:ok, l} = TLS.listen(0, [ip: :loopback] ++ opts)
+    {:ok, {_, port}} = TLS.sockname(l)
+    :erlang.system_flag(:schedulers_online, 1)
+
+    results =
+      Enum.reduce_while(1..20, [], fn _, acc ->
+        parent = self()
+        client = spawn(fn -> send(parent, {:client, connect(port)}) end)
+        {:ok, s} = TLS.accept(l)
+        owner = spawn(fn -> receive do: (:go -> TLS.handshake(s, 10_000)) end)
+        :ok = TLS.controlling_process(s, owner)
+        owners = Process.whereis(Islet.Owners)
+        :ok = :sys.suspend(owners)
+        ref = Process.monitor(owner)
+        send(owner, :go)
+        caught = wait_locked(s, System.monotonic_time(:millisecond) + 5_000)
+        Process.exit(owner, :kill)
+        receive do: ({:DOWN, ^ref, _, _, _} -> :ok)
+        {:messages, msgs} = Process.info(owners, :messages)
+        deferred = caught and {:"$islet_downs", s} in msgs
+        result = if deferred, do: [after_death.(s, owner)], else: []
+        if Process.alive?(owners), do: :sys.resume(owners)
+        receive do: ({:client, _} -> :ok), after: (10_000 -> flunk("the client hangs"))
+        Process.exit(client, :kill)
+        TLS.close(s)
+        acc = result ++ acc
+        if length(acc) >= max, do: {:halt, acc}, else: {:cont, acc}
+      end)
+
+    TLS.close(l)
+    results
+  end
+
+  defp wait_restarted(old, deadline) do
+    case Process.whereis(Islet.Owners) do
+      pid when is_pid(pid) and pid != old -> true
+      _ -> System.monotonic_time(:millisecond) <= deadline and wait_restarted(old, deadline)
+    end
+  end
+
   defp connect(port) do
     :ssl.connect(~c"localhost", port, [verify: :verify_none, active: false], 10_000)
   end
