@@ -636,7 +636,8 @@ ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_firs
 
 }  // namespace
 
-// send(Sock, IoData) -> ok | wait_turn | wait_busy | more | wait_drain | {error, Reason}
+// send(Sock, IoData) -> ok | wait_turn | wait_busy | more | wait_drain | more_taken
+//                       | {error, Reason}
 // ok: the data is taken (written, or queued and written out by a pump).
 // wait_turn: another sender is ahead; wait_busy: the socket is busy (the
 // send that made it so gave up or died) and the caller keeps the turn;
@@ -644,7 +645,8 @@ ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_firs
 // all three, call send again with the same data (after the wake-up for the
 // waits). wait_drain: the data is queued, and the caller waits for the
 // queue (it made the socket busy, or no pump runs); call send_more once
-// woken.
+// woken. more_taken: the data is queued and the call's write budget ran
+// out with the kernel not full; call send_more at once.
 namespace {
 
 ERL_NIF_TERM send_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]);
@@ -735,6 +737,14 @@ ERL_NIF_TERM send_on(ErlNifEnv* env, const ERL_NIF_TERM argv[], bool dirty) {
   if (!ensure_ioq(s) || !enif_ioq_enqv(s->wioq, vec, skip)) return write_error(env, s, me, ENOMEM);
   for (ErlNifIOVec* v : more)
     if (!enif_ioq_enqv(s->wioq, v, 0)) return write_error(env, s, me, ENOMEM);
+  if (!queued_before && more.empty() && !is_tls(s) && s->write_budget == 0) {
+    // The budget ran out, not the kernel's room: gen_tcp's one writev would
+    // have gone on, and what this send leaves queued decides whether the
+    // next one waits (busy). So this send goes on writing its data, taken
+    // already, in calls of its own (send_more) until the kernel is full.
+    if (s->wq.q.empty()) waiter_push(env, s, s->wq, me);  // keeps the turn
+    return enif_make_atom(env, "more_taken");
+  }
   // Only a send that wrote nothing straight (the queue had data, the
   // iodata was long, or TLS through OpenSSL) tries the queue now.
   bool wrote_straight = !queued_before && more.empty() && (!is_tls(s) || s->rec != nullptr);

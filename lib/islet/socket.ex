@@ -145,8 +145,11 @@ defmodule Islet.Socket do
   # socket is busy, or no pump runs and the caller writes it out) continues
   # with send_more, and so does a :more after it; the others send the same
   # data again. `taken?`: the data is in the queue already.
+  # :more_taken (plain TCP: the data is queued, and this call's write budget
+  # ran out before the kernel was full) goes on at once with send_more, as
+  # gen_tcp's send returns only once the kernel took what it could.
   defp send_wait(socket, data, wait, {deadline, close?}, taken? \\ false) do
-    taken? = taken? or wait == :wait_drain
+    taken? = taken? or wait in [:wait_drain, :more_taken]
 
     case wait_or_go(socket, wait, deadline) do
       :ok ->
@@ -164,7 +167,7 @@ defmodule Islet.Socket do
   end
 
   # :more (TLS: the NIF spent its encryption budget) continues at once.
-  defp wait_or_go(_socket, :more, _deadline), do: :ok
+  defp wait_or_go(_socket, wait, _deadline) when wait in [:more, :more_taken], do: :ok
   defp wait_or_go(socket, _wait, deadline), do: await(socket, remaining(deadline), :write)
 
   # gen_tcp's port has queued the data of a send whose time ran out: it

@@ -7,6 +7,7 @@ defmodule Islet.LongCallsTest do
   use ExUnit.Case, async: false
 
   import Bitwise
+  require Islet.Test.Diff
 
   alias Islet.TCP
 
@@ -56,6 +57,24 @@ defmodule Islet.LongCallsTest do
     assert Task.await(reader, 60_000) == IO.iodata_to_binary([big | parts])
     largest = Islet.Nif.largest_write(s)
     assert largest > 0 and largest <= @budget, "one call wrote #{largest} bytes"
+  end
+
+  # The budget must not change what a send answers: gen_tcp's one writev
+  # takes all the kernel can, and what it leaves queued decides whether
+  # the next send waits (busy). A send cut at 1 MiB left 2 MiB queued that
+  # the kernel would have taken, and the second send timed out where
+  # gen_tcp's returned.
+  test "sends past the budget to a peer that does not read answer as gen_tcp's" do
+    Islet.Test.Diff.assert_same(fn mod ->
+      {_l, s, _c} = Islet.Test.Diff.pair(mod, send_timeout: 300, send_timeout_close: false)
+      big = :binary.copy("b", 3 <<< 20)
+
+      for _ <- 1..4 do
+        result = mod.send(s, big)
+        {:ok, [send_pend: pending]} = mod.getstat(s, [:send_pend])
+        {result, pending > 0}
+      end
+    end)
   end
 
   defp msacc do
