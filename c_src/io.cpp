@@ -1261,6 +1261,10 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
     // TCP socket refused by a dead new owner stays passive, as gen_tcp
     // leaves its port (it restores the active mode only once connected).
     s->active = (dead && s->tag != Tag::Ssl) ? 0 : active;
+    // A recv made while controlling_process paused delivery is outrun by
+    // its resume, as by setopts (gen_tcp's controlling_process sets active
+    // false, then back).
+    if (s->active != 0 && s->kind == Kind::Conn && s->tag == Tag::Tcp) reader_outrun(env, s);
     if (s->active != 0 && s->kind == Kind::Conn && !s->dead && !s->orphaned)
       active_started(env, s);
   }

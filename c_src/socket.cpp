@@ -165,8 +165,12 @@ static bool cancel_select(ErlNifEnv* env, Sock* s, WaitQueue& wq) {
 
 void reader_outrun(ErlNifEnv* env, Sock* s) {
   if (s->rq.q.empty() || s->rq.q.front().outrun) return;
+  // A head reader without a select is between two calls (a recv(n) that
+  // said more): it calls again without a wake, as one whose select fired
+  // does, and the end must not send it one (it would stay in the mailbox).
+  bool had_select = s->rq.selected != 0;
   s->rq.q.front().outrun = true;
-  s->rq.q.front().woken = !cancel_select(env, s, s->rq);
+  s->rq.q.front().woken = !cancel_select(env, s, s->rq) || !had_select;
 }
 
 bool waiter_remove(ErlNifEnv* env, Sock* s, WaitQueue& wq, const ErlNifPid& pid, int dir) {

@@ -4,6 +4,7 @@ defmodule Islet.ActiveReviewTest do
   # active counts on TLS, and upgrade of an Islet.TCP socket.
   use ExUnit.Case, async: true
 
+  import Bitwise
   require Islet.Test.Diff
   require Islet.Test.TLSDiff
 
@@ -391,6 +392,76 @@ defmodule Islet.ActiveReviewTest do
         first = recv_result()
         {first, mod.recv(s, 0, 1_000), Diff.messages()}
       end)
+    end
+
+    test "a recv(n) with part of its data read: the recv times out, the part is a message" do
+      tcp_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+        :ok = :gen_tcp.send(c, "abc")
+        pid = waiting_recv_n(mod, s, 10, 500)
+        # The three bytes are read into the recv's buffer before it waits.
+        Process.sleep(100)
+        :ok = mod.setopts(s, active: true)
+        :ok = :gen_tcp.send(c, "defghij")
+        _ = pid
+        # (How the bytes are cut into messages is the stream's business.)
+        data = for {:tcp, ^s, d} <- messages_after(200), into: "", do: d
+        {recv_result(), data}
+      end)
+    end
+
+    test "a second recv meanwhile: ealready passive, einval active" do
+      tcp_same(fn mod ->
+        {_l, s, _c} = Diff.pair(mod)
+        waiting_recv(mod, s, 500)
+        :ok = mod.setopts(s, active: true)
+        active = mod.recv(s, 0, 50)
+        :ok = mod.setopts(s, active: false)
+        {active, mod.recv(s, 0, 50), recv_result()}
+      end)
+    end
+
+    # controlling_process pauses delivery and set_owner resumes it (gen_tcp
+    # does the same: active false, then the old mode): a recv made while
+    # paused is outrun as by setopts. (Islet's recv took the data, or
+    # answered einval.)
+    test "a recv made while controlling_process paused the socket is outrun by its resume" do
+      {_l, s, c} = Diff.pair(Islet.TCP)
+      :ok = Islet.TCP.setopts(s, active: true)
+      owner = mailbox_reporter(200)
+      assert {:paused, active} = Islet.Nif.controlling_process(s, owner)
+      waiting_recv(Islet.TCP, s, 300)
+      assert Islet.Nif.set_owner(s, owner, active) == :ok
+      :ok = :gen_tcp.send(c, "hello")
+      assert recv_result() == {:error, :timeout}
+      Kernel.send(owner, :go)
+      assert_receive {:moved, moved}, 5_000
+      assert norm(moved, s) == [{:tcp, :same, "hello"}]
+    end
+
+    # A recv(n) between two of its slices (it said more, and holds the turn
+    # without a select) when the socket goes active, then closes: its next
+    # call says closed, and no wake may be left in its mailbox.
+    test "a recv(n) between slices, outrun, then closed: no wake is left behind" do
+      {_l, s, c} = Diff.pair(Islet.TCP)
+      :ok = :gen_tcp.send(c, :binary.copy("z", 3 <<< 20))
+      Process.sleep(200)
+      assert Islet.Nif.recv(s, 4 <<< 20) == :more
+      parent = self()
+      spawn_link(fn -> Kernel.send(parent, {:set, Islet.TCP.setopts(s, active: true)}) end)
+      assert_receive {:set, :ok}, 5_000
+      spawn_link(fn -> Kernel.send(parent, {:closed, Islet.TCP.close(s)}) end)
+      assert_receive {:closed, :ok}, 5_000
+      assert Islet.Nif.recv(s, 4 <<< 20) == {:error, :closed}
+      Process.sleep(100)
+      assert Diff.messages() |> Enum.filter(&match?({:"$islet", _}, &1)) == []
+    end
+
+    defp waiting_recv_n(mod, s, n, timeout) do
+      parent = self()
+      pid = spawn_link(fn -> Kernel.send(parent, {:recv_result, mod.recv(s, n, timeout)}) end)
+      Diff.wait_blocked(pid)
+      pid
     end
   end
 end
