@@ -339,6 +339,15 @@ defmodule Islet.ActiveReviewTest do
       pid
     end
 
+    # A connection whose recv (with `timeout`) was waiting when the socket
+    # went active.
+    defp outrun_pair(mod, timeout) do
+      {_l, s, c} = Diff.pair(mod)
+      waiting_recv(mod, s, timeout)
+      :ok = mod.setopts(s, active: true)
+      {s, c}
+    end
+
     defp messages_after(ms) do
       Process.sleep(ms)
       Diff.messages()
@@ -354,9 +363,7 @@ defmodule Islet.ActiveReviewTest do
 
     test "data after active: the recv times out, the data is a message" do
       tcp_same(fn mod ->
-        {_l, s, c} = Diff.pair(mod)
-        waiting_recv(mod, s, 300)
-        :ok = mod.setopts(s, active: true)
+        {s, c} = outrun_pair(mod, 300)
         :ok = :gen_tcp.send(c, "hello")
         {recv_result(), norm(messages_after(200), s)}
       end)
@@ -364,9 +371,7 @@ defmodule Islet.ActiveReviewTest do
 
     test "the peer closes: the recv says closed" do
       tcp_same(fn mod ->
-        {_l, s, c} = Diff.pair(mod)
-        waiting_recv(mod, s, 3_000)
-        :ok = mod.setopts(s, active: true)
+        {s, c} = outrun_pair(mod, 3_000)
         :ok = :gen_tcp.close(c)
         {recv_result(), norm(messages_after(200), s)}
       end)
@@ -374,9 +379,7 @@ defmodule Islet.ActiveReviewTest do
 
     test "the owner closes: the recv says closed" do
       tcp_same(fn mod ->
-        {_l, s, _c} = Diff.pair(mod)
-        waiting_recv(mod, s, 3_000)
-        :ok = mod.setopts(s, active: true)
+        {s, _c} = outrun_pair(mod, 3_000)
         :ok = mod.close(s)
         recv_result()
       end)
@@ -384,9 +387,7 @@ defmodule Islet.ActiveReviewTest do
 
     test "passive again before data: the recv still times out, the data stays" do
       tcp_same(fn mod ->
-        {_l, s, c} = Diff.pair(mod)
-        waiting_recv(mod, s, 300)
-        :ok = mod.setopts(s, active: true)
+        {s, c} = outrun_pair(mod, 300)
         :ok = mod.setopts(s, active: false)
         :ok = :gen_tcp.send(c, "x")
         first = recv_result()
@@ -412,9 +413,7 @@ defmodule Islet.ActiveReviewTest do
 
     test "a second recv meanwhile: ealready passive, einval active" do
       tcp_same(fn mod ->
-        {_l, s, _c} = Diff.pair(mod)
-        waiting_recv(mod, s, 500)
-        :ok = mod.setopts(s, active: true)
+        {s, _c} = outrun_pair(mod, 500)
         active = mod.recv(s, 0, 50)
         :ok = mod.setopts(s, active: false)
         {active, mod.recv(s, 0, 50), recv_result()}
