@@ -448,6 +448,27 @@ Inspect inspect_all(ErlNifEnv* env, ERL_NIF_TERM list, ErlNifIOVec** first,
   return Inspect::Ok;
 }
 
+using NifFn = ERL_NIF_TERM (*)(ErlNifEnv*, int, const ERL_NIF_TERM[]);
+
+// The iodata (argv[1]) of a call on a socket (send, send_timeout_keep):
+// true with its vectors; else false with the answer to give, badarg, or the
+// call moved to a dirty CPU scheduler (`on_dirty`) when the list is long.
+bool iodata_of(ErlNifEnv* env, const ERL_NIF_TERM argv[], bool dirty, const char* name,
+               NifFn on_dirty, ErlNifIOVec** first, std::vector<ErlNifIOVec*>* more,
+               ERL_NIF_TERM* answer) {
+  switch (inspect_all(env, argv[1], first, more, dirty)) {
+    case Inspect::Ok:
+      return true;
+    case Inspect::Bad:
+      *answer = enif_make_badarg(env);
+      return false;
+    case Inspect::Long:
+      *answer = enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, on_dirty, 2, argv);
+      return false;
+  }
+  return true;
+}
+
 size_t queued(const Sock* s) { return s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0; }
 bool start_bg_flush(ErlNifEnv* env, Sock* s);
 
@@ -646,7 +667,8 @@ ERL_NIF_TERM taken(ErlNifEnv* env, Sock* s, const ErlNifPid& me, bool drain_firs
 // waits). wait_drain: the data is queued, and the caller waits for the
 // queue (it made the socket busy, or no pump runs); call send_more once
 // woken. more_taken: the data is queued and the call's write budget ran
-// out with the kernel not full; call send_more at once.
+// out with the kernel not full; call send_more at once. (send_on; a list
+// of more than kNormalElements binaries is sent from a dirty scheduler.)
 namespace {
 
 ERL_NIF_TERM send_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]);
@@ -657,14 +679,8 @@ ERL_NIF_TERM send_on(ErlNifEnv* env, const ERL_NIF_TERM argv[], bool dirty) {
   ErlNifPid me = self_pid(env);
   ErlNifIOVec* vec;
   std::vector<ErlNifIOVec*> more;
-  switch (inspect_all(env, argv[1], &vec, &more, dirty)) {
-    case Inspect::Ok:
-      break;
-    case Inspect::Bad:
-      return enif_make_badarg(env);
-    case Inspect::Long:
-      return enif_schedule_nif(env, "send", ERL_NIF_DIRTY_JOB_CPU_BOUND, send_dirty, 2, argv);
-  }
+  ERL_NIF_TERM answer;
+  if (!iodata_of(env, argv, dirty, "send", send_dirty, &vec, &more, &answer)) return answer;
   std::lock_guard<std::mutex> lk(s->mu);
   budget_writes(s, dirty);
   ERL_NIF_TERM err;
@@ -1029,15 +1045,10 @@ ERL_NIF_TERM send_timeout_keep_on(ErlNifEnv* env, const ERL_NIF_TERM argv[], boo
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
   ErlNifIOVec* first;
   std::vector<ErlNifIOVec*> vecs;
-  switch (inspect_all(env, argv[1], &first, &vecs, dirty)) {
-    case Inspect::Ok:
-      break;
-    case Inspect::Bad:
-      return enif_make_badarg(env);
-    case Inspect::Long:
-      return enif_schedule_nif(env, "send_timeout_keep", ERL_NIF_DIRTY_JOB_CPU_BOUND,
-                               send_timeout_keep_dirty, 2, argv);
-  }
+  ERL_NIF_TERM answer;
+  if (!iodata_of(env, argv, dirty, "send_timeout_keep", send_timeout_keep_dirty, &first, &vecs,
+                 &answer))
+    return answer;
   vecs.insert(vecs.begin(), first);
   ErlNifPid me = self_pid(env);
   std::lock_guard<std::mutex> lk(s->mu);
