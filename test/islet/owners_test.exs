@@ -22,7 +22,7 @@ defmodule Islet.OwnersTest do
         Process.flag(:trap_exit, true)
         {:ok, s} = TCP.accept(l)
         Kernel.send(parent, {:accepted, self()})
-        owner_loop(s)
+        owner_loop(s, parent)
       end)
 
     {:ok, c} = :gen_tcp.connect(~c"127.0.0.1", port, [:binary, active: false])
@@ -30,26 +30,29 @@ defmodule Islet.OwnersTest do
     {owner, c}
   end
 
-  defp owner_loop(s) do
+  # Exits it traps are reported to the test process (by pid: ExUnit starts
+  # the next test before the last test's process has finished exiting, so a
+  # name registered by each test could still be taken).
+  defp owner_loop(s, test) do
     receive do
       {:ask, from, key} ->
         Kernel.send(from, {:answer, Process.info(self(), key)})
-        owner_loop(s)
+        owner_loop(s, test)
 
       {:send, data} ->
         :ok = TCP.send(s, data)
-        owner_loop(s)
+        owner_loop(s, test)
 
       {:give, from, to} ->
         Kernel.send(from, {:given, TCP.controlling_process(s, to)})
-        owner_loop(s)
+        owner_loop(s, test)
 
       :die ->
         exit(:bye)
 
       {:EXIT, _, _} = exit ->
-        Kernel.send(:islet_owners_test, {:owner_got, exit})
-        owner_loop(s)
+        Kernel.send(test, {:owner_got, exit})
+        owner_loop(s, test)
     end
   end
 
@@ -79,8 +82,6 @@ defmodule Islet.OwnersTest do
   end
 
   setup do
-    Process.register(self(), :islet_owners_test)
-
     on_exit(fn ->
       if owners() == nil, do: Supervisor.restart_child(Islet.Supervisor, Islet.Owners)
     end)
@@ -111,10 +112,12 @@ defmodule Islet.OwnersTest do
     {old, c} = owned_connection()
 
     # The new owner never uses the socket: its death alone must close it.
+    test = self()
+
     new =
       spawn(fn ->
         Process.flag(:trap_exit, true)
-        owner_loop(nil)
+        owner_loop(nil, test)
       end)
 
     Kernel.send(old, {:give, self(), new})
