@@ -5,6 +5,12 @@ defmodule Islet.Nif do
 
   @on_load :load
 
+  # load/0 calls Islet.Compat when the module is loaded, which the compiler
+  # does as soon as it has built it: without this compile-time dependency,
+  # a build where this module came first (Islet compiled as a dependency,
+  # on a busy machine) logged the on_load's failure.
+  require Islet.Compat
+
   @doc false
   def load do
     # ISLET_SANITIZE=1 loads the AddressSanitizer build (scripts/sanitize.sh),
