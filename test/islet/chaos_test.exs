@@ -16,7 +16,7 @@ defmodule Islet.ChaosTest do
   # async: false: the live-socket count and the descriptor count are global.
   use ExUnit.Case, async: false
 
-  import ExUnit.CaptureLog
+  import ExUnit.CaptureLog, only: [with_log: 1]
 
   alias Islet.Bench.Server
   alias Islet.Test.{Certs, Diff}
@@ -73,8 +73,8 @@ defmodule Islet.ChaosTest do
     fds_before = fd_count()
     plan = for _ <- 1..@clients, do: for(_ <- 1..@rounds, do: Enum.random(behaviours))
 
-    log =
-      capture_log(fn ->
+    {failures, log} =
+      with_log(fn ->
         listen = [ip: :loopback] ++ if(cert, do: Certs.server_opts(cert), else: [])
 
         {:ok, server} =
@@ -96,12 +96,14 @@ defmodule Islet.ChaosTest do
           end)
           |> Enum.flat_map(&Task.await(&1, 120_000))
 
-        assert failures == []
         # Still serving once the storm is over.
-        assert check(:request, port, tls?, hello) == []
+        failures = failures ++ check(:request, port, tls?, hello)
         Server.stop(server)
+        failures
       end)
 
+    # (What the server logged tells why a good client failed.)
+    assert failures == [], "#{inspect(failures)}\n#{log}"
     refute log =~ ~r/\[error\]/, log
 
     assert Diff.wait_until(fn -> Islet.Nif.live_sockets() <= live_before end, 10_000) == :ok,
@@ -111,11 +113,14 @@ defmodule Islet.ChaosTest do
            "#{fd_count() - fds_before} descriptors left open"
   end
 
-  # Runs one behaviour; [] when it went as it must, else [{behaviour, what}].
+  # Runs one behaviour; [] when it went as it must, else [{behaviour, what,
+  # milliseconds it took}] (a second or more: the server's timeout cut it).
   defp check(behaviour, port, tls?, hello) do
+    started = System.monotonic_time(:millisecond)
+
     case behave(behaviour, port, tls?, hello) do
       :ok -> []
-      other -> [{behaviour, other}]
+      other -> [{behaviour, other, System.monotonic_time(:millisecond) - started}]
     end
   end
 
