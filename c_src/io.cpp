@@ -470,6 +470,10 @@ bool iodata_of(ErlNifEnv* env, const ERL_NIF_TERM argv[], bool dirty, const char
 }
 
 size_t queued(const Sock* s) { return s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0; }
+// What is still to go out: the queue, and on Islet's record layer the
+// records sealed that the socket has not taken yet (a send seals up to a
+// batch at once and keeps what the socket refuses).
+size_t unsent(const Sock* s) { return queued(s) + tls_unsent(s); }
 bool start_bg_flush(ErlNifEnv* env, Sock* s);
 
 // What one call on a normal scheduler writes to a plain TCP socket at most.
@@ -523,7 +527,7 @@ int plain_drain(Sock* s) {
 // The last writer left (gave up waiting, or died) with data still queued:
 // a pump takes the queue again, so that it still goes out.
 void queue_unattended(ErlNifEnv* env, Sock* s) {
-  if (s->open && !s->dead && !s->bg_flush && s->wq.q.empty() && queued(s) > 0 &&
+  if (s->open && !s->dead && !s->bg_flush && s->wq.q.empty() && unsent(s) > 0 &&
       !s->peer_closed && !s->send_eof_reported)
     start_bg_flush(env, s);
 }
@@ -534,10 +538,11 @@ int conn_drain(Sock* s) {
   if (s->busy && queued(s) <= s->low_watermark) s->busy = false;
   if (e == 0 && s->shut_pending >= 0) {
     // The queue is out: the shutdown asked for meanwhile happens now
-    // (close_notify first on TLS).
+    // (close_notify first on TLS, and once the socket took it).
+    tls_close_notify(s);
+    if (tls_unsent(s) > 0) return EAGAIN;
     int how = s->shut_pending;
     s->shut_pending = -1;
-    tls_close_notify(s);
     if (::shutdown(s->fd, how) != 0) return errno;
   }
   return e;
@@ -1061,7 +1066,7 @@ ERL_NIF_TERM send_timeout_keep_on(ErlNifEnv* env, const ERL_NIF_TERM argv[], boo
   // timed out: the next send finds the queue as it is (and waits if it
   // brings it to the high watermark).
   s->busy = false;
-  if (queued(s) > 0 && !s->bg_flush) start_bg_flush(env, s);
+  if (unsent(s) > 0 && !s->bg_flush) start_bg_flush(env, s);
   return atom.ok;
 }
 
@@ -1201,15 +1206,19 @@ ERL_NIF_TERM nif_shutdown(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   if (!s->open || s->dead || s->orphaned || s->reset_reported) return make_error(env, atom.closed);
   if (s->kind != Kind::Conn || s->eof_reported) return make_error(env, atom.enotconn);
   if (tls_before_handshake(s)) return make_error(env, atom.notsup_before_handshake);
-  if (how != SHUT_RD && queued(s) > 0 && !s->peer_closed && !s->send_eof_reported) {
-    // Data is queued: as gen_tcp, shut down once it is out (conn_drain).
-    if (s->shut_pending >= 0) return atom.ok;
-    if (!s->bg_flush && s->wq.q.empty() && !start_bg_flush(env, s))
-      return enif_make_atom(env, "drain_first");  // no pump: the caller drains
-    s->shut_pending = how;
-    return atom.ok;
+  if (how != SHUT_RD) {
+    // TLS: close_notify, then the FIN; after what is still to go out.
+    if (unsent(s) == 0) tls_close_notify(s);
+    if (unsent(s) > 0 && !s->peer_closed && !s->send_eof_reported) {
+      // Data (or the alert) waits: as gen_tcp, shut down once it is out
+      // (conn_drain).
+      if (s->shut_pending >= 0) return atom.ok;
+      if (!s->bg_flush && s->wq.q.empty() && !start_bg_flush(env, s))
+        return enif_make_atom(env, "drain_first");  // no pump: the caller drains
+      s->shut_pending = how;
+      return atom.ok;
+    }
   }
-  if (how != SHUT_RD) tls_close_notify(s);  // TLS: close_notify, then the FIN
   if (::shutdown(s->fd, how) != 0) return make_errno_error(env, errno);
   return atom.ok;
 }
