@@ -244,6 +244,12 @@ struct Sock {
   // downs is not empty: the next call on the socket (nif.cpp's on_socket)
   // and the end of the long work settle them first (settle_downs).
   std::atomic<bool> downs_pending{false};
+  // A pump that found the socket ready while long work held it passed it
+  // over rather than wait for the lock on its normal scheduler: what it
+  // left (its epoll events, kPumpMissed, and kPumpBacklog if it dropped a
+  // backlog entry), set under downs_mu while the mark is on, which the
+  // holder hands back once the work is over (pump_resume).
+  std::atomic<uint32_t> pump_missed{0};
   uint8_t tls_step = 0;
   int tls_step_code = 0;
 
@@ -381,6 +387,9 @@ bool pick_flusher(Sock* s, ErlNifPid* out);
 // readiness is then only remembered.
 void poller_disarm(ErlNifEnv* env, Sock* s);
 void poller_remove(ErlNifEnv* env, Sock* s);  // under lock
+// Long work (LongHold) on s is over: what a pump passed over meanwhile goes
+// back to it (under lock; nothing if it passed nothing over).
+void pump_resume(ErlNifEnv* env, Sock* s);
 // Sends what rbuf holds, or the closed message, when active mode starts.
 void active_started(ErlNifEnv* env, Sock* s);  // under lock
 ERL_NIF_TERM active_tag(Sock* s, int which);   // 0 data, 1 closed, 2 error, 3 passive

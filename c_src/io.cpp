@@ -962,6 +962,8 @@ ERL_NIF_TERM nif_sendfile(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
       break;
     }
   }
+  // Kernel TLS (locked throughout): what a pump passed over meanwhile.
+  if (!unlocked) pump_resume(env, s);
   if (unlocked) {
     lk.lock();
     s->file_sending = false;

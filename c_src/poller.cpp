@@ -304,6 +304,32 @@ void defer(ErlNifEnv* env, Sock* s) {
   if (s->open && s->active != 0) backlog_push(env, s);
 }
 
+// What a pump passed over, in Sock::pump_missed beside its epoll events.
+constexpr uint32_t kPumpMissed = 1u << 30;
+constexpr uint32_t kPumpBacklog = 1u << 29;
+
+// Takes s's lock for a pump, unless long work on a dirty scheduler holds it
+// (LongHold: a costly handshake step, a kernel TLS sendfile), which would
+// hold this normal scheduler for milliseconds: then the socket is passed
+// over, what the pump was to do left in pump_missed for the holder to hand
+// back (pump_resume), and false returned. A lock held briefly is waited for.
+bool pump_lock(Sock* s, std::unique_lock<std::mutex>& lk, uint32_t left) {
+  lk = std::unique_lock<std::mutex>(s->mu, std::try_to_lock);
+  if (lk.owns_lock()) return true;
+  {
+    // Under downs_mu, as the holder lets go of the mark: either the holder
+    // sees what is left here once its work is over, or the mark is off and
+    // the lock is about to be free.
+    std::lock_guard<std::mutex> dl(s->downs_mu);
+    if (s->long_hold.load(std::memory_order_acquire) > 0) {
+      s->pump_missed.fetch_or(left | kPumpMissed, std::memory_order_acq_rel);
+      return false;
+    }
+  }
+  lk.lock();
+  return true;
+}
+
 }  // namespace
 
 bool pick_flusher(Sock* s, ErlNifPid* out) {
@@ -418,6 +444,20 @@ void poller_remove(ErlNifEnv* env, Sock* s) {
   if (first) poke();
 }
 
+void pump_resume(ErlNifEnv* env, Sock* s) {
+  uint32_t left = s->pump_missed.exchange(0, std::memory_order_acq_rel);
+  if (left == 0) return;
+  // The pump dropped its backlog entry: none is queued any more.
+  if (left & kPumpBacklog) s->in_backlog = false;
+  if (!s->in_poll || s->pset < 0) return;
+  // As the pump would have: ready (and the peer's end seen); read in the
+  // pump's next poll if active. A passive socket is parked by its next
+  // event, as it would have been by this one.
+  s->ready = true;
+  if (left & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s->hup = true;
+  if (s->open && s->active != 0) backlog_push(env, s);
+}
+
 void active_started(ErlNifEnv* env, Sock* s) {
   ErlNifEnv* menv = enif_alloc_env();
   // Bytes a timed-out recv(n) left behind go first, as gen_tcp delivers them.
@@ -519,13 +559,14 @@ ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   // (backlog) and read in the next call, after other processes have run.
   bool spent = false;
   for (Sock* s : backlog) {
-    {
-      std::lock_guard<std::mutex> lk(s->mu);
+    std::unique_lock<std::mutex> lk;
+    if (pump_lock(s, lk, kPumpBacklog)) {
       s->in_backlog = false;
       if (spent)
         defer(env, s);
       else
         spent = read_and_deliver(s, env, menv, buf);
+      lk.unlock();
     }
     enif_release_resource(s);
   }
@@ -534,7 +575,8 @@ ERL_NIF_TERM nif_pump_poll(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   int n = spent ? 0 : epoll_wait(p.epfd, evs, kBatch, 0);
   for (int k = 0; k < n; k++) {
     Sock* s = static_cast<Sock*>(evs[k].data.ptr);
-    std::lock_guard<std::mutex> lk(s->mu);
+    std::unique_lock<std::mutex> lk;
+    if (!pump_lock(s, lk, evs[k].events)) continue;
     if (!s->in_poll) continue;  // removed meanwhile: only its reference is left
     s->ready = true;
     if (evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) s->hup = true;

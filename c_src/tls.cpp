@@ -2068,6 +2068,10 @@ ERL_NIF_TERM tls_handshake_dirty(ErlNifEnv* env, int argc, const ERL_NIF_TERM ar
     }
   }
   settle_downs(env, s);  // deaths during the step (the owner killed in it)
+  if (s->pump_missed.load(std::memory_order_acquire) != 0) {
+    std::lock_guard<std::mutex> lk(s->mu);
+    pump_resume(env, s);  // what a pump passed over during the step
+  }
   if (!stepped) return answer;
   return enif_schedule_nif(env, "tls_handshake", 0, tls_handshake_finish, 1, argv);
 }

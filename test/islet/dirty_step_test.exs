@@ -141,6 +141,45 @@ defmodule Islet.DirtyStepTest do
     end
   end
 
+  # A plain socket that has been active is in a pump's poll set for good.
+  # Upgraded (STARTTLS) with an RSA key, its costly step holds the lock on a
+  # dirty scheduler; a pump that polls meanwhile and finds the socket ready
+  # (more bytes came) must pass it over rather than wait for the lock
+  # on its normal scheduler, and must not lose it: data later comes in
+  # active mode. (The pumps are suspended until the step holds the lock, so
+  # that they meet it there.)
+  test "a pump polling a socket in a dirty STARTTLS step does not wait for its lock",
+       %{opts: opts} do
+    pumps =
+      for {{Islet.Pump, i}, pid, _, _} <- Supervisor.which_children(Islet.Supervisor),
+          is_integer(i),
+          do: pid
+
+    :erlang.trace_pattern({Islet.Nif, :pump_poll, 1}, [{:_, [], [{:return_trace}]}], [:local])
+
+    on_exit(fn ->
+      :erlang.trace_pattern({Islet.Nif, :pump_poll, 1}, false, [:local])
+      for p <- pumps, Process.alive?(p), do: :erlang.trace(p, false, [:call])
+    end)
+
+    for p <- pumps, do: :erlang.trace(p, true, [:call, :monotonic_timestamp])
+    {:ok, l} = Islet.TCP.listen(0, ip: :loopback, active: false)
+    {:ok, {_, port}} = Islet.TCP.sockname(l)
+    :erlang.system_flag(:schedulers_online, 1)
+    results = for _ <- 1..10, do: starttls_attempt(l, port, opts, pumps)
+    Islet.TCP.close(l)
+
+    # Attempts in which a pump call began after the step took the lock and
+    # returned while it still held it: the pump did not wait for the lock
+    # (one that waits returns only once the step lets go).
+    passed_over = Enum.count(results, fn {met, _} -> met == :passed_over end)
+    assert passed_over >= 3, "pumps waited for a step's lock: #{inspect(results)}"
+
+    for {_, delivered} <- results,
+        is_boolean(delivered),
+        do: assert(delivered, "active data never came after the upgrade")
+  end
+
   # Kills a handshaking owner in a dirty step, with Islet.Owners suspended,
   # and runs `after_death` once the death was deferred (left for
   # Islet.Owners); its results (of the attempts that caught a step, at
@@ -269,6 +308,105 @@ defmodule Islet.DirtyStepTest do
 
     send(client, :done)
     result
+  end
+
+  # One STARTTLS: the server socket reads a line in active mode (so it is in
+  # a pump's set), then upgrades, the pumps suspended until the step holds
+  # the lock. Returns {met, delivered}: met is :passed_over (a pump call ran
+  # and returned while the step held the lock), :unlocked (one ran, and the
+  # step was over when it returned) or :not_met; delivered tells whether
+  # active data came after the upgrade (nil if the handshake failed).
+  defp starttls_attempt(l, port, opts, pumps) do
+    parent = self()
+    {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false])
+    {:ok, s} = Islet.TCP.accept(l)
+    :ok = Islet.TCP.setopts(s, active: :once)
+    :ok = :gen_tcp.send(c, "STARTTLS\r\n")
+    assert_receive {:tcp, ^s, "STARTTLS\r\n"}, 5_000
+
+    client =
+      spawn(fn ->
+        receive do: (:go -> :ok)
+        r = :ssl.connect(c, [verify: :verify_none, active: false], 10_000)
+        with {:ok, t} <- r, do: :ssl.send(t, "after")
+        send(parent, {:client, r})
+        receive do: (:done -> :ok)
+      end)
+
+    :ok = :gen_tcp.controlling_process(c, client)
+
+    # (Only the process that suspended a process may resume it.)
+    _prober =
+      spawn(fn ->
+        for p <- pumps, do: :erlang.suspend_process(p)
+        send(parent, :suspended)
+        locked = wait_locked(s, System.monotonic_time(:millisecond) + 5_000)
+        # Bytes the step does not read (it has its ClientHello): a dummy
+        # change_cipher_spec record, which TLS 1.3 allows around the first
+        # flight. Only unread bytes make the socket ready in the pump's set.
+        if locked, do: :ok = :gen_tcp.send(c, <<20, 3, 3, 0, 1, 1>>)
+        t0 = :erlang.monotonic_time()
+        for p <- pumps, do: :erlang.resume_process(p)
+        # The pumps run now, on the one normal scheduler; then, is the step
+        # still holding the lock?
+        :erlang.yield()
+        still = Islet.Nif.lock_probe(s) == :locked
+        send(parent, {:probed, locked, t0, :erlang.monotonic_time(), still})
+      end)
+
+    receive do: (:suspended -> :ok)
+    send(client, :go)
+    upgraded = Islet.TLS.upgrade(s, opts ++ [handshake_timeout: 10_000])
+
+    {locked, t0, t1, still} =
+      receive(do: ({:probed, a, b, c, d} -> {a, b, c, d}), after: (10_000 -> flunk("no prober")))
+
+    client_result = receive(do: ({:client, r} -> r), after: (10_000 -> :hang))
+
+    delivered =
+      case {upgraded, client_result} do
+        {{:ok, t}, {:ok, _}} ->
+          :ok = Islet.TLS.setopts(t, active: :once)
+
+          receive do
+            {:ssl, ^t, "after"} -> true
+          after
+            5_000 -> false
+          end
+
+        _ ->
+          nil
+      end
+
+    send(client, :done)
+    with {:ok, t} <- upgraded, do: Islet.TLS.close(t)
+    Islet.TCP.close(s)
+    met = locked and Enum.any?(pump_calls(), fn {a, b} -> a >= t0 and b <= t1 end)
+
+    cond do
+      not met -> {:not_met, delivered}
+      still -> {:passed_over, delivered}
+      true -> {:unlocked, delivered}
+    end
+  end
+
+  # The traced pump_poll calls, {began, returned} (monotonic, native units):
+  # takes every trace message.
+  defp pump_calls, do: collect_traces(%{}, [])
+
+  defp collect_traces(open, done) do
+    receive do
+      {:trace_ts, pid, :call, {Islet.Nif, :pump_poll, _}, ts} ->
+        collect_traces(Map.put(open, pid, ts), done)
+
+      {:trace_ts, pid, :return_from, {Islet.Nif, :pump_poll, 1}, _, ts} ->
+        case Map.pop(open, pid) do
+          {nil, open} -> collect_traces(open, done)
+          {started, open} -> collect_traces(open, [{started, ts} | done])
+        end
+    after
+      100 -> done
+    end
   end
 
   defp wait_locked(s, deadline) do
