@@ -8,8 +8,9 @@ defmodule Islet.Nif do
   # load/0 calls Islet.Compat when the module is loaded, which the compiler
   # does as soon as it has built it: without this compile-time dependency,
   # a build where this module came first (Islet compiled as a dependency,
-  # on a busy machine) logged the on_load's failure.
-  require Islet.Compat
+  # on a busy machine) logged the on_load's failure. (Not a `require`,
+  # which newer Elixir reports unused.)
+  Code.ensure_compiled!(Islet.Compat)
 
   @doc false
   def load do
