@@ -1297,4 +1297,23 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   return dead ? make_error(env, atom.badarg) : atom.ok;
 }
 
+
+// adopt_orphan(Sock, Pid) -> ok | {error, Reason}. Islet.Owners hands a
+// socket orphaned to it (sock_orphan, its {'$islet_orphan', S}) to the
+// process that writes its queue out and closes it. Only such a socket,
+// and only from the process it was orphaned to: anything else (a message
+// forged with a live socket, or one closed meanwhile) is refused and the
+// socket stays as it is. A dead Pid: {error, badarg}, the caller closes.
+ERL_NIF_TERM nif_adopt_orphan(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
+  Sock* s;
+  ErlNifPid pid;
+  if (!get_sock(env, argv[0], &s) || !enif_get_local_pid(env, argv[1], &pid))
+    return enif_make_badarg(env);
+  ErlNifPid me = self_pid(env);
+  std::lock_guard<std::mutex> lk(s->mu);
+  if (!s->open || s->dead) return make_error(env, atom.closed);
+  if (!s->orphaned || enif_compare_pids(&s->owner, &me) != 0) return make_error(env, atom.not_owner);
+  return set_owner(env, s, pid) ? atom.ok : make_error(env, atom.badarg);
+}
+
 }  // namespace islet

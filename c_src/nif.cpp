@@ -31,6 +31,7 @@ ISLET_NIF(nif_live_sockets)
 ISLET_NIF(nif_is_listener)
 ISLET_NIF(nif_controlling_process)
 ISLET_NIF(nif_set_owner)
+ISLET_NIF(nif_adopt_orphan)
 ISLET_NIF(nif_set_active)
 ISLET_NIF(nif_owners_down)
 ISLET_NIF(nif_owners_linker)
@@ -115,6 +116,7 @@ ErlNifFunc nif_funcs[] = {
     {"is_listener", 1, nif_is_listener, 0},
     {"controlling_process", 2, on_socket<nif_controlling_process>, 0},
     {"set_owner", 3, on_socket<nif_set_owner>, 0},
+    {"adopt_orphan", 2, on_socket<nif_adopt_orphan>, 0},
     {"set_active", 2, on_socket<nif_set_active>, 0},
     {"owners_down", 1, nif_owners_down, 0},
     {"owners_linker", 1, nif_owners_linker, 0},

@@ -69,6 +69,7 @@ defmodule Islet.Nif do
   def is_listener(_socket), do: nif()
   def controlling_process(_socket, _pid), do: nif()
   def set_owner(_socket, _pid, _active), do: nif()
+  def adopt_orphan(_socket, _pid), do: nif()
   def set_active(_socket, _value), do: nif()
   def owners_down(_pid), do: nif()
   # Islet.Owners: the deaths a socket's down callback left while a dirty

@@ -99,12 +99,18 @@ defmodule Islet.Owners do
       end)
 
     try do
-      case Nif.set_owner(socket, pid, 0) do
-        :ok -> Kernel.send(pid, :owner)
+      case Nif.adopt_orphan(socket, pid) do
+        :ok ->
+          Kernel.send(pid, :owner)
+
         # It is dead already (killed): the queue goes with the socket.
-        {:error, :badarg} -> Nif.close(socket)
-        # Closed meanwhile.
-        {:error, _} -> :ok
+        {:error, :badarg} ->
+          Nif.close(socket)
+
+        # Closed meanwhile, or not a socket orphaned to this process (a
+        # forged message): the process must not close it.
+        {:error, _} ->
+          Process.exit(pid, :kill)
       end
     rescue
       # Not a socket (a message that did not come from the NIF).

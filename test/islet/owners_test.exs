@@ -43,6 +43,10 @@ defmodule Islet.OwnersTest do
         :ok = TCP.send(s, data)
         owner_loop(s, test)
 
+      {:socket, from} ->
+        Kernel.send(from, {:socket, s})
+        owner_loop(s, test)
+
       {:give, from, to} ->
         Kernel.send(from, {:given, TCP.controlling_process(s, to)})
         owner_loop(s, test)
@@ -206,6 +210,52 @@ defmodule Islet.OwnersTest do
     Kernel.send(owner, {:send, "ok"})
     assert :gen_tcp.recv(c, 2, 5_000) == {:ok, "ok"}
     assert owners() == pid
+    dies_and_closes(owner, c)
+  end
+
+  # Islet.Owners hands a connection orphaned to it ({:"$islet_orphan", s}:
+  # its owner died with data queued) to a process that writes the queue out
+  # and closes it. The same message naming a live connection must change
+  # nothing: before, a TLS connection was taken and closed at once, and a
+  # TCP one closed 5 s later (the drainer's wait for its ownership).
+  test "a forged orphan or downs message takes and closes nothing" do
+    pid = owners()
+    {owner, c} = owned_connection()
+    Kernel.send(owner, {:socket, self()})
+    assert_receive {:socket, tcp}, 5_000
+
+    {:ok, l} = Islet.TLS.listen(0, [ip: :loopback] ++ Islet.Test.Certs.server_opts())
+    {:ok, {_, port}} = Islet.TLS.sockname(l)
+    test = self()
+
+    server =
+      Task.async(fn ->
+        {:ok, tls} = Islet.TLS.accept(l)
+        {:ok, tls} = Islet.TLS.handshake(tls)
+        :ok = Islet.TLS.controlling_process(tls, test)
+        tls
+      end)
+
+    assert {:ok, ssl} = :ssl.connect(~c"127.0.0.1", port, Islet.Test.Certs.client_opts())
+    tls = Task.await(server)
+
+    for socket <- [tcp, tls] do
+      Kernel.send(pid, {:"$islet_orphan", socket})
+      Kernel.send(pid, {:"$islet_downs", socket})
+    end
+
+    # The drainer waited 5 s for a handover that never came, then closed.
+    Process.sleep(5_300)
+    assert owners() == pid
+    Kernel.send(owner, {:send, "tcp"})
+    assert :gen_tcp.recv(c, 3, 5_000) == {:ok, "tcp"}
+    assert Islet.TLS.send(tls, "tls") == :ok
+    assert :ssl.recv(ssl, 3, 5_000) == {:ok, "tls"}
+    assert :ssl.send(ssl, "back") == :ok
+    assert Islet.TLS.recv(tls, 4, 5_000) == {:ok, "back"}
+    :ssl.close(ssl)
+    Islet.TLS.close(tls)
+    Islet.TLS.close(l)
     dies_and_closes(owner, c)
   end
 end
