@@ -288,6 +288,36 @@ defmodule Islet.ActiveReviewTest do
       end
     end
 
+    # An upgrade's active: 0 is Islet's setopts(active: 0): passive, and
+    # {:ssl_passive, socket} at once. :ssl 10.8 (OTP 25) keeps the option's
+    # 0 as its count without the message, so its getopts says 0 and it
+    # then delivers the data as a message, running the count below zero.
+    test "with active: 0: passive, with ssl_passive at once (:ssl keeps a count of 0)" do
+      {ssl, islet} =
+        TLSDiff.run(fn mod ->
+          {tcp, s} = starttls_pair(mod)
+          go(tcp, s)
+          {:ok, tls} = mod.upgrade(s, [active: 0] ++ Certs.server_opts())
+
+          passive =
+            receive do
+              {:ssl_passive, ^tls} -> :ssl_passive
+            after
+              200 -> :none
+            end
+
+          {passive, tls_after({:ok, tls}, mod)}
+        end)
+
+      assert islet ==
+               {:ssl_passive,
+                {:ok, false, {:ok, "secret"}, {:error, :timeout}, {:ok, [active: false]}}}
+
+      assert ssl == islet or
+               match?({:none, {:ok, 0, {:ssl, _, "secret"}, _, {:ok, [active: -1]}}}, ssl),
+             inspect(ssl)
+    end
+
     test "with a bad active option: the options error, the socket as it was" do
       tls_same(fn mod ->
         {tcp, s} = starttls_pair(mod)
