@@ -211,6 +211,9 @@ struct Sock {
   struct Records* rec = nullptr;
   struct Takeover* takeover = nullptr;
   bool tls_done = false;  // handshake complete
+  // OpenSSL's record layer: the socket refused SSL_shutdown's close_notify,
+  // which OpenSSL keeps and writes at the next SSL_shutdown.
+  bool tls_shutdown_blocked = false;
   int tls_alert = -1;     // last alert sent (info callback), for error terms
   bool sni_resolved = false;  // SNI context chosen (sni_hosts / sni_fun)
   ErtsString sni;             // server_name of the ClientHello
@@ -426,11 +429,17 @@ ssize_t tls_sendfile(Sock* s, int fd, off_t* offset, size_t count);
 // counts; false for a plain socket.
 bool tls_wire_bytes(Sock* s, uint64_t* in, uint64_t* out);
 void tls_free(Sock* s);           // under lock at close, and the destructor
-void tls_close_notify(Sock* s);   // under lock, best effort
+// Sends close_notify once (none owed when the client closed first); what
+// the socket refuses is kept, and tls_flush writes it. Under lock.
+void tls_close_notify(Sock* s);
 // Records sealed and not yet taken by the kernel (Islet's record layer keeps
-// them apart from the write queue); 0 for OpenSSL's, whose unwritten data
-// stays in the queue until SSL_write takes it. Under lock.
+// them apart from the write queue); for OpenSSL's, whose unwritten data
+// stays in the queue until SSL_write takes it, 1 while it keeps a refused
+// close_notify. Under lock.
 size_t tls_unsent(const Sock* s);
+// Writes what tls_unsent counts: 0 once nothing is left, EAGAIN while the
+// socket takes no more, or an errno. Under lock.
+int tls_flush(Sock* s);
 bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx
 
 // Options (options.cpp).

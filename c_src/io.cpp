@@ -540,7 +540,8 @@ int conn_drain(Sock* s) {
     // The queue is out: the shutdown asked for meanwhile happens now
     // (close_notify first on TLS, and once the socket took it).
     tls_close_notify(s);
-    if (tls_unsent(s) > 0) return EAGAIN;
+    int f = tls_flush(s);
+    if (f != 0) return f;
     int how = s->shut_pending;
     s->shut_pending = -1;
     if (::shutdown(s->fd, how) != 0) return errno;
@@ -1083,6 +1084,8 @@ ERL_NIF_TERM nif_send_timeout_keep(ErlNifEnv* env, int argc, const ERL_NIF_TERM 
 // waits while it makes progress). ok: nothing left (or nothing can go: the
 // connection ended, linger is {true, 0}). {wait, Queued}: Queued bytes
 // wait for the socket; call again once woken. more: TLS, call again.
+// TLS: close_notify follows the queue (close and shutdown(:write) are the
+// only callers, and both end the sending side).
 ERL_NIF_TERM nif_drain(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   Sock* s;
   if (!get_sock(env, argv[0], &s)) return enif_make_badarg(env);
@@ -1106,6 +1109,14 @@ ERL_NIF_TERM nif_drain(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     return enif_make_tuple2(env, atom.wait, enif_make_uint64(env, queued(s)));
   stop_bg_flush(env, s);
   int e = conn_drain(s);
+  // The queue is out. TLS: close_notify goes last, and is out too before
+  // the socket closes, as :ssl's port writes it out before it closes
+  // (sock_close's one try dropped what a full socket refused: half the
+  // closes after a large send with a 4 KiB sndbuf).
+  if (e == 0 && is_tls(s)) {
+    tls_close_notify(s);
+    e = tls_flush(s);
+  }
   if (e == 0) {
     waiter_done(env, s, s->wq, me);
     return atom.ok;

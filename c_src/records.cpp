@@ -1339,6 +1339,8 @@ void records_close_notify(Sock* s) {
 
 size_t records_unsent(const Sock* s) { return s->rec->out.size(); }
 
+int records_flush(Sock* s) { return flush_out(s, s->rec); }
+
 void records_fail(Sock* s, uint8_t desc) {
   if (s->rec != nullptr) fail(s, s->rec, desc);
 }

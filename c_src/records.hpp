@@ -75,6 +75,8 @@ bool records_may_have_more(const Sock* s);
 void records_close_notify(Sock* s);
 // Bytes sealed that the socket has not taken yet (they wait in `out`).
 size_t records_unsent(const Sock* s);
+// Writes out what is sealed and unsent: 0, EAGAIN or an errno.
+int records_flush(Sock* s);
 // Our fatal alert after the handshake (a client certificate that Islet.TLS
 // rejected in Erlang): sent if the socket takes it, then the connection ends.
 void records_fail(Sock* s, uint8_t desc);

@@ -1403,12 +1403,26 @@ void tls_close_notify(Sock* s) {
     SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     return;
   }
+  // Sent already (a shutdown, then close): a second SSL_shutdown would
+  // read, waiting for the client's close_notify. Refused by the socket:
+  // SSL_shutdown writes the alert OpenSSL kept.
+  if ((SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN) && !s->tls_shutdown_blocked) return;
   ERR_clear_error();
-  SSL_shutdown(s->ssl);  // one try: sends close_notify if the kernel takes it
+  int r = SSL_shutdown(s->ssl);
+  s->tls_shutdown_blocked = r < 0 && SSL_get_error(s->ssl, r) == SSL_ERROR_WANT_WRITE;
   ERR_clear_error();
 }
 
-size_t tls_unsent(const Sock* s) { return s->rec != nullptr ? records_unsent(s) : 0; }
+size_t tls_unsent(const Sock* s) {
+  if (s->rec != nullptr) return records_unsent(s);
+  return s->tls_shutdown_blocked ? 1 : 0;
+}
+
+int tls_flush(Sock* s) {
+  if (s->rec != nullptr) return records_flush(s);
+  if (s->tls_shutdown_blocked && s->ssl != nullptr) tls_close_notify(s);
+  return s->tls_shutdown_blocked ? EAGAIN : 0;
+}
 
 // tls_sweep() -> Count: frees the cipher contexts of TLS connections idle
 // since the previous call (Islet.TLS.Sweeper calls it every few seconds).
