@@ -1120,6 +1120,44 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    # A client's FIN without close_notify (its TCP socket shut down under
+    # TLS). Read next, it is the end, as with :ssl, and sends fail from then
+    # on. Unread, the two differ: :ssl's connection process reads on its
+    # own and ends the connection at once (its sends say closed, the client
+    # gets nothing); Islet reads only when asked, so its sends go on until
+    # then (this client, which shut its write side only, gets them).
+    defp fin_without_close_notify(mod, read?) do
+      l = listen(mod)
+      parent = self()
+
+      client =
+        Task.async(fn ->
+          {:ok, t} = :gen_tcp.connect({127, 0, 0, 1}, port(mod, l), [:binary, active: false])
+          {:ok, c} = :ssl.connect(t, Keyword.delete(Certs.client_opts(), :active))
+          :ok = :ssl.controlling_process(c, parent)
+          {t, c}
+        end)
+
+      {:ok, s} = mod.accept(l)
+      {:ok, ^s} = mod.handshake(s, 30_000)
+      {t, c} = Task.await(client)
+      :ok = :ssl.send(c, "request")
+      {:ok, "request"} = mod.recv(s, 7, 5_000)
+      :ok = :gen_tcp.shutdown(t, :write)
+      Process.sleep(300)
+      read = if read?, do: mod.recv(s, 0, 1_000), else: :not_read
+      {read, for(_ <- 1..4, do: mod.send(s, :binary.copy("x", 16_384)))}
+    end
+
+    test "a client's FIN without close_notify: the next read ends the connection" do
+      assert assert_same(&fin_without_close_notify(&1, true)) ==
+               {{:error, :closed}, List.duplicate({:error, :closed}, 4)}
+
+      {ssl, islet} = Islet.Test.TLSDiff.run(&fin_without_close_notify(&1, false))
+      assert islet == {:not_read, [:ok, :ok, :ok, :ok]}
+      assert ssl == {:not_read, List.duplicate({:error, :closed}, 4)}
+    end
+
     test "calls on a socket closed locally" do
       assert_same(fn mod ->
         {_l, s, _c} = pair!(mod)
