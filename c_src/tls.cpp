@@ -1399,8 +1399,10 @@ void tls_close_notify(Sock* s) {
   if (s->peer_closed) {
     // The client closed first: nothing to send, but mark the shutdown done,
     // or SSL_free takes the session out of the cache and a TLS 1.2 client
-    // cannot resume it (as it can with :ssl).
+    // cannot resume it (as it can with :ssl). A close_notify the socket
+    // refused before is not owed either: tls_flush must not wait for it.
     SSL_set_shutdown(s->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    s->tls_shutdown_blocked = false;
     return;
   }
   // Sent already (a shutdown, then close): a second SSL_shutdown would
