@@ -331,16 +331,22 @@ defmodule Islet.ActiveReviewTest do
 
     # :ssl sets the socket passive, then fails to hand the port to its
     # connection process, which ends and closes the port (a moment later:
-    # the test waits for it).
+    # the test waits for it). OTP 29's :ssl answers {:dtls_upgrade,
+    # :notsup} instead of not_owner (its handshake/2 turns any badmatch
+    # into that); Islet keeps OTP 25's and 27's answer.
     test "by a process that is not the owner: not_owner, the socket closed" do
-      tls_same(fn mod ->
-        {tcp, s} = starttls_pair(mod)
-        :ok = tcp.setopts(s, active: :once)
-        parent = self()
-        spawn_link(fn -> Kernel.send(parent, {:up, mod.upgrade(s, Certs.server_opts())}) end)
-        up = receive(do: ({:up, r} -> r))
-        {up, until_closed(tcp, s, 400), tcp.send(s, "still plain")}
-      end)
+      {ssl, islet} =
+        TLSDiff.run(fn mod ->
+          {tcp, s} = starttls_pair(mod)
+          :ok = tcp.setopts(s, active: :once)
+          parent = self()
+          spawn_link(fn -> Kernel.send(parent, {:up, mod.upgrade(s, Certs.server_opts())}) end)
+          up = receive(do: ({:up, r} -> r))
+          {up, until_closed(tcp, s, 400), tcp.send(s, "still plain")}
+        end)
+
+      assert islet == {{:error, :not_owner}, {:error, :einval}, {:error, :closed}}
+      assert ssl in [islet, put_elem(islet, 0, {:error, {:dtls_upgrade, :notsup}})]
     end
 
     defp until_closed(tcp, s, tries) do
@@ -425,20 +431,26 @@ defmodule Islet.ActiveReviewTest do
       end)
     end
 
+    # (OTP 29's gen_tcp leaves such a recv unanswered: its timeout never
+    # comes. OTP 25's and 27's answer timeout, as Islet does.)
     test "a recv(n) with part of its data read: the recv times out, the part is a message" do
-      tcp_same(fn mod ->
-        {_l, s, c} = Diff.pair(mod)
-        :ok = :gen_tcp.send(c, "abc")
-        pid = waiting_recv_n(mod, s, 10, 500)
-        # The three bytes are read into the recv's buffer before it waits.
-        Process.sleep(100)
-        :ok = mod.setopts(s, active: true)
-        :ok = :gen_tcp.send(c, "defghij")
-        _ = pid
-        # (How the bytes are cut into messages is the stream's business.)
-        data = for {:tcp, ^s, d} <- messages_after(200), into: "", do: d
-        {recv_result(), data}
-      end)
+      {gen_tcp, islet} =
+        Diff.run(fn mod ->
+          {_l, s, c} = Diff.pair(mod)
+          :ok = :gen_tcp.send(c, "abc")
+          pid = waiting_recv_n(mod, s, 10, 500)
+          # The three bytes are read into the recv's buffer before it waits.
+          Process.sleep(100)
+          :ok = mod.setopts(s, active: true)
+          :ok = :gen_tcp.send(c, "defghij")
+          _ = pid
+          # (How the bytes are cut into messages is the stream's business.)
+          data = for {:tcp, ^s, d} <- messages_after(200), into: "", do: d
+          {recv_result(), data}
+        end)
+
+      assert islet == {{:error, :timeout}, "abcdefghij"}
+      assert gen_tcp in [islet, {:no_answer, "abcdefghij"}]
     end
 
     test "a second recv meanwhile: ealready passive, einval active" do
