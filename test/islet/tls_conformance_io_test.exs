@@ -279,15 +279,10 @@ defmodule Islet.TLSConformanceIOTest do
     # keeps the server's bytes: their last record must be the alert.
     for layer <- [:islet, :openssl] do
       test "the owner exits right after a send that filled the socket: close_notify still comes last (#{layer} records)" do
-        {server_opts, client_opts} = layer_opts(unquote(layer))
-        alert = if unquote(layer) == :islet, do: 19, else: 64
+        sizes = Enum.map(1..12, &(6_000 + rem(&1 * 997, 6_000)))
 
         assert_same(fn mod ->
-          l = listen(mod, server_opts ++ [sndbuf: 4096, nodelay: true])
-
-          for size <- Enum.map(1..12, &(6_000 + rem(&1 * 997, 6_000))) do
-            {proxy, ref} = start_recording_proxy(port(mod, l), recbuf: 4096)
-            tag = connect_async(proxy, client_opts)
+          closes_with_alert(mod, unquote(layer), sizes, [recbuf: 4096], fn l, size ->
             parent = self()
 
             spawn(fn ->
@@ -296,13 +291,12 @@ defmodule Islet.TLSConformanceIOTest do
               Kernel.send(parent, {:sent, mod.send(s, :binary.copy("x", size))})
             end)
 
-            {:ok, c} = await_client(tag)
-            sent = receive(do: ({:sent, r} -> r))
-            Process.sleep(50)
-            {got, error} = read_to_end(&:ssl.recv/3, c, 30_000)
-            :ssl.close(c)
-            {sent, byte_size(got) == size, error, last_record_length(recorded(ref, [])) == alert}
-          end
+            fn ->
+              sent = receive(do: ({:sent, r} -> r))
+              Process.sleep(50)
+              sent
+            end
+          end)
         end)
       end
     end
@@ -1067,24 +1061,14 @@ defmodule Islet.TLSConformanceIOTest do
     # 64 with TLS 1.2's AES-CBC-SHA256).
     for layer <- [:islet, :openssl] do
       test "close after a large send on a full socket: close_notify comes last (#{layer} records)" do
-        {server_opts, client_opts} = layer_opts(unquote(layer))
-        alert = if unquote(layer) == :islet, do: 19, else: 64
+        sizes = [150_001, 180_017, 210_029, 240_041, 270_059, 300_071, 330_089, 360_107]
 
         assert_same(fn mod ->
-          l = listen(mod, server_opts ++ [sndbuf: 4096, nodelay: true])
-
-          for size <- [150_001, 180_017, 210_029, 240_041, 270_059, 300_071, 330_089, 360_107] do
-            {proxy, ref} = start_recording_proxy(port(mod, l))
-            tag = connect_async(proxy, client_opts)
+          closes_with_alert(mod, unquote(layer), sizes, [], fn l, size ->
             {:ok, s} = mod.accept(l)
             {:ok, ^s} = mod.handshake(s, 30_000)
-            {:ok, c} = await_client(tag)
-            :ok = mod.send(s, :binary.copy("x", size))
-            :ok = mod.close(s)
-            {got, error} = read_to_end(&:ssl.recv/3, c, 30_000)
-            :ssl.close(c)
-            {byte_size(got) == size, error, last_record_length(recorded(ref, [])) == alert}
-          end
+            fn -> {mod.send(s, :binary.copy("x", size)), mod.close(s)} end
+          end)
         end)
       end
     end
@@ -1576,6 +1560,31 @@ defmodule Islet.TLSConformanceIOTest do
   # A TCP proxy to `port` on loopback for one connection that sends the
   # test process what the server sends ({ref, bytes}, then {ref, :end}).
   # Returns {port to connect to, ref}.
+  # One connection per size through a recording proxy (`proxy_opts`: its
+  # connection to the server), with a 4 KiB sndbuf and nodelay on the
+  # server (`layer`: see layer_opts/1). `serve.(listener, size)` starts the
+  # server's side and returns a fun, run once the client is connected,
+  # that sends `size` bytes and ends the connection. Per size: what that
+  # fun returned, whether the client got every byte, its last answer, and
+  # whether the server's last record was the alert (19 bytes with TLS
+  # 1.3's AEAD, 64 with TLS 1.2's AES-CBC-SHA256).
+  defp closes_with_alert(mod, layer, sizes, proxy_opts, serve) do
+    {server_opts, client_opts} = layer_opts(layer)
+    alert = if layer == :islet, do: 19, else: 64
+    l = listen(mod, server_opts ++ [sndbuf: 4096, nodelay: true])
+
+    for size <- sizes do
+      {proxy, ref} = start_recording_proxy(port(mod, l), proxy_opts)
+      tag = connect_async(proxy, client_opts)
+      ended = serve.(l, size)
+      {:ok, c} = await_client(tag)
+      server = ended.()
+      {got, error} = read_to_end(&:ssl.recv/3, c, 30_000)
+      :ssl.close(c)
+      {server, byte_size(got) == size, error, last_record_length(recorded(ref, [])) == alert}
+    end
+  end
+
   # `up_opts`: more options for its connection to the server.
   defp start_recording_proxy(port, up_opts \\ []) do
     {:ok, front} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
