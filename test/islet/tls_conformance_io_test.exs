@@ -7,7 +7,7 @@ defmodule Islet.TLSConformanceIOTest do
 
   import Islet.Test.TLSDiff
 
-  alias Islet.Test.{Certs, Diff}
+  alias Islet.Test.{Certs, Diff, RecordingProxy}
 
   @moduletag :capture_log
   @moduletag timeout: 180_000
@@ -1574,54 +1574,18 @@ defmodule Islet.TLSConformanceIOTest do
     l = listen(mod, server_opts ++ [sndbuf: 4096, nodelay: true])
 
     for size <- sizes do
-      {proxy, ref} = start_recording_proxy(port(mod, l), proxy_opts)
-      tag = connect_async(proxy, client_opts)
+      proxy = RecordingProxy.start(port(mod, l), proxy_opts)
+      tag = connect_async(proxy.port, client_opts)
       ended = serve.(l, size)
       {:ok, c} = await_client(tag)
       server = ended.()
       {got, error} = read_to_end(&:ssl.recv/3, c, 30_000)
       :ssl.close(c)
-      {server, byte_size(got) == size, error, last_record_length(recorded(ref, [])) == alert}
+
+      {server, byte_size(got) == size, error,
+       RecordingProxy.last_record_length(RecordingProxy.recorded(proxy)) == alert}
     end
   end
-
-  # `up_opts`: more options for its connection to the server.
-  defp start_recording_proxy(port, up_opts \\ []) do
-    {:ok, front} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
-    {:ok, front_port} = :inet.port(front)
-    {test, ref} = {self(), make_ref()}
-
-    spawn(fn ->
-      {:ok, down} = :gen_tcp.accept(front)
-
-      {:ok, up} =
-        :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false, nodelay: true] ++ up_opts)
-
-      :ok = :inet.setopts(down, nodelay: true)
-      spawn(fn -> pipe(down, up, &[&1]) end)
-      pipe(up, down, &(Kernel.send(test, {ref, &1}) && [&1]))
-      Kernel.send(test, {ref, :end})
-    end)
-
-    {front_port, ref}
-  end
-
-  defp recorded(ref, acc) do
-    receive do
-      {^ref, :end} -> IO.iodata_to_binary(acc)
-      {^ref, bytes} -> recorded(ref, [acc | bytes])
-    after
-      10_000 -> :no_end
-    end
-  end
-
-  # The length of the last TLS record of a stream of whole records.
-  defp last_record_length(<<_type, 3, _minor, n::16, _::binary-size(n)>>), do: n
-
-  defp last_record_length(<<_type, 3, _minor, n::16, _::binary-size(n), rest::binary>>),
-    do: last_record_length(rest)
-
-  defp last_record_length(other), do: {:not_records, other |> to_string() |> byte_size()}
 
   # Forwards what `from` receives to `to`, as `cut` splits it into pieces
   # and pauses, until either side closes.
