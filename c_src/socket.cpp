@@ -283,7 +283,11 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
   {
     std::lock_guard<std::mutex> lk(s->mu);
     if (!s->open) return atom.ok;  // gen_tcp: a second close is ok
-    tls_close_notify(s);
+    // close_notify says that everything was sent: not when queued data is
+    // dropped here (an owner's death without Islet.Owners, a drain that
+    // gave up), where :ssl's alert, queued behind that data in its port,
+    // goes with it. The client then sees a truncated stream, as it is.
+    if (s->wioq == nullptr || enif_ioq_size(s->wioq) == 0 || s->peer_closed) tls_close_notify(s);
     // The TLS state goes now, not with the destructor: a context can hold
     // terms that refer to this socket (an sni_fun's closure), and that
     // cycle would keep both alive. Nothing reads it after `open` is false.

@@ -8,6 +8,7 @@ defmodule Islet.OwnersTest do
   use ExUnit.Case, async: false
 
   alias Islet.TCP
+  alias Islet.Test.RecordingProxy
 
   # An owner process (trapping exits) that accepted one connection; the
   # test process owns only the listener (monitored, not linked: only
@@ -257,5 +258,81 @@ defmodule Islet.OwnersTest do
     Islet.TLS.close(tls)
     Islet.TLS.close(l)
     dies_and_closes(owner, c)
+  end
+
+  # While Islet.Owners is not running, a TLS connection whose owner dies
+  # closes at once, and its queue goes with it. close_notify must then not
+  # follow what did go out: it tells the client it has everything. (The
+  # close sealed it behind the records the socket still held while it
+  # dropped the queue: a clean end after a truncated stream.) The pumps are
+  # held once the socket is full, so that nothing writes the queue out when
+  # the client has read.
+  test "an owner's death without Islet.Owners drops the queue, and no close_notify follows" do
+    :ok = Supervisor.terminate_child(Islet.Supervisor, Islet.Owners)
+    test = self()
+    opts = [ip: :loopback, sndbuf: 65_536, nodelay: true] ++ Islet.Test.Certs.server_opts()
+    {:ok, l} = Islet.TLS.listen(0, opts)
+    {:ok, {_, port}} = Islet.TLS.sockname(l)
+    proxy = RecordingProxy.start(port, recbuf: 65_536)
+
+    owner =
+      spawn(fn ->
+        {:ok, s} = Islet.TLS.accept(l)
+        {:ok, s} = Islet.TLS.handshake(s)
+        receive(do: (:send -> :ok))
+        Kernel.send(test, {:sent, Islet.TLS.send(s, :binary.copy("x", 1_000_000))})
+        receive(do: (:die -> exit(:bye)))
+      end)
+
+    {:ok, c} = :ssl.connect(~c"127.0.0.1", proxy.port, Islet.Test.Certs.client_opts(), 10_000)
+    # The server's socket fills and the rest of its send stays queued; the
+    # pumps held, the client then takes what the socket held.
+    :ok = RecordingProxy.pause(proxy)
+    Kernel.send(owner, :send)
+    assert_receive {:sent, :ok}, 10_000
+    Process.sleep(100)
+    hold_pumps()
+    :ok = RecordingProxy.resume(proxy)
+    first = read_while_coming(c, 0)
+    down = Process.monitor(owner)
+    Kernel.send(owner, :die)
+    assert_receive {:DOWN, ^down, _, _, :bye}, 5_000
+    rest = read_while_coming(c, 0)
+    Kernel.send(Process.get(:pump_holder), :release)
+    :ssl.close(c)
+    Islet.TLS.close(l)
+    assert first > 0 and first + rest < 1_000_000, inspect({first, rest})
+    assert RecordingProxy.last_record_length(RecordingProxy.recorded(proxy)) != 19
+  end
+
+  # Suspends the pumps until this process says :release (or ends): only
+  # the process that suspended one may resume it.
+  defp hold_pumps do
+    test = self()
+
+    holder =
+      spawn(fn ->
+        ref = Process.monitor(test)
+
+        pumps =
+          for {{Islet.Pump, i}, pid, _, _} <- Supervisor.which_children(Islet.Supervisor),
+              is_integer(i),
+              do: pid
+
+        Enum.each(pumps, &:erlang.suspend_process/1)
+        Kernel.send(test, :held)
+        receive(do: (msg when msg == :release or elem(msg, 1) == ref -> :ok))
+        Enum.each(pumps, &:erlang.resume_process/1)
+      end)
+
+    Process.put(:pump_holder, holder)
+    assert_receive :held, 5_000
+  end
+
+  defp read_while_coming(c, n) do
+    case :ssl.recv(c, 0, 300) do
+      {:ok, data} -> read_while_coming(c, n + byte_size(data))
+      {:error, _} -> n
+    end
   end
 end
