@@ -1308,7 +1308,6 @@ ERL_NIF_TERM nif_set_owner(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) 
   return dead ? make_error(env, atom.badarg) : atom.ok;
 }
 
-
 // adopt_orphan(Sock, Pid) -> ok | {error, Reason}. Islet.Owners hands a
 // socket orphaned to it (sock_orphan, its {'$islet_orphan', S}) to the
 // process that writes its queue out and closes it. Only such a socket,
