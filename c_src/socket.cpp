@@ -105,6 +105,12 @@ Sock* sock_create(ErlNifEnv* env, int fd, Kind kind, int family, bool link_owner
   void* mem = enif_alloc_resource(sock_type, sizeof(Sock));
   if (mem == nullptr) return nullptr;
   Sock* s = new (mem) Sock();
+  // The marks a call reads before it takes the lock (held_long), stored
+  // again with release: a thread that gets the socket through a message,
+  // whose ordering ThreadSanitizer cannot see inside the BEAM, then reads
+  // after the construction for it too (it reported the zeroing as a race).
+  s->long_hold.store(0, std::memory_order_release);
+  s->downs_pending.store(false, std::memory_order_release);
   live_socks.fetch_add(1, std::memory_order_relaxed);
   enif_keep_resource(s);  // the open socket's reference to itself (Sock::self_ref)
   s->fd = fd;
