@@ -3,8 +3,8 @@ defmodule Islet.OwnersTest do
   # their connections when they die (as a gen_tcp port dies with its owner):
   # what happens when it restarts or stops. Not async: it stops and kills
   # the node's Islet.Owners, whose exit reaches every process it links (so
-  # every connection's owner here traps exits; the test process owns only
-  # listeners).
+  # every TCP connection's owner here traps exits; the test process owns
+  # only listeners and TLS connections, which a monitor watches instead).
   use ExUnit.Case, async: false
 
   alias Islet.TCP
