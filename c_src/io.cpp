@@ -533,9 +533,14 @@ void queue_unattended(ErlNifEnv* env, Sock* s) {
 }
 
 int conn_drain(Sock* s) {
-  if (s->wioq == nullptr) return 0;  // none yet, or the connection ended
-  int e = is_tls(s) ? tls_drain(s) : plain_drain(s);
-  if (s->busy && queued(s) <= s->low_watermark) s->busy = false;
+  // No queue: none yet (a TLS connection that never sent can still have
+  // records waiting, its answers to KeyUpdates), or the connection ended
+  // (which cleared shut_pending).
+  int e = 0;
+  if (s->wioq != nullptr) {
+    e = is_tls(s) ? tls_drain(s) : plain_drain(s);
+    if (s->busy && queued(s) <= s->low_watermark) s->busy = false;
+  }
   if (e == 0 && s->shut_pending >= 0) {
     // The queue is out: the shutdown asked for meanwhile happens now
     // (close_notify first on TLS, and once the socket took it).
@@ -1143,8 +1148,7 @@ ERL_NIF_TERM nif_flush_bg(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   budget_writes(s);
   if (!s->bg_flush) return atom.ok;  // a sender took over meanwhile
   s->bg_flush = false;
-  if (!s->open || s->dead || s->eof_reported || !s->wq.q.empty() || s->wioq == nullptr)
-    return atom.ok;
+  if (!s->open || s->dead || s->eof_reported || !s->wq.q.empty()) return atom.ok;
   size_t before = queued(s);
   int e = conn_drain(s);
   charge(env, before - std::min(before, queued(s)));  // the pump's time slice pays for it

@@ -234,6 +234,7 @@ void conn_ended(ErlNifEnv* env, Sock* s) {
   if (s->open && !s->fd_closed) ::shutdown(s->fd, SHUT_RDWR);
   if (s->wioq != nullptr) enif_ioq_destroy(s->wioq);
   s->wioq = nullptr;
+  s->shut_pending = -1;  // its queue went with the connection
   s->busy = false;
   s->rlen = 0;  // a partial recv(n) is lost, as with gen_tcp
   wake_all(env, s, s->rq);

@@ -1223,6 +1223,51 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    # A connection that never sent has no write queue, yet its socket can
+    # be full: of the KeyUpdates answering a client's requests, which a
+    # client that does not read leaves there. Islet's shutdown left
+    # close_notify behind them and nothing ever wrote it (the background
+    # flush and the drain returned at once without a queue): the client
+    # waited for the end forever.
+    test "shutdown(:write) with only KeyUpdate answers unsent: the end still comes" do
+      assert_same(fn mod ->
+        l = listen(mod, sndbuf: 4096, nodelay: true)
+        proxy = RecordingProxy.start(port(mod, l), recbuf: 4096)
+        tag = connect_async(proxy.port, [])
+        {:ok, s} = mod.accept(l)
+        {:ok, ^s} = mod.handshake(s, 30_000)
+        {:ok, c} = await_client(tag)
+        :ok = mod.setopts(s, active: true)
+        :ok = RecordingProxy.pause(proxy)
+
+        # One request at a time, so that each gets its own answer, and a
+        # byte of data after each (Islet ends a connection after 32 records
+        # in a row that carry none).
+        for _ <- 1..400 do
+          :ok = :ssl.update_keys(c, :read_write)
+          :ok = :ssl.send(c, "k")
+          Process.sleep(1)
+        end
+
+        # The answers wait: the socket is full.
+        {:ok, [send_pend: pending]} = mod.getstat(s, [:send_pend])
+        # :ssl's connection process is stuck in a send to the full socket
+        # meanwhile, so its shutdown returns once the client reads again.
+        shut = Task.async(fn -> mod.shutdown(s, :write) end)
+        Process.sleep(200)
+        RecordingProxy.resume(proxy)
+        {got, _others} = Diff.collect_active(s, 400, 3_000, :ssl)
+        # The server reads on. :ssl, shut down before it read the last
+        # requests, answers them on the shut socket, fails (enotconn) and
+        # ends the connection with some of the client's data unread; Islet
+        # owes no KeyUpdate after close_notify and reads it all.
+        all_read = got == :binary.copy("k", 400)
+
+        {pending > 0, Task.await(shut, 20_000), :ssl.recv(c, 0, 10_000),
+         mod != Islet.TLS or all_read}
+      end)
+    end
+
     test "shutdown(:read_write) and shutdown(:read)" do
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod)
