@@ -1154,8 +1154,13 @@ namespace {
 
 // What reading made us owe the peer (a KeyUpdate) goes out now, if the
 // socket takes it; what it does not take waits in `out`.
+//
+// While the socket refuses what waits already, the update stays owed and
+// goes before our next record instead: RFC 8446 lets a silent side answer
+// many requests with one, and a client that asks again and again without
+// reading would otherwise grow `out` without bound (27 bytes a request).
 void send_owed(Sock* s, Records* r) {
-  if (!update_needed(r) || r->failed || r->close_sent) return;
+  if (!update_needed(r) || r->failed || r->close_sent || r->out.size() > 0) return;
   size_t sealed = seal_key_update(r, seal_buf);
   if (sealed == 0) fail(s, r, kInternalError);
   else write_after(s, r, seal_buf, sealed);

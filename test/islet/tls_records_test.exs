@@ -295,6 +295,44 @@ defmodule Islet.TLSRecordsTest do
     end
   end
 
+  describe "key update requests from a client that does not read" do
+    # Each request used to seal an answer into the record layer's buffer
+    # once the socket was full: a client asking again and again without
+    # reading grew the server's memory without bound. Now one answer waits
+    # and the others are owed (one update answers them all, RFC 8446 4.6.3).
+    test "one answer waits, not one per request; the connection then goes on" do
+      l = listen(Islet.TLS, sndbuf: 4096, nodelay: true)
+      proxy = Islet.Test.RecordingProxy.start(port(Islet.TLS, l), recbuf: 4096)
+      tag = connect_async(proxy.port, versions: [:"tlsv1.3"])
+      {:ok, s} = Islet.TLS.accept(l)
+      {:ok, ^s} = Islet.TLS.handshake(s, 30_000)
+      {:ok, c} = await_client(tag)
+      :ok = Islet.TLS.setopts(s, active: true)
+      :ok = Islet.Test.RecordingProxy.pause(proxy)
+
+      # A byte of data after each (32 records in a row without data end
+      # the connection), and time for the server to read each alone.
+      for _ <- 1..1000 do
+        :ok = :ssl.update_keys(c, :read_write)
+        :ok = :ssl.send(c, "k")
+        Process.sleep(1)
+      end
+
+      assert {got, []} = Diff.collect_active(s, 1000, 10_000, :ssl)
+      assert got == :binary.copy("k", 1000)
+      {:ok, stats} = Islet.TLS.getstat(s)
+      assert stats[:send_pend] in 1..100
+
+      Islet.Test.RecordingProxy.resume(proxy)
+      :ok = Islet.TLS.send(s, "after")
+      assert :ssl.recv(c, 0, 10_000) == {:ok, "after"}
+      :ok = :ssl.send(c, "back")
+      assert Diff.collect_active(s, 4, 10_000, :ssl) == {"back", []}
+      :ok = Islet.TLS.close(s)
+      assert :ssl.recv(c, 0, 10_000) == {:error, :closed}
+    end
+  end
+
   describe "many records at once" do
     test "400 one-byte records waiting in the socket: recv, then active: true" do
       assert_same(fn mod ->
