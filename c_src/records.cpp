@@ -833,7 +833,10 @@ void on_handshake(Sock* s, Records* r, const unsigned char* p, size_t n) {
   }
   if (!r->tls13) {
     if (p[0] != kClientHello) return fail(s, r, kUnexpectedMessage);
-    if (idle_record(s, r)) send_alert(s, r, kWarning, kNoRenegotiation);
+    // The warning is a courtesy: while the socket refuses what waits, none
+    // more is sealed (a client renegotiating again and again without
+    // reading would grow `out` by 31 bytes each time).
+    if (idle_record(s, r) && r->out.size() == 0) send_alert(s, r, kWarning, kNoRenegotiation);
     return;
   }
   for (size_t i = 0; i < n; i++) {

@@ -9,7 +9,7 @@ defmodule Islet.TLSCraftedRecordsTest do
   import Islet.Test.TLSDiff,
     only: [listen: 2, port: 2, tidy: 1, assert_same: 1, connect_async: 2, await_client: 1]
 
-  alias Islet.Test.{Certs, Diff}
+  alias Islet.Test.{Certs, Diff, RecordingProxy}
 
   @moduletag :capture_log
 
@@ -216,6 +216,48 @@ defmodule Islet.TLSCraftedRecordsTest do
   # answered decode_error to every record whose length was not even (TLS
   # 1.2) or not 2 (TLS 1.3). Compared: the server's reads, and what the
   # client's waiting recv got (the alert the server sent, or closed).
+  # Islet answers a TLS 1.2 renegotiation with a no_renegotiation warning.
+  # A client that asked again and again (with data between, so the guard
+  # against records without data never trips) and never read grew the
+  # record layer's buffer by a warning each time once the socket was full:
+  # now none more is sealed while one waits. (:ssl renegotiates instead.)
+  test "TLS 1.2 renegotiations from a client that does not read: the server's buffer stays bounded" do
+    l = listen(Islet.TLS, versions: [:"tlsv1.2"], sndbuf: 4096, nodelay: true)
+    # (:ssl's connection process reads its socket: a paused proxy holds
+    # the server's bytes instead.)
+    proxy = RecordingProxy.start(port(Islet.TLS, l), recbuf: 4096)
+    {:ok, tcp} = :gen_tcp.connect(~c"localhost", proxy.port, [:binary])
+    {:ok, s} = Islet.TLS.accept(l)
+    handshake = Task.async(fn -> Islet.TLS.handshake(s, 30_000) end)
+
+    opts =
+      Keyword.merge(Certs.client_opts(),
+        versions: [:"tlsv1.2"],
+        ciphers: [:ssl.str_to_suite(@suites[:"tlsv1.2"])]
+      )
+
+    {:ok, c} = :ssl.connect(tcp, opts, 10_000)
+    {:ok, ^s} = Task.await(handshake, 30_000)
+    :ok = Islet.TLS.setopts(s, active: true)
+    Process.sleep(50)
+    {k, n} = client_keys(c, :"tlsv1.2", nil)
+    :ok = RecordingProxy.pause(proxy)
+    hello = <<1, 0, 0, 0>>
+
+    for i <- 0..999 do
+      records = seal(k, n + 2 * i, 22, hello) <> seal(k, n + 2 * i + 1, 23, "k")
+      :ok = :gen_tcp.send(tcp, records)
+      Process.sleep(1)
+    end
+
+    assert {got, []} = Diff.collect_active(s, 1000, 10_000, :ssl)
+    assert got == :binary.copy("k", 1000)
+    {:ok, stats} = Islet.TLS.getstat(s)
+    assert stats[:send_pend] in 1..100
+    :ssl.close(c)
+    Islet.TLS.close(s)
+  end
+
   describe "malformed alert records after the handshake" do
     for version <- [:"tlsv1.2", :"tlsv1.3"] do
       @version version
