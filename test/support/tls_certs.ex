@@ -640,4 +640,17 @@ defmodule Islet.Test.TLSDiff do
   @doc "`Islet.Test.Diff.await_message/3` for `:ssl`'s messages."
   @spec await_message(term(), timeout()) :: term()
   def await_message(socket, timeout \\ 30_000), do: Diff.await_message(socket, timeout, :ssl)
+
+  @doc """
+  Asserts that the Islet.TLS socket `s`, active, delivered `n` bytes "k" and
+  no other message, and that what it answered the client without being
+  read fits one small record waiting for the full socket (`send_pend`).
+  """
+  @spec assert_read_one_answer_waiting(term(), pos_integer()) :: true
+  def assert_read_one_answer_waiting(s, n) do
+    assert {got, []} = Diff.collect_active(s, n, 10_000, :ssl)
+    assert got == :binary.copy("k", n)
+    {:ok, stats} = Islet.TLS.getstat(s)
+    assert stats[:send_pend] in 1..100
+  end
 end
