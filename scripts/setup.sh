@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   erlang-nox erlang-dev erlang-proper elixir   # OTP 25 + headers, Elixir 1.14
   cmake g++ make libssl-dev openssl            # the NIF and TLS
-  wrk gnuplot-nox                              # mix islet.bench
+  wrk curl gnuplot-nox                         # mix islet.bench
   clang libclang-rt-dev                        # sanitizer build (hardening)
 )
 

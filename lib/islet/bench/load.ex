@@ -28,6 +28,20 @@ defmodule Islet.Bench.Load do
           status: non_neg_integer()
         }
 
+  @programs ~w(timeout taskset wrk curl)
+
+  @doc """
+  The programs the load generators run (besides the benchmark's own
+  handshake client, which it builds, and `openssl` for `s_time`):
+  `scripts/setup.sh` installs those not in every Debian system.
+  """
+  @spec programs() :: [String.t()]
+  def programs, do: @programs
+
+  @doc "Those of `programs/0` that are not in `PATH`."
+  @spec missing_programs() :: [String.t()]
+  def missing_programs, do: Enum.reject(@programs, &System.find_executable/1)
+
   @doc """
   Runs `wrk -t1 -c CONNECTIONS -d DURATIONs --latency URL` (plus `-H` headers).
 

@@ -115,6 +115,18 @@ defmodule Mix.Tasks.Islet.Bench do
     end
 
     Mix.Task.run("compile")
+
+    # Before minutes of samples, not at the first workload that needs one.
+    case Islet.Bench.Load.missing_programs() do
+      [] ->
+        :ok
+
+      missing ->
+        Mix.raise(
+          "mix islet.bench: not found in PATH: #{Enum.join(missing, ", ")} (bash scripts/setup.sh installs them)"
+        )
+    end
+
     config = Runner.config(config_options(options))
     out = Keyword.get(options, :out, "bench/results")
 
