@@ -1242,26 +1242,28 @@ defmodule Islet.TLSConformanceIOTest do
 
         # One request at a time, so that each gets its own answer, and a
         # byte of data after each (Islet ends a connection after 32 records
-        # in a row that carry none).
-        for _ <- 1..400 do
+        # in a row that carry none), until the answers wait: the socket is
+        # full.
+        request = fn _ ->
           :ok = :ssl.update_keys(c, :read_write)
           :ok = :ssl.send(c, "k")
-          Process.sleep(1)
         end
 
-        # The answers wait: the socket is full.
-        {:ok, [send_pend: pending]} = mod.getstat(s, [:send_pend])
+        pending_now = fn -> mod.getstat(s) |> elem(1) |> Keyword.fetch!(:send_pend) end
+
+        n = request_until_full(request, pending_now, 100)
+        pending = pending_now.()
         # :ssl's connection process is stuck in a send to the full socket
         # meanwhile, so its shutdown returns once the client reads again.
         shut = Task.async(fn -> mod.shutdown(s, :write) end)
         Process.sleep(200)
         RecordingProxy.resume(proxy)
-        {got, _others} = Diff.collect_active(s, 400, 3_000, :ssl)
+        {got, _others} = Diff.collect_active(s, n, 3_000, :ssl)
         # The server reads on. :ssl, shut down before it read the last
         # requests, answers them on the shut socket, fails (enotconn) and
         # ends the connection with some of the client's data unread; Islet
         # owes no KeyUpdate after close_notify and reads it all.
-        all_read = got == :binary.copy("k", 400)
+        all_read = got == :binary.copy("k", n)
 
         {pending > 0, Task.await(shut, 20_000), :ssl.recv(c, 0, 10_000),
          mod != Islet.TLS or all_read}

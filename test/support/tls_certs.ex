@@ -398,6 +398,7 @@ defmodule Islet.Test.TLSDiff do
   defmacro assert_same(scenario, opts \\ []) do
     quote do
       {ssl, islet} = Islet.Test.TLSDiff.run(unquote(scenario), unquote(opts))
+      Islet.Test.Diff.scenario_ran!(ssl, islet)
 
       if islet != ssl do
         flunk(Islet.Test.TLSDiff.report(ssl, islet))
@@ -640,6 +641,37 @@ defmodule Islet.Test.TLSDiff do
   @doc "`Islet.Test.Diff.await_message/3` for `:ssl`'s messages."
   @spec await_message(term(), timeout()) :: term()
   def await_message(socket, timeout \\ 30_000), do: Diff.await_message(socket, timeout, :ssl)
+
+  @doc """
+  Calls `request.(i)` (i from 0: the client sends something the server
+  answers, then a byte "k") every millisecond or so until `pending.()` is
+  above 0 (the server's socket is full and its answers wait), then `more`
+  times again, and over if `pending.()` is back at 0 (`:ssl`'s TCP port
+  can hold data for a moment before the socket is full); at most about
+  `max` times in all. Returns how many calls were made. Filling the socket
+  takes a few hundred calls with 4 KiB buffers, more when the server reads
+  several requests at once (one answer for them).
+  """
+  @spec request_until_full(
+          (non_neg_integer() -> any()),
+          (() -> non_neg_integer()),
+          non_neg_integer(),
+          pos_integer()
+        ) :: pos_integer()
+  def request_until_full(request, pending, more, max \\ 5_000) do
+    call = fn i ->
+      request.(i)
+      Process.sleep(1)
+      i + 1
+    end
+
+    full = Enum.find(Stream.iterate(0, call), &(pending.() > 0 or &1 >= max))
+    made = Enum.reduce(1..more//1, full, fn _, i -> call.(i) end)
+
+    if pending.() > 0 or made >= max,
+      do: made,
+      else: request_until_full(&request.(&1 + made), pending, more, max - made) + made
+  end
 
   @doc """
   Asserts that the Islet.TLS socket `s`, active, delivered `n` bytes "k" and
