@@ -44,10 +44,29 @@ defmodule Islet.Test.Diff do
     {run_one(@reference, scenario, timeout), run_one(subject(), scenario, timeout)}
   end
 
+  @doc """
+  Fails the test when a scenario broke off on a bug of its own, which both
+  modules then share, so that the comparison would pass without testing
+  what follows: a call of a function that does not exist (a test once
+  called `getstat/2` on both, which neither has), or a match that failed
+  (a test's own `:ok = ...` on a client socket both had closed). Scenarios
+  compare what calls return instead of matching on it.
+  """
+  @spec scenario_ran!(term(), term()) :: :ok
+  def scenario_ran!(reference, subject) do
+    for result <- [reference, subject],
+        result in [{:raised, UndefinedFunctionError}, {:raised, MatchError}] do
+      flunk("the scenario broke off: #{inspect(result)} (a bug of the test)")
+    end
+
+    :ok
+  end
+
   @doc "Asserts that `scenario` gives the same normalized result on both modules."
   defmacro assert_same(scenario, opts \\ []) do
     quote do
       {gen_tcp, islet} = Islet.Test.Diff.run(unquote(scenario), unquote(opts))
+      Islet.Test.Diff.scenario_ran!(gen_tcp, islet)
 
       if islet != gen_tcp do
         flunk(Islet.Test.Diff.report(gen_tcp, islet))
