@@ -1251,22 +1251,40 @@ defmodule Islet.TLSConformanceIOTest do
 
         pending_now = fn -> mod.getstat(s) |> elem(1) |> Keyword.fetch!(:send_pend) end
 
-        n = request_until_full(request, pending_now, 100)
+        # With OpenSSL's record layer (ISLET_TLS_RECORDS=openssl), OpenSSL
+        # keeps the answer the socket refused in its SSL object, which
+        # getstat does not see, and reads no more until it is out, as
+        # :ssl's connection process waits in its send: there a fixed
+        # number of requests fills the socket, and only the end is compared.
+        own_layer? = Islet.TLS.Options.record_layer() == :islet
+
+        n =
+          if own_layer? do
+            request_until_full(request, pending_now, 100)
+          else
+            for i <- 0..599, do: {request.(i), Process.sleep(1)}
+            600
+          end
+
         pending = pending_now.()
         # :ssl's connection process is stuck in a send to the full socket
         # meanwhile, so its shutdown returns once the client reads again.
         shut = Task.async(fn -> mod.shutdown(s, :write) end)
         Process.sleep(200)
         RecordingProxy.resume(proxy)
-        {got, _others} = Diff.collect_active(s, n, 3_000, :ssl)
-        # The server reads on. :ssl, shut down before it read the last
-        # requests, answers them on the shut socket, fails (enotconn) and
-        # ends the connection with some of the client's data unread; Islet
-        # owes no KeyUpdate after close_notify and reads it all.
-        all_read = got == :binary.copy("k", n)
+        end_seen = {Task.await(shut, 20_000), :ssl.recv(c, 0, 10_000)}
 
-        {pending > 0, Task.await(shut, 20_000), :ssl.recv(c, 0, 10_000),
-         mod != Islet.TLS or all_read}
+        if own_layer? do
+          {got, _others} = Diff.collect_active(s, n, 3_000, :ssl)
+          # The server reads on. :ssl, shut down before it read the last
+          # requests, answers them on the shut socket, fails (enotconn) and
+          # ends the connection with some of the client's data unread;
+          # Islet owes no KeyUpdate after close_notify and reads it all.
+          all_read = got == :binary.copy("k", n)
+          {pending > 0, end_seen, mod != Islet.TLS or all_read}
+        else
+          end_seen
+        end
       end)
     end
 
