@@ -440,6 +440,12 @@ size_t tls_unsent(const Sock* s);
 // Writes what tls_unsent counts: 0 once nothing is left, EAGAIN while the
 // socket takes no more, or an errno. Under lock.
 int tls_flush(Sock* s);
+// The write queue's bytes (plaintext on TLS); none without a queue.
+inline size_t queued(const Sock* s) { return s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0; }
+// What is still to go out: the queue, and on Islet's record layer the
+// records sealed that the socket has not taken yet (a send seals up to a
+// batch at once and keeps what the socket refuses). Under lock.
+inline size_t unsent(const Sock* s) { return queued(s) + tls_unsent(s); }
 bool tls_attach(Sock* listener, Sock* conn);  // accept: new SSL from the listener's ctx
 
 // Options (options.cpp).

@@ -469,11 +469,6 @@ bool iodata_of(ErlNifEnv* env, const ERL_NIF_TERM argv[], bool dirty, const char
   return true;
 }
 
-size_t queued(const Sock* s) { return s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0; }
-// What is still to go out: the queue, and on Islet's record layer the
-// records sealed that the socket has not taken yet (a send seals up to a
-// batch at once and keeps what the socket refuses).
-size_t unsent(const Sock* s) { return queued(s) + tls_unsent(s); }
 bool start_bg_flush(ErlNifEnv* env, Sock* s);
 
 // What one call on a normal scheduler writes to a plain TCP socket at most.

@@ -801,8 +801,7 @@ ERL_NIF_TERM nif_getstat(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   };
   // TLS: :ssl reads its TCP port's queue, records; Islet's queue holds
   // plaintext, and its sealed records the socket refused wait apart.
-  uint64_t pend = s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0;
-  if (is_tls(s)) pend += tls_unsent(s);
+  uint64_t pend = unsent(s);
   uint64_t recv_oct = s->recv_oct, send_oct = s->send_oct;
   tls_wire_bytes(s, &recv_oct, &send_oct);
   ERL_NIF_TERM items[] = {

@@ -1310,9 +1310,9 @@ int records_send(Sock* s, const SysIOVec* iov, int iovcnt, size_t size, size_t* 
 
 int records_drain(Sock* s) {
   Records* r = s->rec;
-  size_t queued = s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0;
-  int e = ready_to_seal(s, r, queued > 0);
-  if (e != 0 || queued == 0) return e;
+  size_t waiting = queued(s);
+  int e = ready_to_seal(s, r, waiting > 0);
+  if (e != 0 || waiting == 0) return e;
   size_t budget = 256u << 10;
   while (enif_ioq_size(s->wioq) > 0) {
     // The queue's head, sealed from where it stands: what is sealed leaves

@@ -294,7 +294,7 @@ ERL_NIF_TERM sock_close(ErlNifEnv* env, Sock* s, const ErlNifPid* closer) {
     // dropped here (an owner's death without Islet.Owners, a drain that
     // gave up), where :ssl's alert, queued behind that data in its port,
     // goes with it. The client then sees a truncated stream, as it is.
-    if (s->wioq == nullptr || enif_ioq_size(s->wioq) == 0 || s->peer_closed) tls_close_notify(s);
+    if (queued(s) == 0 || s->peer_closed) tls_close_notify(s);
     // The TLS state goes now, not with the destructor: a context can hold
     // terms that refer to this socket (an sni_fun's closure), and that
     // cycle would keep both alive. Nothing reads it after `open` is false.
@@ -358,14 +358,13 @@ bool queue_outlives_owner(Sock* s) {
   if (!s->open || s->kind != Kind::Conn || s->dead || s->orphaned || s->peer_closed ||
       s->send_eof_reported || s->write_failed || tls_before_handshake(s))
     return false;
-  size_t queued = s->wioq != nullptr ? enif_ioq_size(s->wioq) : 0;
   // TLS: with nothing queued, close_notify goes now, as the close would
   // send it; a socket still full from the last send refuses it, and the
   // drain lets it out then, as :ssl's port does (the close's one try lost
   // it: a third of owner exits right after a send, 4 KiB sndbuf). With
   // data queued, the drain sends it after the data.
-  if (queued == 0) tls_close_notify(s);
-  if (queued + tls_unsent(s) == 0) return false;
+  if (queued(s) == 0) tls_close_notify(s);
+  if (unsent(s) == 0) return false;
   linger lg{};
   socklen_t len = sizeof lg;
   bool abortive =
