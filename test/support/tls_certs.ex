@@ -680,7 +680,22 @@ defmodule Islet.Test.TLSDiff do
   """
   @spec assert_read_one_answer_waiting(term(), pos_integer()) :: true
   def assert_read_one_answer_waiting(s, n) do
-    assert {got, []} = Diff.collect_active(s, n, 10_000, :ssl)
+    {got, others} = Diff.collect_active(s, n, 30_000, :ssl)
+
+    if others != [] or byte_size(got) != n do
+      # Whether what did not come was in the socket all along (a lost
+      # wake-up of the socket's reader) or never came (the peer's side).
+      {:ok, stats} = Islet.TLS.getstat(s)
+      late = Diff.collect_active(s, n - byte_size(got), 2_000, :ssl)
+      :ok = Islet.TLS.setopts(s, active: false)
+      passive = Islet.TLS.recv(s, 0, 2_000)
+
+      flunk("""
+      #{byte_size(got)} of #{n} bytes, then #{inspect(others)}; stats #{inspect(stats)}
+      2 s later: #{inspect(late, limit: 8)}; passive recv then: #{inspect(passive, limit: 8)}
+      """)
+    end
+
     assert got == :binary.copy("k", n)
     {:ok, stats} = Islet.TLS.getstat(s)
     assert stats[:send_pend] in 1..100
