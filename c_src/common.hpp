@@ -104,6 +104,22 @@ constexpr size_t kDefaultLowWatermark = 4096;
 constexpr int kDefaultMsgqHigh = 8192;
 constexpr int kDefaultMsgqLow = 4096;
 
+// getstat's statistics of one direction's packets, kept as inet_drv keeps a
+// port's: a count, the largest, and running means of their sizes and (for
+// reads) of their deviation from the mean, which getstat gives as its
+// absolute value.
+struct PacketStats {
+  uint64_t cnt = 0, max = 0;
+  double avg = 0, dvi = 0;
+  void add(uint64_t len) {
+    cnt++;
+    double d = static_cast<double>(len);
+    avg += (d - avg) / static_cast<double>(cnt);
+    dvi += ((d - avg) - dvi) / static_cast<double>(cnt);
+    if (len > max) max = len;
+  }
+};
+
 struct Sock {
   std::mutex mu;
   int fd = -1;
@@ -262,12 +278,24 @@ struct Sock {
   size_t write_budget = 0;
   size_t largest_write = 0;
 
-  uint64_t recv_oct = 0, recv_cnt = 0, recv_max = 0;
-  uint64_t send_oct = 0, send_cnt = 0, send_max = 0;
+  // Bytes received and sent as the user sees them (TLS: plaintext; getstat
+  // gives the wire's count there, tls_wire_bytes). The packets: on TCP each
+  // delivery and each send, as gen_tcp's port counts them; on TLS each read
+  // and write of the wire (records, the handshake included), as the TCP
+  // port under :ssl counts them.
+  uint64_t recv_oct = 0, send_oct = 0;
+  PacketStats reads, writes;
 };
 
 // A TLS connection, whether OpenSSL or Islet's record layer protects it.
 inline bool is_tls(const Sock* s) { return s->ssl != nullptr || s->rec != nullptr; }
+
+// `n` bytes delivered to the user (recv or active mode): a packet in
+// getstat's counts on TCP (TLS counts the wire's reads where they happen).
+inline void count_delivered(Sock* s, size_t n) {
+  s->recv_oct += n;
+  if (!is_tls(s)) s->reads.add(n);
+}
 // A TLS connection whose handshake has not completed: :ssl's
 // transport_accept socket, on which it answers the connection's calls
 // (recv, send, options, shutdown, connection information) with

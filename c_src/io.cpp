@@ -256,9 +256,7 @@ ERL_NIF_TERM take_rbuf(ErlNifEnv* env, Sock* s, size_t len) {
     std::memmove(s->rbuf.data, s->rbuf.data + len, s->rlen - len);
   }
   s->rlen -= len;
-  s->recv_oct += len;
-  s->recv_cnt++;
-  if (len > s->recv_max) s->recv_max = len;
+  count_delivered(s, len);
   return out;
 }
 
@@ -333,9 +331,7 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
     if (n > 0) {
       ERL_NIF_TERM bin;
       std::memcpy(enif_make_new_binary(env, n, &bin), buf, n);
-      s->recv_oct += n;
-      s->recv_cnt++;
-      if (static_cast<uint64_t>(n) > s->recv_max) s->recv_max = n;
+      count_delivered(s, static_cast<size_t>(n));
       waiter_done(env, s, s->rq, me);
       charge(env, n);
       return make_ok(env, bin);
@@ -711,13 +707,14 @@ ERL_NIF_TERM send_on(ErlNifEnv* env, const ERL_NIF_TERM argv[], bool dirty) {
 
   size_t total = vec->size;
   for (ErlNifIOVec* v : more) total += v->size;
-  s->send_cnt++;
-  if (total > s->send_max) s->send_max = total;
   // inet_drv counts a send's bytes when it takes them, written or queued,
   // whatever becomes of the queue (a send_timeout_close, a reset): as Islet
-  // takes them now. TLS counts the records that went out (getstat reads
-  // the wire's count), as :ssl's port under it does.
-  if (!is_tls(s)) s->send_oct += total;
+  // takes them now. TLS counts the records that go out (getstat reads the
+  // wire's count), as :ssl's port under it does.
+  if (!is_tls(s)) {
+    s->send_oct += total;
+    s->writes.add(total);
+  }
   charge(env, total);
 
   size_t skip = 0;

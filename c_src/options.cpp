@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -806,14 +807,14 @@ ERL_NIF_TERM nif_getstat(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
   tls_wire_bytes(s, &recv_oct, &send_oct);
   ERL_NIF_TERM items[] = {
       kv(atom.recv_oct, recv_oct),
-      kv(atom.recv_cnt, s->recv_cnt),
-      kv(atom.recv_max, s->recv_max),
-      kv(atom.recv_avg, s->recv_cnt ? recv_oct / s->recv_cnt : 0),
-      kv(atom.recv_dvi, 0),
+      kv(atom.recv_cnt, s->reads.cnt),
+      kv(atom.recv_max, s->reads.max),
+      kv(atom.recv_avg, static_cast<uint64_t>(s->reads.avg)),
+      kv(atom.recv_dvi, static_cast<uint64_t>(std::fabs(s->reads.dvi))),
       kv(atom.send_oct, send_oct),
-      kv(atom.send_cnt, s->send_cnt),
-      kv(atom.send_max, s->send_max),
-      kv(atom.send_avg, s->send_cnt ? send_oct / s->send_cnt : 0),
+      kv(atom.send_cnt, s->writes.cnt),
+      kv(atom.send_max, s->writes.max),
+      kv(atom.send_avg, static_cast<uint64_t>(s->writes.avg)),
       kv(atom.send_pend, pend),
   };
   return make_ok(env, enif_make_list_from_array(env, items, sizeof items / sizeof items[0]));

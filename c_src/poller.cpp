@@ -114,9 +114,7 @@ void deliver_data(Sock* s, ErlNifEnv* caller, ErlNifEnv* menv, const unsigned ch
   std::memcpy(p, data, n);
   ERL_NIF_TERM msg = enif_make_tuple3(menv, tag_atom(s->tag, 0), enif_make_resource(menv, s), bin);
   send_owner(s, caller, menv, msg);
-  s->recv_oct += n;
-  s->recv_cnt++;
-  if (n > s->recv_max) s->recv_max = n;
+  count_delivered(s, n);
 }
 
 // The end of the connection in active mode: {tcp_closed, S} (unless

@@ -306,6 +306,7 @@ int hs_read(BIO* b, char* out, int outl) {
       h->eof = true;  // BIO_eof, as a socket BIO says it
       return 0;
     }
+    h->s->reads.add(static_cast<uint64_t>(n));
     if (direct) return static_cast<int>(n);
     if (!h->in.append(buf, static_cast<size_t>(n))) {
       errno = ENOMEM;
@@ -700,6 +701,7 @@ int flush_out(Sock* s, Records* r) {
 // Writes bytes after what `out` holds; what the socket does not take is
 // kept there. 0, EAGAIN, or an errno.
 int write_after(Sock* s, Records* r, const unsigned char* p, size_t n) {
+  if (n > 0) s->writes.add(n);  // one send of the port under :ssl
   int e = flush_out(s, r);
   size_t done = 0;
   while (e == 0 && done < n) {
@@ -1219,6 +1221,7 @@ ssize_t read_records(Sock* s, void* buf, size_t n, int* err) {
       break;
     }
     r->wire_in += static_cast<uint64_t>(m);
+    s->reads.add(static_cast<uint64_t>(m));
     r->last_read_short = static_cast<size_t>(m) < kReadSize;
     r->in.reset();
     size_t total = have + static_cast<size_t>(m);

@@ -980,6 +980,10 @@ long sock_bio_cb(BIO* b, int oper, const char*, size_t len, int, long, int ret, 
   if (oper == (BIO_CB_READ | BIO_CB_RETURN)) {
     auto* s = reinterpret_cast<Sock*>(BIO_get_callback_arg(b));
     s->tls_short_read = ret <= 0 || (processed != nullptr && *processed < len);
+    if (ret > 0 && processed != nullptr) s->reads.add(*processed);  // getstat's packets
+  } else if (oper == (BIO_CB_WRITE | BIO_CB_RETURN)) {
+    auto* s = reinterpret_cast<Sock*>(BIO_get_callback_arg(b));
+    if (ret > 0 && processed != nullptr) s->writes.add(*processed);
   } else if (oper == BIO_CB_WRITE) {
     auto* s = reinterpret_cast<Sock*>(BIO_get_callback_arg(b));
     if (s->verify_hold) {

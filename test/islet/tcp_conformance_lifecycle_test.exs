@@ -549,6 +549,25 @@ defmodule Islet.TCPConformanceLifecycleTest do
       end)
     end
 
+    test "reads and sends of different sizes: averages and the deviation" do
+      # inet_drv keeps running means of packet sizes and of their deviation
+      # from the mean (recv_dvi); Islet reported 0 for the deviation.
+      assert_same(fn mod ->
+        {_l, s, c} = Diff.pair(mod)
+
+        for n <- [10, 1000, 100, 1, 700] do
+          msg = :binary.copy("r", n)
+          :ok = :gen_tcp.send(c, msg)
+          {:ok, ^msg} = mod.recv(s, 0, 10_000)
+          :ok = mod.send(s, :binary.copy("s", n * 3))
+          {:ok, _} = :gen_tcp.recv(c, n * 3, 10_000)
+        end
+
+        {:ok, stats} = mod.getstat(s)
+        stats
+      end)
+    end
+
     test "what Thousand Island reads at close" do
       assert_same(fn mod ->
         {_l, s, c} = Diff.pair(mod)

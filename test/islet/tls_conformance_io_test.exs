@@ -1418,6 +1418,39 @@ defmodule Islet.TLSConformanceIOTest do
       end)
     end
 
+    test "getstat's packets are the wire's reads and writes, the handshake's included" do
+      # :ssl's getstat is its TCP port's: packets of records, not of
+      # plaintext. Islet counted what the user received and sent: no packet
+      # at all after the handshake, and a largest read smaller than the
+      # average.
+      assert_same(fn mod ->
+        {_l, s, c} = pair!(mod)
+        {:ok, hs} = mod.getstat(s)
+        :ok = :ssl.send(c, "kkk")
+        {:ok, "kkk"} = mod.recv(s, 0, 10_000)
+        :ok = mod.send(s, :binary.copy("y", 50_000))
+        {:ok, _} = ssl_recv_exact(c, 50_000)
+        {:ok, st} = mod.getstat(s)
+        own_layer? = Islet.TLS.Options.record_layer() == :islet
+        send_max_range = if own_layer?, do: 50_001..50_200, else: 16_385..50_200
+
+        consistent = fn stats, dir ->
+          [cnt, max, avg, oct] = for k <- ~w(cnt max avg oct)a, do: stats[:"#{dir}_#{k}"]
+          cnt >= 1 and avg <= max and max <= oct and abs(avg * cnt - oct) <= cnt
+        end
+
+        %{
+          handshake: {hs[:recv_max] > 200, hs[:send_max] > 1000},
+          deviation: st[:recv_dvi] > 0,
+          consistent: for(x <- [hs, st], d <- [:recv, :send], do: consistent.(x, d)),
+          # 4 records of one send, in one write, as :ssl's sender writes
+          # them (OpenSSL's record layer writes each record apart).
+          send_max: st[:send_max] in send_max_range,
+          more: {st[:recv_cnt] > hs[:recv_cnt], st[:send_cnt] > hs[:send_cnt]}
+        }
+      end)
+    end
+
     test "getstat counters grow with traffic" do
       assert_same(fn mod ->
         {_l, s, c} = pair!(mod)
