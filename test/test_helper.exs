@@ -7,12 +7,15 @@ mldsa? =
       _ -> false
     end
 
+# Property tests need PropEr (Debian's erlang-proper, which setup.sh
+# installs).
 # Tests that need nginx (the benchmark's outside reference) run only where
 # it is installed.
 # Tests of the pumps' own epoll sets run only when pumps deliver.
 exclude =
   if(Islet.Bench.Nginx.available?(), do: [], else: [:nginx]) ++
     if(Islet.Pump.delivery_mode() == :pump, do: [], else: [:pump_mode]) ++
-    if mldsa?, do: [], else: [:mldsa]
+    if(mldsa?, do: [], else: [:mldsa]) ++
+    if Code.ensure_loaded?(:proper), do: [], else: [:proper]
 
 ExUnit.start(exclude: exclude)
