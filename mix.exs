@@ -126,6 +126,9 @@ defmodule Islet.MixProject do
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       deps: deps(),
+      # PropEr (Debian's erlang-proper, from the system's code path) is for
+      # the property tests in test/support only.
+      xref: [exclude: [:proper, :proper_types]],
       description: "Native TCP and TLS transports for Thousand Island",
       package: [files: ~w(lib c_src CMakeLists.txt mix.exs README.md)]
     ]
