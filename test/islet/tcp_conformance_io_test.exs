@@ -88,7 +88,7 @@ defmodule Islet.TCPConformanceIOTest do
     end
 
     # On purpose (README, differences from gen_tcp; found by
-    # tcp_property_test): once a recv(n) timed out, gen_tcp's port keeps n
+    # read_property_test): once a recv(n) timed out, gen_tcp's port keeps n
     # as the length of its next read, so a recv(0) then waits for n bytes
     # and returns n, and the next active message carries n; with a timeout
     # of 0 it reads the socket once, so bytes with the peer's end behind
