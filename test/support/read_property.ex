@@ -19,12 +19,13 @@ defmodule Islet.Test.ReadProperty do
 
   @typedoc "How a transport's connection is made and driven."
   @type transport :: %{
-          pair: (module() -> {term(), term()}),
-          send: (term(), binary() -> :ok),
-          finish: (term() -> :ok),
-          tags: {atom(), atom(), atom(), atom()},
-          timeouts: [non_neg_integer()],
-          one_record: boolean()
+          optional(:update) => (term(), boolean() -> :ok),
+          required(:pair) => (module() -> {term(), term()}),
+          required(:send) => (term(), binary() -> :ok),
+          required(:finish) => (term() -> :ok),
+          required(:tags) => {atom(), atom(), atom(), atom()},
+          required(:timeouts) => [non_neg_integer()],
+          required(:one_record) => boolean()
         }
 
   @doc """
@@ -40,7 +41,7 @@ defmodule Islet.Test.ReadProperty do
         ) :: true | term()
   def check(transport, run, report, numtests) do
     prop =
-      :proper.forall(ops(transport.timeouts), fn ops ->
+      :proper.forall(ops(transport), fn ops ->
         {reference, islet} = run.(scenario(transport, ops))
 
         if reference != islet,
@@ -55,13 +56,18 @@ defmodule Islet.Test.ReadProperty do
     end
   end
 
-  # What the client does between the server's calls: sends n bytes (its
-  # end comes after all of them, or not at all).
-  defp client_op do
-    :proper_types.oneof([
-      {:send, :proper_types.integer(1, 3000)},
-      {:send, :proper_types.integer(1, 40)}
-    ])
+  # What the client does between the server's calls: sends n bytes, or
+  # (`update` given: TLS 1.3) updates its keys, asking the server to update
+  # its own or not. Its end comes after all of them, or not at all.
+  defp client_op(transport) do
+    updates = if Map.has_key?(transport, :update), do: [{:update, :proper_types.bool()}], else: []
+
+    :proper_types.oneof(
+      [
+        {:send, :proper_types.integer(1, 3000)},
+        {:send, :proper_types.integer(1, 40)}
+      ] ++ updates
+    )
   end
 
   # What the server does.
@@ -78,13 +84,13 @@ defmodule Islet.Test.ReadProperty do
     ])
   end
 
-  defp ops(timeouts) do
-    op = :proper_types.frequency([{2, client_op()}, {3, server_op(timeouts)}])
+  defp ops(transport) do
+    op = :proper_types.frequency([{2, client_op(transport)}, {3, server_op(transport.timeouts)}])
 
     :proper_types.tuple([
       :proper_types.list(op),
       :proper_types.oneof([:end, :open]),
-      :proper_types.list(server_op(timeouts))
+      :proper_types.list(server_op(transport.timeouts))
     ])
   end
 
@@ -118,6 +124,12 @@ defmodule Islet.Test.ReadProperty do
     :ok = transport.send.(c, bytes(sent, n))
     Process.sleep(2)
     {:sent, {sent + n, read}}
+  end
+
+  defp step(transport, _mod, _s, c, {:update, request?}, at) do
+    :ok = transport.update.(c, request?)
+    Process.sleep(2)
+    {:updated, at}
   end
 
   defp step(_transport, _mod, _s, _c, {:recv, n, _t}, {sent, read} = at) when n > sent - read,
