@@ -8,7 +8,11 @@ mldsa? =
     end
 
 # Property tests need PropEr (Debian's erlang-proper, which setup.sh
-# installs).
+# installs). Elixir 1.15+ prunes the code path to the project's own
+# applications: PropEr, from the system's Erlang, is put back.
+for ebin <- Path.wildcard(Path.join(:code.root_dir(), "lib/proper-*/ebin")),
+    do: Code.prepend_path(ebin)
+
 # Tests that need nginx (the benchmark's outside reference) run only where
 # it is installed.
 # Tests of the pumps' own epoll sets run only when pumps deliver.
