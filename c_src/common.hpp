@@ -296,6 +296,7 @@ inline void count_delivered(Sock* s, size_t n) {
   s->recv_oct += n;
   if (!is_tls(s)) s->reads.add(n);
 }
+
 // A TLS connection whose handshake has not completed: :ssl's
 // transport_accept socket, on which it answers the connection's calls
 // (recv, send, options, shutdown, connection information) with
