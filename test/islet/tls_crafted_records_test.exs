@@ -14,7 +14,7 @@ defmodule Islet.TLSCraftedRecordsTest do
       assert_same: 1,
       connect_async: 2,
       await_client: 1,
-      assert_read_one_answer_waiting: 2,
+      assert_read_one_answer_waiting: 3,
       request_until_full: 3
     ]
 
@@ -259,7 +259,8 @@ defmodule Islet.TLSCraftedRecordsTest do
     end
 
     pending = fn -> Islet.TLS.getstat(s) |> elem(1) |> Keyword.fetch!(:send_pend) end
-    assert_read_one_answer_waiting(s, request_until_full(request, pending, 300))
+    n = request_until_full(request, pending, 300)
+    assert_read_one_answer_waiting(s, n, [proxy.port, port(Islet.TLS, l)])
     :ssl.close(c)
     Islet.TLS.close(s)
   end

@@ -320,7 +320,7 @@ defmodule Islet.TLSRecordsTest do
 
       pending = fn -> Islet.TLS.getstat(s) |> elem(1) |> Keyword.fetch!(:send_pend) end
       n = request_until_full(request, pending, 300)
-      assert_read_one_answer_waiting(s, n)
+      assert_read_one_answer_waiting(s, n, [proxy.port, port(Islet.TLS, l)])
 
       Islet.Test.RecordingProxy.resume(proxy)
       :ok = Islet.TLS.send(s, "after")

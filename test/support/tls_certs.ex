@@ -678,13 +678,15 @@ defmodule Islet.Test.TLSDiff do
   no other message, and that what it answered the client without being
   read fits one small record waiting for the full socket (`send_pend`).
   """
-  @spec assert_read_one_answer_waiting(term(), pos_integer()) :: true
-  def assert_read_one_answer_waiting(s, n) do
+  @spec assert_read_one_answer_waiting(term(), pos_integer(), [:inet.port_number()]) :: true
+  def assert_read_one_answer_waiting(s, n, ports \\ []) do
     {got, others} = Diff.collect_active(s, n, 30_000, :ssl)
 
     if others != [] or byte_size(got) != n do
       # Whether what did not come was in the socket all along (a lost
-      # wake-up of the socket's reader) or never came (the peer's side).
+      # wake-up of the socket's reader) or never came (the peer's side),
+      # and where the kernel holds it: the TCP sockets on `ports` (the
+      # proxy's and the server's), with their queues and timers.
       {:ok, stats} = Islet.TLS.getstat(s)
       late = Diff.collect_active(s, n - byte_size(got), 2_000, :ssl)
       :ok = Islet.TLS.setopts(s, active: false)
@@ -693,11 +695,26 @@ defmodule Islet.Test.TLSDiff do
       flunk("""
       #{byte_size(got)} of #{n} bytes, then #{inspect(others)}; stats #{inspect(stats)}
       2 s later: #{inspect(late, limit: 8)}; passive recv then: #{inspect(passive, limit: 8)}
+      #{tcp_sockets(ports)}
       """)
     end
 
     assert got == :binary.copy("k", n)
     {:ok, stats} = Islet.TLS.getstat(s)
     assert stats[:send_pend] in 1..100
+  end
+
+  # /proc/net/tcp's lines (local, remote, state, tx:rx queues, timer) of
+  # the IPv4 sockets with a local or remote port among `ports`.
+  defp tcp_sockets([]), do: ""
+
+  defp tcp_sockets(ports) do
+    hex = for p <- ports, do: ":" <> String.pad_leading(Integer.to_string(p, 16), 4, "0")
+
+    "/proc/net/tcp (local remote st tx:rx tr:when retr):\n" <>
+      (File.read!("/proc/net/tcp")
+       |> String.split("\n")
+       |> Enum.filter(fn line -> Enum.any?(hex, &String.contains?(line, &1 <> " ")) end)
+       |> Enum.map_join("\n", &(&1 |> String.split() |> Enum.slice(1, 6) |> Enum.join(" "))))
   end
 end
