@@ -234,7 +234,8 @@ defmodule Islet.TLSCraftedRecordsTest do
     l = listen(Islet.TLS, versions: [:"tlsv1.2"], sndbuf: 4096, nodelay: true)
     # (:ssl's connection process reads its socket: a paused proxy holds
     # the server's bytes instead.)
-    proxy = RecordingProxy.start(port(Islet.TLS, l), recbuf: 4096)
+    # (16 KiB, not 4: see the key-update test in tls_records_test.exs.)
+    proxy = RecordingProxy.start(port(Islet.TLS, l), recbuf: 16_384)
     {:ok, tcp} = :gen_tcp.connect(~c"localhost", proxy.port, [:binary])
     {:ok, s} = Islet.TLS.accept(l)
     handshake = Task.async(fn -> Islet.TLS.handshake(s, 30_000) end)
