@@ -10,7 +10,10 @@ defmodule Islet.Test.ReadProperty do
   The client's bytes are in the server's socket before the server's next
   call (loopback delivers them within the send; a short pause covers the
   rest), so that what each call returns is the same on a correct transport,
-  not only the bytes in the end. Calls whose answer depends on an on-purpose
+  not only the bytes in the end; what an active mode must deliver (the
+  unread bytes, the end) is awaited before a quiet pause closes the
+  collection, since the built-in transports deliver from their own poll,
+  which a loaded machine delays. Calls whose answer depends on an on-purpose
   difference (README) are left out by the runner: a `recv(n)` of more than
   has come (after one timed out, gen_tcp's next read is of that length);
   with `one_record: true` (TLS) a send while bytes are still unread (`:ssl`
@@ -107,13 +110,18 @@ defmodule Islet.Test.ReadProperty do
   defp scenario(transport, {ops, ending, after_end}) do
     fn mod ->
       {s, c} = transport.pair.(mod)
-      {results, at} = Enum.map_reduce(ops, {0, 0}, &step(transport, mod, s, c, &1, &2))
+
+      {results, {sent, read, _}} =
+        Enum.map_reduce(ops, {0, 0, false}, &step(transport, mod, s, c, &1, &2))
 
       ended =
         if ending == :end do
           :ok = transport.finish.(c)
           Process.sleep(3)
-          {ended, _} = Enum.map_reduce(after_end, at, &step(transport, mod, s, c, &1, &2))
+
+          {ended, _} =
+            Enum.map_reduce(after_end, {sent, read, true}, &step(transport, mod, s, c, &1, &2))
+
           ended
         else
           []
@@ -123,14 +131,16 @@ defmodule Islet.Test.ReadProperty do
     end
   end
 
-  # `{sent, read}`: the bytes the client sent and those the server read.
-  defp step(%{one_record: true}, _mod, _s, _c, {:send, _n}, {sent, read} = at) when sent > read,
-    do: {:skipped, at}
+  # `{sent, read, ended}`: the bytes the client sent, those the server read,
+  # and whether the client's end has come.
+  defp step(%{one_record: true}, _mod, _s, _c, {:send, _n}, {sent, read, _} = at)
+       when sent > read,
+       do: {:skipped, at}
 
-  defp step(transport, _mod, _s, c, {:send, n}, {sent, read}) do
+  defp step(transport, _mod, _s, c, {:send, n}, {sent, read, ended}) do
     :ok = transport.send.(c, bytes(sent, n))
     Process.sleep(2)
-    {:sent, {sent + n, read}}
+    {:sent, {sent + n, read, ended}}
   end
 
   defp step(transport, _mod, _s, c, {:update, request?}, at) do
@@ -139,14 +149,15 @@ defmodule Islet.Test.ReadProperty do
     {:updated, at}
   end
 
-  defp step(_transport, _mod, _s, _c, {:recv, n, _t}, {sent, read} = at) when n > sent - read,
-    do: {:skipped, at}
+  defp step(_transport, _mod, _s, _c, {:recv, n, _t}, {sent, read, _} = at)
+       when n > sent - read,
+       do: {:skipped, at}
 
   defp step(_transport, mod, s, _c, {:recv, n, t}, at), do: read(mod.recv(s, n, t), at)
 
   # Active modes take what is there, then the socket goes back to passive
   # (nothing arrives meanwhile: the calls run one after the other).
-  defp step(transport, mod, s, _c, op, at) do
+  defp step(transport, mod, s, _c, op, {sent, read, ended} = at) do
     mode =
       case op do
         :once -> :once
@@ -154,27 +165,55 @@ defmodule Islet.Test.ReadProperty do
         :active_true -> true
       end
 
-    read(activated(transport.tags, mod, s, mode), at)
-  end
-
-  defp activated(tags, mod, s, mode) do
     set = mod.setopts(s, active: mode)
-    got = messages(tags, s, [])
+    awaited = if set == :ok, do: awaited(mode, sent - read, ended), else: :nothing
+    got = messages(transport.tags, s, awaited, [])
     # A closed socket refuses setopts; its answer is compared too.
-    {set, got, mod.setopts(s, active: false), messages(tags, s, [])}
+    unset = mod.setopts(s, active: false)
+    read({set, got, unset, messages(transport.tags, s, :nothing, [])}, at)
   end
 
-  defp messages({data, closed, passive, error} = tags, s, acc) do
+  # What an active mode must deliver, on a correct transport, before the
+  # quiet pause that ends the collection: the wait for it is long, so that
+  # a loaded machine (the built-in transports deliver from their own poll,
+  # which can lag tens of milliseconds) does not make the two differ.
+  # `:once` gives one message if there is anything to give; N and `true`
+  # give every unread byte, then the end if it has come (again, after a
+  # passive read saw it: gen_tcp does so), unless the socket went passive
+  # or failed first. A socket that refused the mode gives nothing.
+  defp awaited(_mode, 0, false), do: :nothing
+  defp awaited(:once, _unread, _ended), do: :one
+  defp awaited(_mode, unread, ended), do: {:bytes, unread, ended}
+
+  # The bytes to come (or one message, or nothing), then 30 ms of quiet.
+  defp messages({data, closed, passive, error} = tags, s, awaited, acc) do
+    wait = if awaited == :nothing, do: 30, else: 5_000
+
     receive do
-      {^data, ^s, bytes} -> messages(tags, s, [{:data, bytes} | acc])
-      {tag, ^s} when tag in [closed, passive] -> messages(tags, s, [tag | acc])
-      {^error, ^s, reason} -> messages(tags, s, [{:error, reason} | acc])
+      {^data, ^s, bytes} ->
+        messages(tags, s, after_message(awaited, {:data, bytes}), [{:data, bytes} | acc])
+
+      {tag, ^s} when tag in [closed, passive] ->
+        messages(tags, s, :nothing, [tag | acc])
+
+      {^error, ^s, reason} ->
+        messages(tags, s, :nothing, [{:error, reason} | acc])
     after
-      30 -> Enum.reverse(acc)
+      wait -> Enum.reverse(acc)
     end
   end
 
-  defp read(result, {sent, read}), do: {result, {sent, read + data_size(result)}}
+  defp after_message({:bytes, unread, ended}, {:data, bytes}) do
+    case unread - byte_size(bytes) do
+      left when left > 0 -> {:bytes, left, ended}
+      _ when ended -> {:bytes, 0, true}
+      _ -> :nothing
+    end
+  end
+
+  defp after_message(_awaited, _message), do: :nothing
+
+  defp read(result, {sent, read, ended}), do: {result, {sent, read + data_size(result), ended}}
 
   defp data_size({:ok, data}) when is_binary(data), do: byte_size(data)
   defp data_size({_set, got, _unset, more}), do: data_size(got ++ more)
