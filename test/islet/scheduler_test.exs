@@ -1,9 +1,10 @@
 defmodule Islet.SchedulerTest do
   # Islet must never hold a scheduler: every NIF on a normal scheduler
   # returns quickly (the rule is about 1 ms), long work yields or runs dirty.
-  # This drives a heavy load through Islet.TCP (many connections, large
-  # sends, sendfile, active-mode floods, large receives, connection churn)
-  # while :erlang.system_monitor/2 watches for long_schedule (10 ms) and
+  # This drives a heavy load through Islet.TCP, then through Islet.TLS (many
+  # connections, large sends, sendfile, active-mode floods, large receives,
+  # connection churn; with TLS every byte is sealed or opened in Islet's
+  # NIFs and the churn is full handshakes) while :erlang.system_monitor/2 watches for long_schedule (10 ms) and
   # long_gc (50 ms). Every event is printed; a long_schedule counts against
   # Islet when it is on one of Islet's processes (the active-mode pumps) or
   # on a server-side process scheduled in or out in Islet's code.
@@ -24,7 +25,7 @@ defmodule Islet.SchedulerTest do
 
   import Bitwise
 
-  alias Islet.TCP
+  alias Islet.Test.Certs
 
   @moduletag timeout: 180_000
   @hang 60_000
@@ -39,6 +40,37 @@ defmodule Islet.SchedulerTest do
   @sendfile 16 <<< 20
 
   test "heavy load through Islet.TCP holds no scheduler" do
+    check_transport(%{
+      server: Islet.TCP,
+      listen: [],
+      handshake: &{:ok, &1},
+      tags: {:tcp, :tcp_closed},
+      client: :gen_tcp,
+      connect: &:gen_tcp.connect({127, 0, 0, 1}, &1, [:binary, active: false], @hang),
+      jobs: [echo: 100, big_send: 3, big_iolist: 2, sendfile: 2, flood: 16, big_recv: 2],
+      churn: 300
+    })
+  end
+
+  # The client is :ssl in this node, whose own crypto loads the schedulers:
+  # fewer connections, the same kinds of work. ECDSA P-256 keeps every
+  # handshake step on the normal scheduler (the costly ones go dirty).
+  test "heavy load through Islet.TLS holds no scheduler" do
+    client_opts = Certs.client_opts()
+
+    check_transport(%{
+      server: Islet.TLS,
+      listen: Certs.server_opts(:server_ec),
+      handshake: &Islet.TLS.handshake/1,
+      tags: {:ssl, :ssl_closed},
+      client: :ssl,
+      connect: &:ssl.connect(~c"localhost", &1, client_opts, @hang),
+      jobs: [echo: 30, big_send: 2, big_iolist: 2, sendfile: 2, flood: 4, big_recv: 2],
+      churn: 100
+    })
+  end
+
+  defp check_transport(t) do
     file = Path.join(System.tmp_dir!(), "islet_sched_#{System.unique_integer([:positive])}.bin")
     on_exit(fn -> File.rm(file) end)
     File.write!(file, :binary.copy(:crypto.strong_rand_bytes(1 <<< 16), div(@sendfile, 1 <<< 16)))
@@ -57,11 +89,11 @@ defmodule Islet.SchedulerTest do
 
     on_exit(fn -> :persistent_term.erase(key) end)
 
-    rounds = rounds(file, key, 3, [])
+    rounds = rounds(t, {file, key}, 3, [])
 
     for r <- rounds, r.counted != [] or r.events != [] do
       IO.puts(
-        "\n[scheduler_test] round: #{length(r.events)} monitor event(s), " <>
+        "\n[scheduler_test] #{inspect(t.server)} round: #{length(r.events)} monitor event(s), " <>
           "#{length(r.counted)} counted against Islet (threshold #{r.threshold} ms, " <>
           "control max #{r.control_max} ms)" <>
           Enum.map_join(Enum.take(r.counted, 20), "", &"\n    #{inspect(&1)}")
@@ -85,10 +117,10 @@ defmodule Islet.SchedulerTest do
   # Runs the load up to n times, until a round has no event counted against
   # Islet: an OS preemption does not hit the same place round after round,
   # a NIF that holds its scheduler does.
-  defp rounds(_file, _key, 0, acc), do: Enum.reverse(acc)
+  defp rounds(_t, _payloads, 0, acc), do: Enum.reverse(acc)
 
-  defp rounds(file, key, n, acc) do
-    {events, control_max, roles} = monitored(fn -> heavy_load(file, key) end)
+  defp rounds(t, payloads, n, acc) do
+    {events, control_max, roles} = monitored(fn -> heavy_load(t, payloads) end)
     roles = Map.merge(roles, Map.new(islet_processes(), &{&1, :islet_process}))
     threshold = max(2 * @long_schedule, 2 * control_max)
 
@@ -100,7 +132,7 @@ defmodule Islet.SchedulerTest do
           do: {role, info}
 
     r = %{events: events, counted: counted, threshold: threshold, control_max: control_max}
-    if counted == [], do: Enum.reverse([r | acc]), else: rounds(file, key, n - 1, [r | acc])
+    if counted == [], do: Enum.reverse([r | acc]), else: rounds(t, payloads, n - 1, [r | acc])
   end
 
   # What an event is blamed on: Islet's own processes (the pumps), or a
@@ -203,99 +235,100 @@ defmodule Islet.SchedulerTest do
   ## The load
 
   # Runs the load to completion; gives the server side's processes by role
-  # (the clients use gen_tcp and are not what is measured).
-  defp heavy_load(file, key) do
-    {:ok, l} = TCP.listen(0, ip: :loopback, backlog: 1024)
-    {:ok, {_, port}} = TCP.sockname(l)
+  # (the clients, gen_tcp or :ssl, are not what is measured).
+  defp heavy_load(t, payloads) do
+    server = t.server
+    {:ok, l} = server.listen(0, [ip: :loopback, backlog: 1024] ++ t.listen)
+    {:ok, {_, port}} = server.sockname(l)
     parent = self()
-
-    jobs = [
-      {:echo, 100},
-      {:big_send, 3},
-      {:big_iolist, 2},
-      {:sendfile, 2},
-      {:flood, 16},
-      {:big_recv, 2}
-    ]
 
     # One acceptor hands each connection to a server process by the order
     # in which the clients connect.
-    order = for {role, n} <- jobs, _ <- 1..n, do: role
-    acceptor = spawn_link(fn -> accept_loop(l, order, parent, {file, key}) end)
+    order = for {role, n} <- t.jobs, _ <- 1..n, do: role
+    acceptor = spawn_link(fn -> accept_loop(t, l, order, parent, payloads) end)
 
     clients =
       for role <- order do
-        {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], @hang)
-        # The server side is set up before the next connection, so that
-        # connections and roles pair up.
+        # The server side is set up (and, with TLS, shakes hands) as the
+        # client connects, before the next one, so that connections and
+        # roles pair up.
+        {:ok, c} = t.connect.(port)
         assert_receive {:server, server}, @hang
         {role, c, server}
       end
 
-    client_pids = for {role, c, _} <- clients, do: spawn_client(role, c, parent, key)
-    churn = spawn_link(fn -> churn(port, 300, parent) end)
+    client_pids = for {role, c, _} <- clients, do: spawn_client(t, role, c, parent, payloads)
+    churn = spawn_link(fn -> churn(t, port, parent) end)
 
     for _ <- clients, do: assert_receive({:server_done, _role, :ok}, @hang)
     for _ <- client_pids, do: assert_receive({:client_done, _role, :ok}, @hang)
     assert_receive {:churn_done, ^churn}, @hang
-    TCP.close(l)
+    server.close(l)
 
     Map.new([{acceptor, :acceptor} | for({role, _, server} <- clients, do: {server, role})])
   end
 
-  defp accept_loop(l, [], _parent, _file) do
-    # Connection churn after the load connections.
-    case TCP.accept(l) do
+  defp accept_loop(t, l, [], _parent, _payloads) do
+    # Connection churn after the load connections (with TLS, handshakes).
+    case t.server.accept(l) do
       {:ok, s} ->
-        TCP.close(s)
-        accept_loop(l, [], nil, nil)
+        _ = t.handshake.(s)
+        t.server.close(s)
+        accept_loop(t, l, [], nil, nil)
 
       {:error, _} ->
         :ok
     end
   end
 
-  defp accept_loop(l, [role | roles], parent, file) do
-    {:ok, s} = TCP.accept(l)
-    server = spawn(fn -> server(role, s, parent, file) end)
-    :ok = TCP.controlling_process(s, server)
+  defp accept_loop(t, l, [role | roles], parent, payloads) do
+    {:ok, s} = t.server.accept(l)
+    server = spawn(fn -> server(t, role, s, parent, payloads) end)
+    :ok = t.server.controlling_process(s, server)
     send(server, :go)
     send(parent, {:server, server})
-    accept_loop(l, roles, parent, file)
+    accept_loop(t, l, roles, parent, payloads)
   end
 
-  defp server(role, s, parent, file) do
+  defp server(t, role, s, parent, payloads) do
     receive do
       :go -> :ok
     end
 
-    result = serve(role, s, file)
-    TCP.close(s)
+    result =
+      case t.handshake.(s) do
+        {:ok, s} -> serve(t, role, s, payloads)
+        other -> {:handshake, other}
+      end
+
+    t.server.close(s)
     send(parent, {:server_done, role, result})
   end
 
   # Echo, Thousand Island style: active once, re-armed after each packet.
-  defp serve(:echo, s, _payloads), do: echo(s, @echo_messages * @echo_size)
+  defp serve(t, :echo, s, _payloads), do: echo(t, s, @echo_messages * @echo_size)
 
-  defp serve(:big_send, s, {_file, key}), do: TCP.send(s, :persistent_term.get(key).big)
-  defp serve(:big_iolist, s, {_file, key}), do: TCP.send(s, :persistent_term.get(key).iolist)
+  defp serve(t, :big_send, s, {_file, key}), do: t.server.send(s, :persistent_term.get(key).big)
 
-  defp serve(:sendfile, s, {file, _key}) do
+  defp serve(t, :big_iolist, s, {_file, key}),
+    do: t.server.send(s, :persistent_term.get(key).iolist)
+
+  defp serve(t, :sendfile, s, {file, _key}) do
     size = File.stat!(file).size
 
-    case TCP.sendfile(s, file, 0, 0) do
+    case t.server.sendfile(s, file, 0, 0) do
       {:ok, ^size} -> :ok
       other -> other
     end
   end
 
-  defp serve(:flood, s, _payloads) do
-    :ok = TCP.setopts(s, active: true)
-    count_active(s, @flood)
+  defp serve(t, :flood, s, _payloads) do
+    :ok = t.server.setopts(s, active: true)
+    count_active(t, s, @flood)
   end
 
-  defp serve(:big_recv, s, _payloads) do
-    case TCP.recv(s, @big_recv, @hang) do
+  defp serve(t, :big_recv, s, _payloads) do
+    case t.server.recv(s, @big_recv, @hang) do
       {:ok, data} when byte_size(data) == @big_recv -> :ok
       other -> {:error, other}
     end
@@ -308,53 +341,53 @@ defmodule Islet.SchedulerTest do
     [small, [mid | small]]
   end
 
-  defp echo(_s, 0), do: :ok
+  defp echo(_t, _s, 0), do: :ok
 
-  defp echo(s, left) do
-    :ok = TCP.setopts(s, active: :once)
+  defp echo(%{tags: {data_tag, closed_tag}} = t, s, left) do
+    :ok = t.server.setopts(s, active: :once)
 
     receive do
-      {:tcp, ^s, data} ->
-        :ok = TCP.send(s, data)
-        echo(s, left - byte_size(data))
+      {^data_tag, ^s, data} ->
+        :ok = t.server.send(s, data)
+        echo(t, s, left - byte_size(data))
 
-      {:tcp_closed, ^s} ->
+      {^closed_tag, ^s} ->
         {:error, :closed}
     after
       @hang -> {:error, :timeout}
     end
   end
 
-  defp count_active(_s, left) when left <= 0, do: :ok
+  defp count_active(_t, _s, left) when left <= 0, do: :ok
 
-  defp count_active(s, left) do
+  defp count_active(%{tags: {data_tag, closed_tag}} = t, s, left) do
     receive do
-      {:tcp, ^s, data} -> count_active(s, left - byte_size(data))
-      {:tcp_closed, ^s} -> {:error, :closed}
+      {^data_tag, ^s, data} -> count_active(t, s, left - byte_size(data))
+      {^closed_tag, ^s} -> {:error, :closed}
     after
       @hang -> {:error, :timeout}
     end
   end
 
-  ## Clients (gen_tcp; not what is measured)
+  ## Clients (gen_tcp or :ssl; not what is measured)
 
-  defp spawn_client(role, c, parent, key) do
+  defp spawn_client(t, role, c, parent, {_file, key}) do
     pid =
       spawn_link(fn ->
         receive do
-          :go -> send(parent, {:client_done, role, client(role, c, :persistent_term.get(key))})
+          :go -> send(parent, {:client_done, role, client(t, role, c, :persistent_term.get(key))})
         end
       end)
 
-    :ok = :gen_tcp.controlling_process(c, pid)
+    :ok = t.client.controlling_process(c, pid)
     send(pid, :go)
     pid
   end
 
-  defp client(:echo, c, %{echo: msg}) do
+  defp client(t, :echo, c, %{echo: msg}) do
     Enum.reduce_while(1..@echo_messages, :ok, fn _, :ok ->
-      with :ok <- :gen_tcp.send(c, msg),
-           {:ok, ^msg} <- :gen_tcp.recv(c, @echo_size, @hang) do
+      with :ok <- t.client.send(c, msg),
+           {:ok, ^msg} <- t.client.recv(c, @echo_size, @hang) do
         {:cont, :ok}
       else
         other -> {:halt, other}
@@ -362,32 +395,32 @@ defmodule Islet.SchedulerTest do
     end)
   end
 
-  defp client(role, c, _payloads) when role in [:big_send, :big_iolist] do
+  defp client(t, role, c, _payloads) when role in [:big_send, :big_iolist] do
     expected = if role == :big_send, do: @big, else: 50_000 * 4 * 2 + 20_000 * 300
-    read_n(c, expected)
+    read_n(t, c, expected)
   end
 
-  defp client(:sendfile, c, _payloads), do: read_n(c, @sendfile)
+  defp client(t, :sendfile, c, _payloads), do: read_n(t, c, @sendfile)
 
-  defp client(role, c, %{flood_chunk: chunk}) when role in [:flood, :big_recv] do
+  defp client(t, role, c, %{flood_chunk: chunk}) when role in [:flood, :big_recv] do
     size = if role == :flood, do: @flood, else: @big_recv
-    for _ <- 1..div(size, 1 <<< 16), do: :ok = :gen_tcp.send(c, chunk)
+    for _ <- 1..div(size, 1 <<< 16), do: :ok = t.client.send(c, chunk)
     :ok
   end
 
-  defp read_n(_c, 0), do: :ok
+  defp read_n(_t, _c, 0), do: :ok
 
-  defp read_n(c, left) do
-    case :gen_tcp.recv(c, 0, @hang) do
-      {:ok, data} -> read_n(c, left - byte_size(data))
+  defp read_n(t, c, left) do
+    case t.client.recv(c, 0, @hang) do
+      {:ok, data} -> read_n(t, c, left - byte_size(data))
       other -> other
     end
   end
 
-  defp churn(port, n, parent) do
-    for _ <- 1..n do
-      {:ok, c} = :gen_tcp.connect({127, 0, 0, 1}, port, [:binary, active: false], @hang)
-      :gen_tcp.close(c)
+  defp churn(t, port, parent) do
+    for _ <- 1..t.churn do
+      {:ok, c} = t.connect.(port)
+      t.client.close(c)
     end
 
     send(parent, {:churn_done, self()})
