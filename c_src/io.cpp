@@ -375,9 +375,11 @@ ERL_NIF_TERM nif_recv(ErlNifEnv* env, int argc, const ERL_NIF_TERM argv[]) {
         charge(env, len);
         return result;
       }
-      if (n == kWantRead || n == kWantWrite)
+      if (n == kWantRead || n == kWantWrite) {
+        charge(env, this_call);  // what this call read (and opened) before the wait
         return wait_for(env, s, s->rq, me,
                         n == kWantRead ? ERL_NIF_SELECT_READ : ERL_NIF_SELECT_WRITE, atom.wait);
+      }
       if (n == kTlsFailed) {
         waiter_done(env, s, s->rq, me);
         return passive_tls_failure(env, s, e);

@@ -64,6 +64,19 @@ defmodule Islet.LongCallsTest do
   # the next send waits (busy). A send cut at 1 MiB left 2 MiB queued that
   # the kernel would have taken, and the second send timed out where
   # gen_tcp's returned.
+  # The time slice pays for what a call moved: a recv(n) that read half a
+  # MiB and then waited for the rest charged nothing for it, so a process
+  # looping on such reads could keep its scheduler past its slice.
+  test "a recv(n) that reads, then waits, charges what it read", %{s: s, c: c} do
+    :ok = :gen_tcp.send(c, :binary.copy(<<5>>, 512 <<< 10))
+    Process.sleep(50)
+    {:reductions, before} = Process.info(self(), :reductions)
+    assert TCP.recv(s, 1 <<< 20, 20) == {:error, :timeout}
+    {:reductions, after_recv} = Process.info(self(), :reductions)
+    # 1% of a slice (4,000 reductions) per 8 KiB: 2,560 for 512 KiB.
+    assert after_recv - before >= 2_000, "charged #{after_recv - before} reductions"
+  end
+
   test "sends past the budget to a peer that does not read answer as gen_tcp's" do
     Islet.Test.Diff.assert_same(fn mod ->
       {_l, s, _c} = Islet.Test.Diff.pair(mod, send_timeout: 300, send_timeout_close: false)
