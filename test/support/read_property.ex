@@ -20,6 +20,10 @@ defmodule Islet.Test.ReadProperty do
   delivers one record per call, Islet what has come).
   """
 
+  # PropEr is Debian's erlang-proper, on the system's code path, not a Mix
+  # dependency: the compiler cannot see it.
+  @compile {:no_warn_undefined, [:proper, :proper_types]}
+
   @typedoc "How a transport's connection is made and driven."
   @type transport :: %{
           optional(:update) => (term(), boolean() -> :ok),
