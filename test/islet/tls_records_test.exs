@@ -28,19 +28,23 @@ defmodule Islet.TLSRecordsTest do
     [versions: [version], ciphers: [:ssl.str_to_suite(String.to_charlist(name))]]
   end
 
-  # Data both ways: a record each way, then 300 KB each way (many records).
+  # Data both ways: a record each way, then 300 KB each way (many records),
+  # the server's first. Each big transfer gives true, or what failed (see
+  # max_fragment_length below).
   defp exchange(mod, s, c) do
     big = Diff.pattern(300_000, 7)
     :ok = :ssl.send(c, "ping")
     a = mod.recv(s, 4, 10_000)
     :ok = mod.send(s, "pong")
     b = :ssl.recv(c, 4, 10_000)
+    down = with :ok <- mod.send(s, big), do: ssl_recv_exact(c, byte_size(big))
     spawn_link(fn -> :ssl.send(c, big) end)
-    {:ok, up} = mod.recv(s, byte_size(big), 10_000)
-    :ok = mod.send(s, big)
-    {:ok, down} = ssl_recv_exact(c, byte_size(big))
-    {a, b, up == big, down == big}
+    up = mod.recv(s, byte_size(big), 10_000)
+    {a, b, got(up, big), got(down, big)}
   end
+
+  defp got({:ok, data}, data), do: true
+  defp got(other, _expected), do: other
 
   describe "what the client sends right after its Finished" do
     # The client's last flight is read with one syscall (records.cpp's
@@ -378,11 +382,20 @@ defmodule Islet.TLSRecordsTest do
       end)
     end
 
+    # :ssl's server is the reference where it keeps to the limit itself:
+    # Debian 13's OTP 27.3 (ssl 11.2.12.1) sends 16 KB records past it, which
+    # its own client refuses with record_overflow (and its client sends such
+    # records too, which both servers refuse).
     test "max_fragment_length 512: the server's records fit the client's limit" do
-      assert_same(fn mod ->
-        {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.2"], max_fragment_length: 512)
-        exchange(mod, s, c)
-      end)
+      {ssl, islet} =
+        run(fn mod ->
+          {_l, s, c} = pair!(mod, [], versions: [:"tlsv1.2"], max_fragment_length: 512)
+          exchange(mod, s, c)
+        end)
+
+      Diff.scenario_ran!(ssl, islet)
+      assert {{:ok, "ping"}, {:ok, "pong"}, _up, true} = islet
+      if match?({_, _, _, true}, ssl), do: assert(islet == ssl, report(ssl, islet))
     end
   end
 
