@@ -107,7 +107,8 @@ defmodule Islet.TLSVerifyReviewTest do
 
   defp spoil(dir, cert, key, name) do
     [{:Certificate, der, _}] = :public_key.pem_decode(File.read!(cert))
-    <<head::binary-size(byte_size(der) - 1), last>> = der
+    head = binary_part(der, 0, byte_size(der) - 1)
+    last = :binary.last(der)
     spoilt = <<head::binary, Bitwise.bxor(last, 1)>>
     File.write!(pem(dir, name), :public_key.pem_encode([{:Certificate, spoilt, :not_encrypted}]))
     File.cp!(key, key(dir, name))
